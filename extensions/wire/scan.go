@@ -1,0 +1,140 @@
+package wire
+
+import "encoding/json"
+
+// The scanner below walks JSON that json.Valid has already accepted, so it
+// only has to find token boundaries, never report syntax errors. It exists
+// because encoding/json matches struct fields case-insensitively ("TYPE"
+// would count as "type") and allocates a map for unknown shapes; the
+// browser clients' JSON.parse does neither.
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// skipValue returns the index just past the value starting at b[i].
+func skipValue(b []byte, i int) int {
+	switch b[i] {
+	case '"':
+		i++
+		for i < len(b) {
+			switch b[i] {
+			case '\\':
+				i += 2
+			case '"':
+				return i + 1
+			default:
+				i++
+			}
+		}
+		return i
+	case '{', '[':
+		depth := 0
+		for i < len(b) {
+			switch b[i] {
+			case '"':
+				i = skipValue(b, i)
+				continue
+			case '{', '[':
+				depth++
+			case '}', ']':
+				depth--
+				if depth == 0 {
+					return i + 1
+				}
+			}
+			i++
+		}
+		return i
+	default: // number, true, false, null
+		for i < len(b) {
+			switch b[i] {
+			case ',', '}', ']', ' ', '\t', '\n', '\r':
+				return i
+			}
+			i++
+		}
+		return i
+	}
+}
+
+// eachMember calls fn for each member of the object b (valid JSON with b[0]
+// == '{'), with the raw key token (quotes included) and the raw value token.
+func eachMember(b []byte, fn func(key, val []byte)) {
+	i := skipSpace(b, 1)
+	for i < len(b) && b[i] != '}' {
+		ks := i
+		i = skipValue(b, i)
+		key := b[ks:i]
+		i = skipSpace(b, i)
+		i = skipSpace(b, i+1) // ':'
+		vs := i
+		i = skipValue(b, i)
+		fn(key, b[vs:i])
+		i = skipSpace(b, i)
+		if i < len(b) && b[i] == ',' {
+			i = skipSpace(b, i+1)
+		}
+	}
+}
+
+// eachElement calls fn for each element of the array b (valid JSON, b[0] ==
+// '['); fn returns false to stop.
+func eachElement(b []byte, fn func(val []byte) bool) {
+	i := skipSpace(b, 1)
+	for i < len(b) && b[i] != ']' {
+		vs := i
+		i = skipValue(b, i)
+		if !fn(b[vs:i]) {
+			return
+		}
+		i = skipSpace(b, i)
+		if i < len(b) && b[i] == ',' {
+			i = skipSpace(b, i+1)
+		}
+	}
+}
+
+// stringValue decodes a raw JSON string token; ok is false for any other kind.
+func stringValue(raw []byte) (string, bool) {
+	if len(raw) < 2 || raw[0] != '"' {
+		return "", false
+	}
+	inner := raw[1 : len(raw)-1]
+	for _, c := range inner {
+		if c == '\\' {
+			var s string
+			if json.Unmarshal(raw, &s) != nil {
+				return "", false
+			}
+			return s, true
+		}
+	}
+	return string(inner), true
+}
+
+// keyIs reports whether the raw key token names want. Keys without escapes
+// compare in place; escaped keys are decoded first, as JSON.parse would.
+func keyIs(key []byte, want string) bool {
+	if len(key) == len(want)+2 && string(key[1:len(key)-1]) == want {
+		return true
+	}
+	for _, c := range key {
+		if c == '\\' {
+			s, ok := stringValue(key)
+			return ok && s == want
+		}
+	}
+	return false
+}
+
+func isNumber(raw []byte) bool {
+	return len(raw) > 0 && (raw[0] == '-' || (raw[0] >= '0' && raw[0] <= '9'))
+}
+
+// StringToken decodes a raw JSON token that must be a string, as JSON.parse
+// would; ok is false for any other kind of token.
+func StringToken(raw []byte) (s string, ok bool) { return stringValue(raw) }

@@ -1,0 +1,307 @@
+package handlers
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"runtime/debug"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+	"go.uber.org/zap"
+
+	"github.com/caddy-realtime/realtime/extensions/wire"
+)
+
+// conn is one accepted WebSocket.
+//
+// Goroutines: the read loop (started by the gateway after the upgrade, on a
+// fresh goroutine so its stack does not carry Caddy's middleware chain) owns
+// the connection's subscriptions and control-frame state; it ends on a read
+// error and then cleans everything up. A write loop runs only while frames
+// are queued, and a message-hook worker only while application messages
+// wait, so an idle connection costs one goroutine (DESIGN.md §6).
+type conn struct {
+	g        *Gateway
+	ws       *websocket.Conn
+	id       string // the welcome session id, also the connection id of the API and hooks
+	ip       string
+	identity json.RawMessage // the auth hook's object, or {}
+	user     string          // String(identity[user_key]); "" when absent
+
+	current  atomic.Bool // sent a well-formed hello (§1.3)
+	batchCap atomic.Bool // hello caps include "batch" (§7.1)
+
+	lastRead  atomic.Int64 // unix nanos of the last frame or pong received
+	lastWrite atomic.Int64 // unix nanos of the last frame written (or accept)
+	lastPing  int64        // sweeper only
+
+	// mu guards the outbound queue. It is a leaf lock: nothing else is
+	// acquired while it is held, so fan-out may take it under a topic lock.
+	mu      sync.Mutex
+	queue   []outFrame
+	spare   []outFrame
+	queued  int64 // bytes in queue
+	writing bool  // a write loop is running
+	closed  bool  // no more frames are accepted
+
+	closeOnce sync.Once
+
+	nsubs atomic.Int32 // len(topics), readable from other goroutines
+
+	// Read-loop state.
+	topics    map[string]struct{}
+	frame     wire.Frame
+	tokens    float64
+	refilled  time.Time
+	dropStart time.Time
+	drops     int
+
+	reqMu   sync.Mutex
+	nextRef uint64
+	pending map[uint64]chan reply
+
+	hookMu      sync.Mutex
+	hookQ       []appMessage
+	hookRunning bool
+}
+
+type outFrame struct {
+	b  []byte
+	at int64 // unix nanos of the publish, for the latency metric; 0 for control frames
+}
+
+type reply struct {
+	data   json.RawMessage
+	err    string // the client's error, when it replied with one
+	closed bool   // the connection closed before a reply came
+}
+
+type appMessage struct {
+	data   []byte
+	binary bool
+}
+
+// enqueue queues a frame without blocking. at is when the publish entered
+// the gateway (zero for frames that are not publishes). It reports whether
+// the frame was queued; a full queue applies the slow-consumer policy.
+func (c *conn) enqueue(b []byte, at time.Time) bool {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return false
+	}
+	s := c.g.settings()
+	if c.queued > 0 && c.queued+int64(len(b)) > s.MaxBackpressure {
+		if s.DropSlow {
+			c.mu.Unlock()
+			c.g.m.dropSlow.Inc()
+			return false
+		}
+		c.closed = true
+		c.queue, c.queued = nil, 0
+		c.mu.Unlock()
+		c.g.m.dropSlow.Inc()
+		go c.closeWith(websocket.StatusTryAgainLater, "Slow consumer")
+		return false
+	}
+	var ts int64
+	if !at.IsZero() {
+		ts = at.UnixNano()
+	}
+	c.queue = append(c.queue, outFrame{b: b, at: ts})
+	c.queued += int64(len(b))
+	start := !c.writing
+	c.writing = true
+	c.mu.Unlock()
+	if start {
+		c.g.wg.Add(1)
+		go c.writeLoop()
+	}
+	return true
+}
+
+// send queues a control frame or direct envelope.
+func (c *conn) send(b []byte) bool { return c.enqueue(b, time.Time{}) }
+
+// writeLoop drains the queue and exits when it is empty.
+func (c *conn) writeLoop() {
+	defer c.g.wg.Done()
+	defer c.recoverPanic("write loop")
+	for {
+		c.mu.Lock()
+		if len(c.queue) == 0 || c.closed {
+			c.writing = false
+			if c.closed {
+				c.queue, c.spare = nil, nil
+			}
+			c.mu.Unlock()
+			return
+		}
+		batch := c.queue
+		c.queue, c.spare = c.spare[:0], nil
+		c.mu.Unlock()
+
+		s := c.g.settings()
+		var written int64
+		for i := range batch {
+			f := batch[i]
+			ctx, cancel := context.WithTimeout(c.g.ctx, s.WriteTimeout)
+			err := c.ws.Write(ctx, websocket.MessageText, f.b)
+			cancel()
+			if err != nil {
+				// A timed-out write closes the socket (coder/websocket#242):
+				// that is the policy for a client that stopped reading.
+				c.markClosed()
+				c.ws.CloseNow()
+				return
+			}
+			now := c.g.now()
+			c.lastWrite.Store(now.UnixNano())
+			written += int64(len(f.b))
+			c.g.m.framesOut.Inc()
+			c.g.m.bytesOut.Add(float64(len(f.b)))
+			if f.at != 0 {
+				c.g.m.latency.Observe(float64(now.UnixNano()-f.at) / 1e9)
+			}
+		}
+		clear(batch)
+		c.mu.Lock()
+		c.queued -= written
+		if c.spare == nil && cap(batch) <= 256 {
+			c.spare = batch[:0] // reuse, but never pin a burst-sized slice
+		}
+		c.mu.Unlock()
+	}
+}
+
+func (c *conn) markClosed() {
+	c.mu.Lock()
+	c.closed = true
+	c.queue, c.queued = nil, 0
+	c.mu.Unlock()
+}
+
+// closeWith closes the connection with a code and reason, once. It blocks
+// for the close handshake (bounded by the library to about 10 s), so call it
+// on its own goroutine when that matters.
+func (c *conn) closeWith(code websocket.StatusCode, reason string) {
+	c.closeOnce.Do(func() {
+		c.markClosed()
+		c.g.m.closed(strconv.Itoa(int(code)))
+		_ = c.ws.Close(code, reason)
+	})
+}
+
+func (c *conn) recoverPanic(where string) {
+	if r := recover(); r != nil {
+		c.g.logger.Error("panic in connection goroutine; closing the connection",
+			zap.String("where", where), zap.String("connection", c.id),
+			zap.Any("panic", r), zap.ByteString("stack", debug.Stack()))
+		c.ws.CloseNow()
+	}
+}
+
+var readBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// readLoop reads frames until the connection fails, then cleans up.
+func (c *conn) readLoop() {
+	defer c.g.wg.Done()
+	defer c.cleanup()
+	defer c.recoverPanic("read loop")
+	for {
+		typ, r, err := c.ws.Reader(c.g.ctx)
+		if err != nil {
+			c.logClose(err)
+			return
+		}
+		buf := readBufs.Get().(*bytes.Buffer)
+		buf.Reset()
+		_, err = buf.ReadFrom(r)
+		if err != nil {
+			putReadBuf(buf)
+			c.logClose(err)
+			return
+		}
+		now := c.g.now()
+		c.lastRead.Store(now.UnixNano())
+		c.handle(typ, buf.Bytes(), now)
+		putReadBuf(buf)
+	}
+}
+
+func putReadBuf(b *bytes.Buffer) {
+	if b.Cap() <= 64<<10 { // drop big buffers (golang/go#23199)
+		readBufs.Put(b)
+	}
+}
+
+func (c *conn) logClose(err error) {
+	if errors.Is(err, websocket.ErrMessageTooBig) {
+		c.g.m.dropOversized.Inc()
+		c.g.m.closed("1009")
+	}
+	if ce := c.g.logger.Check(zap.DebugLevel, "connection closed"); ce != nil {
+		ce.Write(zap.String("connection", c.id), zap.String("remote_ip", c.ip), zap.Error(err))
+	}
+}
+
+// allowFrame applies the per-connection inbound rate (token bucket) and the
+// escalation to close 4429 (§8).
+func (c *conn) allowFrame(now time.Time) bool {
+	s := c.g.settings()
+	if s.InboundRate < 0 {
+		return true
+	}
+	if c.refilled.IsZero() {
+		c.tokens, c.refilled = float64(s.InboundBurst), now
+	} else {
+		c.tokens += now.Sub(c.refilled).Seconds() * float64(s.InboundRate)
+		if c.tokens > float64(s.InboundBurst) {
+			c.tokens = float64(s.InboundBurst)
+		}
+		c.refilled = now
+	}
+	if c.tokens >= 1 {
+		c.tokens--
+		return true
+	}
+	c.g.m.dropRate.Inc()
+	if now.Sub(c.dropStart) > 10*time.Second {
+		c.dropStart, c.drops = now, 0
+	}
+	c.drops++
+	if s.RateLimitClose >= 0 && c.drops > s.RateLimitClose {
+		go c.closeWith(4429, "Rate limited")
+	}
+	return false
+}
+
+// cleanup runs once when the read loop ends: it detaches the connection
+// from every topic and index, fails pending requests, and releases the socket.
+func (c *conn) cleanup() {
+	c.markClosed()
+	for t := range c.topics {
+		c.g.hub.unsubscribe(t, c)
+	}
+	c.g.m.subscriptions.Sub(float64(len(c.topics)))
+	c.topics = nil
+	c.nsubs.Store(0)
+	c.reqMu.Lock()
+	for ref, ch := range c.pending {
+		ch <- reply{closed: true}
+		delete(c.pending, ref)
+	}
+	c.reqMu.Unlock()
+	c.hookMu.Lock()
+	c.hookQ = nil
+	c.hookMu.Unlock()
+	c.g.unregister(c)
+	c.ws.CloseNow()
+}
+
+func (c *conn) subscriptionCount() int { return int(c.nsubs.Load()) }

@@ -1,0 +1,345 @@
+// Package handlers is the HTTP side of the gateway: the WebSocket upgrade
+// and connection loops, the hub that fans published frames out to
+// subscribers, the HTTP API for app servers, and the calls to app hooks.
+//
+// A Gateway is safe for concurrent use. It owns its goroutines: one read
+// loop per connection, a write loop per connection only while frames are
+// queued, a message-hook worker per connection only while messages wait,
+// and one sweeper; Close stops them all.
+package handlers
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/google/uuid"
+	"go.uber.org/zap"
+
+	"github.com/caddy-realtime/realtime/extensions/bus"
+	"github.com/caddy-realtime/realtime/extensions/wire"
+)
+
+// Errors of the request/reply API.
+var (
+	errLegacyConnection = errors.New("connection speaks the legacy protocol, which has no requests")
+	errConnectionClosed = errors.New("connection closed")
+	errRequestTimeout   = errors.New("request timed out")
+	errUnknownConn      = errors.New("no such connection")
+)
+
+// Options carries what a Gateway needs besides its Config.
+type Options struct {
+	// Logger receives the gateway's logs. Default: a no-op logger.
+	Logger *zap.Logger
+
+	// InstanceID names this instance on the bus. Default: a random UUID.
+	InstanceID string
+
+	// NewBus builds the bus that relays publishes to other instances,
+	// delivering theirs to h. Default: an in-memory bus alone on this
+	// instance (nothing to relay).
+	NewBus func(h bus.Handler) (bus.Bus, error)
+}
+
+// Gateway is one realtime endpoint: its connections, topic index, HTTP API
+// and hooks. It outlives config reloads that keep its name; Reconfigure
+// applies a reloaded config to it.
+type Gateway struct {
+	cfg        atomic.Pointer[settings]
+	logger     *zap.Logger
+	m          *gatewayMetrics
+	hub        *hub
+	bus        bus.Bus
+	instanceID string
+	client     *http.Client
+	upgrades   *ipWindow
+	started    time.Time
+
+	ctx    context.Context // ends when the gateway closes; parent of every socket operation
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // read loops, write loops, hook workers, the sweeper
+
+	draining     atomic.Bool
+	authInFlight atomic.Int64
+	conns        connIndex
+	closeOnce    sync.Once
+}
+
+// New builds a gateway and starts its sweeper. The caller must Close it.
+func New(cfg Config, opts Options) (*Gateway, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if opts.Logger == nil {
+		opts.Logger = zap.NewNop()
+	}
+	if opts.InstanceID == "" {
+		opts.InstanceID = uuid.NewString()
+	}
+	g := &Gateway{
+		logger:     opts.Logger,
+		m:          newGatewayMetrics(cfg.Name),
+		hub:        newHub(),
+		instanceID: opts.InstanceID,
+		client: &http.Client{Transport: &http.Transport{
+			Proxy:               nil, // hooks go straight to the app, never through an environment proxy
+			MaxIdleConnsPerHost: 64,
+			IdleConnTimeout:     90 * time.Second,
+		}},
+		upgrades: newIPWindow(),
+		started:  cfg.Now(),
+	}
+	g.conns.init()
+	g.cfg.Store(newSettings(cfg))
+	g.ctx, g.cancel = context.WithCancel(context.Background())
+	newBus := opts.NewBus
+	if newBus == nil {
+		newBus = func(h bus.Handler) (bus.Bus, error) {
+			return bus.NewMemory(bus.MemoryConfig{Handler: h}), nil
+		}
+	}
+	b, err := newBus(g.deliverRemote)
+	if err != nil {
+		g.cancel()
+		return nil, err
+	}
+	g.bus = b
+	g.wg.Add(1)
+	go g.sweeper()
+	return g, nil
+}
+
+// Reconfigure applies a new config to the live gateway: limits, hooks,
+// origins, timeouts and the API take effect for every later frame and
+// request; open connections stay open. The name and path of a gateway
+// are its identity and cannot change here.
+func (g *Gateway) Reconfigure(cfg Config) error {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	g.cfg.Store(newSettings(cfg))
+	return nil
+}
+
+func (g *Gateway) settings() *settings { return g.cfg.Load() }
+func (g *Gateway) now() time.Time      { return g.settings().Now() }
+
+// ServeHTTP serves the gateway's two paths: WebSocket upgrades on Path and
+// the API under APIPath. It reports false, writing nothing, for every other
+// request, which the caller passes on (to reverse_proxy, typically).
+func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) bool {
+	s := g.settings()
+	if s.APIPath != "" && pathUnder(r.URL.Path, s.APIPath) {
+		g.serveAPI(w, r, s)
+		return true
+	}
+	if r.URL.Path != s.Path || !isUpgrade(r) {
+		return false
+	}
+	g.serveUpgrade(w, r, s)
+	return true
+}
+
+// Close drains the gateway: new upgrades get 503, every connection is
+// closed with 1001 "Server shutting down" in random order spread over
+// ShutdownSpread, then it waits for every goroutine, bounded by ctx.
+func (g *Gateway) Close(ctx context.Context) error {
+	var err error
+	g.closeOnce.Do(func() {
+		g.draining.Store(true)
+		conns := g.conns.all()
+		rand.Shuffle(len(conns), func(i, j int) { conns[i], conns[j] = conns[j], conns[i] })
+		spread := g.settings().ShutdownSpread
+		start := time.Now()
+		var closers sync.WaitGroup
+		sem := make(chan struct{}, 256)
+		for i, c := range conns {
+			if spread > 0 && len(conns) > 1 {
+				at := start.Add(spread * time.Duration(i) / time.Duration(len(conns)))
+				if d := time.Until(at); d > 0 {
+					select {
+					case <-time.After(d):
+					case <-ctx.Done():
+					}
+				}
+			}
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+			}
+			closers.Add(1)
+			go func() {
+				defer closers.Done()
+				defer func() { <-sem }()
+				c.closeWith(websocket.StatusGoingAway, "Server shutting down")
+			}()
+		}
+		done := make(chan struct{})
+		go func() {
+			closers.Wait()
+			g.cancel() // ends the sweeper and any socket still reading
+			g.wg.Wait()
+			close(done)
+		}()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			g.cancel()
+			for _, c := range g.conns.all() {
+				c.ws.CloseNow()
+			}
+			err = ctx.Err()
+		}
+		if cl, ok := g.bus.(interface{ Close(context.Context) error }); ok {
+			if e := cl.Close(ctx); e != nil && err == nil {
+				err = e
+			}
+		}
+		g.client.CloseIdleConnections()
+	})
+	return err
+}
+
+// sweeper is the gateway's one clock: keep-alive heartbeats, pings, idle
+// drops and topic-index trimming, so no connection holds a timer.
+func (g *Gateway) sweeper() {
+	defer g.wg.Done()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	lastTrim := time.Now()
+	for {
+		select {
+		case <-g.ctx.Done():
+			return
+		case <-tick.C:
+		}
+		s := g.settings()
+		now := s.Now()
+		g.sweepConns(s, now)
+		g.upgrades.trim(now, s.UpgradeWindow)
+		if now.Sub(lastTrim) > time.Minute {
+			g.hub.sweep(now, 10*time.Minute)
+			lastTrim = now
+		}
+	}
+}
+
+func (g *Gateway) sweepConns(s *settings, now time.Time) {
+	n := now.UnixNano()
+	for _, c := range g.conns.all() {
+		if n-c.lastRead.Load() > int64(s.IdleTimeout) {
+			// Half-open or silent: the read loop ends and cleans up (STYLE §9.5).
+			c.ws.CloseNow()
+			continue
+		}
+		if n-c.lastWrite.Load() >= int64(s.KeepAlive) {
+			c.lastWrite.Store(n) // one heartbeat per quiet period, even while it is queued
+			c.send(wire.HeartbeatFrame)
+		}
+		if n-c.lastPing >= int64(s.PingInterval) {
+			c.lastPing = n
+			g.wg.Add(1)
+			go g.ping(c, s.PingInterval)
+		}
+	}
+}
+
+// ping sends a ping; the pong (handled on the read loop) refreshes lastRead.
+// A missing pong is caught by the idle check, not here.
+func (g *Gateway) ping(c *conn, timeout time.Duration) {
+	defer g.wg.Done()
+	ctx, cancel := context.WithTimeout(g.ctx, timeout)
+	defer cancel()
+	_ = c.ws.Ping(ctx)
+}
+
+// connIndex finds connections by id and by user.
+type connIndex struct {
+	mu     sync.RWMutex
+	byID   map[string]*conn
+	byUser map[string]map[*conn]struct{}
+}
+
+func (x *connIndex) init() {
+	x.byID = make(map[string]*conn)
+	x.byUser = make(map[string]map[*conn]struct{})
+}
+
+func (x *connIndex) add(c *conn) int {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.byID[c.id] = c
+	if c.user != "" {
+		set := x.byUser[c.user]
+		if set == nil {
+			set = make(map[*conn]struct{})
+			x.byUser[c.user] = set
+		}
+		set[c] = struct{}{}
+	}
+	return len(x.byID)
+}
+
+func (x *connIndex) remove(c *conn) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	delete(x.byID, c.id)
+	if set := x.byUser[c.user]; set != nil {
+		delete(set, c)
+		if len(set) == 0 {
+			delete(x.byUser, c.user)
+		}
+	}
+}
+
+func (x *connIndex) get(id string) *conn {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return x.byID[id]
+}
+
+func (x *connIndex) user(u string) []*conn {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	out := make([]*conn, 0, len(x.byUser[u]))
+	for c := range x.byUser[u] {
+		out = append(out, c)
+	}
+	return out
+}
+
+func (x *connIndex) all() []*conn {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	out := make([]*conn, 0, len(x.byID))
+	for _, c := range x.byID {
+		out = append(out, c)
+	}
+	return out
+}
+
+func (x *connIndex) count() int {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return len(x.byID)
+}
+
+func (g *Gateway) unregister(c *conn) {
+	g.conns.remove(c)
+	g.m.connections.Dec()
+}
+
+// ShutdownBudget is how long Close may take before it gives up waiting:
+// the spread, plus the close handshake's own bound (coder/websocket waits
+// up to 5 s for each peer's close frame).
+func (g *Gateway) ShutdownBudget() time.Duration {
+	return g.settings().ShutdownSpread + 7*time.Second
+}

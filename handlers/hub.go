@@ -1,0 +1,343 @@
+package handlers
+
+import (
+	"hash/maphash"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/caddy-realtime/realtime/extensions/bus"
+	"github.com/caddy-realtime/realtime/extensions/wire"
+)
+
+// hubShards spreads the topic index over independent locks so subscribes on
+// different topics do not contend (centrifuge uses 64 as well).
+const hubShards = 64
+
+// hub is the topic index of one gateway: topic → subscribed connections,
+// plus the per-instance seq counter of each topic (PROTOCOL.md §5.1).
+//
+// Lock order: shard.mu, then topic.mu, then conn.mu (the outbound queue, a
+// leaf lock). A publish holds its topic's lock while it stamps and enqueues,
+// which is what keeps every connection's frames of one topic in seq order
+// across concurrent publishers; enqueueing never blocks, so the hold is short.
+type hub struct {
+	seed   maphash.Seed
+	shards [hubShards]hubShard
+}
+
+type hubShard struct {
+	mu     sync.RWMutex
+	topics map[string]*topic
+}
+
+type topic struct {
+	name string
+
+	mu      sync.Mutex
+	subs    map[*conn]struct{}
+	list    []*conn // snapshot of subs for fan-out; nil when stale
+	seq     uint64
+	lastPub time.Time
+	dead    bool // removed from the index; holders must look up again
+}
+
+func newHub() *hub {
+	h := &hub{seed: maphash.MakeSeed()}
+	for i := range h.shards {
+		h.shards[i].topics = make(map[string]*topic)
+	}
+	return h
+}
+
+func (h *hub) shard(name string) *hubShard {
+	return &h.shards[maphash.String(h.seed, name)%hubShards]
+}
+
+// lookup returns the topic, creating it when create is set.
+func (h *hub) lookup(name string, create bool) *topic {
+	s := h.shard(name)
+	s.mu.RLock()
+	t := s.topics[name]
+	s.mu.RUnlock()
+	if t != nil || !create {
+		return t
+	}
+	s.mu.Lock()
+	if t = s.topics[name]; t == nil {
+		t = &topic{name: name, subs: make(map[*conn]struct{})}
+		s.topics[name] = t
+	}
+	s.mu.Unlock()
+	return t
+}
+
+// lockLive returns the topic locked, retrying if a sweep removed it between
+// lookup and lock.
+func (h *hub) lockLive(name string) *topic {
+	for {
+		t := h.lookup(name, true)
+		t.mu.Lock()
+		if !t.dead {
+			return t
+		}
+		t.mu.Unlock()
+	}
+}
+
+// subscribe adds c to name's subscribers; it reports false if c already was.
+// fill runs under the topic lock after c is attached, so nothing published
+// to the topic can reach c before what fill enqueues (resume gap fill).
+func (h *hub) subscribe(name string, c *conn, fill func()) bool {
+	t := h.lockLive(name)
+	defer t.mu.Unlock()
+	if _, ok := t.subs[c]; ok {
+		return false
+	}
+	t.subs[c] = struct{}{}
+	t.list = nil
+	if fill != nil {
+		fill()
+	}
+	return true
+}
+
+func (h *hub) unsubscribe(name string, c *conn) {
+	t := h.lookup(name, false)
+	if t == nil {
+		return
+	}
+	t.mu.Lock()
+	if _, ok := t.subs[c]; ok {
+		delete(t.subs, c)
+		t.list = nil
+	}
+	t.mu.Unlock()
+}
+
+// head returns the last seq stamped on name by this instance.
+func (h *hub) head(name string) uint64 {
+	t := h.lookup(name, false)
+	if t == nil {
+		return 0
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.seq
+}
+
+func (t *topic) snapshot() []*conn {
+	if t.list == nil {
+		t.list = make([]*conn, 0, len(t.subs))
+		for c := range t.subs {
+			t.list = append(t.list, c)
+		}
+	}
+	return t.list
+}
+
+// publish stamps (when stamp is set, the message has no seq yet and
+// unstamped[i] is not set) and delivers msgs in order. A batch of several messages reaches batch-capable
+// connections as batch frames (§7.2), everyone else as plain envelopes. It
+// returns the number of enqueued frames.
+func (h *hub) publish(msgs []bus.Message, stamp bool, unstamped []bool, now time.Time) int {
+	if len(msgs) == 1 {
+		m := &msgs[0]
+		t := h.lockLive(m.Topic)
+		if stamp && m.Seq == 0 && !noSeq(unstamped, 0) {
+			t.seq++
+			m.Seq = t.seq
+		}
+		t.lastPub = now
+		frame := wire.AppendEnvelope(make([]byte, 0, wire.EnvelopeSize(m.Topic, m.Event, m.Data, m.Seq)), m.Topic, m.Event, m.Data, m.Seq)
+		n := 0
+		for _, c := range t.snapshot() {
+			if c.enqueue(frame, now) {
+				n++
+			}
+		}
+		t.mu.Unlock()
+		return n
+	}
+	return h.publishBatch(msgs, stamp, unstamped, now)
+}
+
+// publishBatch locks every topic of the batch (in name order, so concurrent
+// batches cannot deadlock), stamps each message in order, then enqueues per
+// connection the subsequence it subscribes to.
+func (h *hub) publishBatch(msgs []bus.Message, stamp bool, unstamped []bool, now time.Time) int {
+	names := make([]string, 0, len(msgs))
+	for i := range msgs {
+		names = append(names, msgs[i].Topic)
+	}
+	sort.Strings(names)
+	names = compactStrings(names)
+	locked := make(map[string]*topic, len(names))
+	for _, n := range names {
+		locked[n] = h.lockLive(n)
+	}
+	defer func() {
+		for _, t := range locked {
+			t.mu.Unlock()
+		}
+	}()
+	envs := make([][]byte, len(msgs))
+	for i := range msgs {
+		m := &msgs[i]
+		t := locked[m.Topic]
+		if stamp && m.Seq == 0 && !noSeq(unstamped, i) {
+			t.seq++
+			m.Seq = t.seq
+		}
+		t.lastPub = now
+		envs[i] = wire.AppendEnvelope(make([]byte, 0, wire.EnvelopeSize(m.Topic, m.Event, m.Data, m.Seq)), m.Topic, m.Event, m.Data, m.Seq)
+	}
+	// One topic (the common case): every subscriber gets the same frames.
+	if len(names) == 1 {
+		batches := splitBatches(envs)
+		n := 0
+		for _, c := range locked[names[0]].snapshot() {
+			if c.batchCap.Load() {
+				for _, b := range batches {
+					if c.enqueue(b, now) {
+						n++
+					}
+				}
+				continue
+			}
+			for _, e := range envs {
+				if c.enqueue(e, now) {
+					n++
+				}
+			}
+		}
+		return n
+	}
+	// Several topics: group connections by the subset of events they
+	// receive, so each distinct batch frame is encoded once.
+	type want struct {
+		idx []int
+	}
+	perConn := make(map[*conn]*want)
+	var order []*conn
+	for i := range msgs {
+		for _, c := range locked[msgs[i].Topic].snapshot() {
+			w := perConn[c]
+			if w == nil {
+				w = &want{}
+				perConn[c] = w
+				order = append(order, c)
+			}
+			w.idx = append(w.idx, i)
+		}
+	}
+	cache := make(map[string][][]byte)
+	n := 0
+	for _, c := range order {
+		w := perConn[c]
+		if !c.batchCap.Load() || len(w.idx) == 1 {
+			for _, i := range w.idx {
+				if c.enqueue(envs[i], now) {
+					n++
+				}
+			}
+			continue
+		}
+		key := indexKey(w.idx)
+		batches, ok := cache[key]
+		if !ok {
+			sub := make([][]byte, len(w.idx))
+			for j, i := range w.idx {
+				sub[j] = envs[i]
+			}
+			batches = splitBatches(sub)
+			cache[key] = batches
+		}
+		for _, b := range batches {
+			if c.enqueue(b, now) {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+func noSeq(unstamped []bool, i int) bool { return i < len(unstamped) && unstamped[i] }
+
+// splitBatches packs envelopes into batch frames of at most MaxBatchFrame
+// bytes, in order; a group of one is sent as the plain envelope (§7.2).
+func splitBatches(envs [][]byte) [][]byte {
+	var out [][]byte
+	start, size := 0, len(wire.BatchOpen)+len(wire.BatchClose)
+	flush := func(end int) {
+		if end-start == 1 {
+			out = append(out, envs[start])
+		} else if end > start {
+			out = append(out, wire.AppendBatch(make([]byte, 0, size), envs[start:end]))
+		}
+		start, size = end, len(wire.BatchOpen)+len(wire.BatchClose)
+	}
+	for i, e := range envs {
+		if i > start && size+len(e)+1 > wire.MaxBatchFrame {
+			flush(i)
+		}
+		size += len(e) + 1
+	}
+	flush(len(envs))
+	return out
+}
+
+func indexKey(idx []int) string {
+	b := make([]byte, 0, len(idx)*2)
+	for _, i := range idx {
+		b = append(b, byte(i), byte(i>>8))
+	}
+	return string(b)
+}
+
+func compactStrings(s []string) []string {
+	out := s[:0]
+	for i, v := range s {
+		if i == 0 || v != s[i-1] {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// sweep forgets topics nobody subscribes to that saw no publish for idle,
+// so the index does not grow with every topic ever published. Their
+// per-instance counters restart; buffered topics keep theirs in the store.
+func (h *hub) sweep(now time.Time, idle time.Duration) {
+	for i := range h.shards {
+		s := &h.shards[i]
+		s.mu.Lock()
+		for name, t := range s.topics {
+			t.mu.Lock()
+			if len(t.subs) == 0 && now.Sub(t.lastPub) > idle {
+				t.dead = true
+				delete(s.topics, name)
+			}
+			t.mu.Unlock()
+		}
+		s.mu.Unlock()
+	}
+}
+
+// topicCount returns the number of topics with at least one subscriber.
+func (h *hub) topicCount() int {
+	n := 0
+	for i := range h.shards {
+		s := &h.shards[i]
+		s.mu.RLock()
+		for _, t := range s.topics {
+			t.mu.Lock()
+			if len(t.subs) > 0 {
+				n++
+			}
+			t.mu.Unlock()
+		}
+		s.mu.RUnlock()
+	}
+	return n
+}

@@ -1,0 +1,128 @@
+package handlers
+
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are package-level so their values survive config reloads (a
+// gateway outlives the config that built it); Register adds them to each new
+// config's registry (STYLE §3, rl #100: metrics registered once go stale).
+var (
+	metricConnections = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "caddy", Subsystem: "realtime", Name: "connections",
+		Help: "Open WebSocket connections.",
+	}, []string{"gateway"})
+	metricSubscriptions = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "caddy", Subsystem: "realtime", Name: "subscriptions",
+		Help: "Topic subscriptions held by open connections.",
+	}, []string{"gateway"})
+	metricUpgrades = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "realtime", Name: "upgrades_total",
+		Help: "Upgrade attempts by result (101 or the HTTP status of the refusal).",
+	}, []string{"gateway", "code"})
+	metricFramesIn = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "realtime", Name: "frames_in_total",
+		Help: "Frames received from clients, by kind (control frame type or app).",
+	}, []string{"gateway", "kind"})
+	metricBytesIn = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "realtime", Name: "bytes_in_total",
+		Help: "Payload bytes received from clients.",
+	}, []string{"gateway"})
+	metricFramesOut = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "realtime", Name: "frames_out_total",
+		Help: "Frames written to clients.",
+	}, []string{"gateway"})
+	metricBytesOut = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "realtime", Name: "bytes_out_total",
+		Help: "Payload bytes written to clients.",
+	}, []string{"gateway"})
+	metricDropped = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "realtime", Name: "dropped_total",
+		Help: "Frames dropped, by reason: slow_consumer, rate_limited, no_message_hook, hook_queue_full, hook_busy, oversized.",
+	}, []string{"gateway", "reason"})
+	metricClosed = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "realtime", Name: "closes_total",
+		Help: "Connections closed by the gateway, by close code.",
+	}, []string{"gateway", "code"})
+	metricPublished = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "realtime", Name: "published_total",
+		Help: "Events published, by source (api, hook, bus).",
+	}, []string{"gateway", "source"})
+	metricDeliveryLatency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: "caddy", Subsystem: "realtime", Name: "publish_to_write_seconds",
+		Help:    "Time from a publish entering the gateway to its frame being written to a client.",
+		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
+	}, []string{"gateway"})
+	metricHookDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: "caddy", Subsystem: "realtime", Name: "hook_duration_seconds",
+		Help:    "Latency of calls to application hooks.",
+		Buckets: prometheus.DefBuckets,
+	}, []string{"gateway", "hook"})
+	metricHookErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "realtime", Name: "hook_errors_total",
+		Help: "Failed hook calls, by hook and cause (timeout, unreachable, status, invalid, busy).",
+	}, []string{"gateway", "hook", "cause"})
+)
+
+var allMetrics = []prometheus.Collector{
+	metricConnections, metricSubscriptions, metricUpgrades, metricFramesIn, metricBytesIn,
+	metricFramesOut, metricBytesOut, metricDropped, metricClosed, metricPublished,
+	metricDeliveryLatency, metricHookDuration, metricHookErrors,
+}
+
+// RegisterMetrics adds the gateway metrics to reg, tolerating collectors
+// already registered (several realtime handlers in one config).
+func RegisterMetrics(reg prometheus.Registerer) error {
+	for _, c := range allMetrics {
+		if err := reg.Register(c); err != nil {
+			var already prometheus.AlreadyRegisteredError
+			if !errors.As(err, &already) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// gatewayMetrics caches the label-bound children of one gateway so the hot
+// path never looks labels up.
+type gatewayMetrics struct {
+	connections, subscriptions     prometheus.Gauge
+	framesOut, bytesOut, bytesIn   prometheus.Counter
+	dropSlow, dropRate, dropNoHook prometheus.Counter
+	dropHookQueue, dropHookBusy    prometheus.Counter
+	dropOversized                  prometheus.Counter
+	latency                        prometheus.Observer
+	name                           string
+}
+
+func newGatewayMetrics(name string) *gatewayMetrics {
+	return &gatewayMetrics{
+		name:          name,
+		connections:   metricConnections.WithLabelValues(name),
+		subscriptions: metricSubscriptions.WithLabelValues(name),
+		framesOut:     metricFramesOut.WithLabelValues(name),
+		bytesOut:      metricBytesOut.WithLabelValues(name),
+		bytesIn:       metricBytesIn.WithLabelValues(name),
+		dropSlow:      metricDropped.WithLabelValues(name, "slow_consumer"),
+		dropRate:      metricDropped.WithLabelValues(name, "rate_limited"),
+		dropNoHook:    metricDropped.WithLabelValues(name, "no_message_hook"),
+		dropHookQueue: metricDropped.WithLabelValues(name, "hook_queue_full"),
+		dropHookBusy:  metricDropped.WithLabelValues(name, "hook_busy"),
+		dropOversized: metricDropped.WithLabelValues(name, "oversized"),
+		latency:       metricDeliveryLatency.WithLabelValues(name),
+	}
+}
+
+func (m *gatewayMetrics) frameIn(kind string, n int) {
+	metricFramesIn.WithLabelValues(m.name, kind).Inc()
+	m.bytesIn.Add(float64(n))
+}
+
+func (m *gatewayMetrics) upgrade(code string) { metricUpgrades.WithLabelValues(m.name, code).Inc() }
+func (m *gatewayMetrics) closed(code string)  { metricClosed.WithLabelValues(m.name, code).Inc() }
+func (m *gatewayMetrics) published(source string, n int) {
+	metricPublished.WithLabelValues(m.name, source).Add(float64(n))
+}

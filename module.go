@@ -1,0 +1,412 @@
+// Package realtime is the Caddy glue of caddy-realtime: the `realtime` app
+// (global option, shared backends) and the `http.handlers.realtime` handler
+// (directive), which turn Caddy into a realtime WebSocket gateway in front of
+// application servers. The protocol, hub and HTTP API live in handlers/; the
+// capabilities (bus, replay, presence, …) in extensions/. This package only
+// maps JSON onto their configs and wires them into Caddy's lifecycle.
+package realtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/google/uuid"
+	"go.uber.org/zap"
+
+	"github.com/caddy-realtime/realtime/handlers"
+)
+
+func init() {
+	caddy.RegisterModule(App{})
+	caddy.RegisterModule(Handler{})
+}
+
+// gateways holds every live gateway across config reloads, keyed by the
+// handler's name: a reload that keeps the name keeps the connections
+// (caddy-go.md §1.4). The new config provisions before the old one cleans up,
+// so the count goes 1→2→1 and Destruct runs only when the name disappears
+// from the config or Caddy exits.
+var gateways = caddy.NewUsagePool()
+
+// App is the `realtime` app: state shared by every realtime handler of one
+// Caddy instance. Redis and Postgres backends join it in later versions.
+type App struct {
+	// InstanceID names this Caddy instance among the gateways sharing a
+	// backend. Default: a random UUID per process start.
+	InstanceID string `json:"instance_id,omitempty"`
+
+	logger *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "realtime", New: func() caddy.Module { return new(App) }}
+}
+
+// processInstanceID is generated once per process so that reloads keep it.
+var processInstanceID = uuid.NewString()
+
+// Provision fills defaults.
+func (a *App) Provision(ctx caddy.Context) error {
+	a.logger = ctx.Logger()
+	if a.InstanceID == "" {
+		a.InstanceID = processInstanceID
+	}
+	return nil
+}
+
+// Start does nothing yet: the in-memory default has nothing to dial.
+func (a *App) Start() error { return nil }
+
+// Stop does nothing: shared state is released through the UsagePool when its
+// last config lets go of it, never here (on reload the new app already runs).
+func (a *App) Stop() error { return nil }
+
+// Handler is the `realtime` HTTP handler: it upgrades WebSocket requests on
+// Path, serves the HTTP API for app servers under API.Path, and passes every
+// other request to the next handler.
+type Handler struct {
+	// Name identifies the gateway across config reloads: connections survive
+	// a reload that keeps it. Two handlers in one config must have different
+	// names. Default: the WebSocket path.
+	Name string `json:"name,omitempty"`
+
+	// Path is the WebSocket endpoint. Default: /ws.
+	Path string `json:"path,omitempty"`
+
+	// API enables the HTTP API for app servers. Default: off.
+	API *APIConfig `json:"api,omitempty"`
+
+	// Origins is the origin policy for upgrades: ["same-origin"] requires the
+	// Origin's scheme, host and port to equal the request's; ["*"] allows
+	// any; otherwise a list of exact origins (scheme://host[:port]). A missing
+	// Origin is accepted only when Auth is configured. Default: same-origin.
+	Origins []string `json:"origins,omitempty"`
+
+	// Auth is the upgrade hook: a GET carrying the upgrade's cookies and
+	// headers; a 2xx JSON object answer becomes the connection's identity.
+	// Default: none (every connection has the identity {}).
+	Auth *HookConfig `json:"auth,omitempty"`
+
+	// SubscribeHook authorizes subscriptions, one POST per subscribe or
+	// subscribe-batch. Default: none (every valid topic is allowed).
+	SubscribeHook *HookConfig `json:"subscribe_hook,omitempty"`
+
+	// MessageHook receives application messages (non-control frames).
+	// Default: none (such frames are dropped and counted).
+	MessageHook *HookConfig `json:"message_hook,omitempty"`
+
+	// Public lists topic patterns ('*' wildcard) allowed without asking the
+	// subscribe hook. Default: none.
+	Public []string `json:"public,omitempty"`
+
+	// UserKey is the identity field that names a user, for sending to all
+	// connections of a user. Default: id.
+	UserKey string `json:"user_key,omitempty"`
+
+	// AllowNonASCIITopics admits topics with any character from U+0020 up
+	// except '"' and '\' (length counted in UTF-16 units). Default: false.
+	AllowNonASCIITopics bool `json:"allow_non_ascii_topics,omitempty"`
+
+	// KeepAlive is the quiet period after which a connection that was sent
+	// nothing gets {"type":"heartbeat"}; 5s to 120s. Default: 60s.
+	KeepAlive caddy.Duration `json:"keepalive,omitempty"`
+
+	// PingInterval is how often connections are pinged. Default: 30s.
+	PingInterval caddy.Duration `json:"ping_interval,omitempty"`
+
+	// IdleTimeout drops a connection that sent nothing, pongs included, for
+	// this long. Default: 120s.
+	IdleTimeout caddy.Duration `json:"idle_timeout,omitempty"`
+
+	// WriteTimeout bounds each write to a client; a client that does not
+	// take a frame within it is disconnected. Default: 10s.
+	WriteTimeout caddy.Duration `json:"write_timeout,omitempty"`
+
+	// RequestTimeout bounds a server request awaiting the client's reply.
+	// Default: 5s.
+	RequestTimeout caddy.Duration `json:"request_timeout,omitempty"`
+
+	// ShutdownSpread spreads the 1001 closes of a shutdown over this window,
+	// in random order, so clients do not all reconnect in the same second.
+	// Zero closes all at once. Default: 5s.
+	ShutdownSpread *caddy.Duration `json:"shutdown_spread,omitempty"`
+
+	// Limits bound what one client or IP may cost.
+	Limits *LimitsConfig `json:"limits,omitempty"`
+
+	gw     *handlers.Gateway
+	key    string
+	logger *zap.Logger
+}
+
+// APIConfig configures the HTTP API for app servers.
+type APIConfig struct {
+	// Path is the API's path prefix, e.g. /_realtime. Required.
+	Path string `json:"path,omitempty"`
+
+	// Key is the bearer key callers must present. Empty means only loopback
+	// callers are served. Use a placeholder such as {env.REALTIME_API_KEY}.
+	// Default: empty.
+	Key string `json:"key,omitempty"`
+
+	// MaxBody caps a request body in bytes; larger bodies get 413.
+	// Default: 4 MiB.
+	MaxBody int64 `json:"max_body,omitempty"`
+}
+
+// HookConfig configures one call to the application.
+type HookConfig struct {
+	// URL is the hook's address (http or https). Required.
+	URL string `json:"url,omitempty"`
+
+	// Timeout bounds one call. Default: 10s for auth, 5s otherwise.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+
+	// Headers lists extra request headers forwarded to the auth hook (Cookie,
+	// Authorization, X-Forwarded-For and X-Request-ID always are).
+	// Default: none.
+	Headers []string `json:"headers,omitempty"`
+
+	// MaxInFlight bounds concurrent calls to this hook across all
+	// connections; excess upgrades get 503, excess subscribes
+	// INTERNAL_ERROR, excess messages are dropped and counted.
+	// Default: 1000 for auth, 256 otherwise.
+	MaxInFlight int `json:"max_in_flight,omitempty"`
+
+	// Queue is the message hook's per-connection queue, in frames; a frame
+	// arriving at a full queue is dropped and counted. Default: 64.
+	Queue int `json:"queue,omitempty"`
+}
+
+// LimitsConfig bounds resources per connection and per client IP.
+type LimitsConfig struct {
+	// MaxPayload is the largest inbound frame in bytes; larger frames close
+	// the connection with 1009. Default: 1 MiB.
+	MaxPayload int64 `json:"max_payload,omitempty"`
+
+	// MaxBackpressure is the most bytes queued for one client; beyond it the
+	// SlowConsumer policy applies. Default: 1 MiB.
+	MaxBackpressure int64 `json:"max_backpressure,omitempty"`
+
+	// SlowConsumer is the policy for a client over MaxBackpressure: "close"
+	// closes it with 1013 Slow consumer; "drop" drops the frame for that
+	// client only and counts it. Default: close.
+	SlowConsumer string `json:"slow_consumer,omitempty"`
+
+	// UpgradeRate is the number of upgrades one client IP may make per
+	// UpgradeWindow (sliding window); excess gets 429. Zero uses the default;
+	// -1 disables the check. Default: 30.
+	UpgradeRate int `json:"upgrade_rate,omitempty"`
+
+	// UpgradeWindow is the window of UpgradeRate. Default: 10s.
+	UpgradeWindow caddy.Duration `json:"upgrade_window,omitempty"`
+
+	// MaxConnections caps open connections of this gateway; excess upgrades
+	// get 503. Default: 0 (unlimited).
+	MaxConnections int `json:"max_connections,omitempty"`
+
+	// MaxSubscriptions caps topics per connection; excess subscribes are
+	// denied RATE_LIMITED. Default: 1000.
+	MaxSubscriptions int `json:"max_subscriptions,omitempty"`
+
+	// InboundRate is the sustained rate of frames per second one connection
+	// may send; excess frames are dropped and counted. -1 disables.
+	// Default: 200.
+	InboundRate int `json:"inbound_rate,omitempty"`
+
+	// InboundBurst is the burst allowance of InboundRate. Default: 400.
+	InboundBurst int `json:"inbound_burst,omitempty"`
+
+	// RateLimitClose closes a connection with 4429 once it had more than
+	// this many frames dropped within 10s. -1 never closes. Default: 1000.
+	RateLimitClose int `json:"rate_limit_close,omitempty"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "http.handlers.realtime", New: func() caddy.Module { return new(Handler) }}
+}
+
+// Provision maps the JSON config onto the gateway's and gets the gateway
+// from the pool: a reload that keeps the name keeps its connections and
+// applies the new options to it.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	if err := handlers.RegisterMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("registering metrics: %w", err)
+	}
+	appModule, err := ctx.App("realtime")
+	if err != nil {
+		return fmt.Errorf("loading realtime app: %w", err)
+	}
+	app := appModule.(*App)
+	cfg, err := h.gatewayConfig()
+	if err != nil {
+		return err
+	}
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	h.key = "gateway:" + cfg.Name
+	logger := h.logger
+	v, loaded, err := gateways.LoadOrNew(h.key, func() (caddy.Destructor, error) {
+		// Not ctx: the gateway outlives this config (caddy-go.md pitfall 2).
+		gw, err := handlers.New(cfg, handlers.Options{Logger: logger, InstanceID: app.InstanceID})
+		if err != nil {
+			return nil, err
+		}
+		return pooledGateway{gw}, nil
+	})
+	if err != nil {
+		h.key = ""
+		return fmt.Errorf("starting gateway %q: %w", cfg.Name, err)
+	}
+	h.gw = v.(pooledGateway).Gateway
+	if loaded {
+		if err := h.gw.Reconfigure(cfg); err != nil {
+			return fmt.Errorf("reconfiguring gateway %q: %w", cfg.Name, err)
+		}
+	}
+	return nil
+}
+
+// gatewayConfig maps the JSON config onto handlers.Config, resolving
+// placeholders such as {env.REALTIME_API_KEY} in the key and hook URLs.
+func (h *Handler) gatewayConfig() (handlers.Config, error) {
+	repl := caddy.NewReplacer()
+	l := h.Limits
+	if l == nil {
+		l = &LimitsConfig{}
+	}
+	cfg := handlers.Config{
+		Name:                h.Name,
+		Path:                h.Path,
+		Origins:             h.Origins,
+		Public:              h.Public,
+		UserKey:             h.UserKey,
+		AllowNonASCIITopics: h.AllowNonASCIITopics,
+		KeepAlive:           time.Duration(h.KeepAlive),
+		PingInterval:        time.Duration(h.PingInterval),
+		IdleTimeout:         time.Duration(h.IdleTimeout),
+		WriteTimeout:        time.Duration(h.WriteTimeout),
+		RequestTimeout:      time.Duration(h.RequestTimeout),
+		MaxPayload:          l.MaxPayload,
+		MaxBackpressure:     l.MaxBackpressure,
+		UpgradeRate:         l.UpgradeRate,
+		UpgradeWindow:       time.Duration(l.UpgradeWindow),
+		MaxConnections:      l.MaxConnections,
+		MaxSubscriptions:    l.MaxSubscriptions,
+		InboundRate:         l.InboundRate,
+		InboundBurst:        l.InboundBurst,
+		RateLimitClose:      l.RateLimitClose,
+		ClientIP:            clientIP,
+	}
+	if h.ShutdownSpread != nil {
+		cfg.ShutdownSpread = time.Duration(*h.ShutdownSpread)
+		if cfg.ShutdownSpread == 0 {
+			cfg.ShutdownSpread = -1 // explicit zero: close all at once
+		}
+	}
+	switch l.SlowConsumer {
+	case "", "close":
+	case "drop":
+		cfg.DropSlow = true
+	default:
+		return cfg, fmt.Errorf("limits: slow_consumer %q must be close or drop", l.SlowConsumer)
+	}
+	if h.API != nil {
+		if h.API.Path == "" {
+			return cfg, errors.New("api: path is required")
+		}
+		// An unset {env.…} key resolves to empty: the API then serves only
+		// loopback callers, which is the safe reading of "no key".
+		key := repl.ReplaceAll(h.API.Key, "")
+		cfg.APIPath, cfg.APIKey, cfg.APIMaxBody = h.API.Path, key, h.API.MaxBody
+	}
+	hook := func(name string, hc *HookConfig) (*handlers.HookConfig, error) {
+		if hc == nil {
+			return nil, nil
+		}
+		u, err := repl.ReplaceOrErr(hc.URL, true, true)
+		if err != nil {
+			return nil, fmt.Errorf("%s: resolving url: %w", name, err)
+		}
+		return &handlers.HookConfig{URL: u, Timeout: time.Duration(hc.Timeout), Headers: hc.Headers, MaxInFlight: hc.MaxInFlight, Queue: hc.Queue}, nil
+	}
+	var err error
+	if cfg.Auth, err = hook("auth", h.Auth); err != nil {
+		return cfg, err
+	}
+	if cfg.SubscribeHook, err = hook("subscribe_hook", h.SubscribeHook); err != nil {
+		return cfg, err
+	}
+	if cfg.MessageHook, err = hook("message_hook", h.MessageHook); err != nil {
+		return cfg, err
+	}
+	return cfg, nil
+}
+
+// clientIP is the address Caddy resolved for the request, honouring the
+// server's trusted_proxies.
+func clientIP(r *http.Request) string {
+	if v, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok && v != "" {
+		return v
+	}
+	host := r.RemoteAddr
+	if i := strings.LastIndexByte(host, ':'); i > strings.LastIndexByte(host, ']') {
+		host = host[:i]
+	}
+	return strings.Trim(host, "[]")
+}
+
+// ServeHTTP serves upgrades on the WebSocket path and the API under its
+// path; every other request goes to next.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if h.gw.ServeHTTP(w, r) {
+		// Never return an error once the gateway answered: after a hijack
+		// Caddy would write a second response (caddy-go.md pitfall 8).
+		return nil
+	}
+	return next.ServeHTTP(w, r)
+}
+
+// Cleanup releases this config's reference to the gateway; the last
+// reference closes it. Safe after a failed Provision and idempotent.
+func (h *Handler) Cleanup() error {
+	if h.key == "" {
+		return nil
+	}
+	key := h.key
+	h.key = ""
+	_, err := gateways.Delete(key)
+	return err
+}
+
+// pooledGateway adapts a gateway to caddy.Destructor.
+type pooledGateway struct{ *handlers.Gateway }
+
+// Destruct closes every connection with 1001 and waits for the gateway's
+// goroutines, bounded so Caddy's exit never hangs.
+func (p pooledGateway) Destruct() error {
+	ctx, cancel := context.WithTimeout(context.Background(), p.ShutdownBudget())
+	defer cancel()
+	return p.Close(ctx)
+}
+
+// Interface guards
+var (
+	_ caddy.App                   = (*App)(nil)
+	_ caddy.Provisioner           = (*App)(nil)
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+	_ caddy.Destructor            = pooledGateway{}
+)
