@@ -18,7 +18,11 @@ import (
 
 func init() {
 	httpcaddyfile.RegisterHandlerDirective("realtime", parseHandlerCaddyfile)
-	httpcaddyfile.RegisterDirectiveOrder("realtime", httpcaddyfile.Before, "reverse_proxy")
+	// Right after encode, as Mercure does: after basic_auth and forward_auth
+	// (their placeholders are set), before handle/route blocks, templates,
+	// respond, reverse_proxy and file_server, so the upgrade and API paths
+	// win without an order line.
+	httpcaddyfile.RegisterDirectiveOrder("realtime", httpcaddyfile.After, "encode")
 	httpcaddyfile.RegisterGlobalOption("realtime", parseGlobalOption)
 }
 

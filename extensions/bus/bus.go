@@ -8,7 +8,7 @@ import (
 
 // Message is one published event crossing the bus.
 type Message struct {
-	Topic string          // wire topic; for a direct send, the topic of the frame
+	Topic string // wire topic; for a direct send, the topic of the frame
 	Event string
 	Data  json.RawMessage // raw JSON, passed through unchanged; nil means null
 	Seq   uint64          // 0: no seq (unsequenced or system topic)
