@@ -66,7 +66,6 @@ type Gateway struct {
 	wg     sync.WaitGroup // read loops, write loops, hook workers, the sweeper
 
 	draining     atomic.Bool
-	authInFlight atomic.Int64
 	conns        connIndex
 	closeOnce    sync.Once
 }

@@ -29,8 +29,8 @@
 //     gateways.
 //   - Redis (planned): PUBLISH/SUBSCRIBE on one channel, "uws:pubsub" by
 //     default, in the envelope format below, so instances interoperate with
-//     Node servers running the reference package (svelte-adapter-uws-
-//     extensions).
+//     Node servers running the reference package,
+//     svelte-adapter-uws-extensions.
 //
 // Every backend runs the conformance suite in bus_test.go.
 //
@@ -49,9 +49,10 @@
 // for topics with a replay buffer, so every instance delivers the seq the
 // publishing instance stamped, PROTOCOL.md §5.1). The third is used when a
 // unit holds a direct send ("user": deliver to that user's connections,
-// not to the topic's subscribers); nodes of the reference package do not
-// know it and refuse it, where they would deliver a "user" found in the
-// other shapes to every subscriber of the topic.
+// not to the topic's subscribers). It has no top-level "topic" or "batch",
+// so nodes of the reference package cannot take it for a publish; they
+// would deliver a direct send found in the other shapes to every subscriber
+// of its topic.
 //
 // Members:
 //

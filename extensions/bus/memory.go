@@ -61,7 +61,9 @@ type MemoryConfig struct {
 	Network *Network
 
 	// Handler receives the units other members publish. It is called from
-	// this bus's own goroutine, one call at a time, and must not block.
+	// this bus's own goroutine, one call at a time, and must not block. A
+	// panic in it is not recovered (this package has no logger to report
+	// it); a caller that wants to survive its own bugs recovers inside.
 	// Default: nil, such units are discarded.
 	Handler Handler
 

@@ -290,3 +290,26 @@ func TestValidReason(t *testing.T) {
 		})
 	}
 }
+
+// TestControlFramesAllocateOnce checks that the ack and request encoders
+// size their buffer up front: one allocation, the frame itself. Not
+// parallel, since AllocsPerRun counts allocations of the whole process.
+func TestControlFramesAllocateOnce(t *testing.T) {
+	topic, ref := []byte(`"chat:room/1"`), []byte(`"a1"`)
+	data := []byte(`{"op":"x"}`)
+	tests := []struct {
+		name string
+		fn   func()
+	}{
+		{"subscribed", func() { Subscribed(topic, ref) }},
+		{"subscribe-denied", func() { SubscribeDenied(topic, ref, "INTERNAL_ERROR") }},
+		{"request with a small ref", func() { Request(12, "confirm", data) }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if allocs := testing.AllocsPerRun(100, tt.fn); allocs != 1 {
+				t.Errorf("%s allocated %v times per run, want 1", tt.name, allocs)
+			}
+		})
+	}
+}

@@ -46,6 +46,11 @@ func viewOf(f *Frame) frameView {
 	return v
 }
 
+func (v frameView) String() string {
+	return fmt.Sprintf("{Kind:%v Topic:%q TopicRaw:%q Topics:%q Ref:%q Caps:%q SessionID:%q LastSeenSeqs:%q Since:%q ReqID:%q Data:%q Error:%q}",
+		v.Kind, v.Topic, v.TopicRaw, v.Topics, v.Ref, v.Caps, v.SessionID, v.LastSeenSeqs, v.Since, v.ReqID, v.Data, v.Error)
+}
+
 func (v frameView) equal(w frameView) bool {
 	return v.Kind == w.Kind && v.Topic == w.Topic && v.TopicRaw == w.TopicRaw &&
 		slices.Equal(v.Topics, w.Topics) && v.Ref == w.Ref && slices.Equal(v.Caps, w.Caps) &&

@@ -1,6 +1,10 @@
 package wire
 
-import "encoding/json"
+import (
+	"bytes"
+	"encoding/json"
+	"unicode/utf8"
+)
 
 // The scanner below walks JSON that json.Valid has already accepted, so it
 // only has to find token boundaries, never report syntax errors. It exists
@@ -104,14 +108,21 @@ func stringValue(raw []byte) (string, bool) {
 		return "", false
 	}
 	inner := raw[1 : len(raw)-1]
+	slow := false
 	for _, c := range inner {
-		if c == '\\' {
-			var s string
-			if json.Unmarshal(raw, &s) != nil {
-				return "", false
-			}
-			return s, true
+		if c == '\\' || c >= utf8.RuneSelf {
+			slow = true
+			break
 		}
+	}
+	if slow && (bytes.IndexByte(inner, '\\') >= 0 || !utf8.Valid(inner)) {
+		// Escapes, or invalid UTF-8 that JSON.parse would see as U+FFFD:
+		// let encoding/json decode it the same way.
+		var s string
+		if json.Unmarshal(raw, &s) != nil {
+			return "", false
+		}
+		return s, true
 	}
 	return string(inner), true
 }

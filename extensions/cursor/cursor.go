@@ -1,0 +1,110 @@
+// Package cursor holds the shared cursor positions of each cursor topic
+// across every instance (PROTOCOL.md §6.2): one entry per connection, latest
+// position wins, gone when the connection closes or its instance stops.
+//
+// The Tracker is the state a snapshot reads. Moves travel as frames: the
+// instance owning a connection flushes its topic's changed entries at most
+// once per Config.Throttle, as one update or one bulk frame on
+// "__cursor:<topic>", and relays that frame through the bus, so every
+// instance sends the same bytes to its attached connections. Relaying one
+// frame per flush instead of one per entry is what kept the reference
+// package's cursors at frame rate (extensions-study.md L-27).
+//
+// # Concurrency
+//
+// A Tracker is safe for concurrent use. The gateway serializes calls per
+// connection (its key). Config.OnExpire is called from the Tracker's own
+// goroutine, one call at a time, and must not block.
+//
+// # Backends
+//
+// Planned beside this file: memory (one instance) and Redis (a hash per
+// topic with per-entry timestamps, reaped by live instances). Each will run
+// one conformance suite.
+package cursor
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+)
+
+// Entry is one connection's cursor, the element of update, bulk and
+// snapshot frames: {"key":…,"user":…,"data":…}.
+type Entry struct {
+	Key  string          // the connection's cluster-unique cursor key
+	User json.RawMessage // public projection of the connection's identity
+	Data json.RawMessage // the position, as the client sent it; nil means null
+}
+
+// ExpireFunc receives the keys of entries that expired on topic because
+// their instance stopped refreshing them. It is called on one instance per
+// expired entry, the one that removed it, so the gateway there publishes
+// each remove frame once for the whole cluster. It must not block.
+type ExpireFunc func(topic string, keys []string)
+
+// Tracker stores cursor entries per topic. Topics and keys are opaque
+// strings to it; the caller validates them.
+type Tracker interface {
+	// Update sets e as the entry of e.Key on topic, replacing the previous
+	// one whole. The entry lives until Remove, or until Config.TTL after
+	// its instance stops refreshing it.
+	Update(ctx context.Context, topic string, e Entry) error
+
+	// Remove deletes the entry of key on topic; a missing entry is not an
+	// error. After Remove returns, List no longer returns the entry, so no
+	// snapshot can show a cursor after its remove frame.
+	Remove(ctx context.Context, topic, key string) error
+
+	// List returns the live entries of topic, in no particular order.
+	List(ctx context.Context, topic string) ([]Entry, error)
+}
+
+// Defaults and limits of Config (PROTOCOL.md §6.2, §8).
+const (
+	DefaultThrottle = 50 * time.Millisecond
+	MinThrottle     = 16 * time.Millisecond
+	DefaultTTL      = 30 * time.Second
+)
+
+// Config is the part of cursor configuration every backend shares; backend
+// configs embed it. The zero value is the default configuration.
+type Config struct {
+	// Throttle is the per-topic flush interval: changed entries are sent at
+	// most once per interval, the first change after an idle interval at
+	// once. Values below MinThrottle (one frame at 60 Hz) are raised to it:
+	// faster flushes cost frames without smoother motion.
+	// Default: DefaultThrottle.
+	Throttle time.Duration
+
+	// TTL is how long the entries of an instance that stopped refreshing
+	// them survive before they are removed and OnExpire is called.
+	// Default: DefaultTTL.
+	TTL time.Duration
+
+	// OnExpire receives expired entries. Default: nil, expiry removes them
+	// silently and clients keep the stale cursors until they reload.
+	OnExpire ExpireFunc
+
+	// Now is the clock for expiry in the memory backend; Redis uses the
+	// server's clock. Default: time.Now.
+	Now func() time.Time
+}
+
+// WithDefaults returns c with every zero field set to its default, and
+// Throttle raised to MinThrottle.
+func (c Config) WithDefaults() Config {
+	switch {
+	case c.Throttle <= 0:
+		c.Throttle = DefaultThrottle
+	case c.Throttle < MinThrottle:
+		c.Throttle = MinThrottle
+	}
+	if c.TTL <= 0 {
+		c.TTL = DefaultTTL
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return c
+}

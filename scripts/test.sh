@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# The one command that runs every test of caddy-realtime on a fresh machine.
+#
+#   ./scripts/test.sh            # everything: lint, unit, race, integration (real Caddy processes)
+#   ./scripts/test.sh -short     # unit tests only (no Caddy processes, no Redis/Postgres)
+#
+# It needs Go >= 1.26. It makes sure Redis (127.0.0.1:6379) and PostgreSQL
+# (127.0.0.1:5432, trust auth, database "test") are running, installing them
+# from Debian packages when they are missing and this runs as root; when it
+# cannot, it says exactly what is missing. Tests that kill or restart a
+# server start their own throwaway redis-server/postgres on free ports.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+short=""
+[[ "${1:-}" == "-short" ]] && short="-short"
+
+say() { printf '\n== %s\n' "$*"; }
+
+command -v go >/dev/null || { echo "missing: Go >= 1.26 (https://go.dev/dl/)"; exit 1; }
+
+apt_install() {
+	if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+		say "installing $*"
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null || {
+			apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null
+		}
+	else
+		return 1
+	fi
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+ensure_redis() {
+	port_open 6379 && return 0
+	command -v redis-server >/dev/null || apt_install redis-server || {
+		echo "missing: redis-server (Debian: apt-get install redis-server), needed on 127.0.0.1:6379"; return 1; }
+	mkdir -p /tmp/realtime-redis
+	redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+		--dir /tmp/realtime-redis --logfile /tmp/realtime-redis/redis.log
+	for _ in $(seq 50); do port_open 6379 && return 0; sleep 0.1; done
+	echo "redis-server did not start on 127.0.0.1:6379 (see /tmp/realtime-redis/redis.log)"; return 1
+}
+
+ensure_postgres() {
+	port_open 5432 && return 0
+	if ! ls /etc/postgresql >/dev/null 2>&1; then
+		apt_install postgresql || {
+			echo "missing: PostgreSQL 15 (Debian: apt-get install postgresql), needed on 127.0.0.1:5432 with trust auth and database test"; return 1; }
+	fi
+	local ver
+	ver=$(ls /etc/postgresql | sort -V | tail -n1)
+	pg_ctlcluster --skip-systemctl-redirect "$ver" main start || true
+	for _ in $(seq 100); do port_open 5432 && break; sleep 0.1; done
+	port_open 5432 || { echo "postgres did not start on 127.0.0.1:5432"; return 1; }
+	su postgres -c "psql -qtAc \"SELECT 1 FROM pg_database WHERE datname='test'\"" | grep -q 1 ||
+		su postgres -c "createdb test" || true
+}
+
+if [[ -z "$short" ]]; then
+	say "services"
+	ensure_redis && echo "redis: 127.0.0.1:6379"
+	ensure_postgres && echo "postgres: 127.0.0.1:5432"
+fi
+
+# Caddy computes its config and data dirs at init: keep test runs off $HOME.
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+export XDG_DATA_HOME="$tmp/data" XDG_CONFIG_HOME="$tmp/config"
+
+say "gofmt"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+[[ -z "$unformatted" ]] || { echo "gofmt would change: $unformatted"; exit 1; }
+
+say "go vet"
+go vet ./...
+
+say "staticcheck"
+if GOFLAGS= go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 -version >/dev/null 2>&1; then
+	GOFLAGS= go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+else
+	echo "staticcheck unavailable (no module proxy?): skipped"
+fi
+
+say "go test -race ${short}"
+go test -race $short -count=1 -timeout 20m ./...
+
+say "all tests passed"
