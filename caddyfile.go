@@ -1,8 +1,10 @@
 package realtime
 
 import (
+	"encoding/json"
 	"math"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -14,6 +16,8 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/dustin/go-humanize"
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/caddy-realtime/realtime/extensions/wire"
 )
 
 func init() {
@@ -130,15 +134,63 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //			inbound_burst <n>
 //			rate_limit_close <n>|off
 //		}
+//		replay <pattern> {
+//			store memory
+//			size <n>
+//			ttl <duration>
+//			truncation_notice on|off
+//		}
+//		presence <pattern> {
+//			key <field>
+//			select <field...>
+//			heartbeat <duration>|off
+//			ttl <duration>
+//		}
+//		cursor <pattern> {
+//			throttle <duration>|off
+//			topic_throttle <duration>
+//			ttl <duration>
+//			select <field...>
+//			max_data <size>
+//		}
+//		group <name> {
+//			max_members <n>
+//			meta <key> <value>
+//			member_ttl <duration>
+//			role_from <field>
+//			join_on <pattern...>
+//		}
+//		rate_limit {
+//			points <n>
+//			interval <duration>
+//			block <duration>
+//			key ip|connection|user|<field>
+//			action drop|close
+//			subscribes
+//		}
+//		events_hook <url> {
+//			timeout <duration>
+//			max_in_flight <n>
+//		}
 //	}
 //
-// Blocks after api, auth and the hooks are optional. Sizes take a unit
+// Blocks after api, auth, the hooks, replay, presence, cursor and group are
+// optional; rate_limit requires one (it may be empty). Sizes take a unit
 // (4MiB, 1MB) or plain bytes; durations use Caddy's syntax (10s, 1m30s, 1d).
 // path and api paths start with '/'; hook URLs are http or https; keepalive
 // is 5s to 120s; shutdown_spread may be 0 (close all at once); `off` sets
-// the -1 that disables upgrade_rate, inbound_rate or rate_limit_close.
-// Each option may appear once per block. Nothing is defaulted here:
-// Provision does it, so `caddy adapt` shows only what was written.
+// the -1 that disables upgrade_rate, inbound_rate or rate_limit_close, and
+// the 0 that disables a presence heartbeat or a cursor throttle.
+// topic_throttle is at least 16ms.
+//
+// A topic pattern ('*' matches any run of characters) is printable ASCII
+// without '"' or '\' and does not start with "__"; a group name is a topic
+// name without spaces that does not start with "__". replay, presence,
+// cursor and group may repeat, each for a different pattern or name; meta
+// may repeat, each for a different key, and builds the group's metadata as
+// a JSON object of strings in the order written. Every other option may
+// appear once per block. Nothing is defaulted here: Provision does it, so
+// `caddy adapt` shows only what was written.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
 	if d.NextArg() {
@@ -147,7 +199,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	seen := make(map[string]bool)
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
-		if seen[opt] {
+		if seen[opt] && !repeatable[opt] {
 			return d.Errf("%s already specified", opt)
 		}
 		seen[opt] = true
@@ -196,6 +248,30 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.ShutdownSpread = &dur
 		case "limits":
 			h.Limits, err = parseLimits(d)
+		case "replay":
+			var r ReplayConfig
+			if r, err = parseReplay(d, h.Replay); err == nil {
+				h.Replay = append(h.Replay, r)
+			}
+		case "presence":
+			var p PresenceConfig
+			if p, err = parsePresence(d, h.Presence); err == nil {
+				h.Presence = append(h.Presence, p)
+			}
+		case "cursor":
+			var c CursorConfig
+			if c, err = parseCursor(d, h.Cursors); err == nil {
+				h.Cursors = append(h.Cursors, c)
+			}
+		case "group":
+			var g GroupConfig
+			if g, err = parseGroup(d, h.Groups); err == nil {
+				h.Groups = append(h.Groups, g)
+			}
+		case "rate_limit":
+			h.RateLimit, err = parseRateLimit(d)
+		case "events_hook":
+			h.EventsHook, err = parseHook(d)
 		default:
 			return d.Errf("unrecognized subdirective: %s", opt)
 		}
@@ -205,6 +281,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	return nil
 }
+
+// repeatable lists the handler options that may appear more than once, each
+// for a different pattern or name.
+var repeatable = map[string]bool{"replay": true, "presence": true, "cursor": true, "group": true}
 
 // parseAPI parses `api <path> [{ … }]`; the cursor is on "api".
 func parseAPI(d *caddyfile.Dispenser) (*APIConfig, error) {
@@ -409,6 +489,324 @@ func parseLimits(d *caddyfile.Dispenser) (*LimitsConfig, error) {
 	return lim, nil
 }
 
+// minTopicThrottle is the smallest cursor topic_throttle.
+const minTopicThrottle = 16 * time.Millisecond
+
+// parseReplay parses `replay <pattern> [{ … }]`; the cursor is on "replay".
+func parseReplay(d *caddyfile.Dispenser, declared []ReplayConfig) (ReplayConfig, error) {
+	topics, err := patternHead(d)
+	if err != nil {
+		return ReplayConfig{}, err
+	}
+	if slices.ContainsFunc(declared, func(r ReplayConfig) bool { return r.Topics == topics }) {
+		return ReplayConfig{}, d.Errf("replay pattern '%s' already declared", topics)
+	}
+	r := ReplayConfig{Topics: topics}
+	seen := make(map[string]bool)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if seen[opt] {
+			return ReplayConfig{}, d.Errf("%s already specified", opt)
+		}
+		seen[opt] = true
+		var err error
+		switch opt {
+		case "store":
+			var v string
+			if v, err = singleArg(d); err != nil {
+				return ReplayConfig{}, err
+			}
+			if v != "memory" {
+				return ReplayConfig{}, d.Errf("unknown replay store '%s': want memory", v)
+			}
+			r.Store = v
+		case "size":
+			r.Size, err = intArg(d, 1)
+		case "ttl":
+			r.TTL, err = durationArg(d, false)
+		case "truncation_notice":
+			var on bool
+			on, err = onOffArg(d)
+			r.TruncationNotice = &on
+		default:
+			return ReplayConfig{}, d.Errf("unrecognized replay subdirective: %s", opt)
+		}
+		if err != nil {
+			return ReplayConfig{}, err
+		}
+	}
+	return r, nil
+}
+
+// parsePresence parses `presence <pattern> [{ … }]`; the cursor is on
+// "presence".
+func parsePresence(d *caddyfile.Dispenser, declared []PresenceConfig) (PresenceConfig, error) {
+	topics, err := patternHead(d)
+	if err != nil {
+		return PresenceConfig{}, err
+	}
+	if slices.ContainsFunc(declared, func(p PresenceConfig) bool { return p.Topics == topics }) {
+		return PresenceConfig{}, d.Errf("presence pattern '%s' already declared", topics)
+	}
+	p := PresenceConfig{Topics: topics}
+	seen := make(map[string]bool)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if seen[opt] {
+			return PresenceConfig{}, d.Errf("%s already specified", opt)
+		}
+		seen[opt] = true
+		var err error
+		switch opt {
+		case "key":
+			p.Key, err = singleArg(d)
+		case "select":
+			p.Select, err = listArg(d)
+		case "heartbeat":
+			p.Heartbeat, err = durationOrOffArg(d)
+		case "ttl":
+			p.TTL, err = durationArg(d, false)
+		default:
+			return PresenceConfig{}, d.Errf("unrecognized presence subdirective: %s", opt)
+		}
+		if err != nil {
+			return PresenceConfig{}, err
+		}
+	}
+	return p, nil
+}
+
+// parseCursor parses `cursor <pattern> [{ … }]`; the cursor is on "cursor".
+func parseCursor(d *caddyfile.Dispenser, declared []CursorConfig) (CursorConfig, error) {
+	topics, err := patternHead(d)
+	if err != nil {
+		return CursorConfig{}, err
+	}
+	if slices.ContainsFunc(declared, func(c CursorConfig) bool { return c.Topics == topics }) {
+		return CursorConfig{}, d.Errf("cursor pattern '%s' already declared", topics)
+	}
+	c := CursorConfig{Topics: topics}
+	seen := make(map[string]bool)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if seen[opt] {
+			return CursorConfig{}, d.Errf("%s already specified", opt)
+		}
+		seen[opt] = true
+		var err error
+		switch opt {
+		case "throttle":
+			c.Throttle, err = durationOrOffArg(d)
+		case "topic_throttle":
+			c.TopicThrottle, err = durationArg(d, false)
+			if tt := time.Duration(c.TopicThrottle); err == nil && tt < minTopicThrottle {
+				return CursorConfig{}, d.Errf("topic_throttle must be at least %s, got '%s'", minTopicThrottle, tt)
+			}
+		case "ttl":
+			c.TTL, err = durationArg(d, false)
+		case "select":
+			c.Select, err = listArg(d)
+		case "max_data":
+			var n int64
+			if n, err = sizeArg(d); err == nil && n > math.MaxInt {
+				return CursorConfig{}, d.Errf("bad size value '%s' for max_data: too large", d.Val())
+			}
+			c.MaxData = int(n)
+		default:
+			return CursorConfig{}, d.Errf("unrecognized cursor subdirective: %s", opt)
+		}
+		if err != nil {
+			return CursorConfig{}, err
+		}
+	}
+	return c, nil
+}
+
+// parseGroup parses `group <name> [{ … }]`; the cursor is on "group".
+func parseGroup(d *caddyfile.Dispenser, declared []GroupConfig) (GroupConfig, error) {
+	if !d.NextArg() {
+		return GroupConfig{}, d.ArgErr()
+	}
+	name := d.Val()
+	if d.NextArg() {
+		return GroupConfig{}, d.ArgErr()
+	}
+	if !wire.ValidTopic(name, false) || wire.IsSystem(name) || strings.Contains(name, " ") {
+		return GroupConfig{}, d.Errf("bad group name '%s': want a topic name of printable ASCII without spaces, '\"' or '\\', not starting with __", name)
+	}
+	if slices.ContainsFunc(declared, func(g GroupConfig) bool { return g.Name == name }) {
+		return GroupConfig{}, d.Errf("group '%s' already declared", name)
+	}
+	g := GroupConfig{Name: name}
+	var meta []byte
+	metaKeys := make(map[string]bool)
+	seen := make(map[string]bool)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if seen[opt] && opt != "meta" {
+			return GroupConfig{}, d.Errf("%s already specified", opt)
+		}
+		seen[opt] = true
+		var err error
+		switch opt {
+		case "max_members":
+			g.MaxMembers, err = intArg(d, 1)
+		case "meta":
+			args := d.RemainingArgs()
+			if len(args) != 2 {
+				return GroupConfig{}, d.ArgErr()
+			}
+			key, value := args[0], args[1]
+			if key == "" {
+				return GroupConfig{}, d.Err("meta key must not be empty")
+			}
+			if metaKeys[key] {
+				return GroupConfig{}, d.Errf("meta key '%s' already declared", key)
+			}
+			metaKeys[key] = true
+			if meta, err = appendMeta(meta, key, value); err != nil {
+				return GroupConfig{}, d.Errf("meta key '%s': %v", key, err)
+			}
+			err = noBlock(d, opt)
+		case "member_ttl":
+			g.MemberTTL, err = durationArg(d, false)
+		case "role_from":
+			g.RoleFrom, err = singleArg(d)
+		case "join_on":
+			if g.JoinOn, err = listArg(d); err != nil {
+				return GroupConfig{}, err
+			}
+			for _, p := range g.JoinOn {
+				if !validPattern(p) {
+					return GroupConfig{}, badPattern(d, opt, p)
+				}
+			}
+		default:
+			return GroupConfig{}, d.Errf("unrecognized group subdirective: %s", opt)
+		}
+		if err != nil {
+			return GroupConfig{}, err
+		}
+	}
+	if meta != nil {
+		g.Meta = json.RawMessage(append(meta, '}'))
+	}
+	return g, nil
+}
+
+// appendMeta appends "key":"value" to the JSON object being built in meta,
+// opening it first if meta is empty; the caller closes it.
+func appendMeta(meta []byte, key, value string) ([]byte, error) {
+	k, err := json.Marshal(key)
+	if err != nil {
+		return nil, err
+	}
+	v, err := json.Marshal(value)
+	if err != nil {
+		return nil, err
+	}
+	if meta == nil {
+		meta = append(meta, '{')
+	} else {
+		meta = append(meta, ',')
+	}
+	meta = append(meta, k...)
+	meta = append(meta, ':')
+	return append(meta, v...), nil
+}
+
+// parseRateLimit parses the `rate_limit { … }` block; the cursor is on
+// "rate_limit". The block is required but may be empty.
+func parseRateLimit(d *caddyfile.Dispenser) (*RateLimitConfig, error) {
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	rl := new(RateLimitConfig)
+	opened := false
+	seen := make(map[string]bool)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opened = true
+		opt := d.Val()
+		if seen[opt] {
+			return nil, d.Errf("%s already specified", opt)
+		}
+		seen[opt] = true
+		var err error
+		switch opt {
+		case "points":
+			rl.Points, err = intArg(d, 1)
+		case "interval":
+			rl.Interval, err = durationArg(d, false)
+		case "block":
+			rl.Block, err = durationArg(d, false)
+		case "key":
+			rl.Key, err = singleArg(d)
+		case "action":
+			var v string
+			if v, err = singleArg(d); err != nil {
+				return nil, err
+			}
+			if v != "drop" && v != "close" {
+				return nil, d.Errf("unknown rate_limit action '%s': want drop or close", v)
+			}
+			rl.Action = v
+		case "subscribes":
+			if d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			err = noBlock(d, opt)
+			rl.Subscribes = true
+		default:
+			return nil, d.Errf("unrecognized rate_limit subdirective: %s", opt)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	// Without a block NextBlock leaves the cursor on "rate_limit"; an empty
+	// block leaves it on the closing brace.
+	if !opened && d.Val() == "rate_limit" {
+		return nil, d.Err("rate_limit requires a block")
+	}
+	return rl, nil
+}
+
+// patternHead reads the one topic pattern argument of the current option
+// (replay, presence or cursor), which may be followed by a block.
+func patternHead(d *caddyfile.Dispenser) (string, error) {
+	opt := d.Val()
+	if !d.NextArg() {
+		return "", d.ArgErr()
+	}
+	p := d.Val()
+	if d.NextArg() {
+		return "", d.ArgErr()
+	}
+	if !validPattern(p) {
+		return "", badPattern(d, opt, p)
+	}
+	return p, nil
+}
+
+// validPattern reports whether p is a valid topic pattern: non-empty
+// printable ASCII without '"' or '\', outside the "__" system namespace.
+func validPattern(p string) bool {
+	if p == "" || wire.IsSystem(p) {
+		return false
+	}
+	for i := 0; i < len(p); i++ {
+		if c := p[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
+			return false
+		}
+	}
+	return true
+}
+
+// badPattern is the error for an invalid topic pattern p of opt.
+func badPattern(d *caddyfile.Dispenser, opt, p string) error {
+	return d.Errf("bad %s pattern '%s': want printable ASCII without '\"' or '\\', not starting with __", opt, p)
+}
+
 // parseRate parses "<n>/<duration>" with n > 0 and a positive duration; a
 // bare unit counts one of it ("30/s" is "30/1s").
 func parseRate(s string) (int, time.Duration, bool) {
@@ -479,6 +877,28 @@ func durationArg(d *caddyfile.Dispenser, allowZero bool) (caddy.Duration, error)
 	if err != nil {
 		return 0, err
 	}
+	return checkDuration(d, opt, v, allowZero)
+}
+
+// durationOrOffArg reads a positive duration argument, or off for zero.
+func durationOrOffArg(d *caddyfile.Dispenser) (*caddy.Duration, error) {
+	opt := d.Val()
+	v, err := singleArg(d)
+	if err != nil {
+		return nil, err
+	}
+	var dur caddy.Duration
+	if v != "off" {
+		if dur, err = checkDuration(d, opt, v, false); err != nil {
+			return nil, err
+		}
+	}
+	return &dur, nil
+}
+
+// checkDuration parses v, the argument of opt, as a positive duration, or
+// a zero one when allowZero is set.
+func checkDuration(d *caddyfile.Dispenser, opt, v string, allowZero bool) (caddy.Duration, error) {
 	dur, err := caddy.ParseDuration(v)
 	if err != nil {
 		return 0, d.Errf("bad duration value '%s' for %s: %v", v, opt, err)
@@ -487,6 +907,22 @@ func durationArg(d *caddyfile.Dispenser, allowZero bool) (caddy.Duration, error)
 		return 0, d.Errf("%s must be positive, got '%s'", opt, v)
 	}
 	return caddy.Duration(dur), nil
+}
+
+// onOffArg reads an on or off argument.
+func onOffArg(d *caddyfile.Dispenser) (bool, error) {
+	opt := d.Val()
+	v, err := singleArg(d)
+	if err != nil {
+		return false, err
+	}
+	switch v {
+	case "on":
+		return true, nil
+	case "off":
+		return false, nil
+	}
+	return false, d.Errf("bad %s value '%s': want on or off", opt, v)
 }
 
 // intArg reads an integer argument of at least least (0 or 1).

@@ -17,6 +17,8 @@ func durationPtr(d time.Duration) *caddy.Duration {
 	return &cd
 }
 
+func boolPtr(b bool) *bool { return &b }
+
 func TestHandlerUnmarshalCaddyfile(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
@@ -259,6 +261,215 @@ func TestHandlerUnmarshalCaddyfile(t *testing.T) {
 			name:  "max_connections of zero is allowed and means unlimited",
 			input: "realtime {\n\tlimits {\n\t\tmax_connections 0\n\t}\n}",
 			want:  Handler{Limits: &LimitsConfig{}},
+		},
+
+		// Success: replay, presence, cursors, groups, rate_limit, events_hook.
+		{
+			name:  "replay without a block sets only the pattern",
+			input: "realtime {\n\treplay chat:*\n}",
+			want:  Handler{Replay: []ReplayConfig{{Topics: "chat:*"}}},
+		},
+		{
+			name: "replay with a block sets store, size, ttl and truncation_notice",
+			input: `realtime {
+				replay chat:* {
+					store memory
+					size 500
+					ttl 1h
+					truncation_notice off
+				}
+			}`,
+			want: Handler{Replay: []ReplayConfig{{
+				Topics:           "chat:*",
+				Store:            "memory",
+				Size:             500,
+				TTL:              caddy.Duration(time.Hour),
+				TruncationNotice: boolPtr(false),
+			}}},
+		},
+		{
+			name:  "truncation_notice on is kept as an explicit true",
+			input: "realtime {\n\treplay a {\n\t\ttruncation_notice on\n\t}\n}",
+			want:  Handler{Replay: []ReplayConfig{{Topics: "a", TruncationNotice: boolPtr(true)}}},
+		},
+		{
+			name:  "replay repeats for different patterns in the order written",
+			input: "realtime {\n\treplay chat:*\n\treplay *\n}",
+			want:  Handler{Replay: []ReplayConfig{{Topics: "chat:*"}, {Topics: "*"}}},
+		},
+		{
+			name:  "a pattern may contain spaces and punctuation when quoted",
+			input: "realtime {\n\treplay \"room 1/*\"\n}",
+			want:  Handler{Replay: []ReplayConfig{{Topics: "room 1/*"}}},
+		},
+		{
+			name:  "presence without a block sets only the pattern",
+			input: "realtime {\n\tpresence room:*\n}",
+			want:  Handler{Presence: []PresenceConfig{{Topics: "room:*"}}},
+		},
+		{
+			name: "presence with a block sets key, select, heartbeat and ttl",
+			input: `realtime {
+				presence room:* {
+					key user_id
+					select name avatar
+					heartbeat 15s
+					ttl 2m
+				}
+			}`,
+			want: Handler{Presence: []PresenceConfig{{
+				Topics:    "room:*",
+				Key:       "user_id",
+				Select:    []string{"name", "avatar"},
+				Heartbeat: durationPtr(15 * time.Second),
+				TTL:       caddy.Duration(2 * time.Minute),
+			}}},
+		},
+		{
+			name:  "presence heartbeat off is kept as an explicit zero",
+			input: "realtime {\n\tpresence room:* {\n\t\theartbeat off\n\t}\n}",
+			want:  Handler{Presence: []PresenceConfig{{Topics: "room:*", Heartbeat: durationPtr(0)}}},
+		},
+		{
+			name:  "presence repeats for different patterns",
+			input: "realtime {\n\tpresence room:*\n\tpresence lobby\n}",
+			want:  Handler{Presence: []PresenceConfig{{Topics: "room:*"}, {Topics: "lobby"}}},
+		},
+		{
+			name:  "cursor without a block sets only the pattern in cursors",
+			input: "realtime {\n\tcursor doc:*\n}",
+			want:  Handler{Cursors: []CursorConfig{{Topics: "doc:*"}}},
+		},
+		{
+			name: "cursor with a block sets throttle, topic_throttle, ttl, select and max_data",
+			input: `realtime {
+				cursor doc:* {
+					throttle 32ms
+					topic_throttle 100ms
+					ttl 45s
+					select name color
+					max_data 4KiB
+				}
+			}`,
+			want: Handler{Cursors: []CursorConfig{{
+				Topics:        "doc:*",
+				Throttle:      durationPtr(32 * time.Millisecond),
+				TopicThrottle: caddy.Duration(100 * time.Millisecond),
+				TTL:           caddy.Duration(45 * time.Second),
+				Select:        []string{"name", "color"},
+				MaxData:       4096,
+			}}},
+		},
+		{
+			name:  "cursor throttle off is kept as an explicit zero",
+			input: "realtime {\n\tcursor doc:* {\n\t\tthrottle off\n\t}\n}",
+			want:  Handler{Cursors: []CursorConfig{{Topics: "doc:*", Throttle: durationPtr(0)}}},
+		},
+		{
+			name:  "topic_throttle accepts the lower bound of 16ms",
+			input: "realtime {\n\tcursor doc:* {\n\t\ttopic_throttle 16ms\n\t}\n}",
+			want:  Handler{Cursors: []CursorConfig{{Topics: "doc:*", TopicThrottle: caddy.Duration(16 * time.Millisecond)}}},
+		},
+		{
+			name:  "max_data accepts plain bytes",
+			input: "realtime {\n\tcursor doc:* {\n\t\tmax_data 2048\n\t}\n}",
+			want:  Handler{Cursors: []CursorConfig{{Topics: "doc:*", MaxData: 2048}}},
+		},
+		{
+			name:  "cursor repeats for different patterns",
+			input: "realtime {\n\tcursor doc:*\n\tcursor board:*\n}",
+			want:  Handler{Cursors: []CursorConfig{{Topics: "doc:*"}, {Topics: "board:*"}}},
+		},
+		{
+			name:  "group without a block sets only the name",
+			input: "realtime {\n\tgroup lobby\n}",
+			want:  Handler{Groups: []GroupConfig{{Name: "lobby"}}},
+		},
+		{
+			name: "group with a block sets every option and meta in the order written",
+			input: `realtime {
+				group lobby {
+					max_members 50
+					meta title "Main lobby"
+					meta theme dark
+					member_ttl 3m
+					role_from role
+					join_on lobby room:*
+				}
+			}`,
+			want: Handler{Groups: []GroupConfig{{
+				Name:       "lobby",
+				MaxMembers: 50,
+				Meta:       json.RawMessage(`{"title":"Main lobby","theme":"dark"}`),
+				MemberTTL:  caddy.Duration(3 * time.Minute),
+				RoleFrom:   "role",
+				JoinOn:     []string{"lobby", "room:*"},
+			}}},
+		},
+		{
+			name:  "meta keys and values are JSON-escaped",
+			input: "realtime {\n\tgroup g {\n\t\tmeta `a\"b` `c\\d`\n\t}\n}",
+			want:  Handler{Groups: []GroupConfig{{Name: "g", Meta: json.RawMessage(`{"a\"b":"c\\d"}`)}}},
+		},
+		{
+			name:  "a meta value may be empty",
+			input: "realtime {\n\tgroup g {\n\t\tmeta note \"\"\n\t}\n}",
+			want:  Handler{Groups: []GroupConfig{{Name: "g", Meta: json.RawMessage(`{"note":""}`)}}},
+		},
+		{
+			name:  "group repeats for different names",
+			input: "realtime {\n\tgroup lobby\n\tgroup staff\n}",
+			want:  Handler{Groups: []GroupConfig{{Name: "lobby"}, {Name: "staff"}}},
+		},
+		{
+			name: "rate_limit sets every option",
+			input: `realtime {
+				rate_limit {
+					points 20
+					interval 2s
+					block 1m
+					key user
+					action close
+					subscribes
+				}
+			}`,
+			want: Handler{RateLimit: &RateLimitConfig{
+				Points:     20,
+				Interval:   caddy.Duration(2 * time.Second),
+				Block:      caddy.Duration(time.Minute),
+				Key:        "user",
+				Action:     "close",
+				Subscribes: true,
+			}},
+		},
+		{
+			name:  "rate_limit key takes any identity field and action drop",
+			input: "realtime {\n\trate_limit {\n\t\tkey tenant\n\t\taction drop\n\t}\n}",
+			want:  Handler{RateLimit: &RateLimitConfig{Key: "tenant", Action: "drop"}},
+		},
+		{
+			name:  "an empty rate_limit block sets an empty rate_limit object",
+			input: "realtime {\n\trate_limit {\n\t}\n}",
+			want:  Handler{RateLimit: &RateLimitConfig{}},
+		},
+		{
+			name:  "events_hook without a block sets only the url",
+			input: "realtime {\n\tevents_hook http://127.0.0.1:3000/ws/events\n}",
+			want:  Handler{EventsHook: &HookConfig{URL: "http://127.0.0.1:3000/ws/events"}},
+		},
+		{
+			name: "events_hook sets timeout and max_in_flight",
+			input: `realtime {
+				events_hook https://app.internal/ws/events {
+					timeout 2s
+					max_in_flight 32
+				}
+			}`,
+			want: Handler{EventsHook: &HookConfig{
+				URL:         "https://app.internal/ws/events",
+				Timeout:     caddy.Duration(2 * time.Second),
+				MaxInFlight: 32,
+			}},
 		},
 
 		// Errors: arguments.
@@ -676,6 +887,415 @@ func TestHandlerUnmarshalCaddyfile(t *testing.T) {
 			name:    "a zero rate_limit_close is rejected",
 			input:   "realtime {\n\tlimits {\n\t\trate_limit_close 0\n\t}\n}",
 			wantErr: "rate_limit_close must be positive, got '0'",
+		},
+
+		// Errors: patterns.
+		{
+			name:    "replay without a pattern is an argument error",
+			input:   "realtime {\n\treplay\n}",
+			wantErr: "wrong argument count",
+		},
+		{
+			name:    "replay with a block but no pattern is an argument error",
+			input:   "realtime {\n\treplay {\n\t\tsize 5\n\t}\n}",
+			wantErr: "wrong argument count",
+		},
+		{
+			name:    "replay with two patterns is an argument error",
+			input:   "realtime {\n\treplay a b\n}",
+			wantErr: "wrong argument count",
+		},
+		{
+			name:    "a pattern in the system namespace is rejected with the value quoted",
+			input:   "realtime {\n\treplay __presence:*\n}",
+			wantErr: "bad replay pattern '__presence:*'",
+		},
+		{
+			name:    "an empty pattern is rejected",
+			input:   "realtime {\n\tpresence \"\"\n}",
+			wantErr: "bad presence pattern ''",
+		},
+		{
+			name:    "a pattern with a double quote is rejected",
+			input:   "realtime {\n\tcursor `a\"b`\n}",
+			wantErr: "bad cursor pattern 'a\"b'",
+		},
+		{
+			name:    "a pattern with a backslash is rejected",
+			input:   "realtime {\n\treplay `a\\b`\n}",
+			wantErr: "bad replay pattern 'a\\b'",
+		},
+		{
+			name:    "a pattern with a non-ASCII character is rejected",
+			input:   "realtime {\n\treplay café:*\n}",
+			wantErr: "bad replay pattern 'café:*'",
+		},
+		{
+			name:    "a pattern with a control character is rejected",
+			input:   "realtime {\n\tpresence \"a\tb\"\n}",
+			wantErr: "bad presence pattern 'a\tb'",
+		},
+		{
+			name:    "a repeated replay pattern is rejected",
+			input:   "realtime {\n\treplay chat:*\n\treplay chat:* {\n\t\tsize 5\n\t}\n}",
+			wantErr: "replay pattern 'chat:*' already declared",
+		},
+		{
+			name:    "a repeated presence pattern is rejected",
+			input:   "realtime {\n\tpresence room:*\n\tpresence room:*\n}",
+			wantErr: "presence pattern 'room:*' already declared",
+		},
+		{
+			name:    "a repeated cursor pattern is rejected",
+			input:   "realtime {\n\tcursor doc:*\n\tcursor doc:*\n}",
+			wantErr: "cursor pattern 'doc:*' already declared",
+		},
+		{
+			name:    "the same pattern in replay and presence is allowed but a repeat within one is not",
+			input:   "realtime {\n\treplay a\n\tpresence a\n\tcursor a\n\tpresence a\n}",
+			wantErr: "presence pattern 'a' already declared, at Testfile:5",
+		},
+
+		// Errors: replay.
+		{
+			name:    "an unknown replay store is rejected listing the accepted ones",
+			input:   "realtime {\n\treplay a {\n\t\tstore redis\n\t}\n}",
+			wantErr: "unknown replay store 'redis': want memory",
+		},
+		{
+			name:    "store without a value is an argument error",
+			input:   "realtime {\n\treplay a {\n\t\tstore\n\t}\n}",
+			wantErr: "wrong argument count",
+		},
+		{
+			name:    "a zero replay size is rejected",
+			input:   "realtime {\n\treplay a {\n\t\tsize 0\n\t}\n}",
+			wantErr: "size must be positive, got '0'",
+		},
+		{
+			name:    "a non-integer replay size is rejected",
+			input:   "realtime {\n\treplay a {\n\t\tsize 1k\n\t}\n}",
+			wantErr: "bad size value '1k': want an integer",
+		},
+		{
+			name:    "a zero replay ttl is rejected",
+			input:   "realtime {\n\treplay a {\n\t\tttl 0s\n\t}\n}",
+			wantErr: "ttl must be positive, got '0s'",
+		},
+		{
+			name:    "a bad truncation_notice is rejected with the value quoted",
+			input:   "realtime {\n\treplay a {\n\t\ttruncation_notice yes\n\t}\n}",
+			wantErr: "bad truncation_notice value 'yes': want on or off",
+		},
+		{
+			name:    "an unknown replay subdirective is named",
+			input:   "realtime {\n\treplay a {\n\t\tcompress on\n\t}\n}",
+			wantErr: "unrecognized replay subdirective: compress",
+		},
+		{
+			name:    "a repeated replay option is rejected",
+			input:   "realtime {\n\treplay a {\n\t\tsize 1\n\t\tsize 2\n\t}\n}",
+			wantErr: "size already specified",
+		},
+
+		// Errors: presence.
+		{
+			name:    "presence key without a value is an argument error",
+			input:   "realtime {\n\tpresence a {\n\t\tkey\n\t}\n}",
+			wantErr: "wrong argument count",
+		},
+		{
+			name:    "presence select without fields is an argument error",
+			input:   "realtime {\n\tpresence a {\n\t\tselect\n\t}\n}",
+			wantErr: "wrong argument count",
+		},
+		{
+			name:    "a bad heartbeat is rejected with the value quoted",
+			input:   "realtime {\n\tpresence a {\n\t\theartbeat never\n\t}\n}",
+			wantErr: "bad duration value 'never' for heartbeat",
+		},
+		{
+			name:    "a zero heartbeat is rejected in favour of off",
+			input:   "realtime {\n\tpresence a {\n\t\theartbeat 0s\n\t}\n}",
+			wantErr: "heartbeat must be positive, got '0s'",
+		},
+		{
+			name:    "a negative presence ttl is rejected",
+			input:   "realtime {\n\tpresence a {\n\t\tttl -1s\n\t}\n}",
+			wantErr: "ttl must be positive, got '-1s'",
+		},
+		{
+			name:    "an unknown presence subdirective is named",
+			input:   "realtime {\n\tpresence a {\n\t\tmax_members 5\n\t}\n}",
+			wantErr: "unrecognized presence subdirective: max_members",
+		},
+		{
+			name:    "a repeated presence option is rejected",
+			input:   "realtime {\n\tpresence a {\n\t\tkey id\n\t\tkey sub\n\t}\n}",
+			wantErr: "key already specified",
+		},
+
+		// Errors: cursor.
+		{
+			name:    "topic_throttle below 16ms is rejected",
+			input:   "realtime {\n\tcursor a {\n\t\ttopic_throttle 10ms\n\t}\n}",
+			wantErr: "topic_throttle must be at least 16ms, got '10ms'",
+		},
+		{
+			name:    "a zero topic_throttle is rejected",
+			input:   "realtime {\n\tcursor a {\n\t\ttopic_throttle 0\n\t}\n}",
+			wantErr: "topic_throttle must be positive, got '0'",
+		},
+		{
+			name:    "topic_throttle does not take off",
+			input:   "realtime {\n\tcursor a {\n\t\ttopic_throttle off\n\t}\n}",
+			wantErr: "bad duration value 'off' for topic_throttle",
+		},
+		{
+			name:    "a bad throttle is rejected with the value quoted",
+			input:   "realtime {\n\tcursor a {\n\t\tthrottle fast\n\t}\n}",
+			wantErr: "bad duration value 'fast' for throttle",
+		},
+		{
+			name:    "a zero throttle is rejected in favour of off",
+			input:   "realtime {\n\tcursor a {\n\t\tthrottle 0\n\t}\n}",
+			wantErr: "throttle must be positive, got '0'",
+		},
+		{
+			name:    "a zero cursor ttl is rejected",
+			input:   "realtime {\n\tcursor a {\n\t\tttl 0\n\t}\n}",
+			wantErr: "ttl must be positive, got '0'",
+		},
+		{
+			name:    "cursor select without fields is an argument error",
+			input:   "realtime {\n\tcursor a {\n\t\tselect\n\t}\n}",
+			wantErr: "wrong argument count",
+		},
+		{
+			name:    "a bad max_data is rejected with the value quoted",
+			input:   "realtime {\n\tcursor a {\n\t\tmax_data huge\n\t}\n}",
+			wantErr: "bad size value 'huge' for max_data",
+		},
+		{
+			name:    "a zero max_data is rejected",
+			input:   "realtime {\n\tcursor a {\n\t\tmax_data 0\n\t}\n}",
+			wantErr: "max_data must be positive, got '0'",
+		},
+		{
+			name:    "an unknown cursor subdirective is named",
+			input:   "realtime {\n\tcursor a {\n\t\tkey id\n\t}\n}",
+			wantErr: "unrecognized cursor subdirective: key",
+		},
+		{
+			name:    "a repeated cursor option is rejected",
+			input:   "realtime {\n\tcursor a {\n\t\tthrottle 20ms\n\t\tthrottle off\n\t}\n}",
+			wantErr: "throttle already specified",
+		},
+
+		// Errors: group.
+		{
+			name:    "group without a name is an argument error",
+			input:   "realtime {\n\tgroup\n}",
+			wantErr: "wrong argument count",
+		},
+		{
+			name:    "group with two names is an argument error",
+			input:   "realtime {\n\tgroup a b\n}",
+			wantErr: "wrong argument count",
+		},
+		{
+			name:    "a group name in the system namespace is rejected with the value quoted",
+			input:   "realtime {\n\tgroup __admins\n}",
+			wantErr: "bad group name '__admins'",
+		},
+		{
+			name:    "a group name with a space is rejected",
+			input:   "realtime {\n\tgroup \"main lobby\"\n}",
+			wantErr: "bad group name 'main lobby'",
+		},
+		{
+			name:    "an empty group name is rejected",
+			input:   "realtime {\n\tgroup \"\"\n}",
+			wantErr: "bad group name ''",
+		},
+		{
+			name:    "a group name with a double quote is rejected",
+			input:   "realtime {\n\tgroup `a\"b`\n}",
+			wantErr: "bad group name 'a\"b'",
+		},
+		{
+			name:    "a group name longer than a topic is rejected",
+			input:   "realtime {\n\tgroup " + strings.Repeat("g", 257) + "\n}",
+			wantErr: "bad group name 'ggg",
+		},
+		{
+			name:    "a repeated group name is rejected",
+			input:   "realtime {\n\tgroup lobby\n\tgroup lobby {\n\t\tmax_members 5\n\t}\n}",
+			wantErr: "group 'lobby' already declared, at Testfile:3",
+		},
+		{
+			name:    "a zero max_members is rejected",
+			input:   "realtime {\n\tgroup g {\n\t\tmax_members 0\n\t}\n}",
+			wantErr: "max_members must be positive, got '0'",
+		},
+		{
+			name:    "meta with one argument is an argument error",
+			input:   "realtime {\n\tgroup g {\n\t\tmeta theme\n\t}\n}",
+			wantErr: "wrong argument count",
+		},
+		{
+			name:    "meta with three arguments is an argument error",
+			input:   "realtime {\n\tgroup g {\n\t\tmeta theme dark blue\n\t}\n}",
+			wantErr: "wrong argument count",
+		},
+		{
+			name:    "a repeated meta key is rejected with the key quoted",
+			input:   "realtime {\n\tgroup g {\n\t\tmeta theme dark\n\t\tmeta theme light\n\t}\n}",
+			wantErr: "meta key 'theme' already declared, at Testfile:4",
+		},
+		{
+			name:    "an empty meta key is rejected",
+			input:   "realtime {\n\tgroup g {\n\t\tmeta \"\" x\n\t}\n}",
+			wantErr: "meta key must not be empty",
+		},
+		{
+			name:    "a block after meta is rejected",
+			input:   "realtime {\n\tgroup g {\n\t\tmeta a b {\n\t\t\tx\n\t\t}\n\t}\n}",
+			wantErr: "meta does not take a block",
+		},
+		{
+			name:    "a zero member_ttl is rejected",
+			input:   "realtime {\n\tgroup g {\n\t\tmember_ttl 0s\n\t}\n}",
+			wantErr: "member_ttl must be positive, got '0s'",
+		},
+		{
+			name:    "role_from without a value is an argument error",
+			input:   "realtime {\n\tgroup g {\n\t\trole_from\n\t}\n}",
+			wantErr: "wrong argument count",
+		},
+		{
+			name:    "join_on without patterns is an argument error",
+			input:   "realtime {\n\tgroup g {\n\t\tjoin_on\n\t}\n}",
+			wantErr: "wrong argument count",
+		},
+		{
+			name:    "a bad join_on pattern is rejected with the value quoted",
+			input:   "realtime {\n\tgroup g {\n\t\tjoin_on room:* __group:g\n\t}\n}",
+			wantErr: "bad join_on pattern '__group:g'",
+		},
+		{
+			name:    "an unknown group subdirective is named",
+			input:   "realtime {\n\tgroup g {\n\t\tclosed\n\t}\n}",
+			wantErr: "unrecognized group subdirective: closed",
+		},
+		{
+			name:    "a repeated group option other than meta is rejected",
+			input:   "realtime {\n\tgroup g {\n\t\trole_from role\n\t\trole_from kind\n\t}\n}",
+			wantErr: "role_from already specified",
+		},
+
+		// Errors: rate_limit.
+		{
+			name:    "rate_limit without a block is rejected",
+			input:   "realtime {\n\trate_limit\n}",
+			wantErr: "rate_limit requires a block",
+		},
+		{
+			name:    "rate_limit with an argument is an argument error",
+			input:   "realtime {\n\trate_limit 10\n}",
+			wantErr: "wrong argument count",
+		},
+		{
+			name:    "a repeated rate_limit is rejected",
+			input:   "realtime {\n\trate_limit {\n\t\tpoints 1\n\t}\n\trate_limit {\n\t\tpoints 2\n\t}\n}",
+			wantErr: "rate_limit already specified",
+		},
+		{
+			name:    "a zero points is rejected",
+			input:   "realtime {\n\trate_limit {\n\t\tpoints 0\n\t}\n}",
+			wantErr: "points must be positive, got '0'",
+		},
+		{
+			name:    "a non-integer points is rejected",
+			input:   "realtime {\n\trate_limit {\n\t\tpoints ten\n\t}\n}",
+			wantErr: "bad points value 'ten': want an integer",
+		},
+		{
+			name:    "a zero interval is rejected",
+			input:   "realtime {\n\trate_limit {\n\t\tinterval 0s\n\t}\n}",
+			wantErr: "interval must be positive, got '0s'",
+		},
+		{
+			name:    "a bad block duration is rejected",
+			input:   "realtime {\n\trate_limit {\n\t\tblock forever\n\t}\n}",
+			wantErr: "bad duration value 'forever' for block",
+		},
+		{
+			name:    "rate_limit key without a value is an argument error",
+			input:   "realtime {\n\trate_limit {\n\t\tkey\n\t}\n}",
+			wantErr: "wrong argument count",
+		},
+		{
+			name:    "an unknown rate_limit action is rejected with the value quoted",
+			input:   "realtime {\n\trate_limit {\n\t\taction ban\n\t}\n}",
+			wantErr: "unknown rate_limit action 'ban': want drop or close",
+		},
+		{
+			name:    "subscribes with an argument is an argument error",
+			input:   "realtime {\n\trate_limit {\n\t\tsubscribes true\n\t}\n}",
+			wantErr: "wrong argument count",
+		},
+		{
+			name:    "an unknown rate_limit subdirective is named",
+			input:   "realtime {\n\trate_limit {\n\t\tburst 5\n\t}\n}",
+			wantErr: "unrecognized rate_limit subdirective: burst",
+		},
+		{
+			name:    "a repeated rate_limit option is rejected",
+			input:   "realtime {\n\trate_limit {\n\t\taction drop\n\t\taction close\n\t}\n}",
+			wantErr: "action already specified",
+		},
+
+		// Errors: events_hook.
+		{
+			name:    "events_hook without a url is an argument error",
+			input:   "realtime {\n\tevents_hook\n}",
+			wantErr: "wrong argument count",
+		},
+		{
+			name:    "an events_hook url with another scheme is rejected with the value quoted",
+			input:   "realtime {\n\tevents_hook ws://app/events\n}",
+			wantErr: "bad events_hook url 'ws://app/events'",
+		},
+		{
+			name:    "an events_hook url without a host is rejected",
+			input:   "realtime {\n\tevents_hook /ws/events\n}",
+			wantErr: "bad events_hook url '/ws/events'",
+		},
+		{
+			name:    "a repeated events_hook is rejected",
+			input:   "realtime {\n\tevents_hook http://a/x\n\tevents_hook http://b/x\n}",
+			wantErr: "events_hook already specified",
+		},
+		{
+			name:    "headers in events_hook is rejected",
+			input:   "realtime {\n\tevents_hook http://a/x {\n\t\theaders X-A\n\t}\n}",
+			wantErr: "headers is only valid in auth, not in events_hook",
+		},
+		{
+			name:    "queue in events_hook is rejected",
+			input:   "realtime {\n\tevents_hook http://a/x {\n\t\tqueue 8\n\t}\n}",
+			wantErr: "queue is only valid in message_hook, not in events_hook",
+		},
+		{
+			name:    "an unknown events_hook subdirective is named",
+			input:   "realtime {\n\tevents_hook http://a/x {\n\t\tretries 3\n\t}\n}",
+			wantErr: "unrecognized events_hook subdirective: retries",
+		},
+		{
+			name:    "a zero events_hook max_in_flight is rejected",
+			input:   "realtime {\n\tevents_hook http://a/x {\n\t\tmax_in_flight 0\n\t}\n}",
+			wantErr: "max_in_flight must be positive, got '0'",
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

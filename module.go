@@ -8,6 +8,9 @@ package realtime
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -141,6 +144,31 @@ type Handler struct {
 	// Limits bound what one client or IP may cost.
 	Limits *LimitsConfig `json:"limits,omitempty"`
 
+	// Replay keeps recent events of matching topics so reconnecting clients
+	// resume without gaps and replay requests are answered (PROTOCOL.md §5).
+	// The first matching entry wins. Default: none.
+	Replay []ReplayConfig `json:"replay,omitempty"`
+
+	// Presence tracks who is on matching topics (PROTOCOL.md §6.1).
+	// Default: none.
+	Presence []PresenceConfig `json:"presence,omitempty"`
+
+	// Cursors shares pointer positions on matching topics (PROTOCOL.md
+	// §6.2). Default: none.
+	Cursors []CursorConfig `json:"cursors,omitempty"`
+
+	// Groups are broadcast groups with roles and capacity (PROTOCOL.md
+	// §6.3). Default: none.
+	Groups []GroupConfig `json:"groups,omitempty"`
+
+	// RateLimit limits application frames per key, with bans, and backs the
+	// API's /ratelimit routes. Default: none.
+	RateLimit *RateLimitConfig `json:"rate_limit,omitempty"`
+
+	// EventsHook receives group and presence events (join, leave, full,
+	// close) as POSTs, best effort. Default: none.
+	EventsHook *HookConfig `json:"events_hook,omitempty"`
+
 	gw     *handlers.Gateway
 	key    string
 	logger *zap.Logger
@@ -229,6 +257,132 @@ type LimitsConfig struct {
 	RateLimitClose int `json:"rate_limit_close,omitempty"`
 }
 
+// ReplayConfig enables a replay buffer on the topics matching a pattern.
+type ReplayConfig struct {
+	// Topics is the topic pattern ('*' matches any run of characters).
+	// Required.
+	Topics string `json:"topics,omitempty"`
+
+	// Store is the backend: memory (this instance only). Default: memory.
+	Store string `json:"store,omitempty"`
+
+	// Size is how many events a topic keeps. Default: 1000.
+	Size int `json:"size,omitempty"`
+
+	// TTL drops a topic's events after this long without a publish; its seq
+	// counter stays. Default: 0 (never).
+	TTL caddy.Duration `json:"ttl,omitempty"`
+
+	// TruncationNotice sends {"topic":t,"event":"truncated","data":null}
+	// before a resume gap fill that could not cover the whole gap.
+	// Default: true.
+	TruncationNotice *bool `json:"truncation_notice,omitempty"`
+}
+
+// PresenceConfig enables presence on the topics matching a pattern.
+type PresenceConfig struct {
+	// Topics is the topic pattern. Required.
+	Topics string `json:"topics,omitempty"`
+
+	// Key is the identity field naming a member; connections sharing its
+	// value are one member (multi-tab). Without it a connection is its own
+	// member. Default: id.
+	Key string `json:"key,omitempty"`
+
+	// Select lists the identity fields a member's data shows. Default: the
+	// whole identity minus secrets (keys starting with __, constructor,
+	// prototype, and keys matching token|secret|password|auth|session|
+	// cookie|jwt|credential, recursively).
+	Select []string `json:"select,omitempty"`
+
+	// Heartbeat is how often members and observers get the heartbeat frame
+	// listing present keys; 0 turns it off. Default: 30s.
+	Heartbeat *caddy.Duration `json:"heartbeat,omitempty"`
+
+	// TTL is how long entries of a stopped instance survive. Default: 90s.
+	TTL caddy.Duration `json:"ttl,omitempty"`
+}
+
+// CursorConfig enables shared cursors on the topics matching a pattern.
+type CursorConfig struct {
+	// Topics is the topic pattern. Required.
+	Topics string `json:"topics,omitempty"`
+
+	// Throttle is the per-connection leading- and trailing-edge throttle:
+	// at most one update per connection and topic per interval, the
+	// trailing one carrying the latest data. Default: 16ms.
+	Throttle *caddy.Duration `json:"throttle,omitempty"`
+
+	// TopicThrottle is the per-topic flush interval: changed entries go out
+	// at most once per interval, one as update, several as one bulk frame.
+	// At least 16ms. Default: 50ms.
+	TopicThrottle caddy.Duration `json:"topic_throttle,omitempty"`
+
+	// TTL is how long entries of a stopped instance survive. Default: 30s.
+	TTL caddy.Duration `json:"ttl,omitempty"`
+
+	// Select lists the identity fields an entry's user shows. Default: as
+	// presence, the identity minus secrets.
+	Select []string `json:"select,omitempty"`
+
+	// MaxData is the largest cursor payload in bytes of JSON; larger
+	// cursor frames are dropped and counted. Default: 8192.
+	MaxData int `json:"max_data,omitempty"`
+}
+
+// GroupConfig declares a broadcast group.
+type GroupConfig struct {
+	// Name is the group's name; its frames go on __group:<name>. Required.
+	Name string `json:"name,omitempty"`
+
+	// MaxMembers caps the group; joins beyond it are refused. 0: unlimited.
+	// Default: 0.
+	MaxMembers int `json:"max_members,omitempty"`
+
+	// Meta is the group's initial metadata, a JSON object. Default: {}.
+	Meta json.RawMessage `json:"meta,omitempty"`
+
+	// MemberTTL is how long members of a stopped instance keep counting.
+	// Default: 120s.
+	MemberTTL caddy.Duration `json:"member_ttl,omitempty"`
+
+	// RoleFrom is the identity field holding the member's role (member,
+	// admin or viewer). Absent or unknown values join as member.
+	// Default: none (everyone is a member).
+	RoleFrom string `json:"role_from,omitempty"`
+
+	// JoinOn lists topic patterns whose authorized subscribe joins the
+	// group (and unsubscribe leaves it). Default: none (joins come from
+	// legacy __group:<name> subscribes and the API).
+	JoinOn []string `json:"join_on,omitempty"`
+}
+
+// RateLimitConfig limits application frames (and optionally subscribes).
+type RateLimitConfig struct {
+	// Points is how many frames a key may send per Interval. Default: 10.
+	Points int `json:"points,omitempty"`
+
+	// Interval is the refill period of Points. Default: 1s.
+	Interval caddy.Duration `json:"interval,omitempty"`
+
+	// Block bans a key for this long once it exceeds its points.
+	// Default: 0 (no ban; frames are limited until points refill).
+	Block caddy.Duration `json:"block,omitempty"`
+
+	// Key is what is limited: ip, connection, user (the presence key
+	// field, user_key) or any other identity field. Default: ip.
+	Key string `json:"key,omitempty"`
+
+	// Action on an excess frame: drop (dropped and counted, the client is
+	// told nothing) or close (close with 4429 Rate limited).
+	// Default: drop.
+	Action string `json:"action,omitempty"`
+
+	// Subscribes counts subscribe frames too (each topic one point).
+	// Default: false.
+	Subscribes bool `json:"subscribes,omitempty"`
+}
+
 // CaddyModule returns the Caddy module information.
 func (Handler) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{ID: "http.handlers.realtime", New: func() caddy.Module { return new(Handler) }}
@@ -255,7 +409,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	h.key = "gateway:" + cfg.Name
+	// The key covers the extension config: their state (buffers, members,
+	// groups) cannot be carried into a different shape, so changing it
+	// starts a new gateway and the old one closes its connections with 1001.
+	// Every other option is applied to the live gateway by Reconfigure.
+	h.key = "gateway:" + cfg.Name + ":" + h.extensionsFingerprint()
 	logger := h.logger
 	v, loaded, err := gateways.LoadOrNew(h.key, func() (caddy.Destructor, error) {
 		// Not ctx: the gateway outlives this config (caddy-go.md pitfall 2).
@@ -341,7 +499,49 @@ func (h *Handler) gatewayConfig() (handlers.Config, error) {
 		}
 		return &handlers.HookConfig{URL: u, Timeout: time.Duration(hc.Timeout), Headers: hc.Headers, MaxInFlight: hc.MaxInFlight, Queue: hc.Queue}, nil
 	}
+	for _, r := range h.Replay {
+		notice := r.TruncationNotice == nil || *r.TruncationNotice
+		switch r.Store {
+		case "", "memory":
+		default:
+			return cfg, fmt.Errorf("replay %q: store %q is not available (memory)", r.Topics, r.Store)
+		}
+		cfg.Replay = append(cfg.Replay, handlers.ReplayConfig{Topics: r.Topics, Size: r.Size, TTL: time.Duration(r.TTL), TruncationNotice: notice})
+	}
+	for _, p := range h.Presence {
+		hb := optDuration(p.Heartbeat)
+		cfg.Presence = append(cfg.Presence, handlers.PresenceConfig{Topics: p.Topics, Key: p.Key, Select: p.Select, Heartbeat: hb, TTL: time.Duration(p.TTL)})
+	}
+	for _, c := range h.Cursors {
+		cfg.Cursors = append(cfg.Cursors, handlers.CursorConfig{Topics: c.Topics, Throttle: optDuration(c.Throttle),
+			TopicThrottle: time.Duration(c.TopicThrottle), TTL: time.Duration(c.TTL), Select: c.Select, MaxData: c.MaxData})
+	}
+	for _, g := range h.Groups {
+		if len(g.Meta) > 0 {
+			var obj map[string]json.RawMessage
+			if json.Unmarshal(g.Meta, &obj) != nil {
+				return cfg, fmt.Errorf("group %q: meta must be a JSON object", g.Name)
+			}
+		}
+		cfg.Groups = append(cfg.Groups, handlers.GroupConfig{Name: g.Name, MaxMembers: g.MaxMembers, Meta: g.Meta,
+			MemberTTL: time.Duration(g.MemberTTL), RoleFrom: g.RoleFrom, JoinOn: g.JoinOn})
+	}
+	if rl := h.RateLimit; rl != nil {
+		r := &handlers.RateLimitConfig{Points: rl.Points, Interval: time.Duration(rl.Interval), Block: time.Duration(rl.Block),
+			Key: rl.Key, Subscribes: rl.Subscribes}
+		switch rl.Action {
+		case "", "drop":
+		case "close":
+			r.Close = true
+		default:
+			return cfg, fmt.Errorf("rate_limit: action %q must be drop or close", rl.Action)
+		}
+		cfg.RateLimit = r
+	}
 	var err error
+	if cfg.EventsHook, err = hook("events_hook", h.EventsHook); err != nil {
+		return cfg, err
+	}
 	if cfg.Auth, err = hook("auth", h.Auth); err != nil {
 		return cfg, err
 	}
@@ -352,6 +552,25 @@ func (h *Handler) gatewayConfig() (handlers.Config, error) {
 		return cfg, err
 	}
 	return cfg, nil
+}
+
+// optDuration maps an optional duration: nil is the default (0), an
+// explicit 0 turns the feature off (-1 for handlers.Config).
+func optDuration(d *caddy.Duration) time.Duration {
+	switch {
+	case d == nil:
+		return 0
+	case *d == 0:
+		return -1
+	}
+	return time.Duration(*d)
+}
+
+// extensionsFingerprint hashes the extension config (see Provision).
+func (h *Handler) extensionsFingerprint() string {
+	b, _ := json.Marshal([]any{h.Replay, h.Presence, h.Cursors, h.Groups, h.RateLimit})
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:8])
 }
 
 // clientIP is the address Caddy resolved for the request, honouring the

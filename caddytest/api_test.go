@@ -293,6 +293,16 @@ func TestAPIRequestReply(t *testing.T) {
 	c.send(`{"type":"subscribe","topic":"after","ref":5}`)
 	c.expect(`{"type":"subscribed","topic":"after","ref":5}`)
 
+	// The connection closes while a request waits: 410 at once, not 504.
+	gone := dial(t, in)
+	gid := gone.welcome()
+	current(gone)
+	res = apiAsync(http.MethodPost, url, `{"connection":"`+gid+`","event":"confirm"}`)
+	gone.expect(`{"type":"request","ref":1,"event":"confirm","data":null}`)
+	gone.c.Close(websocket.StatusNormalClosure, "")
+	r = awaitAPI(t, res)
+	wantAPIError(t, "request to a connection that closed", r.status, r.body, http.StatusGone, "CONNECTION_CLOSED")
+
 	legacy := dial(t, in)
 	lid := legacy.welcome()
 	r = apiDo(http.MethodPost, url, "", `{"connection":"`+lid+`","event":"confirm"}`)

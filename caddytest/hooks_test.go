@@ -835,3 +835,53 @@ func TestHookMessageSlowHookDoesNotBlock(t *testing.T) {
 		t.Fatalf("third hook call %s, want a's second message", calls[2].Body)
 	}
 }
+
+// BUG: the gateway's hook client follows redirects (handlers/gateway.go
+// builds http.Client without CheckRedirect), so a 3xx answer never reaches
+// the `status < 200 || status >= 300` branches of handlers/hooks.go: an
+// auth hook answering 302 (typically "not logged in, go to /login") grants
+// the upgrade the identity of whatever JSON object the redirect target
+// serves, and a subscribe hook answering 307 fails open. Caddy's
+// forward_auth never follows the auth app's redirects. Expected: a 3xx is
+// an invalid answer (auth 502, PROTOCOL §2.1; subscribe INTERNAL_ERROR,
+// §3.5).
+func TestHookRedirectsAreNotFollowed(t *testing.T) {
+	app := newApp(t, func(w http.ResponseWriter, c hookReq) {
+		switch c.Path {
+		case "/auth":
+			http.Redirect(w, &http.Request{Method: c.Method}, "/landing", http.StatusFound)
+		case "/landing":
+			writeJSONAnswer(w, http.StatusOK, `{"id":"from-redirect"}`)
+		case "/subscribe":
+			http.Redirect(w, &http.Request{Method: c.Method}, "/allow", http.StatusTemporaryRedirect)
+		case "/allow":
+			writeJSONAnswer(w, http.StatusOK, `{}`)
+		}
+	})
+	t.Run("auth", func(t *testing.T) {
+		in := startCaddy(t, `
+	realtime {
+		auth `+app.url("/auth")+`
+		shutdown_spread 0
+	}`)
+		status, _ := dialStatus(t, in, "/ws", nil)
+		if status != http.StatusBadGateway {
+			t.Errorf("auth hook answered 302: upgrade got %d, want 502; the redirect target was called %d times",
+				status, len(app.callsTo("/landing")))
+		}
+	})
+	t.Run("subscribe", func(t *testing.T) {
+		in := startCaddy(t, `
+	realtime {
+		subscribe_hook `+app.url("/subscribe")+`
+		shutdown_spread 0
+	}`)
+		c := dial(t, in)
+		c.welcome()
+		c.send(`{"type":"subscribe","topic":"private","ref":1}`)
+		if got := c.next(3 * time.Second); got != `{"type":"subscribe-denied","topic":"private","ref":1,"reason":"INTERNAL_ERROR"}` {
+			t.Errorf("subscribe hook answered 307: got %s, want INTERNAL_ERROR (the redirect target was called %d times)",
+				got, len(app.callsTo("/allow")))
+		}
+	})
+}

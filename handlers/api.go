@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"go.uber.org/zap"
 
 	"github.com/caddy-realtime/realtime/extensions/bus"
 	"github.com/caddy-realtime/realtime/extensions/wire"
@@ -57,8 +58,35 @@ var routes = map[string]route{
 	"/request":    {http.MethodPost, (*Gateway).apiRequest},
 	"/disconnect": {http.MethodPost, (*Gateway).apiDisconnect},
 	"/seq":        {http.MethodGet, (*Gateway).apiSeq},
-	"/stats":      {http.MethodGet, (*Gateway).apiStats},
-	"/health":     {http.MethodGet, (*Gateway).apiHealth},
+	"/replay":     {"GET DELETE", (*Gateway).apiReplay},
+
+	"/presence":       {http.MethodGet, (*Gateway).apiPresence},
+	"/presence/count": {http.MethodGet, (*Gateway).apiPresence},
+	"/cursors":        {http.MethodGet, (*Gateway).apiCursors},
+
+	"/groups":         {http.MethodGet, (*Gateway).apiGroups},
+	"/groups/meta":    {http.MethodPut, (*Gateway).apiGroups},
+	"/groups/publish": {http.MethodPost, (*Gateway).apiGroups},
+	"/groups/close":   {http.MethodPost, (*Gateway).apiGroups},
+	"/groups/join":    {http.MethodPost, (*Gateway).apiGroups},
+	"/groups/leave":   {http.MethodPost, (*Gateway).apiGroups},
+
+	"/ratelimit/consume": {http.MethodPost, (*Gateway).apiRateLimit},
+	"/ratelimit/reset":   {http.MethodPost, (*Gateway).apiRateLimit},
+	"/ratelimit/ban":     {http.MethodPost, (*Gateway).apiRateLimit},
+	"/ratelimit/unban":   {http.MethodPost, (*Gateway).apiRateLimit},
+	"/stats":             {http.MethodGet, (*Gateway).apiStats},
+	"/health":            {http.MethodGet, (*Gateway).apiHealth},
+}
+
+// methodIn reports whether m is one of the space-separated methods.
+func methodIn(m, methods string) bool {
+	for _, x := range strings.Fields(methods) {
+		if m == x {
+			return true
+		}
+	}
+	return false
 }
 
 func pathUnder(p, prefix string) bool {
@@ -77,8 +105,8 @@ func (g *Gateway) serveAPI(w http.ResponseWriter, r *http.Request, s *settings) 
 		writeErr(w, apiErr(http.StatusNotFound, "NOT_FOUND", "no such api route: "+sub))
 		return
 	}
-	if r.Method != rt.method {
-		w.Header().Set("Allow", rt.method)
+	if !methodIn(r.Method, rt.method) {
+		w.Header().Set("Allow", strings.ReplaceAll(rt.method, " ", ", "))
 		writeErr(w, apiErr(http.StatusMethodNotAllowed, "METHOD_NOT_ALLOWED", r.Method+" not allowed; use "+rt.method))
 		return
 	}
@@ -214,24 +242,37 @@ func parsePublish(body []byte, s *settings) ([]bus.Message, []bool, *APIError) {
 	return msgs, unstamped, nil
 }
 
-// publish delivers locally (stamping seqs) and relays through the bus.
-func (g *Gateway) publish(ctx context.Context, msgs []bus.Message, unstamped []bool, source string) {
-	g.m.published(source, len(msgs))
-	g.hub.publish(msgs, true, unstamped, g.now())
-	if err := g.bus.Publish(ctx, msgs); err != nil {
-		g.logger.Warn("relaying a publish to other instances failed; local subscribers got it")
+// publish stamps and delivers locally, then relays through the bus. On a
+// replay store error the events before the failing one are delivered and
+// relayed; the error is returned for the rest.
+func (g *Gateway) publish(ctx context.Context, msgs []bus.Message, unstamped []bool, source string) error {
+	_, err := g.hub.publish(msgs, true, unstamped, g.now())
+	if err != nil {
+		g.logger.Warn("publish: the replay store refused an event; it was not delivered", zap.Error(err))
+		n := 0
+		for n < len(msgs) && (msgs[n].Seq > 0 || noSeq(unstamped, n)) {
+			n++
+		}
+		msgs = msgs[:n]
 	}
+	g.m.published(source, len(msgs))
+	if len(msgs) > 0 {
+		if rerr := g.bus.Publish(ctx, msgs); rerr != nil {
+			g.logger.Warn("relaying a publish to other instances failed; local subscribers got it", zap.Error(rerr))
+		}
+	}
+	return err
 }
 
 // Publish publishes messages from Go code, as the HTTP API does; it returns
 // the seq stamped on each (0 for none). Topics and events must be valid.
-func (g *Gateway) Publish(ctx context.Context, msgs []bus.Message) []uint64 {
-	g.publish(ctx, msgs, nil, "go")
+func (g *Gateway) Publish(ctx context.Context, msgs []bus.Message) ([]uint64, error) {
+	err := g.publish(ctx, msgs, nil, "go")
 	seqs := make([]uint64, len(msgs))
 	for i := range msgs {
 		seqs[i] = msgs[i].Seq
 	}
-	return seqs
+	return seqs, err
 }
 
 func (g *Gateway) apiPublish(w http.ResponseWriter, r *http.Request, s *settings) {
@@ -248,7 +289,10 @@ func (g *Gateway) apiPublish(w http.ResponseWriter, r *http.Request, s *settings
 	batch := bytes.TrimSpace(body)[0] == '['
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
-	g.publish(ctx, msgs, unstamped, "api")
+	if err := g.publish(ctx, msgs, unstamped, "api"); err != nil {
+		writeErr(w, apiErr(http.StatusServiceUnavailable, "BACKEND_UNAVAILABLE", "the replay store is unavailable; events from the first failed one on were not published"))
+		return
+	}
 	seqs := make([]*uint64, len(msgs))
 	for i := range msgs {
 		if msgs[i].Seq > 0 {
@@ -426,7 +470,14 @@ func (g *Gateway) apiSeq(w http.ResponseWriter, r *http.Request, s *settings) {
 		writeErr(w, apiErr(http.StatusBadRequest, ReasonInvalidTopic, "query parameter topic must be a valid non-system topic"))
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]uint64{"seq": g.hub.head(t)})
+	ctx, cancel := context.WithTimeout(r.Context(), storeTimeout)
+	defer cancel()
+	seq, err := g.head(ctx, t)
+	if err != nil {
+		writeErr(w, apiErr(http.StatusServiceUnavailable, "BACKEND_UNAVAILABLE", "the replay store is unavailable"))
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]uint64{"seq": seq})
 }
 
 // Stats is a snapshot of a gateway, as GET /stats reports it.

@@ -50,6 +50,13 @@ type Config struct {
 	InboundBurst     int // default 400
 	RateLimitClose   int // drops within 10s before 4429; default 1000; -1 never
 
+	Replay     []ReplayConfig
+	Presence   []PresenceConfig
+	Cursors    []CursorConfig
+	Groups     []GroupConfig
+	RateLimit  *RateLimitConfig
+	EventsHook *HookConfig
+
 	// ClientIP returns the client address of a request as the server
 	// resolves it (Caddy: honouring trusted proxies). Default: the host of
 	// r.RemoteAddr.
@@ -66,6 +73,53 @@ type HookConfig struct {
 	Headers     []string      // auth only: extra headers to forward
 	MaxInFlight int           // default 1000 for auth, 256 otherwise
 	Queue       int           // message hook only: per-connection queue; default 64
+}
+
+// ReplayConfig enables a replay buffer on matching topics (PROTOCOL.md §5).
+type ReplayConfig struct {
+	Topics           string
+	Size             int           // default 1000
+	TTL              time.Duration // 0: never
+	TruncationNotice bool          // send "truncated" before a partial gap fill
+}
+
+// PresenceConfig enables presence on matching topics (PROTOCOL.md §6.1).
+type PresenceConfig struct {
+	Topics    string
+	Key       string        // identity field; default "id"
+	Select    []string      // nil: identity minus secrets
+	Heartbeat time.Duration // default 30s; negative: off
+	TTL       time.Duration // default 90s
+}
+
+// CursorConfig enables cursors on matching topics (PROTOCOL.md §6.2).
+type CursorConfig struct {
+	Topics        string
+	Throttle      time.Duration // per connection; default 16ms; negative: off
+	TopicThrottle time.Duration // per topic flush; default 50ms, at least 16ms
+	TTL           time.Duration // default 30s
+	Select        []string
+	MaxData       int // default 8192
+}
+
+// GroupConfig declares a broadcast group (PROTOCOL.md §6.3).
+type GroupConfig struct {
+	Name       string
+	MaxMembers int    // 0: unlimited
+	Meta       []byte // initial meta, a JSON object
+	MemberTTL  time.Duration
+	RoleFrom   string
+	JoinOn     []string
+}
+
+// RateLimitConfig limits application frames per key.
+type RateLimitConfig struct {
+	Points     int           // default 10
+	Interval   time.Duration // default 1s
+	Block      time.Duration
+	Key        string // ip | connection | user | <identity field>; default ip
+	Close      bool   // action close (4429) instead of drop
+	Subscribes bool
 }
 
 // Defaults of PROTOCOL.md §8.
@@ -149,6 +203,36 @@ func (c Config) WithDefaults() Config {
 	if c.MessageHook != nil && c.MessageHook.Queue == 0 {
 		c.MessageHook.Queue = DefaultHookQueue
 	}
+	c.EventsHook = c.EventsHook.withDefaults(DefaultHookTimeout, DefaultHookInFlight)
+	for i := range c.Replay {
+		r := &c.Replay[i]
+		if r.Size <= 0 {
+			r.Size = 1000
+		}
+	}
+	for i := range c.Presence {
+		p := &c.Presence[i]
+		setStr(&p.Key, "id")
+		setDur(&p.Heartbeat, 30*time.Second)
+		setDur(&p.TTL, 90*time.Second)
+	}
+	for i := range c.Cursors {
+		cu := &c.Cursors[i]
+		setDur(&cu.Throttle, 16*time.Millisecond)
+		setDur(&cu.TopicThrottle, 50*time.Millisecond)
+		setDur(&cu.TTL, 30*time.Second)
+		setInt(&cu.MaxData, 8192)
+	}
+	for i := range c.Groups {
+		setDur(&c.Groups[i].MemberTTL, 120*time.Second)
+	}
+	if r := c.RateLimit; r != nil {
+		rl := *r
+		setInt(&rl.Points, 10)
+		setDur(&rl.Interval, time.Second)
+		setStr(&rl.Key, "ip")
+		c.RateLimit = &rl
+	}
 	if c.ClientIP == nil {
 		c.ClientIP = remoteHost
 	}
@@ -215,6 +299,42 @@ func (c Config) Validate() error {
 			return fmt.Errorf("public pattern %q must be a non-empty, non-system topic pattern", p)
 		}
 	}
+	for _, r := range c.Replay {
+		if !validPattern(r.Topics) {
+			return fmt.Errorf("replay: topic pattern %q must be a non-empty, non-system pattern", r.Topics)
+		}
+	}
+	for _, p := range c.Presence {
+		if !validPattern(p.Topics) {
+			return fmt.Errorf("presence: topic pattern %q must be a non-empty, non-system pattern", p.Topics)
+		}
+	}
+	for _, cu := range c.Cursors {
+		if !validPattern(cu.Topics) {
+			return fmt.Errorf("cursor: topic pattern %q must be a non-empty, non-system pattern", cu.Topics)
+		}
+		if cu.TopicThrottle < 16*time.Millisecond {
+			return fmt.Errorf("cursor %q: topic_throttle %s is below 16ms", cu.Topics, cu.TopicThrottle)
+		}
+	}
+	seen := map[string]bool{}
+	for _, gr := range c.Groups {
+		if !wire.ValidTopic(gr.Name, false) || wire.IsSystem(gr.Name) {
+			return fmt.Errorf("group name %q must be a valid, non-system topic name", gr.Name)
+		}
+		if seen[gr.Name] {
+			return fmt.Errorf("group %q declared twice", gr.Name)
+		}
+		seen[gr.Name] = true
+		if gr.MaxMembers < 0 {
+			return fmt.Errorf("group %q: max_members must not be negative", gr.Name)
+		}
+		for _, p := range gr.JoinOn {
+			if !validPattern(p) {
+				return fmt.Errorf("group %q: join_on pattern %q must be a non-empty, non-system pattern", gr.Name, p)
+			}
+		}
+	}
 	if c.MaxPayload < 1 {
 		return errors.New("max_payload must be positive")
 	}
@@ -239,4 +359,8 @@ func remoteHost(r *http.Request) string {
 		host = host[:i]
 	}
 	return strings.Trim(host, "[]")
+}
+
+func validPattern(p string) bool {
+	return p != "" && !wire.IsSystem(p) && wire.ValidTopic(p, false)
 }

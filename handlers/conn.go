@@ -33,8 +33,9 @@ type conn struct {
 	identity json.RawMessage // the auth hook's object, or {}
 	user     string          // String(identity[user_key]); "" when absent
 
-	current  atomic.Bool // sent a well-formed hello (§1.3)
-	batchCap atomic.Bool // hello caps include "batch" (§7.1)
+	current    atomic.Bool   // sent a well-formed hello (§1.3)
+	vocabulary atomic.Uint32 // vocabCurrent or vocabLegacy once fixed (§1.4)
+	batchCap   atomic.Bool   // hello caps include "batch" (§7.1)
 
 	lastRead  atomic.Int64 // unix nanos of the last frame or pong received
 	lastWrite atomic.Int64 // unix nanos of the last frame written (or accept)
@@ -54,12 +55,18 @@ type conn struct {
 	nsubs atomic.Int32 // len(topics), readable from other goroutines
 
 	// Read-loop state.
-	topics    map[string]struct{}
-	frame     wire.Frame
-	tokens    float64
-	refilled  time.Time
-	dropStart time.Time
-	drops     int
+	topics  map[string]struct{}
+	resumes map[string]pendingResume // §5.3 pending resumes, at most MaxLastSeen
+
+	presence        map[string]string // presence topic → this connection's member key
+	observing       map[string]bool   // presence topics observed through __presence:<t>
+	cursorsAttached map[string]bool   // cursor topics whose frames this connection receives
+	cursorsMoved    []string          // cursor topics this connection has an entry on
+	frame           wire.Frame
+	tokens          float64
+	refilled        time.Time
+	dropStart       time.Time
+	drops           int
 
 	reqMu   sync.Mutex
 	nextRef uint64
@@ -287,7 +294,18 @@ func (c *conn) cleanup() {
 	c.markClosed()
 	for t := range c.topics {
 		c.g.hub.unsubscribe(t, c)
+		c.g.presenceLeave(c, t)
 	}
+	for t := range c.observing {
+		c.g.presenceObserve(c, t, false)
+	}
+	for _, t := range c.cursorsMoved {
+		c.g.cursorRemove(c, t)
+	}
+	for t := range c.cursorsAttached {
+		c.g.cursorDetach(c, t)
+	}
+	c.g.groupsLeaveAll(c)
 	c.g.m.subscriptions.Sub(float64(len(c.topics)))
 	c.topics = nil
 	c.nsubs.Store(0)

@@ -65,9 +65,35 @@ type Gateway struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // read loops, write loops, hook workers, the sweeper
 
-	draining     atomic.Bool
-	conns        connIndex
-	closeOnce    sync.Once
+	draining  atomic.Bool
+	conns     connIndex
+	closeOnce sync.Once
+
+	ext      *extensions // replay, presence, cursors, groups, rate limit: fixed for the gateway's life
+	presence presenceTopics
+	cursors  cursorTopics
+	events   eventPoster
+}
+
+// extensions holds the gateway's extension state. It is built once: a
+// config that changes extensions gets a new gateway (the pool key covers
+// them), because their state cannot be carried over piecemeal.
+type extensions struct {
+	replay   []*replayRule
+	presence []*presenceRule
+	cursors  []*cursorRule
+	groups   map[string]*group
+	rate     *rateRule
+}
+
+func newExtensions(cfg Config) *extensions {
+	return &extensions{
+		replay:   newReplayRules(cfg.Replay, cfg.Now),
+		presence: newPresenceRules(cfg.Presence, cfg.Now),
+		cursors:  newCursorRules(cfg.Cursors, cfg.Now),
+		groups:   newGroups(cfg.Groups, cfg.Now),
+		rate:     newRateRule(cfg.RateLimit, cfg.Now),
+	}
 }
 
 // New builds a gateway and starts its sweeper. The caller must Close it.
@@ -85,7 +111,6 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 	g := &Gateway{
 		logger:     opts.Logger,
 		m:          newGatewayMetrics(cfg.Name),
-		hub:        newHub(),
 		instanceID: opts.InstanceID,
 		client: &http.Client{Transport: &http.Transport{
 			Proxy:               nil, // hooks go straight to the app, never through an environment proxy
@@ -97,6 +122,9 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 	}
 	g.conns.init()
 	g.cfg.Store(newSettings(cfg))
+	g.ext = newExtensions(cfg)
+	g.hub = newHub(g.stamp)
+	g.presence.g, g.cursors.g, g.events.g = g, g, g
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	newBus := opts.NewBus
 	if newBus == nil {
@@ -184,6 +212,8 @@ func (g *Gateway) Close(ctx context.Context) error {
 		done := make(chan struct{})
 		go func() {
 			closers.Wait()
+			g.presence.stop()
+			g.cursors.stop()
 			g.cancel() // ends the sweeper and any socket still reading
 			g.wg.Wait()
 			close(done)
@@ -224,6 +254,7 @@ func (g *Gateway) sweeper() {
 		now := s.Now()
 		g.sweepConns(s, now)
 		g.upgrades.trim(now, s.UpgradeWindow)
+		g.presenceHeartbeat(now)
 		if now.Sub(lastTrim) > time.Minute {
 			g.hub.sweep(now, 10*time.Minute)
 			lastTrim = now

@@ -332,7 +332,7 @@ func (c *conn) postMessage(m appMessage) {
 			metricHookErrors.WithLabelValues(c.g.m.name, "message", "invalid").Inc()
 			c.g.logger.Warn("message hook asked for an invalid publish; ignored", zap.String("error", apiErr.Message))
 		} else {
-			c.g.publish(ctx, msgs, unstamped, "hook")
+			_ = c.g.publish(ctx, msgs, unstamped, "hook") // logged inside
 		}
 	}
 	if a.Reply != nil {
@@ -365,6 +365,6 @@ func (g *Gateway) deliverRemote(msgs []bus.Message) {
 	}
 	if len(topics) > 0 {
 		g.m.published("bus", len(topics))
-		g.hub.publish(topics, false, nil, now)
+		_, _ = g.hub.publish(topics, false, nil, now) // no stamping: cannot fail
 	}
 }

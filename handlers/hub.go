@@ -24,6 +24,11 @@ const hubShards = 64
 type hub struct {
 	seed   maphash.Seed
 	shards [hubShards]hubShard
+
+	// stamp assigns the seq of a message on a buffered topic (its replay
+	// store's counter); handled false leaves it to the topic's own counter.
+	// It runs under the topic lock, so stamping and enqueueing stay one step.
+	stamp func(m *bus.Message) (handled bool, err error)
 }
 
 type hubShard struct {
@@ -42,8 +47,11 @@ type topic struct {
 	dead    bool // removed from the index; holders must look up again
 }
 
-func newHub() *hub {
-	h := &hub{seed: maphash.MakeSeed()}
+func newHub(stamp func(m *bus.Message) (bool, error)) *hub {
+	if stamp == nil {
+		stamp = func(*bus.Message) (bool, error) { return false, nil }
+	}
+	h := &hub{seed: maphash.MakeSeed(), stamp: stamp}
 	for i := range h.shards {
 		h.shards[i].topics = make(map[string]*topic)
 	}
@@ -115,6 +123,15 @@ func (h *hub) unsubscribe(name string, c *conn) {
 	t.mu.Unlock()
 }
 
+// locked runs fn under name's topic lock: nothing is published to the
+// topic meanwhile, so fn can read a replay store and enqueue its entries
+// knowing later publishes queue behind them (PROTOCOL.md §5.3, §5.4).
+func (h *hub) locked(name string, fn func()) {
+	t := h.lockLive(name)
+	defer t.mu.Unlock()
+	fn()
+}
+
 // head returns the last seq stamped on name by this instance.
 func (h *hub) head(name string) uint64 {
 	t := h.lookup(name, false)
@@ -140,13 +157,15 @@ func (t *topic) snapshot() []*conn {
 // unstamped[i] is not set) and delivers msgs in order. A batch of several messages reaches batch-capable
 // connections as batch frames (§7.2), everyone else as plain envelopes. It
 // returns the number of enqueued frames.
-func (h *hub) publish(msgs []bus.Message, stamp bool, unstamped []bool, now time.Time) int {
+func (h *hub) publish(msgs []bus.Message, stamp bool, unstamped []bool, now time.Time) (int, error) {
 	if len(msgs) == 1 {
 		m := &msgs[0]
 		t := h.lockLive(m.Topic)
-		if stamp && m.Seq == 0 && !noSeq(unstamped, 0) {
-			t.seq++
-			m.Seq = t.seq
+		if stamp && m.Seq == 0 {
+			if err := h.stampOne(t, m, noSeq(unstamped, 0)); err != nil {
+				t.mu.Unlock()
+				return 0, err
+			}
 		}
 		t.lastPub = now
 		frame := wire.AppendEnvelope(make([]byte, 0, wire.EnvelopeSize(m.Topic, m.Event, m.Data, m.Seq)), m.Topic, m.Event, m.Data, m.Seq)
@@ -157,15 +176,30 @@ func (h *hub) publish(msgs []bus.Message, stamp bool, unstamped []bool, now time
 			}
 		}
 		t.mu.Unlock()
-		return n
+		return n, nil
 	}
 	return h.publishBatch(msgs, stamp, unstamped, now)
+}
+
+// stampOne gives m its seq: from its replay store when the topic has one
+// (buffered topics always stamp, §5.1 rule 4), else from the topic's own
+// counter unless sequencing is off for it.
+func (h *hub) stampOne(t *topic, m *bus.Message, off bool) error {
+	handled, err := h.stamp(m)
+	if err != nil || handled {
+		return err
+	}
+	if !off {
+		t.seq++
+		m.Seq = t.seq
+	}
+	return nil
 }
 
 // publishBatch locks every topic of the batch (in name order, so concurrent
 // batches cannot deadlock), stamps each message in order, then enqueues per
 // connection the subsequence it subscribes to.
-func (h *hub) publishBatch(msgs []bus.Message, stamp bool, unstamped []bool, now time.Time) int {
+func (h *hub) publishBatch(msgs []bus.Message, stamp bool, unstamped []bool, now time.Time) (int, error) {
 	names := make([]string, 0, len(msgs))
 	for i := range msgs {
 		names = append(names, msgs[i].Topic)
@@ -185,12 +219,25 @@ func (h *hub) publishBatch(msgs []bus.Message, stamp bool, unstamped []bool, now
 	for i := range msgs {
 		m := &msgs[i]
 		t := locked[m.Topic]
-		if stamp && m.Seq == 0 && !noSeq(unstamped, i) {
-			t.seq++
-			m.Seq = t.seq
+		if stamp && m.Seq == 0 {
+			if err := h.stampOne(t, m, noSeq(unstamped, i)); err != nil {
+				// Earlier events of the batch are stamped and stored;
+				// deliver them so no stored event goes unsent.
+				msgs, envs = msgs[:i], envs[:i]
+				n, _ := h.deliverBatch(msgs, envs, names, locked, now)
+				return n, err
+			}
 		}
 		t.lastPub = now
 		envs[i] = wire.AppendEnvelope(make([]byte, 0, wire.EnvelopeSize(m.Topic, m.Event, m.Data, m.Seq)), m.Topic, m.Event, m.Data, m.Seq)
+	}
+	return h.deliverBatch(msgs, envs, names, locked, now)
+}
+
+// deliverBatch enqueues encoded envelopes with every topic still locked.
+func (h *hub) deliverBatch(msgs []bus.Message, envs [][]byte, names []string, locked map[string]*topic, now time.Time) (int, error) {
+	if len(msgs) == 0 {
+		return 0, nil
 	}
 	// One topic (the common case): every subscriber gets the same frames.
 	if len(names) == 1 {
@@ -211,7 +258,7 @@ func (h *hub) publishBatch(msgs []bus.Message, stamp bool, unstamped []bool, now
 				}
 			}
 		}
-		return n
+		return n, nil
 	}
 	// Several topics: group connections by the subset of events they
 	// receive, so each distinct batch frame is encoded once.
@@ -259,7 +306,7 @@ func (h *hub) publishBatch(msgs []bus.Message, stamp bool, unstamped []bool, now
 			}
 		}
 	}
-	return n
+	return n, nil
 }
 
 func noSeq(unstamped []bool, i int) bool { return i < len(unstamped) && unstamped[i] }

@@ -40,7 +40,7 @@ var (
 	}, []string{"gateway"})
 	metricDropped = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "realtime", Name: "dropped_total",
-		Help: "Frames dropped, by reason: slow_consumer, rate_limited, no_message_hook, hook_queue_full, hook_busy, oversized.",
+		Help: "Frames dropped, by reason: slow_consumer, rate_limited, no_message_hook, hook_queue_full, hook_busy, oversized, cursor.",
 	}, []string{"gateway", "reason"})
 	metricClosed = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "realtime", Name: "closes_total",
@@ -93,7 +93,7 @@ type gatewayMetrics struct {
 	framesOut, bytesOut, bytesIn   prometheus.Counter
 	dropSlow, dropRate, dropNoHook prometheus.Counter
 	dropHookQueue, dropHookBusy    prometheus.Counter
-	dropOversized                  prometheus.Counter
+	dropOversized, dropCursor      prometheus.Counter
 	latency                        prometheus.Observer
 	name                           string
 }
@@ -112,6 +112,7 @@ func newGatewayMetrics(name string) *gatewayMetrics {
 		dropHookQueue: metricDropped.WithLabelValues(name, "hook_queue_full"),
 		dropHookBusy:  metricDropped.WithLabelValues(name, "hook_busy"),
 		dropOversized: metricDropped.WithLabelValues(name, "oversized"),
+		dropCursor:    metricDropped.WithLabelValues(name, "cursor"),
 		latency:       metricDeliveryLatency.WithLabelValues(name),
 	}
 }

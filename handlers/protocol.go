@@ -29,15 +29,21 @@ func (c *conn) handle(typ websocket.MessageType, msg []byte, now time.Time) {
 	}
 	if typ == websocket.MessageBinary {
 		c.g.m.frameIn("app", len(msg))
-		c.appMessage(msg, true)
+		if c.rateAllow(1) {
+			c.appMessage(msg, true)
+		}
 		return
 	}
 	f := &c.frame
-	if !wire.Parse(msg, f) || f.Kind == wire.KindCursor || f.Kind == wire.KindCursorSnapshot {
-		// cursor frames are control frames only on cursor topics (§3.2 rule
-		// 4); none are configured without the cursor extension.
+	isCursor := func() bool {
+		return wire.ValidTopic(f.Topic, c.g.settings().AllowNonASCIITopics) && c.g.cursorFor(f.Topic) != nil
+	}
+	if !wire.Parse(msg, f) || ((f.Kind == wire.KindCursor || f.Kind == wire.KindCursorSnapshot) && !isCursor()) {
+		// cursor frames are control frames only on cursor topics (§3.2 rule 4).
 		c.g.m.frameIn("app", len(msg))
-		c.appMessage(msg, false)
+		if c.rateAllow(1) {
+			c.appMessage(msg, false)
+		}
 		return
 	}
 	c.g.m.frameIn(f.Kind.String(), len(msg))
@@ -63,14 +69,34 @@ func (c *conn) handle(typ websocket.MessageType, msg []byte, now time.Time) {
 	case wire.KindUnsubscribe:
 		c.unsubscribe(f.Topic)
 	case wire.KindResume:
-		// Without replay buffers no resume entry qualifies (§5.3 step 1):
-		// the frame is acknowledged and nothing is recorded.
-		c.send(wire.ResumedFrame)
+		c.resume(f, now)
 	case wire.KindReplay:
 		c.replay(f)
 	case wire.KindReply:
 		c.settle(f)
+	case wire.KindCursorSnapshot:
+		// An unauthorized snapshot is dropped and counted (§6.2); it may
+		// come before hello (§9.6).
+		if c.authorized(f.Topic) == "" {
+			c.g.cursorAttach(c, f.Topic, true)
+		} else {
+			c.g.m.dropCursor.Inc()
+		}
+	case wire.KindCursor:
+		if c.rateAllow(1) {
+			c.g.cursorMove(c, f.Topic, f.Data, now)
+		}
 	}
+}
+
+// authorized returns "" when authorize(c,t) succeeds, else the denial
+// reason (§3.5). t must be a valid non-system topic.
+func (c *conn) authorized(t string) string {
+	s := c.g.settings()
+	if s.isPublic(t) || s.SubscribeHook == nil {
+		return ""
+	}
+	return c.g.authorize(c, []string{t})[t]
 }
 
 type subEntry struct {
@@ -81,10 +107,18 @@ type subEntry struct {
 }
 
 // subscribe implements §3.5 for subscribe and subscribe-batch: invalid and
-// system entries are denied at once; the rest are authorized in one
+// system entries are decided first; the rest are authorized in one
 // application call and acked in input order, all with ref.
 func (c *conn) subscribe(entries []subEntry, ref []byte) {
 	s := c.g.settings()
+	if r := c.g.ext.rate; r != nil && r.cfg.Subscribes && !c.rateAllow(len(entries)) {
+		if ref != nil {
+			for i := range entries {
+				c.send(wire.SubscribeDenied(entries[i].raw, ref, ReasonRateLimited))
+			}
+		}
+		return
+	}
 	var ask []string
 	for i := range entries {
 		e := &entries[i]
@@ -97,7 +131,6 @@ func (c *conn) subscribe(entries []subEntry, ref []byte) {
 			ask = append(ask, e.topic)
 		}
 		if e.ack != "" && e.ack != "ok" && ref != nil {
-			// Copy: the ack outlives the read buffer the tokens alias.
 			c.send(wire.SubscribeDenied(e.raw, ref, e.ack))
 		}
 	}
@@ -105,6 +138,7 @@ func (c *conn) subscribe(entries []subEntry, ref []byte) {
 	if len(ask) > 0 {
 		decisions = c.g.authorize(c, ask)
 	}
+	now := c.g.now()
 	for i := range entries {
 		e := &entries[i]
 		if e.ack != "" {
@@ -114,10 +148,12 @@ func (c *conn) subscribe(entries []subEntry, ref []byte) {
 			continue
 		}
 		reason := decisions[e.topic] // "" when allowed or public
-		if reason == "" {
-			if _, held := c.topics[e.topic]; !held && len(c.topics) >= s.MaxSubscriptions {
-				reason = ReasonRateLimited
-			}
+		_, held := c.topics[e.topic]
+		if reason == "" && !held && len(c.topics) >= s.MaxSubscriptions {
+			reason = ReasonRateLimited
+		}
+		if reason == "" && !held {
+			reason = c.g.groupJoinOn(c, e.topic)
 		}
 		if reason != "" {
 			if ref != nil {
@@ -125,37 +161,82 @@ func (c *conn) subscribe(entries []subEntry, ref []byte) {
 			}
 			continue
 		}
-		c.attach(e.topic)
+		c.attach(e.topic, now)
 		if ref != nil {
 			c.send(wire.Subscribed(e.raw, ref))
 		}
 	}
 }
 
-// systemSubscribe decides a wire subscribe to a "__" topic (§4.3). It
-// returns "ok" for an accepted no-op and a denial reason otherwise. The
-// presence, cursor and group observers arrive with their extensions; until
-// then only legacy __replay:<t> is accepted.
+// systemSubscribe decides and applies a wire subscribe to a "__" topic
+// (§4.3): "ok" for an accepted one, else the denial reason.
 func (c *conn) systemSubscribe(t string) string {
-	if len(t) > len(wire.ReplayPrefix) && t[:len(wire.ReplayPrefix)] == wire.ReplayPrefix && !c.current.Load() {
-		inner := t[len(wire.ReplayPrefix):]
-		s := c.g.settings()
-		if !wire.ValidTopic(inner, s.AllowNonASCIITopics) || wire.IsSystem(inner) {
+	s := c.g.settings()
+	prefix, inner := splitSystem(t)
+	if prefix == "" || !wire.ValidTopic(inner, s.AllowNonASCIITopics) || wire.IsSystem(inner) {
+		return ReasonInvalidTopic
+	}
+	legacy := !c.current.Load()
+	switch prefix {
+	case wire.PresencePrefix:
+		if c.g.presenceFor(inner) == nil {
 			return ReasonInvalidTopic
 		}
-		if s.isPublic(inner) || s.SubscribeHook == nil {
-			return "ok"
-		}
-		if r := c.g.authorize(c, []string{inner})[inner]; r != "" {
+		if r := c.authorized(inner); r != "" {
 			return r
 		}
-		return "ok"
+		if !c.observing[inner] {
+			if c.observing == nil {
+				c.observing = make(map[string]bool)
+			}
+			c.observing[inner] = true
+			c.g.presenceObserve(c, inner, true)
+		}
+	case wire.CursorPrefix:
+		if c.g.cursorFor(inner) == nil {
+			return ReasonInvalidTopic
+		}
+		if r := c.authorized(inner); r != "" {
+			return r
+		}
+		c.g.cursorAttach(c, inner, false)
+	case wire.GroupPrefix:
+		gr := c.g.ext.groups[inner]
+		if !legacy || gr == nil {
+			return ReasonInvalidTopic
+		}
+		if r := c.authorized(inner); r != "" {
+			return r
+		}
+		if err := c.g.groupJoin(gr, c, gr.roleOf(c)); err != nil {
+			return ReasonForbidden
+		}
+	case wire.ReplayPrefix:
+		if !legacy {
+			return ReasonInvalidTopic
+		}
+		if r := c.authorized(inner); r != "" {
+			return r
+		}
+		// accepted without effect: replay frames are sent directly
 	}
-	return ReasonInvalidTopic
+	return "ok"
 }
 
-// attach subscribes the connection to t (idempotent).
-func (c *conn) attach(t string) {
+// splitSystem splits a system topic into its feature prefix and suffix;
+// prefix is "" for other system topics.
+func splitSystem(t string) (prefix, inner string) {
+	for _, p := range [...]string{wire.PresencePrefix, wire.CursorPrefix, wire.GroupPrefix, wire.ReplayPrefix} {
+		if len(t) > len(p) && t[:len(p)] == p {
+			return p, t[len(p):]
+		}
+	}
+	return "", ""
+}
+
+// attach subscribes the connection to t (idempotent), filling the gap of a
+// pending resume first (§5.3), then runs the join effects.
+func (c *conn) attach(t string, now time.Time) {
 	if _, held := c.topics[t]; held {
 		return
 	}
@@ -164,11 +245,35 @@ func (c *conn) attach(t string) {
 	}
 	c.topics[t] = struct{}{}
 	c.nsubs.Store(int32(len(c.topics)))
-	c.g.hub.subscribe(t, c, nil)
+	var fill func()
+	if after, ok := c.takeResume(t, now); ok {
+		fill = c.gapFill(t, after)
+	}
+	c.g.hub.subscribe(t, c, fill)
 	c.g.m.subscriptions.Inc()
+	c.g.presenceJoin(c, t)
 }
 
+// unsubscribe removes a subscription and runs its leave effects; unknown
+// or invalid topics are a no-op (§3.5); system topics undo their effect.
 func (c *conn) unsubscribe(t string) {
+	if wire.IsSystem(t) {
+		prefix, inner := splitSystem(t)
+		switch prefix {
+		case wire.PresencePrefix:
+			if c.observing[inner] {
+				delete(c.observing, inner)
+				c.g.presenceObserve(c, inner, false)
+			}
+		case wire.CursorPrefix:
+			c.g.cursorDetach(c, inner)
+		case wire.GroupPrefix:
+			if gr := c.g.ext.groups[inner]; gr != nil {
+				c.g.groupLeave(gr, c)
+			}
+		}
+		return
+	}
 	if _, held := c.topics[t]; !held {
 		return
 	}
@@ -176,52 +281,37 @@ func (c *conn) unsubscribe(t string) {
 	c.nsubs.Store(int32(len(c.topics)))
 	c.g.hub.unsubscribe(t, c)
 	c.g.m.subscriptions.Dec()
+	c.g.presenceLeave(c, t)
+	c.g.groupLeaveOn(c, t)
 }
 
-// replay answers a replay request (§5.4). Without a replay buffer every
-// valid request ends at once.
-func (c *conn) replay(f *wire.Frame) {
+// replayEnd sends the one end frame of a replay request (§5.4); extra is
+// "" or a `,"key":value` suffix.
+func (c *conn) replayEnd(f *wire.Frame, extra string) {
 	s := c.g.settings()
-	end := func(extra string) {
-		var data []byte
-		switch {
-		case f.ReqID != nil:
-			data = append(append([]byte(`{"reqId":`), f.ReqID...), extra...)
-			data = append(data, '}')
-		case extra != "":
-			data = append(append([]byte{'{'}, extra[1:]...), '}')
-		default:
-			data = []byte("null")
-		}
-		topic := wire.ReplayPrefix + f.Topic
-		if wire.ValidTopic(f.Topic, true) {
-			c.send(wire.AppendEnvelope(nil, topic, "end", data, 0))
-			return
-		}
-		// A topic that needs escaping still gets its end frame, so the
-		// client's replay store does not wait forever.
-		b, _ := json.Marshal(struct {
-			Topic string          `json:"topic"`
-			Event string          `json:"event"`
-			Data  json.RawMessage `json:"data"`
-		}{topic, "end", data})
-		c.send(b)
+	var data []byte
+	switch {
+	case f.ReqID != nil:
+		data = append(append([]byte(`{"reqId":`), f.ReqID...), extra...)
+		data = append(data, '}')
+	case extra != "":
+		data = append(append([]byte{'{'}, extra[1:]...), '}')
+	default:
+		data = []byte("null")
 	}
-	if _, ok := wire.NonNegInt(f.Since); !ok {
-		end("")
+	topic := wire.ReplayPrefix + f.Topic
+	if wire.ValidTopic(f.Topic, true) || (s.AllowNonASCIITopics && wire.ValidTopic(f.Topic, true)) {
+		c.send(wire.AppendEnvelope(nil, topic, "end", data, 0))
 		return
 	}
-	if !wire.ValidTopic(f.Topic, s.AllowNonASCIITopics) || wire.IsSystem(f.Topic) {
-		end(`,"denied":true`)
-		return
-	}
-	if !s.isPublic(f.Topic) && s.SubscribeHook != nil {
-		if r := c.g.authorize(c, []string{f.Topic})[f.Topic]; r != "" {
-			end(`,"denied":true`)
-			return
-		}
-	}
-	end("")
+	// A topic that needs escaping still gets its end frame, so the
+	// client's replay store does not wait forever.
+	b, _ := json.Marshal(struct {
+		Topic string          `json:"topic"`
+		Event string          `json:"event"`
+		Data  json.RawMessage `json:"data"`
+	}{topic, "end", data})
+	c.send(b)
 }
 
 // request sends a server request and waits for the client's reply (§3.4).

@@ -18,9 +18,10 @@
 //
 // # Backends
 //
-// Planned beside this file: memory (one instance) and Redis (a hash per
-// topic with per-entry timestamps, reaped by live instances). Each will run
-// one conformance suite.
+// Memory serves one instance; planned beside it: Redis (a hash per topic
+// with per-entry timestamps, reaped by live instances). Each runs one
+// conformance suite (cursor_test.go). Throttle is the clock-free decision
+// behind the per-connection and per-topic throttles.
 package cursor
 
 import (

@@ -25,8 +25,8 @@
 //
 // # Backends
 //
-// Planned beside this file: memory (one instance) and Redis (one hash slot
-// per group, Lua scripts). Each will run one conformance suite.
+// Memory serves one instance; planned beside it: Redis (one hash slot per
+// group, Lua scripts). Each runs one conformance suite (groups_test.go).
 package groups
 
 import (
@@ -79,6 +79,11 @@ var (
 
 	// ErrClosed means the group was closed; it refuses every join.
 	ErrClosed = errors.New("groups: group is closed")
+
+	// ErrInvalidRole means Join was given a role that is not Valid; the
+	// connection did not join. The gateway checks roles first, so this is
+	// a caller's bug rather than a client's error.
+	ErrInvalidRole = errors.New("groups: invalid role")
 )
 
 // Registry is the cluster-wide membership of groups. Group names and
@@ -89,8 +94,8 @@ type Registry interface {
 	// maxMembers ≤ 0 means no limit), and returns the counts after the
 	// join. The checks and the insert are one atomic step. Joining again
 	// with the same connID changes its role and is never refused for
-	// capacity. role must be Valid; otherwise Join returns an error and
-	// changes nothing.
+	// capacity. role must be Valid; otherwise Join returns an error
+	// matching ErrInvalidRole and changes nothing.
 	Join(ctx context.Context, group, connID string, role Role, maxMembers int) (Counts, error)
 
 	// Leave removes connID from group and returns the counts after it; a

@@ -28,9 +28,9 @@
 //
 // # Backends
 //
-// Planned beside this file: memory (one instance), Redis (per-field expiry
-// without Redis 7.4's HPEXPIRE, one hash slot per topic). Each will run one
-// conformance suite.
+// Memory serves one instance; planned beside it: Redis (per-field expiry
+// without Redis 7.4's HPEXPIRE, one hash slot per topic). Each runs one
+// conformance suite (presence_test.go).
 package presence
 
 import (

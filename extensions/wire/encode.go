@@ -64,7 +64,7 @@ func digits(v uint64) int {
 
 // Welcome encodes the first frame of every connection (§2.3).
 func Welcome(sessionID string) []byte {
-	b := make([]byte, 0, 32+len(sessionID))
+	b := make([]byte, 0, 33+len(sessionID))
 	b = append(b, `{"type":"welcome","sessionId":"`...)
 	b = append(b, sessionID...)
 	return append(b, `"}`...)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"math"
 	"strconv"
+	"unicode/utf8"
 )
 
 // Kind classifies a client frame (PROTOCOL.md §3.2, §3.3).
@@ -89,7 +90,9 @@ func Parse(msg []byte, f *Frame) bool {
 		return false
 	}
 	start := skipSpace(msg, 0)
-	if start >= len(msg) || msg[start] != '{' || !json.Valid(msg) {
+	// Invalid UTF-8 is an application message: a control frame's tokens
+	// are echoed in acks, and the gateway sends only valid text (§1.1).
+	if start >= len(msg) || msg[start] != '{' || !utf8.Valid(msg) || !json.Valid(msg) {
 		return false
 	}
 	obj := bytes.TrimRight(msg[start:], " \t\r\n")
@@ -125,7 +128,8 @@ func Parse(msg []byte, f *Frame) bool {
 		}
 	})
 	t, ok := stringValue(typ)
-	if !ok {
+	if !ok || (len(msg) >= MaxControlFrame && t != "resume") {
+		// Only resume enjoys the larger size (§3.2 rule 2, §7.3).
 		return false
 	}
 	if ref != nil && (isNumber(ref) || ref[0] == '"') {

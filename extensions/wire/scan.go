@@ -149,3 +149,12 @@ func isNumber(raw []byte) bool {
 // StringToken decodes a raw JSON token that must be a string, as JSON.parse
 // would; ok is false for any other kind of token.
 func StringToken(raw []byte) (s string, ok bool) { return stringValue(raw) }
+
+// EachMember calls fn for each member of a JSON object, in document order,
+// with the raw key token (quotes included) and the raw value token. obj
+// must be valid JSON (json.Valid) starting with '{'.
+func EachMember(obj []byte, fn func(key, val []byte)) { eachMember(obj, fn) }
+
+// EachElement calls fn for each element of a JSON array until fn returns
+// false. arr must be valid JSON starting with '['.
+func EachElement(arr []byte, fn func(val []byte) bool) { eachElement(arr, fn) }

@@ -43,9 +43,9 @@ func ValidTopic(t string, allowNonASCII bool) bool {
 		return true
 	}
 	units := 0
-	for _, r := range t {
+	for i, r := range t {
 		switch {
-		case r == utf8.RuneError:
+		case r == utf8.RuneError && !isEncodedFFFD(t[i:]):
 			// Invalid UTF-8 cannot come from a JSON string; refuse it from any other source.
 			return false
 		case r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) || r == '"' || r == '\\':
@@ -80,4 +80,10 @@ func ValidEvent(e string) bool {
 		}
 	}
 	return true
+}
+
+// isEncodedFFFD tells a genuine U+FFFD (three bytes) from a decoding error.
+func isEncodedFFFD(s string) bool {
+	_, size := utf8.DecodeRuneInString(s)
+	return size == 3
 }

@@ -1,0 +1,430 @@
+package handlers
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/caddy-realtime/realtime/extensions/bus"
+	"github.com/caddy-realtime/realtime/extensions/wire"
+)
+
+// TestConnSlowConsumer floods a topic with two subscribers, one of which
+// stops reading (PROTOCOL.md §8, STYLE §5: a broadcast never waits for a
+// subscriber). The reading one gets every frame in seq order under either
+// policy; the stalled one is closed with 1013 "Slow consumer" under the
+// default policy and stays connected, missing frames, under DropSlow. No
+// connection ever queues more than MaxBackpressure plus one frame.
+func TestConnSlowConsumer(t *testing.T) {
+	tests := []struct {
+		name     string
+		dropSlow bool
+	}{
+		{"the default policy closes a client that stops reading with 1013 and the other client gets every frame", false},
+		{"the drop policy keeps a client that stops reading connected and the other client gets every frame", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			const maxBP = 256 << 10
+			cfg := testConfig()
+			cfg.MaxBackpressure = maxBP
+			cfg.DropSlow = tt.dropSlow
+			cfg.WriteTimeout = time.Minute // the stalled write must not time out first
+			g, srv := newTestGateway(t, cfg)
+
+			data := []byte(`"` + strings.Repeat("x", 16<<10) + `"`)
+			frameLen := int64(wire.EnvelopeSize("flood", "e", data, 1<<20))
+			slow, fast := dialClient(t, srv), dialClient(t, srv)
+			slow.subscribe("flood")
+			fast.subscribe("flood")
+			slowC, fastC := slow.serverConn(g), fast.serverConn(g)
+
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			fastLast, fastErr := readSeqs(ctx, fast)
+
+			checkQueues := func() {
+				t.Helper()
+				for _, c := range []*conn{slowC, fastC} {
+					if q := queuedBytes(c); q > maxBP+frameLen {
+						t.Fatalf("connection queues %d bytes, over MaxBackpressure %d plus one frame of %d", q, maxBP, frameLen)
+					}
+				}
+			}
+			// The fast client is kept within a few frames of the publisher,
+			// so only the stalled one can overflow.
+			const window = 4
+			var seq uint64
+			publish := func() {
+				t.Helper()
+				waitFor(t, 10*time.Second, func() bool { return fastLast.Load()+window >= seq || len(fastErr) > 0 })
+				seq = g.Publish(ctx, []bus.Message{{Topic: "flood", Event: "e", Data: data}})[0]
+				checkQueues()
+			}
+			drops := 0
+			for seq < 20000 {
+				q := queuedBytes(slowC)
+				overflows := q > 0 && q+frameLen > maxBP
+				publish()
+				if overflows {
+					drops++
+				}
+				if (!tt.dropSlow && isClosed(slowC)) || (tt.dropSlow && drops >= 3) {
+					break
+				}
+			}
+			if isClosed(slowC) == tt.dropSlow {
+				t.Fatalf("after %d frames, stalled connection closed = %v under DropSlow %v", seq, isClosed(slowC), tt.dropSlow)
+			}
+			// The other subscriber keeps receiving.
+			for range 10 {
+				publish()
+			}
+
+			if !tt.dropSlow {
+				for {
+					_, err := slow.tryRead(ctx)
+					if err == nil {
+						continue // frames written before the close
+					}
+					var ce websocket.CloseError
+					if !errors.As(err, &ce) || ce.Code != websocket.StatusTryAgainLater || ce.Reason != "Slow consumer" {
+						t.Fatalf("stalled client ended with %v, want close 1013 \"Slow consumer\"", err)
+					}
+					break
+				}
+				waitFor(t, 10*time.Second, func() bool { return g.conns.get(slow.id) == nil })
+			} else {
+				// Reading again, the stalled client finds a gap but an open
+				// connection, and delivery resumes once its queue drains.
+				slowLast, slowErr := readSeqs(ctx, slow)
+				waitFor(t, 10*time.Second, func() bool { return queuedBytes(slowC) == 0 || len(slowErr) > 0 })
+				publish()
+				waitFor(t, 10*time.Second, func() bool { return slowLast.Load() == seq || len(slowErr) > 0 })
+				if err := <-slowErr; !errors.Is(err, errGap) {
+					t.Fatalf("stalled client: %v, want a gap in its seqs", err)
+				}
+				if isClosed(slowC) || g.conns.get(slow.id) == nil {
+					t.Fatal("the drop policy closed the stalled client")
+				}
+			}
+			waitFor(t, 10*time.Second, func() bool { return fastLast.Load() == seq || len(fastErr) > 0 })
+			select {
+			case err := <-fastErr:
+				t.Fatalf("fast client: %v", err)
+			default:
+			}
+		})
+	}
+}
+
+// errGap is what readSeqs reports, once, when seqs skip values.
+var errGap = errors.New("seqs skip values")
+
+// readSeqs reads envelopes on a goroutine until the client closes, keeping
+// the last seq. Its channel gets the first problem: errGap for a skipped
+// seq (reading goes on), or an error that ends reading (a seq not
+// increasing, the connection closing). It ends when the client is closed at
+// cleanup.
+func readSeqs(ctx context.Context, c *testClient) (*atomic.Uint64, chan error) {
+	last := new(atomic.Uint64)
+	errs := make(chan error, 1)
+	report := func(err error) {
+		select {
+		case errs <- err:
+		default:
+		}
+	}
+	go func() {
+		for {
+			fs, err := c.tryRead(ctx)
+			if err != nil {
+				report(err)
+				return
+			}
+			for _, f := range fs {
+				if f.Type != "" {
+					continue
+				}
+				prev := last.Load()
+				if f.Seq <= prev {
+					report(fmt.Errorf("seq %d after %d", f.Seq, prev))
+					return
+				}
+				if f.Seq != prev+1 {
+					report(fmt.Errorf("seq %d after %d: %w", f.Seq, prev, errGap))
+				}
+				last.Store(f.Seq)
+			}
+		}
+	}()
+	return last, errs
+}
+
+// TestConnEnqueue checks the outbound queue's limit without a write loop
+// draining it: the first frame always fits, later ones only within
+// MaxBackpressure, and an overflow closes (1013) or drops by policy.
+func TestConnEnqueue(t *testing.T) {
+	tests := []struct {
+		name       string
+		dropSlow   bool
+		sizes      []int
+		accepted   []bool
+		wantClosed bool
+	}{
+		{
+			name:  "under the close policy a frame that would overflow closes the connection with 1013 and empties its queue",
+			sizes: []int{400, 400, 400, 10}, accepted: []bool{true, true, false, false}, wantClosed: true,
+		},
+		{
+			name: "under the drop policy a frame that would overflow is dropped and later frames that fit are queued", dropSlow: true,
+			sizes: []int{400, 400, 400, 150, 100}, accepted: []bool{true, true, false, true, false},
+		},
+		{
+			name:  "a frame larger than the limit is accepted into an empty queue",
+			sizes: []int{2000}, accepted: []bool{true},
+		},
+		{
+			name:  "under the close policy any frame after an oversized one closes the connection",
+			sizes: []int{2000, 10}, accepted: []bool{true, false}, wantClosed: true,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := testConfig()
+			cfg.MaxBackpressure = 1000
+			cfg.DropSlow = tt.dropSlow
+			g, srv := newTestGateway(t, cfg)
+			client := dialClient(t, srv)
+			c := client.serverConn(g)
+			// Freeze draining: once welcome's write loop is gone, claim the
+			// writer role so enqueue queues without starting one.
+			waitFor(t, 5*time.Second, func() bool {
+				c.mu.Lock()
+				defer c.mu.Unlock()
+				if c.writing {
+					return false
+				}
+				c.writing = true
+				return true
+			})
+			var want [][]byte
+			for i, n := range tt.sizes {
+				frame := []byte(`"` + strings.Repeat(string(rune('a'+i)), n-2) + `"`)
+				if got := c.send(frame); got != tt.accepted[i] {
+					t.Fatalf("frame %d (%d bytes): accepted %v, want %v", i, n, got, tt.accepted[i])
+				}
+				if tt.accepted[i] {
+					want = append(want, frame)
+				}
+				if q := queuedBytes(c); q > cfg.MaxBackpressure+int64(n) {
+					t.Fatalf("queued %d bytes after frame %d", q, i)
+				}
+			}
+			if isClosed(c) != tt.wantClosed {
+				t.Fatalf("closed = %v, want %v", isClosed(c), tt.wantClosed)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if tt.wantClosed {
+				c.mu.Lock()
+				left, queued := len(c.queue), c.queued
+				c.mu.Unlock()
+				if left != 0 || queued != 0 {
+					t.Fatalf("a closed connection keeps %d frames (%d bytes) queued", left, queued)
+				}
+				_, _, err := client.ws.Read(ctx)
+				var ce websocket.CloseError
+				if !errors.As(err, &ce) || ce.Code != websocket.StatusTryAgainLater || ce.Reason != "Slow consumer" {
+					t.Fatalf("client read %v, want close 1013 \"Slow consumer\"", err)
+				}
+				return
+			}
+			// Thaw: start the write loop enqueue would have started (writing
+			// is still set), and it drains the queue in order.
+			c.g.wg.Add(1)
+			go c.writeLoop()
+			for _, w := range want {
+				_, b, err := client.ws.Read(ctx)
+				if err != nil {
+					t.Fatalf("reading queued frames: %v", err)
+				}
+				if string(b) != string(w) {
+					t.Fatalf("read %.20q…, want %.20q…", b, w)
+				}
+			}
+		})
+	}
+}
+
+// TestConnIdleTimeout checks the idle drop (§2.5 rule 3): a client that
+// sends nothing, pongs included, is dropped within IdleTimeout plus the
+// sweeper's tick, and a client answering pings is not.
+func TestConnIdleTimeout(t *testing.T) {
+	const idle = 2 * time.Second
+	tests := []struct {
+		name      string
+		answering bool
+	}{
+		{"a client that never reads nor answers pings is dropped within the idle timeout", false},
+		{"a client that answers pings stays connected past the idle timeout", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := testConfig()
+			cfg.IdleTimeout = idle
+			cfg.PingInterval = idle / 4
+			g, srv := newTestGateway(t, cfg)
+			if !tt.answering {
+				rawClient(t, srv)
+				if n := g.conns.count(); n != 1 {
+					t.Fatalf("%d connections after the handshake, want 1", n)
+				}
+				waitFor(t, idle+2*time.Second, func() bool { return g.conns.count() == 0 })
+				return
+			}
+			client := dialClient(t, srv)
+			sc := client.serverConn(g)
+			start := sc.lastRead.Load()
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			// coder/websocket answers pings while a read is pending.
+			_, readErr := readSeqs(ctx, client)
+			// A pong more than two idle timeouts after the upgrade proves
+			// the connection outlived the deadline it would have had.
+			waitFor(t, 4*idle, func() bool { return sc.lastRead.Load()-start > int64(2*idle) || len(readErr) > 0 })
+			if g.conns.get(client.id) == nil || len(readErr) > 0 {
+				t.Fatalf("the answering client was dropped: %v", <-readErr)
+			}
+		})
+	}
+}
+
+// TestConnRequest checks the request/reply path (§3.4): a reply settles the
+// request, and it fails with errConnectionClosed when the client goes away,
+// errLegacyConnection for a legacy client and errRequestTimeout when nobody
+// answers.
+func TestConnRequest(t *testing.T) {
+	tests := []struct {
+		name    string
+		current bool
+		timeout time.Duration
+		before  func(t *testing.T, g *Gateway, c *testClient) // before the request
+		client  func(t *testing.T, c *testClient, ref string) // after the client read it
+		wantErr error
+		check   func(t *testing.T, r reply)
+	}{
+		{
+			name: "a reply with data settles the request", current: true,
+			client: func(t *testing.T, c *testClient, ref string) {
+				c.write(context.Background(), `{"type":"reply","ref":`+ref+`,"data":{"ok":true}}`)
+			},
+			check: func(t *testing.T, r reply) {
+				if string(r.data) != `{"ok":true}` || r.err != "" {
+					t.Fatalf("reply %+v, want data {\"ok\":true}", r)
+				}
+			},
+		},
+		{
+			name: "a reply with an error settles the request with that error", current: true,
+			client: func(t *testing.T, c *testClient, ref string) {
+				c.write(context.Background(), `{"type":"reply","ref":`+ref+`,"error":"no"}`)
+			},
+			check: func(t *testing.T, r reply) {
+				if r.err != "no" {
+					t.Fatalf("reply %+v, want error no", r)
+				}
+			},
+		},
+		{
+			name: "a client that disconnects while the request waits fails it with errConnectionClosed", current: true,
+			client:  func(t *testing.T, c *testClient, ref string) { c.ws.CloseNow() },
+			wantErr: errConnectionClosed,
+		},
+		{
+			name: "a request to a connection that already closed fails with errConnectionClosed", current: true,
+			before: func(t *testing.T, g *Gateway, c *testClient) {
+				c.ws.CloseNow()
+				waitFor(t, 5*time.Second, func() bool { return g.conns.get(c.id) == nil })
+			},
+			wantErr: errConnectionClosed,
+		},
+		{
+			name:    "a request to a legacy connection fails at once",
+			wantErr: errLegacyConnection,
+		},
+		{
+			name: "a request nobody answers times out", current: true, timeout: 200 * time.Millisecond,
+			client:  func(t *testing.T, c *testClient, ref string) {},
+			wantErr: errRequestTimeout,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g, srv := newTestGateway(t, testConfig())
+			var caps []string
+			if tt.current {
+				caps = []string{"batch"}
+			}
+			client := dialClient(t, srv, caps...)
+			sc := client.serverConn(g)
+			waitFor(t, 5*time.Second, func() bool { return sc.current.Load() == tt.current })
+			if tt.before != nil {
+				tt.before(t, g, client)
+			}
+			timeout := tt.timeout
+			if timeout == 0 {
+				timeout = 10 * time.Second
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			defer cancel()
+			type result struct {
+				r   reply
+				err error
+			}
+			done := make(chan result, 1)
+			go func() {
+				r, err := sc.request(ctx, "confirm", []byte(`{"op":"x"}`))
+				done <- result{r, err}
+			}()
+			if tt.client != nil {
+				rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer rcancel()
+				f := client.read(rctx)
+				if len(f) != 1 || f[0].Type != "request" || f[0].Event != "confirm" || string(f[0].Data) != `{"op":"x"}` {
+					t.Fatalf("client got %+v, want the request", f)
+				}
+				var ref uint64
+				if err := json.Unmarshal(f[0].Ref, &ref); err != nil || ref == 0 {
+					t.Fatalf("request ref %s is not a positive number", f[0].Ref)
+				}
+				tt.client(t, client, string(f[0].Ref))
+			}
+			var res result
+			select {
+			case res = <-done:
+			case <-time.After(15 * time.Second):
+				t.Fatal("the request never returned")
+			}
+			if !errors.Is(res.err, tt.wantErr) {
+				t.Fatalf("request error %v, want %v", res.err, tt.wantErr)
+			}
+			if tt.check != nil {
+				tt.check(t, res.r)
+			}
+			sc.reqMu.Lock()
+			pending := len(sc.pending)
+			sc.reqMu.Unlock()
+			if pending != 0 {
+				t.Fatalf("%d requests still pending after the request returned", pending)
+			}
+		})
+	}
+}

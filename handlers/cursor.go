@@ -1,0 +1,348 @@
+package handlers
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/http"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddy-realtime/realtime/extensions/cursor"
+	"github.com/caddy-realtime/realtime/extensions/wire"
+)
+
+type cursorRule struct {
+	pattern wire.Pattern
+	cfg     CursorConfig
+	tracker cursor.Tracker
+}
+
+func newCursorRules(cfgs []CursorConfig, now func() time.Time) []*cursorRule {
+	rules := make([]*cursorRule, 0, len(cfgs))
+	for _, c := range cfgs {
+		rules = append(rules, &cursorRule{
+			pattern: wire.Pattern(c.Topics),
+			cfg:     c,
+			tracker: cursor.NewMemory(cursor.Config{Throttle: c.TopicThrottle, TTL: c.TTL, Now: now}),
+		})
+	}
+	return rules
+}
+
+func (g *Gateway) cursorFor(t string) *cursorRule {
+	for _, r := range g.ext.cursors {
+		if r.pattern.Match(t) {
+			return r
+		}
+	}
+	return nil
+}
+
+// cursorTopics holds, per cursor topic, the attached connections, each
+// mover's throttle, and the entries changed since the last flush.
+type cursorTopics struct {
+	g      *Gateway
+	mu     sync.Mutex
+	topics map[string]*curTopic
+}
+
+type curTopic struct {
+	name  string
+	frame string // __cursor:<t>
+	rule  *cursorRule
+
+	mu       sync.Mutex
+	attached map[*conn]struct{}
+	movers   map[*conn]*mover
+	dirty    map[string]cursor.Entry
+	order    []string
+	flushTh  cursor.Throttle
+	timer    *time.Timer
+	stopped  bool
+}
+
+// mover is one connection's cursor on one topic.
+type mover struct {
+	th     cursor.Throttle
+	latest json.RawMessage
+	user   json.RawMessage
+	timer  *time.Timer
+	stored bool // an entry exists: close must publish remove
+}
+
+func (ct *cursorTopics) get(t string, r *cursorRule) *curTopic {
+	ct.mu.Lock()
+	defer ct.mu.Unlock()
+	if ct.topics == nil {
+		ct.topics = make(map[string]*curTopic)
+	}
+	x := ct.topics[t]
+	if x == nil {
+		x = &curTopic{name: t, frame: wire.CursorPrefix + t, rule: r,
+			attached: make(map[*conn]struct{}), movers: make(map[*conn]*mover),
+			dirty: make(map[string]cursor.Entry), flushTh: cursor.Throttle{Interval: r.cfg.TopicThrottle}}
+		ct.topics[t] = x
+	}
+	return x
+}
+
+func (ct *cursorTopics) release(x *curTopic) {
+	if len(x.attached) > 0 || len(x.movers) > 0 || len(x.dirty) > 0 {
+		return
+	}
+	ct.mu.Lock()
+	if ct.topics[x.name] == x {
+		delete(ct.topics, x.name)
+	}
+	ct.mu.Unlock()
+}
+
+func appendEntry(dst []byte, e cursor.Entry) []byte {
+	dst = appendJSONString(append(dst, `{"key":`...), e.Key)
+	dst = append(dst, `,"user":`...)
+	if len(e.User) == 0 {
+		dst = append(dst, "null"...)
+	} else {
+		dst = append(dst, e.User...)
+	}
+	dst = append(dst, `,"data":`...)
+	if len(e.Data) == 0 {
+		dst = append(dst, "null"...)
+	} else {
+		dst = append(dst, e.Data...)
+	}
+	return append(dst, '}')
+}
+
+func appendEntries(dst []byte, es []cursor.Entry) []byte {
+	dst = append(dst, '[')
+	for i, e := range es {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = appendEntry(dst, e)
+	}
+	return append(dst, ']')
+}
+
+// cursorAttach attaches c to t: by cursor-snapshot (snapshot reply) or by a
+// legacy __cursor:<t> subscribe (current entries as one bulk, if any).
+func (g *Gateway) cursorAttach(c *conn, t string, snapshot bool) {
+	r := g.cursorFor(t)
+	x := g.cursors.get(t, r)
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.attached[c] = struct{}{}
+	if c.cursorsAttached == nil {
+		c.cursorsAttached = make(map[string]bool)
+	}
+	c.cursorsAttached[t] = true
+	ctx, cancel := context.WithTimeout(g.ctx, storeTimeout)
+	defer cancel()
+	entries, err := r.tracker.List(ctx, t)
+	if err != nil {
+		g.logger.Warn("cursor list failed", zap.String("topic", t), zap.Error(err))
+		return
+	}
+	switch {
+	case snapshot:
+		c.send(wire.AppendEnvelope(nil, x.frame, "snapshot", appendEntries(nil, entries), 0))
+	case len(entries) > 0:
+		c.send(wire.AppendEnvelope(nil, x.frame, "bulk", appendEntries(nil, entries), 0))
+	}
+}
+
+// cursorDetach stops delivery to c; its own entry stays until close.
+func (g *Gateway) cursorDetach(c *conn, t string) {
+	r := g.cursorFor(t)
+	if r == nil || !c.cursorsAttached[t] {
+		return
+	}
+	delete(c.cursorsAttached, t)
+	x := g.cursors.get(t, r)
+	x.mu.Lock()
+	delete(x.attached, c)
+	g.cursors.release(x)
+	x.mu.Unlock()
+}
+
+// cursorMove handles a cursor frame: attached connections only, data at
+// most max_data bytes; the per-connection throttle lets it through at its
+// leading or trailing edge, carrying the latest data.
+func (g *Gateway) cursorMove(c *conn, t string, data []byte, now time.Time) {
+	r := g.cursorFor(t)
+	if !c.cursorsAttached[t] || len(data) > r.cfg.MaxData {
+		g.m.dropCursor.Inc()
+		return
+	}
+	if len(data) == 0 {
+		data = []byte("null")
+	}
+	x := g.cursors.get(t, r)
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	m := x.movers[c]
+	if m == nil {
+		th := r.cfg.Throttle
+		if th < 0 {
+			th = 0
+		}
+		m = &mover{th: cursor.Throttle{Interval: th}, user: project(c.identity, r.cfg.Select)}
+		x.movers[c] = m
+		c.cursorsMoved = append(c.cursorsMoved, t)
+	}
+	m.latest = bytes.Clone(data)
+	send, fireAt := m.th.Offer(now)
+	switch {
+	case send:
+		g.cursorStore(x, c, m, now)
+	case !fireAt.IsZero():
+		m.timer = time.AfterFunc(fireAt.Sub(now), func() {
+			x.mu.Lock()
+			defer x.mu.Unlock()
+			if x.movers[c] == m && m.th.Fired(g.now()) && !x.stopped {
+				g.cursorStore(x, c, m, g.now())
+			}
+		})
+	}
+}
+
+// cursorStore records a mover's latest data and schedules the topic flush.
+// Called with x.mu held.
+func (g *Gateway) cursorStore(x *curTopic, c *conn, m *mover, now time.Time) {
+	e := cursor.Entry{Key: c.id, User: m.user, Data: m.latest}
+	ctx, cancel := context.WithTimeout(g.ctx, storeTimeout)
+	err := x.rule.tracker.Update(ctx, x.name, e)
+	cancel()
+	if err != nil {
+		g.logger.Warn("cursor update failed", zap.String("topic", x.name), zap.Error(err))
+		return
+	}
+	m.stored = true
+	if _, ok := x.dirty[e.Key]; !ok {
+		x.order = append(x.order, e.Key)
+	}
+	x.dirty[e.Key] = e
+	send, fireAt := x.flushTh.Offer(now)
+	switch {
+	case send:
+		g.cursorFlush(x)
+	case !fireAt.IsZero():
+		x.timer = time.AfterFunc(fireAt.Sub(now), func() {
+			x.mu.Lock()
+			defer x.mu.Unlock()
+			if x.flushTh.Fired(g.now()) && !x.stopped {
+				g.cursorFlush(x)
+			}
+		})
+	}
+}
+
+// cursorFlush sends the changed entries: one as update, several as one
+// bulk frame (§6.2). Called with x.mu held.
+func (g *Gateway) cursorFlush(x *curTopic) {
+	if len(x.dirty) == 0 {
+		return
+	}
+	var frame []byte
+	if len(x.order) == 1 {
+		frame = wire.AppendEnvelope(nil, x.frame, "update", appendEntry(nil, x.dirty[x.order[0]]), 0)
+	} else {
+		es := make([]cursor.Entry, 0, len(x.order))
+		for _, k := range x.order {
+			es = append(es, x.dirty[k])
+		}
+		frame = wire.AppendEnvelope(nil, x.frame, "bulk", appendEntries(nil, es), 0)
+	}
+	clear(x.dirty)
+	x.order = x.order[:0]
+	for c := range x.attached {
+		c.send(frame)
+	}
+}
+
+// cursorRemove runs at close for every topic c moved on: the entry goes
+// and attached connections get remove; no update for the key follows.
+func (g *Gateway) cursorRemove(c *conn, t string) {
+	r := g.cursorFor(t)
+	x := g.cursors.get(t, r)
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	m := x.movers[c]
+	delete(x.movers, c)
+	delete(x.attached, c)
+	if m == nil {
+		g.cursors.release(x)
+		return
+	}
+	if m.timer != nil {
+		m.timer.Stop()
+	}
+	if _, ok := x.dirty[c.id]; ok {
+		delete(x.dirty, c.id)
+		for i, k := range x.order {
+			if k == c.id {
+				x.order = append(x.order[:i], x.order[i+1:]...)
+				break
+			}
+		}
+	}
+	if m.stored {
+		ctx, cancel := context.WithTimeout(g.ctx, storeTimeout)
+		if err := r.tracker.Remove(ctx, t, c.id); err != nil {
+			g.logger.Warn("cursor remove failed; the entry expires after the cursor ttl", zap.String("topic", t), zap.Error(err))
+		}
+		cancel()
+		frame := wire.AppendEnvelope(nil, x.frame, "remove", append(appendJSONString([]byte(`{"key":`), c.id), '}'), 0)
+		for a := range x.attached {
+			a.send(frame)
+		}
+	}
+	g.cursors.release(x)
+}
+
+// stop cancels every cursor timer at Close.
+func (ct *cursorTopics) stop() {
+	ct.mu.Lock()
+	defer ct.mu.Unlock()
+	for _, x := range ct.topics {
+		x.mu.Lock()
+		x.stopped = true
+		if x.timer != nil {
+			x.timer.Stop()
+		}
+		for _, m := range x.movers {
+			if m.timer != nil {
+				m.timer.Stop()
+			}
+		}
+		x.mu.Unlock()
+	}
+}
+
+func (g *Gateway) apiCursors(w http.ResponseWriter, r *http.Request, s *settings) {
+	t := r.URL.Query().Get("topic")
+	if !wire.ValidTopic(t, s.AllowNonASCIITopics) || wire.IsSystem(t) {
+		writeErr(w, apiErr(http.StatusBadRequest, ReasonInvalidTopic, "query parameter topic must be a valid non-system topic"))
+		return
+	}
+	rule := g.cursorFor(t)
+	if rule == nil {
+		writeErr(w, apiErr(http.StatusNotFound, "NO_CURSORS", "topic "+t+" has no cursors"))
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), storeTimeout)
+	defer cancel()
+	entries, err := rule.tracker.List(ctx, t)
+	if err != nil {
+		writeErr(w, apiErr(http.StatusServiceUnavailable, "BACKEND_UNAVAILABLE", "reading cursors failed"))
+		return
+	}
+	body := append(appendEntries([]byte(`{"cursors":`), entries), '}', '\n')
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	_, _ = w.Write(body)
+}

@@ -1,0 +1,512 @@
+package handlers
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/http"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddy-realtime/realtime/extensions/presence"
+	"github.com/caddy-realtime/realtime/extensions/wire"
+)
+
+// Vocabularies of a connection (PROTOCOL.md §1.4), fixed when presence or a
+// cursor snapshot first creates state for it.
+const (
+	vocabUnset uint32 = iota
+	vocabCurrent
+	vocabLegacy
+)
+
+// vocab returns the connection's vocabulary, fixing it on first use.
+func (c *conn) vocab() uint32 {
+	if v := c.vocabulary.Load(); v != vocabUnset {
+		return v
+	}
+	v := vocabLegacy
+	if c.current.Load() {
+		v = vocabCurrent
+	}
+	if c.vocabulary.CompareAndSwap(vocabUnset, v) {
+		return v
+	}
+	return c.vocabulary.Load()
+}
+
+// presenceFlushWindow merges presence changes per topic (§8: 20 ms).
+const presenceFlushWindow = 20 * time.Millisecond
+
+type presenceRule struct {
+	pattern wire.Pattern
+	cfg     PresenceConfig
+	tracker presence.Tracker
+}
+
+// presenceTopics holds, per presence topic, who receives its frames and
+// the changes waiting for the next flush.
+type presenceTopics struct {
+	g      *Gateway
+	mu     sync.Mutex
+	topics map[string]*presTopic
+}
+
+const (
+	roleMember   uint8 = 1 // subscribed to the topic: a member
+	roleObserver uint8 = 2 // subscribed to __presence:<t>
+)
+
+type presTopic struct {
+	name  string // the presence topic t
+	frame string // __presence:<t>
+	rule  *presenceRule
+
+	// mu serializes membership changes of the topic with their frames, so a
+	// joiner's state always precedes the diffs that follow it (§6.1).
+	mu         sync.Mutex
+	recipients map[*conn]uint8
+	pending    map[string]*presChange
+	order      []string // keys of pending, in first-change order
+	timer      *time.Timer
+	lastBeat   time.Time
+}
+
+type presChange struct {
+	kind   presence.Kind
+	data   json.RawMessage
+	joiner *conn // legacy join frames skip the connection that caused them
+}
+
+func newPresenceRules(cfgs []PresenceConfig, now func() time.Time) []*presenceRule {
+	rules := make([]*presenceRule, 0, len(cfgs))
+	for _, c := range cfgs {
+		rules = append(rules, &presenceRule{
+			pattern: wire.Pattern(c.Topics),
+			cfg:     c,
+			tracker: presence.NewMemory(presence.Config{TTL: c.TTL, Now: now}),
+		})
+	}
+	return rules
+}
+
+func (g *Gateway) presenceFor(t string) *presenceRule {
+	for _, r := range g.ext.presence {
+		if r.pattern.Match(t) {
+			return r
+		}
+	}
+	return nil
+}
+
+func (p *presenceTopics) get(t string, rule *presenceRule) *presTopic {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.topics == nil {
+		p.topics = make(map[string]*presTopic)
+	}
+	pt := p.topics[t]
+	if pt == nil {
+		pt = &presTopic{name: t, frame: wire.PresencePrefix + t, rule: rule, recipients: make(map[*conn]uint8), pending: make(map[string]*presChange)}
+		p.topics[t] = pt
+	}
+	return pt
+}
+
+// release forgets pt when nobody receives it and nothing is pending.
+// Called with pt.mu held.
+func (p *presenceTopics) release(pt *presTopic) {
+	if len(pt.recipients) > 0 || len(pt.pending) > 0 {
+		return
+	}
+	p.mu.Lock()
+	if p.topics[pt.name] == pt {
+		delete(p.topics, pt.name)
+	}
+	p.mu.Unlock()
+}
+
+func (c *conn) presenceKey(r *presenceRule) string {
+	if k := identityField(c.identity, r.cfg.Key); k != "" {
+		return k
+	}
+	return "__conn:" + c.id // anonymous: unique across instances (session ids are UUIDs)
+}
+
+// presenceJoin runs the presence join effect of an authorized subscribe
+// to t (§6.1): the joiner gets the state, everyone the merged diff.
+func (g *Gateway) presenceJoin(c *conn, t string) {
+	r := g.presenceFor(t)
+	if r == nil {
+		return
+	}
+	pt := g.presence.get(t, r)
+	pt.mu.Lock()
+	defer pt.mu.Unlock()
+	ctx, cancel := context.WithTimeout(g.ctx, storeTimeout)
+	defer cancel()
+	key, data := c.presenceKey(r), project(c.identity, r.cfg.Select)
+	ch, err := r.tracker.Join(ctx, t, key, c.id, data)
+	if err != nil {
+		g.logger.Warn("presence join failed; the connection is subscribed without presence", zap.String("topic", t), zap.Error(err))
+		return
+	}
+	if c.presence == nil {
+		c.presence = make(map[string]string)
+	}
+	c.presence[t] = key
+	pt.recipients[c] |= roleMember
+	g.sendPresenceState(ctx, pt, c)
+	switch ch.Kind {
+	case presence.Joined:
+		pt.record(key, presence.Joined, data, c)
+		g.events.post("presence.join", map[string]any{"topic": t, "key": key, "data": data})
+	case presence.Updated:
+		pt.record(key, presence.Updated, data, nil)
+	}
+	g.schedulePresence(pt)
+}
+
+// presenceLeave runs the leave effect of an unsubscribe or close.
+func (g *Gateway) presenceLeave(c *conn, t string) {
+	key, ok := c.presence[t]
+	if !ok {
+		return
+	}
+	delete(c.presence, t)
+	r := g.presenceFor(t)
+	pt := g.presence.get(t, r)
+	pt.mu.Lock()
+	defer pt.mu.Unlock()
+	if pt.recipients[c] &^= roleMember; pt.recipients[c] == 0 {
+		delete(pt.recipients, c)
+	}
+	ctx, cancel := context.WithTimeout(g.ctx, storeTimeout)
+	defer cancel()
+	ch, err := r.tracker.Leave(ctx, t, key, c.id)
+	if err != nil {
+		g.logger.Warn("presence leave failed; the entry expires after the presence ttl", zap.String("topic", t), zap.Error(err))
+	} else if ch.Kind == presence.Left {
+		pt.record(key, presence.Left, ch.Member.Data, nil)
+		g.events.post("presence.leave", map[string]any{"topic": t, "key": key})
+		g.schedulePresence(pt)
+	}
+	g.presence.release(pt)
+}
+
+// presenceObserve starts (on) or stops an observer of t (__presence:<t>).
+func (g *Gateway) presenceObserve(c *conn, t string, on bool) {
+	r := g.presenceFor(t)
+	if r == nil {
+		return
+	}
+	pt := g.presence.get(t, r)
+	pt.mu.Lock()
+	defer pt.mu.Unlock()
+	if on {
+		pt.recipients[c] |= roleObserver
+		ctx, cancel := context.WithTimeout(g.ctx, storeTimeout)
+		defer cancel()
+		g.sendPresenceState(ctx, pt, c)
+		return
+	}
+	if pt.recipients[c] &^= roleObserver; pt.recipients[c] == 0 {
+		delete(pt.recipients, c)
+	}
+	g.presence.release(pt)
+}
+
+// record merges a change into the pending diff: the latest change per key
+// wins (§6.1).
+func (pt *presTopic) record(key string, kind presence.Kind, data json.RawMessage, joiner *conn) {
+	if p, ok := pt.pending[key]; ok {
+		p.kind, p.data = kind, data
+		if joiner != nil || kind == presence.Left {
+			p.joiner = joiner
+		}
+		return
+	}
+	pt.pending[key] = &presChange{kind: kind, data: data, joiner: joiner}
+	pt.order = append(pt.order, key)
+}
+
+// schedulePresence arms the topic's flush timer. Called with pt.mu held.
+func (g *Gateway) schedulePresence(pt *presTopic) {
+	if pt.timer != nil || len(pt.pending) == 0 {
+		return
+	}
+	pt.timer = time.AfterFunc(presenceFlushWindow, func() { g.flushPresence(pt) })
+}
+
+// sendPresenceState sends the full membership to one connection in its
+// vocabulary: presence_state or list, split when too large (§6.1).
+func (g *Gateway) sendPresenceState(ctx context.Context, pt *presTopic, c *conn) {
+	members, err := pt.rule.tracker.List(ctx, pt.name)
+	if err != nil {
+		g.logger.Warn("presence list failed", zap.String("topic", pt.name), zap.Error(err))
+		return
+	}
+	if c.vocab() == vocabCurrent {
+		frames := packMembers(pt.frame, "presence_state", members, true)
+		for i, f := range frames {
+			if i == 0 {
+				c.send(f)
+				continue
+			}
+			c.send(f) // the rest go as presence_diff joins (packMembers encodes them so)
+		}
+		return
+	}
+	for _, f := range packMembers(pt.frame, "list", members, false) {
+		c.send(f)
+	}
+}
+
+// maxStateFrame leaves room under the 1 MiB frame cap for the envelope.
+const maxStateFrame = wire.MaxFrame - 4096
+
+// packMembers encodes a snapshot. The first frame is the snapshot event
+// with the members that fit; the rest follow as presence_diff joins
+// (current) or join frames (legacy), as §6.1 prescribes.
+func packMembers(topic, event string, members []presence.Member, current bool) [][]byte {
+	var frames [][]byte
+	var body bytes.Buffer
+	n := 0
+	first := true
+	open := func() {
+		body.Reset()
+		n = 0
+		switch {
+		case current && first:
+			body.WriteByte('{')
+		case current:
+			body.WriteString(`{"joins":{`)
+		case first:
+			body.WriteByte('[')
+		}
+	}
+	closeFrame := func() {
+		switch {
+		case current && first:
+			body.WriteByte('}')
+			frames = append(frames, wire.AppendEnvelope(nil, topic, event, body.Bytes(), 0))
+		case current:
+			body.WriteString(`},"leaves":{}}`)
+			frames = append(frames, wire.AppendEnvelope(nil, topic, "presence_diff", body.Bytes(), 0))
+		case first:
+			body.WriteByte(']')
+			frames = append(frames, wire.AppendEnvelope(nil, topic, event, body.Bytes(), 0))
+		}
+		first = false
+	}
+	open()
+	for _, m := range members {
+		data := m.Data
+		if len(data) == 0 {
+			data = json.RawMessage("null")
+		}
+		var item []byte
+		if current {
+			item = append(appendJSONString(nil, m.Key), ':')
+			item = append(item, data...)
+		} else {
+			item = append(appendJSONString([]byte(`{"key":`), m.Key), `,"data":`...)
+			item = append(append(item, data...), '}')
+		}
+		if !current && !first {
+			// Legacy overflow: one join frame per member.
+			frames = append(frames, wire.AppendEnvelope(nil, topic, "join", item, 0))
+			continue
+		}
+		if n > 0 && body.Len()+len(item)+1 > maxStateFrame {
+			closeFrame()
+			open()
+			if !current {
+				frames = append(frames, wire.AppendEnvelope(nil, topic, "join", item, 0))
+				continue
+			}
+		}
+		if n > 0 {
+			body.WriteByte(',')
+		}
+		body.Write(item)
+		n++
+	}
+	if first || (current && n > 0) {
+		closeFrame()
+	}
+	return frames
+}
+
+// flushPresence sends the merged changes of one window: presence_diff to
+// current recipients; leave, join and (for data changes) list frames to
+// legacy ones (§6.1).
+func (g *Gateway) flushPresence(pt *presTopic) {
+	pt.mu.Lock()
+	defer pt.mu.Unlock()
+	pt.timer = nil
+	if len(pt.pending) == 0 || g.ctx.Err() != nil {
+		return
+	}
+	var joins, leaves bytes.Buffer
+	var legacyLeaves, legacyJoins [][]byte
+	var joiners []*conn
+	updated := false
+	for _, key := range pt.order {
+		p := pt.pending[key]
+		data := p.data
+		if len(data) == 0 {
+			data = json.RawMessage("null")
+		}
+		item := append(appendJSONString([]byte(`{"key":`), key), `,"data":`...)
+		item = append(append(item, data...), '}')
+		target := &joins
+		switch p.kind {
+		case presence.Left:
+			target = &leaves
+			legacyLeaves = append(legacyLeaves, wire.AppendEnvelope(nil, pt.frame, "leave", item, 0))
+		case presence.Joined:
+			legacyJoins = append(legacyJoins, wire.AppendEnvelope(nil, pt.frame, "join", item, 0))
+			joiners = append(joiners, p.joiner)
+		case presence.Updated:
+			updated = true
+		}
+		if target.Len() > 0 {
+			target.WriteByte(',')
+		}
+		target.Write(appendJSONString(nil, key))
+		target.WriteByte(':')
+		target.Write(data)
+	}
+	clear(pt.pending)
+	pt.order = pt.order[:0]
+
+	diff := make([]byte, 0, joins.Len()+leaves.Len()+24)
+	diff = append(diff, `{"joins":{`...)
+	diff = append(append(diff, joins.Bytes()...), `},"leaves":{`...)
+	diff = append(append(diff, leaves.Bytes()...), `}}`...)
+	diffFrame := wire.AppendEnvelope(nil, pt.frame, "presence_diff", diff, 0)
+	var list [][]byte
+	if updated {
+		// 0.3.4 ignores join for a known key: a data change goes as a list.
+		ctx, cancel := context.WithTimeout(g.ctx, storeTimeout)
+		members, err := pt.rule.tracker.List(ctx, pt.name)
+		cancel()
+		if err == nil {
+			list = packMembers(pt.frame, "list", members, false)
+		}
+	}
+	for c := range pt.recipients {
+		if c.vocab() == vocabCurrent {
+			c.send(diffFrame)
+			continue
+		}
+		for _, f := range legacyLeaves {
+			c.send(f)
+		}
+		for i, f := range legacyJoins {
+			if joiners[i] != c {
+				c.send(f)
+			}
+		}
+		for _, f := range list {
+			c.send(f)
+		}
+	}
+	g.presence.release(pt)
+}
+
+// presenceHeartbeat sends each presence topic's heartbeat (the present
+// keys) when due. It runs on the sweeper.
+func (g *Gateway) presenceHeartbeat(now time.Time) {
+	g.presence.mu.Lock()
+	pts := make([]*presTopic, 0, len(g.presence.topics))
+	for _, pt := range g.presence.topics {
+		pts = append(pts, pt)
+	}
+	g.presence.mu.Unlock()
+	for _, pt := range pts {
+		hb := pt.rule.cfg.Heartbeat
+		if hb <= 0 {
+			continue
+		}
+		pt.mu.Lock()
+		if now.Sub(pt.lastBeat) >= hb && len(pt.recipients) > 0 {
+			pt.lastBeat = now
+			ctx, cancel := context.WithTimeout(g.ctx, storeTimeout)
+			members, err := pt.rule.tracker.List(ctx, pt.name)
+			cancel()
+			if err == nil {
+				keys := []byte{'['}
+				for i, m := range members {
+					if i > 0 {
+						keys = append(keys, ',')
+					}
+					keys = appendJSONString(keys, m.Key)
+				}
+				frame := wire.AppendEnvelope(nil, pt.frame, "heartbeat", append(keys, ']'), 0)
+				for c := range pt.recipients {
+					c.send(frame)
+				}
+			}
+		}
+		pt.mu.Unlock()
+	}
+}
+
+// stopPresence cancels pending flush timers at Close.
+func (p *presenceTopics) stop() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, pt := range p.topics {
+		pt.mu.Lock()
+		if pt.timer != nil {
+			pt.timer.Stop()
+		}
+		pt.mu.Unlock()
+	}
+}
+
+// appendJSONString appends s as a JSON string, without HTML escaping.
+func appendJSONString(dst []byte, s string) []byte {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(s)
+	return append(dst, bytes.TrimRight(b.Bytes(), "\n")...)
+}
+
+func (g *Gateway) apiPresence(w http.ResponseWriter, r *http.Request, s *settings) {
+	t := r.URL.Query().Get("topic")
+	rule := g.presenceFor(t)
+	if !wire.ValidTopic(t, s.AllowNonASCIITopics) || wire.IsSystem(t) {
+		writeErr(w, apiErr(http.StatusBadRequest, ReasonInvalidTopic, "query parameter topic must be a valid non-system topic"))
+		return
+	}
+	if rule == nil {
+		writeErr(w, apiErr(http.StatusNotFound, "NO_PRESENCE", "topic "+t+" has no presence"))
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), storeTimeout)
+	defer cancel()
+	members, err := rule.tracker.List(ctx, t)
+	if err != nil {
+		writeErr(w, apiErr(http.StatusServiceUnavailable, "BACKEND_UNAVAILABLE", "reading presence failed"))
+		return
+	}
+	if r.URL.Path == s.APIPath+"/presence/count" {
+		writeJSON(w, http.StatusOK, map[string]int{"count": len(members)})
+		return
+	}
+	type member struct {
+		Key  string   `json:"key"`
+		Data rawOrNil `json:"data"`
+	}
+	out := make([]member, len(members))
+	for i, m := range members {
+		out[i] = member{m.Key, rawOrNil(m.Data)}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"members": out})
+}

@@ -1,0 +1,278 @@
+package handlers
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/caddy-realtime/realtime/extensions/bus"
+	"github.com/caddy-realtime/realtime/extensions/replay"
+	"github.com/caddy-realtime/realtime/extensions/wire"
+)
+
+// replayRule is one `replay <pattern>` entry with its store.
+type replayRule struct {
+	pattern wire.Pattern
+	cfg     ReplayConfig
+	store   replay.Store
+}
+
+// storeTimeout bounds each replay store call made on a client's behalf.
+const storeTimeout = 5 * time.Second
+
+// pendingResumeTTL is how long a resume entry waits for its subscribe (§8).
+const pendingResumeTTL = 10 * time.Second
+
+func newReplayRules(cfgs []ReplayConfig, now func() time.Time) []*replayRule {
+	rules := make([]*replayRule, 0, len(cfgs))
+	for _, c := range cfgs {
+		rules = append(rules, &replayRule{
+			pattern: wire.Pattern(c.Topics),
+			cfg:     c,
+			store:   replay.NewMemory(replay.Config{Size: c.Size, TTL: c.TTL, Now: now}),
+		})
+	}
+	return rules
+}
+
+// replayFor returns the first replay rule matching topic, or nil.
+func (g *Gateway) replayFor(topic string) *replayRule {
+	for _, r := range g.ext.replay {
+		if r.pattern.Match(topic) {
+			return r
+		}
+	}
+	return nil
+}
+
+// stamp is the hub's seq source for buffered topics: the store appends the
+// event and returns its cluster-wide seq (§5.1 rule 2).
+func (g *Gateway) stamp(m *bus.Message) (bool, error) {
+	r := g.replayFor(m.Topic)
+	if r == nil {
+		return false, nil
+	}
+	ctx, cancel := context.WithTimeout(g.ctx, storeTimeout)
+	defer cancel()
+	seq, err := r.store.Append(ctx, m.Topic, m.Event, m.Data)
+	if err != nil {
+		return true, err
+	}
+	m.Seq = seq
+	return true, nil
+}
+
+// head returns a topic's last seq: its store's for buffered topics.
+func (g *Gateway) head(ctx context.Context, topic string) (uint64, error) {
+	if r := g.replayFor(topic); r != nil {
+		return r.store.Head(ctx, topic)
+	}
+	return g.hub.head(topic), nil
+}
+
+// resume records the pending resumes of a well-formed resume frame (§5.3
+// step 1) and acknowledges it. Nothing is authorized or sent yet.
+func (c *conn) resume(f *wire.Frame, now time.Time) {
+	s := c.g.settings()
+	if len(c.g.ext.replay) > 0 {
+		wire.EachLastSeen(f.LastSeenSeqs, MaxLastSeen, func(t string, seq uint64) {
+			if !wire.ValidTopic(t, s.AllowNonASCIITopics) || wire.IsSystem(t) || c.g.replayFor(t) == nil {
+				return
+			}
+			if _, held := c.topics[t]; held {
+				return
+			}
+			if c.resumes == nil {
+				c.resumes = make(map[string]pendingResume)
+			}
+			c.resumes[t] = pendingResume{after: seq, expires: now.Add(pendingResumeTTL)}
+		})
+	}
+	c.send(wire.ResumedFrame)
+}
+
+type pendingResume struct {
+	after   uint64
+	expires time.Time
+}
+
+// takeResume consumes the pending resume of t, if one is still valid.
+func (c *conn) takeResume(t string, now time.Time) (uint64, bool) {
+	p, ok := c.resumes[t]
+	if !ok {
+		return 0, false
+	}
+	delete(c.resumes, t)
+	if len(c.resumes) == 0 {
+		c.resumes = nil
+	}
+	return p.after, now.Before(p.expires)
+}
+
+// gapFill returns the function the hub runs under t's lock while attaching
+// c: it sends what c missed after `after` (§5.3 step 3), so only seq > head
+// follows live.
+func (c *conn) gapFill(t string, after uint64) func() {
+	r := c.g.replayFor(t)
+	return func() {
+		ctx, cancel := context.WithTimeout(c.g.ctx, storeTimeout)
+		defer cancel()
+		rng, err := r.store.Since(ctx, t, after)
+		if err != nil {
+			c.g.logger.Warn("resume: reading the replay store failed; the client resumes with a gap")
+			return
+		}
+		if rng.Truncated && r.cfg.TruncationNotice {
+			c.send(wire.AppendEnvelope(nil, t, "truncated", nil, 0))
+		}
+		c.sendEntries(t, rng.Entries)
+	}
+}
+
+// sendEntries queues stored events as ordinary envelopes with their
+// original seq, in batch frames when the connection has the cap.
+func (c *conn) sendEntries(t string, entries []replay.Entry) {
+	if len(entries) == 0 {
+		return
+	}
+	envs := make([][]byte, len(entries))
+	for i, e := range entries {
+		envs[i] = wire.AppendEnvelope(nil, t, e.Event, e.Data, e.Seq)
+	}
+	if c.batchCap.Load() {
+		envs = splitBatches(envs)
+	}
+	for _, e := range envs {
+		c.send(e)
+	}
+}
+
+// replay answers a replay request (§5.4): msg frames, then one end, on
+// __replay:<t>, never subscribing. It runs under the topic lock so live
+// events above the last replayed seq queue behind the end.
+func (c *conn) replay(f *wire.Frame) {
+	s := c.g.settings()
+	since, sinceOK := wire.NonNegInt(f.Since)
+	switch {
+	case !sinceOK:
+		c.replayEnd(f, "")
+		return
+	case !wire.ValidTopic(f.Topic, s.AllowNonASCIITopics) || wire.IsSystem(f.Topic):
+		c.replayEnd(f, `,"denied":true`)
+		return
+	}
+	if !s.isPublic(f.Topic) && s.SubscribeHook != nil {
+		if r := c.g.authorize(c, []string{f.Topic})[f.Topic]; r != "" {
+			c.replayEnd(f, `,"denied":true`)
+			return
+		}
+	}
+	r := c.g.replayFor(f.Topic)
+	if r == nil {
+		c.replayEnd(f, "")
+		return
+	}
+	c.g.hub.locked(f.Topic, func() {
+		ctx, cancel := context.WithTimeout(c.g.ctx, storeTimeout)
+		defer cancel()
+		rng, err := r.store.Since(ctx, f.Topic, since)
+		if err != nil || since >= rng.Head {
+			c.replayEnd(f, "")
+			return
+		}
+		topic := wire.ReplayPrefix + f.Topic
+		for _, e := range rng.Entries {
+			data := make([]byte, 0, 48+len(f.ReqID)+len(e.Event)+len(e.Data))
+			data = append(data, '{')
+			if f.ReqID != nil {
+				data = append(append(append(data, `"reqId":`...), f.ReqID...), ',')
+			}
+			data = append(data, `"seq":`...)
+			data = strconv.AppendUint(data, e.Seq, 10)
+			data = append(append(append(data, `,"event":"`...), e.Event...), `","data":`...)
+			if len(e.Data) == 0 {
+				data = append(data, "null"...)
+			} else {
+				data = append(data, e.Data...)
+			}
+			data = append(data, '}')
+			c.send(wire.AppendEnvelope(nil, topic, "msg", data, 0))
+		}
+		if rng.Truncated {
+			c.replayEnd(f, `,"truncated":true`)
+		} else {
+			c.replayEnd(f, "")
+		}
+	})
+}
+
+// apiReplay serves GET /replay?topic=T&since=N and DELETE /replay[?topic=T].
+func (g *Gateway) apiReplay(w http.ResponseWriter, r *http.Request, s *settings) {
+	q := r.URL.Query()
+	ctx, cancel := context.WithTimeout(r.Context(), storeTimeout)
+	defer cancel()
+	if r.Method == http.MethodDelete && !q.Has("topic") {
+		for _, rule := range g.ext.replay {
+			if err := rule.store.ClearAll(ctx); err != nil {
+				writeErr(w, apiErr(http.StatusServiceUnavailable, "BACKEND_UNAVAILABLE", "clearing replay stores failed"))
+				return
+			}
+		}
+		writeJSON(w, http.StatusOK, struct{}{})
+		return
+	}
+	t := q.Get("topic")
+	if !wire.ValidTopic(t, s.AllowNonASCIITopics) || wire.IsSystem(t) {
+		writeErr(w, apiErr(http.StatusBadRequest, ReasonInvalidTopic, "query parameter topic must be a valid non-system topic"))
+		return
+	}
+	rule := g.replayFor(t)
+	if rule == nil {
+		writeErr(w, apiErr(http.StatusNotFound, "NO_REPLAY", "topic "+t+" has no replay buffer"))
+		return
+	}
+	if r.Method == http.MethodDelete {
+		if err := rule.store.Clear(ctx, t); err != nil {
+			writeErr(w, apiErr(http.StatusServiceUnavailable, "BACKEND_UNAVAILABLE", "clearing the replay store failed"))
+			return
+		}
+		writeJSON(w, http.StatusOK, struct{}{})
+		return
+	}
+	var since uint64
+	if v := q.Get("since"); v != "" {
+		n, ok := wire.NonNegInt([]byte(v))
+		if !ok {
+			writeErr(w, apiErr(http.StatusBadRequest, "BAD_SINCE", "since must be an integer >= 0"))
+			return
+		}
+		since = n
+	}
+	rng, err := rule.store.Since(ctx, t, since)
+	if err != nil {
+		writeErr(w, apiErr(http.StatusServiceUnavailable, "BACKEND_UNAVAILABLE", "reading the replay store failed"))
+		return
+	}
+	type event struct {
+		Seq   uint64   `json:"seq"`
+		Event string   `json:"event"`
+		Data  rawOrNil `json:"data"`
+	}
+	events := make([]event, len(rng.Entries))
+	for i, e := range rng.Entries {
+		events[i] = event{e.Seq, e.Event, rawOrNil(e.Data)}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"events": events, "truncated": rng.Truncated, "seq": rng.Head})
+}
+
+// rawOrNil marshals raw JSON, or null when empty.
+type rawOrNil []byte
+
+// MarshalJSON implements json.Marshaler.
+func (r rawOrNil) MarshalJSON() ([]byte, error) {
+	if len(r) == 0 {
+		return []byte("null"), nil
+	}
+	return r, nil
+}
