@@ -466,6 +466,10 @@ func (h *Handler) gatewayConfig() (handlers.Config, error) {
 		InboundBurst:        l.InboundBurst,
 		RateLimitClose:      l.RateLimitClose,
 		ClientIP:            clientIP,
+		TrustedProxy: func(r *http.Request) bool {
+			trusted, _ := caddyhttp.GetVar(r.Context(), caddyhttp.TrustedProxyVarKey).(bool)
+			return trusted
+		},
 	}
 	if h.ShutdownSpread != nil {
 		cfg.ShutdownSpread = time.Duration(*h.ShutdownSpread)

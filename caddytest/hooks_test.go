@@ -668,7 +668,16 @@ func TestHookMessageForwarding(t *testing.T) {
 	c := dial(t, in)
 	id := c.welcome()
 
-	big := `{"type":"subscribe","topic":"big","ref":1,"pad":"` + strings.Repeat("x", 8192) + `"}`
+	// A subscribe of exactly 8192 bytes is an application message (§3.2
+	// rule 2, §7.3); one byte less is still a control frame.
+	padded := func(topic string, n int) string {
+		head, tail := `{"type":"subscribe","topic":"`+topic+`","ref":1,"pad":"`, `"}`
+		return head + strings.Repeat("x", n-len(head)-len(tail)) + tail
+	}
+	big, small := padded("big", 8192), padded("small", 8191)
+	if len(big) != 8192 || len(small) != 8191 {
+		t.Fatalf("padded frames of %d and %d bytes", len(big), len(small))
+	}
 	bin := []byte{0x00, 0xff, 0xfe, '{', '}', 0x80, 'a', '\n'}
 	type frame struct {
 		binary bool
@@ -693,6 +702,8 @@ func TestHookMessageForwarding(t *testing.T) {
 		if i == 3 {
 			// Control frames in between are handled, never forwarded.
 			c.send(`{"type":"hello","caps":[]}`)
+			c.send(small)
+			c.expect(`{"type":"subscribed","topic":"small","ref":1}`)
 			c.send(`{"type":"subscribe","topic":"ctl","ref":3}`)
 			c.expect(`{"type":"subscribed","topic":"ctl","ref":3}`)
 		}

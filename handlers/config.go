@@ -62,6 +62,10 @@ type Config struct {
 	// r.RemoteAddr.
 	ClientIP func(r *http.Request) string
 
+	// TrustedProxy reports whether the request came through a trusted
+	// proxy, whose X-Forwarded-For the auth hook may see. Default: never.
+	TrustedProxy func(r *http.Request) bool
+
 	// Now is the clock. Default: time.Now.
 	Now func() time.Time
 }
@@ -238,6 +242,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.TrustedProxy == nil {
+		c.TrustedProxy = func(*http.Request) bool { return false }
 	}
 	return c
 }

@@ -62,6 +62,7 @@ type curTopic struct {
 	flushTh  cursor.Throttle
 	timer    *time.Timer
 	stopped  bool
+	dead     bool // released from the index: lock() looks again
 }
 
 // mover is one connection's cursor on one topic.
@@ -71,6 +72,18 @@ type mover struct {
 	user   json.RawMessage
 	timer  *time.Timer
 	stored bool // an entry exists: close must publish remove
+}
+
+// lock returns t's state locked and live (see presenceTopics.lock).
+func (ct *cursorTopics) lock(t string, r *cursorRule) *curTopic {
+	for {
+		x := ct.get(t, r)
+		x.mu.Lock()
+		if !x.dead {
+			return x
+		}
+		x.mu.Unlock()
+	}
 }
 
 func (ct *cursorTopics) get(t string, r *cursorRule) *curTopic {
@@ -98,6 +111,7 @@ func (ct *cursorTopics) release(x *curTopic) {
 		delete(ct.topics, x.name)
 	}
 	ct.mu.Unlock()
+	x.dead = true
 }
 
 func appendEntry(dst []byte, e cursor.Entry) []byte {
@@ -132,8 +146,7 @@ func appendEntries(dst []byte, es []cursor.Entry) []byte {
 // legacy __cursor:<t> subscribe (current entries as one bulk, if any).
 func (g *Gateway) cursorAttach(c *conn, t string, snapshot bool) {
 	r := g.cursorFor(t)
-	x := g.cursors.get(t, r)
-	x.mu.Lock()
+	x := g.cursors.lock(t, r)
 	defer x.mu.Unlock()
 	x.attached[c] = struct{}{}
 	if c.cursorsAttached == nil {
@@ -162,8 +175,7 @@ func (g *Gateway) cursorDetach(c *conn, t string) {
 		return
 	}
 	delete(c.cursorsAttached, t)
-	x := g.cursors.get(t, r)
-	x.mu.Lock()
+	x := g.cursors.lock(t, r)
 	delete(x.attached, c)
 	g.cursors.release(x)
 	x.mu.Unlock()
@@ -181,8 +193,7 @@ func (g *Gateway) cursorMove(c *conn, t string, data []byte, now time.Time) {
 	if len(data) == 0 {
 		data = []byte("null")
 	}
-	x := g.cursors.get(t, r)
-	x.mu.Lock()
+	x := g.cursors.lock(t, r)
 	defer x.mu.Unlock()
 	m := x.movers[c]
 	if m == nil {
@@ -268,8 +279,7 @@ func (g *Gateway) cursorFlush(x *curTopic) {
 // and attached connections get remove; no update for the key follows.
 func (g *Gateway) cursorRemove(c *conn, t string) {
 	r := g.cursorFor(t)
-	x := g.cursors.get(t, r)
-	x.mu.Lock()
+	x := g.cursors.lock(t, r)
 	defer x.mu.Unlock()
 	m := x.movers[c]
 	delete(x.movers, c)
@@ -306,9 +316,14 @@ func (g *Gateway) cursorRemove(c *conn, t string) {
 
 // stop cancels every cursor timer at Close.
 func (ct *cursorTopics) stop() {
+	// Copy first: release takes ct.mu under x.mu, so never the reverse.
 	ct.mu.Lock()
-	defer ct.mu.Unlock()
+	xs := make([]*curTopic, 0, len(ct.topics))
 	for _, x := range ct.topics {
+		xs = append(xs, x)
+	}
+	ct.mu.Unlock()
+	for _, x := range xs {
 		x.mu.Lock()
 		x.stopped = true
 		if x.timer != nil {

@@ -86,6 +86,24 @@ type extensions struct {
 	rate     *rateRule
 }
 
+// sweeper is implemented by memory backends that free idle state when
+// asked instead of running a goroutine of their own.
+type sweeper interface{ Sweep(now time.Time) int }
+
+// sweep lets memory backends drop expired buffers and idle keys.
+func (e *extensions) sweep(now time.Time) {
+	for _, r := range e.replay {
+		if s, ok := r.store.(sweeper); ok {
+			s.Sweep(now)
+		}
+	}
+	if e.rate != nil {
+		if s, ok := e.rate.limiter.(sweeper); ok {
+			s.Sweep(now)
+		}
+	}
+}
+
 func newExtensions(cfg Config) *extensions {
 	return &extensions{
 		replay:   newReplayRules(cfg.Replay, cfg.Now),
@@ -112,11 +130,16 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 		logger:     opts.Logger,
 		m:          newGatewayMetrics(cfg.Name),
 		instanceID: opts.InstanceID,
-		client: &http.Client{Transport: &http.Transport{
-			Proxy:               nil, // hooks go straight to the app, never through an environment proxy
-			MaxIdleConnsPerHost: 64,
-			IdleConnTimeout:     90 * time.Second,
-		}},
+		client: &http.Client{
+			Transport: &http.Transport{
+				Proxy:               nil, // hooks go straight to the app, never through an environment proxy
+				MaxIdleConnsPerHost: 64,
+				IdleConnTimeout:     90 * time.Second,
+			},
+			// A hook's redirect is its answer: following it could take the
+			// identity or the authorization from another endpoint.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
 		upgrades: newIPWindow(),
 		started:  cfg.Now(),
 	}
@@ -188,6 +211,7 @@ func (g *Gateway) Close(ctx context.Context) error {
 		start := time.Now()
 		var closers sync.WaitGroup
 		sem := make(chan struct{}, 256)
+	closing:
 		for i, c := range conns {
 			if spread > 0 && len(conns) > 1 {
 				at := start.Add(spread * time.Duration(i) / time.Duration(len(conns)))
@@ -201,6 +225,10 @@ func (g *Gateway) Close(ctx context.Context) error {
 			select {
 			case sem <- struct{}{}:
 			case <-ctx.Done():
+				// Out of time: the ctx branch below drops what is left. A
+				// closer started without a slot would block forever on <-sem
+				// (TestGatewayCloseWithExpiredContextLeavesNoGoroutines).
+				break closing
 			}
 			closers.Add(1)
 			go func() {
@@ -257,6 +285,7 @@ func (g *Gateway) sweeper() {
 		g.presenceHeartbeat(now)
 		if now.Sub(lastTrim) > time.Minute {
 			g.hub.sweep(now, 10*time.Minute)
+			g.ext.sweep(now)
 			lastTrim = now
 		}
 	}

@@ -3,7 +3,6 @@ package handlers
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -13,6 +12,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/coder/websocket"
+	"github.com/google/uuid"
 	"go.uber.org/zap"
 
 	"github.com/caddy-realtime/realtime/extensions/bus"
@@ -92,8 +92,10 @@ func (g *Gateway) authenticate(r *http.Request, ip string, s *settings) authResu
 			req.Header.Add(name, v)
 		}
 	}
+	// Like forward_auth: a prior X-Forwarded-For is kept only from a
+	// trusted proxy, or any client could name itself.
 	xff := ip
-	if prior := r.Header.Get("X-Forwarded-For"); prior != "" {
+	if prior := r.Header.Get("X-Forwarded-For"); prior != "" && s.TrustedProxy(r) {
 		xff = prior + ", " + ip
 	}
 	req.Header.Set("X-Forwarded-For", xff)
@@ -158,9 +160,7 @@ func requestID(r *http.Request) string {
 	if ok {
 		return id
 	}
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	return base64.RawURLEncoding.EncodeToString(b[:])
+	return uuid.NewString()
 }
 
 // authorize asks the subscribe hook about topics in one call (§3.5) and
@@ -199,9 +199,11 @@ func (g *Gateway) authorize(c *conn, topics []string) map[string]string {
 	if cause != "" || status < 200 || status >= 300 {
 		return all(ReasonInternalError)
 	}
+	// An empty answer (say 204) allows every topic, as {} does; anything
+	// that is not an object fails closed.
 	var decisions map[string]json.RawMessage
-	if len(bytes.TrimSpace(answer)) > 0 {
-		if json.Unmarshal(answer, &decisions) != nil {
+	if t := bytes.TrimSpace(answer); len(t) > 0 {
+		if t[0] != '{' || json.Unmarshal(t, &decisions) != nil {
 			metricHookErrors.WithLabelValues(g.m.name, "subscribe", "invalid").Inc()
 			return all(ReasonInternalError)
 		}

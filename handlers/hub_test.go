@@ -109,13 +109,25 @@ func TestHubPublishOrder(t *testing.T) {
 
 			published := make(chan struct{})
 			var publishers sync.WaitGroup
-			seqs := make([][]uint64, tt.publishers)
+			type stamp struct {
+				topic string
+				seq   uint64
+			}
+			stamps := make([][]stamp, tt.publishers)
 			for p := 0; p < tt.publishers; p++ {
 				publishers.Add(1)
 				go func() {
 					defer publishers.Done()
 					for i := 0; i < tt.rounds; i++ {
-						seqs[p] = append(seqs[p], g.Publish(ctx, tt.publish(p, i))...)
+						msgs := tt.publish(p, i)
+						seqs, err := g.Publish(ctx, msgs)
+						if err != nil {
+							t.Errorf("publishing: %v", err)
+							return
+						}
+						for j, m := range msgs {
+							stamps[p] = append(stamps[p], stamp{m.Topic, seqs[j]})
+						}
 					}
 				}()
 			}
@@ -133,26 +145,30 @@ func TestHubPublishOrder(t *testing.T) {
 					t.Error(err)
 				}
 			}
-			// Each topic's stamps are exactly 1..total across publishers.
-			seen := map[uint64]int{}
-			for _, s := range seqs {
-				for _, v := range s {
-					seen[v]++
-				}
-			}
-			var highest uint64
-			for _, n := range totals {
-				highest = max(highest, n)
-			}
-			for v := uint64(1); v <= highest; v++ {
-				want := 0
-				for _, n := range totals {
-					if v <= n {
-						want++
+			// Each topic's stamps are exactly 1..total across publishers,
+			// and rise within each publisher's sequential publishes.
+			seen := map[string]map[uint64]bool{}
+			for p, ss := range stamps {
+				last := map[string]uint64{}
+				for _, st := range ss {
+					if st.seq <= last[st.topic] {
+						t.Fatalf("publisher %d on %q: stamped %d after %d", p, st.topic, st.seq, last[st.topic])
 					}
+					last[st.topic] = st.seq
+					if seen[st.topic] == nil {
+						seen[st.topic] = map[uint64]bool{}
+					}
+					if seen[st.topic][st.seq] {
+						t.Fatalf("seq %d stamped twice on %q", st.seq, st.topic)
+					}
+					seen[st.topic][st.seq] = true
 				}
-				if seen[v] != want {
-					t.Fatalf("seq %d stamped %d times, want %d (once per topic that reached it)", v, seen[v], want)
+			}
+			for topic, n := range totals {
+				for v := uint64(1); v <= n; v++ {
+					if !seen[topic][v] {
+						t.Fatalf("seq %d never stamped on %q (%d events)", v, topic, n)
+					}
 				}
 			}
 		})
@@ -271,7 +287,10 @@ func TestHubSubscribeChurnDuringPublish(t *testing.T) {
 		go func() {
 			defer pubs.Done()
 			for i := 0; i < rounds; i++ {
-				g.Publish(ctx, []bus.Message{{Topic: "churn", Event: "e", Data: []byte(`1`)}})
+				if _, err := g.Publish(ctx, []bus.Message{{Topic: "churn", Event: "e", Data: []byte(`1`)}}); err != nil {
+					t.Errorf("publishing: %v", err)
+					return
+				}
 			}
 		}()
 	}
@@ -292,8 +311,8 @@ func TestHubSubscribeChurnDuringPublish(t *testing.T) {
 	if subs != churners {
 		t.Fatalf("the hub holds %d subscribers after the churn, want %d", subs, churners)
 	}
-	if seqs := g.Publish(ctx, []bus.Message{{Topic: "churn", Event: "last"}}); seqs[0] != final {
-		t.Fatalf("final publish stamped %d, want %d", seqs[0], final)
+	if seqs, err := g.Publish(ctx, []bus.Message{{Topic: "churn", Event: "last"}}); err != nil || seqs[0] != final {
+		t.Fatalf("final publish stamped %v (%v), want %d", seqs, err, final)
 	}
 	wg.Wait()
 	close(errs)
@@ -308,7 +327,7 @@ func TestHubSubscribeChurnDuringPublish(t *testing.T) {
 // topic's lock: sweep and topicCount take the shard lock first, then topic
 // locks (hub.go's lock order).
 func TestHubBatchPublishDoesNotDeadlockWithIndexScans(t *testing.T) {
-	h := newHub()
+	h := newHub(nil)
 	// Two names in one shard, a sorting first so the batch locks it first.
 	a, b := "a", ""
 	for i := 0; b == ""; i++ {
@@ -316,17 +335,24 @@ func TestHubBatchPublishDoesNotDeadlockWithIndexScans(t *testing.T) {
 			b = name
 		}
 	}
-	const rounds = 3000
+	const publishers, rounds = 2, 20000
 	done := make(chan struct{})
 	stop := make(chan struct{})
-	var wg sync.WaitGroup
+	var wg, pubs sync.WaitGroup
+	for range publishers {
+		pubs.Add(1)
+		go func() {
+			defer pubs.Done()
+			for i := 0; i < rounds; i++ {
+				h.publish([]bus.Message{{Topic: a, Event: "e"}, {Topic: b, Event: "e"}}, true, nil, time.Now())
+			}
+		}()
+	}
 	wg.Add(3)
 	go func() {
 		defer wg.Done()
 		defer close(done)
-		for i := 0; i < rounds; i++ {
-			h.publish([]bus.Message{{Topic: a, Event: "e"}, {Topic: b, Event: "e"}}, true, nil, time.Now())
-		}
+		pubs.Wait()
 	}()
 	go func() {
 		defer wg.Done()

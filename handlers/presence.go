@@ -72,6 +72,7 @@ type presTopic struct {
 	order      []string // keys of pending, in first-change order
 	timer      *time.Timer
 	lastBeat   time.Time
+	dead       bool // released from the index: lock() looks again
 }
 
 type presChange struct {
@@ -101,6 +102,19 @@ func (g *Gateway) presenceFor(t string) *presenceRule {
 	return nil
 }
 
+// lock returns t's state locked, creating it if needed; it never returns
+// a state that release has dropped from the index.
+func (p *presenceTopics) lock(t string, rule *presenceRule) *presTopic {
+	for {
+		pt := p.get(t, rule)
+		pt.mu.Lock()
+		if !pt.dead {
+			return pt
+		}
+		pt.mu.Unlock()
+	}
+}
+
 func (p *presenceTopics) get(t string, rule *presenceRule) *presTopic {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -126,6 +140,7 @@ func (p *presenceTopics) release(pt *presTopic) {
 		delete(p.topics, pt.name)
 	}
 	p.mu.Unlock()
+	pt.dead = true
 }
 
 func (c *conn) presenceKey(r *presenceRule) string {
@@ -142,8 +157,7 @@ func (g *Gateway) presenceJoin(c *conn, t string) {
 	if r == nil {
 		return
 	}
-	pt := g.presence.get(t, r)
-	pt.mu.Lock()
+	pt := g.presence.lock(t, r)
 	defer pt.mu.Unlock()
 	ctx, cancel := context.WithTimeout(g.ctx, storeTimeout)
 	defer cancel()
@@ -177,8 +191,7 @@ func (g *Gateway) presenceLeave(c *conn, t string) {
 	}
 	delete(c.presence, t)
 	r := g.presenceFor(t)
-	pt := g.presence.get(t, r)
-	pt.mu.Lock()
+	pt := g.presence.lock(t, r)
 	defer pt.mu.Unlock()
 	if pt.recipients[c] &^= roleMember; pt.recipients[c] == 0 {
 		delete(pt.recipients, c)
@@ -202,8 +215,7 @@ func (g *Gateway) presenceObserve(c *conn, t string, on bool) {
 	if r == nil {
 		return
 	}
-	pt := g.presence.get(t, r)
-	pt.mu.Lock()
+	pt := g.presence.lock(t, r)
 	defer pt.mu.Unlock()
 	if on {
 		pt.recipients[c] |= roleObserver
@@ -248,18 +260,11 @@ func (g *Gateway) sendPresenceState(ctx context.Context, pt *presTopic, c *conn)
 		g.logger.Warn("presence list failed", zap.String("topic", pt.name), zap.Error(err))
 		return
 	}
-	if c.vocab() == vocabCurrent {
-		frames := packMembers(pt.frame, "presence_state", members, true)
-		for i, f := range frames {
-			if i == 0 {
-				c.send(f)
-				continue
-			}
-			c.send(f) // the rest go as presence_diff joins (packMembers encodes them so)
-		}
-		return
+	event, current := "list", c.vocab() == vocabCurrent
+	if current {
+		event = "presence_state"
 	}
-	for _, f := range packMembers(pt.frame, "list", members, false) {
+	for _, f := range packMembers(pt.frame, event, members, current) {
 		c.send(f)
 	}
 }
@@ -456,11 +461,16 @@ func (g *Gateway) presenceHeartbeat(now time.Time) {
 	}
 }
 
-// stopPresence cancels pending flush timers at Close.
+// stop cancels pending flush timers at Close. It copies the topics first:
+// release takes p.mu under pt.mu, so p.mu is never held while taking pt.mu.
 func (p *presenceTopics) stop() {
 	p.mu.Lock()
-	defer p.mu.Unlock()
+	pts := make([]*presTopic, 0, len(p.topics))
 	for _, pt := range p.topics {
+		pts = append(pts, pt)
+	}
+	p.mu.Unlock()
+	for _, pt := range pts {
 		pt.mu.Lock()
 		if pt.timer != nil {
 			pt.timer.Stop()

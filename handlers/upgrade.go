@@ -97,6 +97,14 @@ func (g *Gateway) serveUpgrade(w http.ResponseWriter, r *http.Request, s *settin
 			fail(res.status, res.message)
 			return
 		}
+		// Close may have begun while the hook ran (up to its timeout): an
+		// upgrade accepted now would miss Close's 1001 and be dropped
+		// without a close frame (TestGatewayCloseRefusesUpgradesWaitingForAuth).
+		if g.draining.Load() {
+			w.Header().Set("Retry-After", "5")
+			fail(http.StatusServiceUnavailable, "Server shutting down")
+			return
+		}
 		identity = res.identity
 		for _, c := range res.cookies {
 			w.Header().Add("Set-Cookie", c)

@@ -98,7 +98,7 @@ func scale(points, burst, interval int64) (quantum, unit, rate, clampedBurst int
 	const limit = math.MaxInt64 / 4
 	points, burst = min(points, limit), min(burst, limit)
 	for quantum = 1; ; quantum *= 10 {
-		steps := (interval + quantum - 1) / quantum
+		steps := (interval-1)/quantum + 1 // ceil, without overflowing
 		g := gcd(points, steps)
 		unit, rate = steps/g, points/g
 		if unit <= limit/burst || steps == 1 || quantum > math.MaxInt64/10 {

@@ -299,18 +299,20 @@ func testStore(t *testing.T, newStore storeFactory) {
 		topic := uniqueTopic("ttl-real")
 		start := time.Now()
 		appendN(t, s, topic, 2)
-		rg := mustSince(t, s, topic, 0)
-		if time.Since(start) < ttl/2 {
+		// Checked only when the calls took less than half the TTL: a
+		// machine too busy for that may have let the entries expire.
+		if rg := mustSince(t, s, topic, 0); time.Since(start) < ttl/2 {
 			expectRange(t, rg, 2, false, 1, 2)
 		}
 		waitFor(t, 5*time.Second, func() bool { return len(mustSince(t, s, topic, 0).Entries) == 0 })
 		expectRange(t, mustSince(t, s, topic, 0), 2, true, 1, 0)
 		expectRange(t, mustSince(t, s, topic, 2), 2, false, 1, 0)
+		start = time.Now()
 		if seq := mustAppend(t, s, topic, eventFor(3), dataFor(3)); seq != 3 {
 			t.Fatalf("Append after expiry returned seq %d, want 3", seq)
 		}
-		if rg := mustSince(t, s, topic, 2); len(rg.Entries) == 0 || rg.Entries[0].Seq != 3 || rg.Truncated {
-			t.Fatalf("Since(2) after a new Append: %+v, want seq 3, not truncated", rg)
+		if rg := mustSince(t, s, topic, 2); time.Since(start) < ttl/2 {
+			expectRange(t, rg, 3, false, 3, 3)
 		}
 	})
 
