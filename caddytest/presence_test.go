@@ -262,6 +262,7 @@ type presenceView struct {
 	current bool
 	state   bool              // the snapshot arrived
 	members map[string]string // key → data, compacted
+	seen    []string          // presence frames applied, for failure messages
 }
 
 func newView(t testing.TB, name, topic string, current bool) *presenceView {
@@ -276,6 +277,7 @@ func (v *presenceView) apply(raw string) {
 	if f.Topic != v.topic {
 		return
 	}
+	v.seen = append(v.seen, raw)
 	if f.Seq != nil {
 		v.t.Errorf("%s: presence frame %s carries seq", v.name, raw)
 	}
@@ -348,7 +350,7 @@ func (v *presenceView) await(c *wsClient, want map[string]string) {
 	for !maps.Equal(v.members, want) {
 		raw, ok := nextWithin(c, time.Until(deadline))
 		if !ok {
-			v.t.Fatalf("%s: presence store shows %v, want %v", v.name, v.members, want)
+			v.t.Fatalf("%s: presence store shows %v, want %v; presence frames received:\n%s", v.name, v.members, want, strings.Join(v.seen, "\n"))
 		}
 		v.apply(raw)
 	}
@@ -986,7 +988,7 @@ func TestPresenceVocabularyFixedAtFirstState(t *testing.T) {
 // leave then join). Timing: the second tab subscribes right after the
 // first unsubscribes, well within the 20 ms window on a local machine; if
 // the flush separated them the test passes trivially.
-func TestPresenceLeaveRejoinWithNewDataInOneWindowReachesLegacy(t *testing.T) {
+func TestPresenceLegacyStaleAfterLeaveRejoinInOneFlushWindow(t *testing.T) {
 	app := newFeatApp(t)
 	in := startCaddy(t, featSite(app, `		presence room`))
 	cur, _ := dialAs(t, in, "cy")

@@ -459,7 +459,7 @@ func (g *Gateway) apiDisconnect(w http.ResponseWriter, r *http.Request, s *setti
 	}
 	cs := g.targets(req.target)
 	for _, c := range cs {
-		go c.closeWith(websocket.StatusCode(req.Code), reason)
+		c.closeAsync(websocket.StatusCode(req.Code), reason)
 	}
 	writeJSON(w, http.StatusOK, map[string]int{"closed": len(cs)})
 }

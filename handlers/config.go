@@ -357,6 +357,9 @@ func (c Config) Validate() error {
 	if c.PingInterval <= 0 || c.IdleTimeout <= 0 || c.WriteTimeout <= 0 || c.RequestTimeout <= 0 {
 		return errors.New("ping_interval, idle_timeout, write_timeout and request_timeout must be positive")
 	}
+	if c.PingInterval >= c.IdleTimeout {
+		return fmt.Errorf("ping_interval %s must be shorter than idle_timeout %s, or clients answering pings are dropped", c.PingInterval, c.IdleTimeout)
+	}
 	return nil
 }
 

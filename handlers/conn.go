@@ -51,6 +51,7 @@ type conn struct {
 	closed  bool  // no more frames are accepted
 
 	closeOnce sync.Once
+	cleaned   atomic.Bool // cleanup ran: the read loop has ended
 
 	nsubs atomic.Int32 // len(topics), readable from other goroutines
 
@@ -113,7 +114,7 @@ func (c *conn) enqueue(b []byte, at time.Time) bool {
 		c.queue, c.queued = nil, 0
 		c.mu.Unlock()
 		c.g.m.dropSlow.Inc()
-		go c.closeWith(websocket.StatusTryAgainLater, "Slow consumer")
+		c.closeAsync(websocket.StatusTryAgainLater, "Slow consumer")
 		return false
 	}
 	var ts int64
@@ -156,6 +157,9 @@ func (c *conn) writeLoop() {
 		s := c.g.settings()
 		var written int64
 		for i := range batch {
+			if i > 0 && c.isClosed() {
+				return // closing (slow consumer, shutdown): the close frame goes next
+			}
 			f := batch[i]
 			ctx, cancel := context.WithTimeout(c.g.ctx, s.WriteTimeout)
 			err := c.ws.Write(ctx, websocket.MessageText, f.b)
@@ -186,6 +190,12 @@ func (c *conn) writeLoop() {
 	}
 }
 
+func (c *conn) isClosed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closed
+}
+
 func (c *conn) markClosed() {
 	c.mu.Lock()
 	c.closed = true
@@ -202,6 +212,19 @@ func (c *conn) closeWith(code websocket.StatusCode, reason string) {
 		c.g.m.closed(strconv.Itoa(int(code)))
 		_ = c.ws.Close(code, reason)
 	})
+}
+
+// closeAsync runs closeWith on a goroutine the gateway waits for. A
+// connection already cleaned up is left alone: its socket is gone.
+func (c *conn) closeAsync(code websocket.StatusCode, reason string) {
+	if c.cleaned.Load() {
+		return
+	}
+	c.g.wg.Add(1)
+	go func() {
+		defer c.g.wg.Done()
+		c.closeWith(code, reason)
+	}()
 }
 
 func (c *conn) recoverPanic(where string) {
@@ -283,7 +306,7 @@ func (c *conn) allowFrame(now time.Time) bool {
 	}
 	c.drops++
 	if s.RateLimitClose >= 0 && c.drops > s.RateLimitClose {
-		go c.closeWith(4429, "Rate limited")
+		c.closeAsync(4429, "Rate limited")
 	}
 	return false
 }
@@ -291,6 +314,7 @@ func (c *conn) allowFrame(now time.Time) bool {
 // cleanup runs once when the read loop ends: it detaches the connection
 // from every topic and index, fails pending requests, and releases the socket.
 func (c *conn) cleanup() {
+	c.cleaned.Store(true)
 	c.markClosed()
 	for t := range c.topics {
 		c.g.hub.unsubscribe(t, c)

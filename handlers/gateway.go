@@ -66,6 +66,7 @@ type Gateway struct {
 	wg     sync.WaitGroup // read loops, write loops, hook workers, the sweeper
 
 	draining  atomic.Bool
+	lifeMu    sync.RWMutex // orders accepting a connection against Close's snapshot
 	conns     connIndex
 	closeOnce sync.Once
 
@@ -204,7 +205,9 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) bool {
 func (g *Gateway) Close(ctx context.Context) error {
 	var err error
 	g.closeOnce.Do(func() {
+		g.lifeMu.Lock()
 		g.draining.Store(true)
+		g.lifeMu.Unlock()
 		conns := g.conns.all()
 		rand.Shuffle(len(conns), func(i, j int) { conns[i], conns[j] = conns[j], conns[i] })
 		spread := g.settings().ShutdownSpread

@@ -349,7 +349,7 @@ func (c *conn) postMessage(m appMessage) {
 		if code == 4403 {
 			reason = "Forbidden"
 		}
-		go c.closeWith(websocket.StatusCode(code), reason)
+		c.closeAsync(websocket.StatusCode(code), reason)
 	}
 }
 

@@ -66,7 +66,7 @@ func (c *conn) rateAllow(cost int) bool {
 	}
 	c.g.m.dropRate.Inc()
 	if r.cfg.Close {
-		go c.closeWith(websocket.StatusCode(4429), "Rate limited")
+		c.closeAsync(websocket.StatusCode(4429), "Rate limited")
 	}
 	return false
 }

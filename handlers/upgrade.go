@@ -137,9 +137,18 @@ func (g *Gateway) start(c *conn, s *settings) {
 	c.lastRead.Store(now)
 	c.lastWrite.Store(now)
 	c.lastPing = now
+	// Under lifeMu so Close either sees this connection or refuses it:
+	// nothing is accepted after Close took its snapshot.
+	g.lifeMu.RLock()
+	if g.draining.Load() {
+		g.lifeMu.RUnlock()
+		_ = c.ws.Close(websocket.StatusGoingAway, "Server shutting down")
+		return
+	}
 	g.conns.add(c)
 	g.m.connections.Inc()
 	g.wg.Add(1)
+	g.lifeMu.RUnlock()
 	c.send(wire.Welcome(c.id))
 	go c.readLoop()
 }
