@@ -128,33 +128,48 @@ func featSite(app *featApp, extra string) string {
 	respond "app" 200`
 }
 
-// dialAs connects as the featIdentities entry name, without an Origin
+// startFeat starts Caddy like startCaddy and, at the end of the test,
+// stops it and fails the test if a race-enabled build
+// (REALTIME_TEST_RACE) reported a data race in the gateway.
+func startFeat(t *testing.T, site string) *instance {
+	t.Helper()
+	in := startCaddy(t, site)
+	t.Cleanup(func() {
+		in.stop(10 * time.Second)
+		if strings.Contains(in.logs.String(), "WARNING: DATA RACE") {
+			t.Errorf("the gateway reported a data race:\n%s", in.logs.String())
+		}
+	})
+	return in
+}
+
+// featDial connects as the featIdentities entry name, without an Origin
 // header (allowed because authentication is configured), and reads the
 // welcome; it returns the client and its session id.
-func dialAs(t testing.TB, in *instance, name string) (*wsClient, string) {
+func featDial(t testing.TB, in *instance, name string) (*wsClient, string) {
 	t.Helper()
 	c := dialWith(t, in, dialOpts{header: http.Header{"Authorization": {"Bearer " + name}}})
 	return c, c.welcome()
 }
 
-// hello makes c a current client with the batch cap.
-func hello(c *wsClient) { c.send(`{"type":"hello","caps":["batch"]}`) }
+// featHello makes c a current client with the batch cap.
+func featHello(c *wsClient) { c.send(`{"type":"hello","caps":["batch"]}`) }
 
-var syncRef atomic.Int64
+var featSyncRef atomic.Int64
 
-// syncConn proves that the gateway has processed every frame c sent
+// featSync proves that the gateway has processed every frame c sent
 // before: the read loop is sequential, so the ack of a later subscribe
 // (with a ref, which legacy connections may use too) comes after them.
 // Frames the gateway sent before the ack must have been read already.
-func syncConn(c *wsClient) {
+func featSync(c *wsClient) {
 	c.t.Helper()
-	ref := syncRef.Add(1)
+	ref := featSyncRef.Add(1)
 	c.send(fmt.Sprintf(`{"type":"subscribe","topic":"sync","ref":%d}`, ref))
 	c.expect(fmt.Sprintf(`{"type":"subscribed","topic":"sync","ref":%d}`, ref))
 }
 
-// close closes c from the client side and waits until it has ended.
-func closeClient(c *wsClient) {
+// featClose closes c from the client side and waits until it has ended.
+func featClose(c *wsClient) {
 	c.t.Helper()
 	c.c.CloseNow()
 	select {
@@ -164,8 +179,8 @@ func closeClient(c *wsClient) {
 	}
 }
 
-// nextWithin returns the next frame, or false after d.
-func nextWithin(c *wsClient, d time.Duration) (string, bool) {
+// featNextWithin returns the next frame, or false after d.
+func featNextWithin(c *wsClient, d time.Duration) (string, bool) {
 	select {
 	case b := <-c.frames:
 		return string(b), true
@@ -174,15 +189,15 @@ func nextWithin(c *wsClient, d time.Duration) (string, bool) {
 	}
 }
 
-// quietExcept asserts that within d nothing arrives but, at most once,
+// featQuietExcept asserts that within d nothing arrives but, at most once,
 // optional (such as a joiner's own presence_diff, which §6.1 permits). It
 // also lets a presence flush window pass.
-func quietExcept(c *wsClient, optional string, d time.Duration) {
+func featQuietExcept(c *wsClient, optional string, d time.Duration) {
 	c.t.Helper()
 	deadline := time.Now().Add(d)
 	seen := false
 	for {
-		raw, ok := nextWithin(c, time.Until(deadline))
+		raw, ok := featNextWithin(c, time.Until(deadline))
 		if !ok {
 			return
 		}
@@ -193,23 +208,23 @@ func quietExcept(c *wsClient, optional string, d time.Duration) {
 	}
 }
 
-// awaitEvent reads frames until event arrives on topic, skipping others.
-func awaitEvent(c *wsClient, topic, event string) frame {
+// featAwaitEvent reads frames until event arrives on topic, skipping others.
+func featAwaitEvent(c *wsClient, topic, event string) featFrame {
 	c.t.Helper()
 	deadline := time.Now().Add(3 * time.Second)
 	for {
-		raw, ok := nextWithin(c, time.Until(deadline))
+		raw, ok := featNextWithin(c, time.Until(deadline))
 		if !ok {
 			c.t.Fatalf("no %s on %s within 3s", event, topic)
 		}
-		if f := parseFrame(c.t, raw); f.Topic == topic && f.Event == event {
+		if f := parseFeatFrame(c.t, raw); f.Topic == topic && f.Event == event {
 			return f
 		}
 	}
 }
 
-// frame is any gateway frame, decoded.
-type frame struct {
+// featFrame is any gateway frame, decoded.
+type featFrame struct {
 	Type   string          `json:"type"`
 	Topic  string          `json:"topic"`
 	Event  string          `json:"event"`
@@ -218,20 +233,20 @@ type frame struct {
 	Reason string          `json:"reason"`
 }
 
-func parseFrame(t testing.TB, raw string) frame {
+func parseFeatFrame(t testing.TB, raw string) featFrame {
 	t.Helper()
-	var f frame
+	var f featFrame
 	if err := json.Unmarshal([]byte(raw), &f); err != nil {
 		t.Fatalf("frame %s is not JSON: %v", raw, err)
 	}
 	return f
 }
 
-// nextEvent reads the next frame and checks it is event on topic.
-func nextEvent(c *wsClient, topic, event string) frame {
+// featNextEvent reads the next frame and checks it is event on topic.
+func featNextEvent(c *wsClient, topic, event string) featFrame {
 	c.t.Helper()
 	raw := c.next(3 * time.Second)
-	f := parseFrame(c.t, raw)
+	f := parseFeatFrame(c.t, raw)
 	if f.Topic != topic || f.Event != event {
 		c.t.Fatalf("frame %s, want event %s on %s", raw, event, topic)
 	}
@@ -241,7 +256,7 @@ func nextEvent(c *wsClient, topic, event string) frame {
 	return f
 }
 
-func compact(t testing.TB, raw string) string {
+func featCompact(t testing.TB, raw string) string {
 	t.Helper()
 	var v any
 	if err := json.Unmarshal([]byte(raw), &v); err != nil {
@@ -265,7 +280,7 @@ type presenceView struct {
 	seen    []string          // presence frames applied, for failure messages
 }
 
-func newView(t testing.TB, name, topic string, current bool) *presenceView {
+func newPresenceView(t testing.TB, name, topic string, current bool) *presenceView {
 	return &presenceView{t: t, name: name, topic: "__presence:" + topic, current: current, members: map[string]string{}}
 }
 
@@ -273,7 +288,7 @@ func newView(t testing.TB, name, topic string, current bool) *presenceView {
 // frames are ignored.
 func (v *presenceView) apply(raw string) {
 	v.t.Helper()
-	f := parseFrame(v.t, raw)
+	f := parseFeatFrame(v.t, raw)
 	if f.Topic != v.topic {
 		return
 	}
@@ -294,7 +309,7 @@ func (v *presenceView) apply(raw string) {
 		}
 		v.members = map[string]string{}
 		for k, d := range m {
-			v.members[k] = compact(v.t, string(d))
+			v.members[k] = featCompact(v.t, string(d))
 		}
 		v.state = true
 	case v.current && f.Event == "presence_diff":
@@ -312,7 +327,7 @@ func (v *presenceView) apply(raw string) {
 			delete(v.members, k)
 		}
 		for k, data := range d.Joins {
-			v.members[k] = compact(v.t, string(data))
+			v.members[k] = featCompact(v.t, string(data))
 		}
 	case !v.current && f.Event == "list":
 		var l []kd
@@ -321,7 +336,7 @@ func (v *presenceView) apply(raw string) {
 		}
 		v.members = map[string]string{}
 		for _, e := range l {
-			v.members[e.Key] = compact(v.t, string(e.Data))
+			v.members[e.Key] = featCompact(v.t, string(e.Data))
 		}
 		v.state = true
 	case !v.current && (f.Event == "join" || f.Event == "leave"):
@@ -332,7 +347,7 @@ func (v *presenceView) apply(raw string) {
 		if f.Event == "leave" {
 			delete(v.members, e.Key)
 		} else if _, known := v.members[e.Key]; !known {
-			v.members[e.Key] = compact(v.t, string(e.Data))
+			v.members[e.Key] = featCompact(v.t, string(e.Data))
 		}
 	default:
 		v.t.Errorf("%s (current=%v): unexpected presence frame %s", v.name, v.current, raw)
@@ -344,11 +359,11 @@ func (v *presenceView) apply(raw string) {
 func (v *presenceView) await(c *wsClient, want map[string]string) {
 	v.t.Helper()
 	for k, d := range want {
-		want[k] = compact(v.t, d)
+		want[k] = featCompact(v.t, d)
 	}
 	deadline := time.Now().Add(3 * time.Second)
 	for !maps.Equal(v.members, want) {
-		raw, ok := nextWithin(c, time.Until(deadline))
+		raw, ok := featNextWithin(c, time.Until(deadline))
 		if !ok {
 			v.t.Fatalf("%s: presence store shows %v, want %v; presence frames received:\n%s", v.name, v.members, want, strings.Join(v.seen, "\n"))
 		}
@@ -356,13 +371,13 @@ func (v *presenceView) await(c *wsClient, want map[string]string) {
 	}
 }
 
-// drain applies every frame that arrives within d, asserting the view is
+// settle applies every frame that arrives within d, asserting the view is
 // unchanged by them.
 func (v *presenceView) settle(c *wsClient, d time.Duration) {
 	v.t.Helper()
 	before := maps.Clone(v.members)
 	for {
-		raw, ok := nextWithin(c, d)
+		raw, ok := featNextWithin(c, d)
 		if !ok {
 			break
 		}
@@ -388,10 +403,10 @@ func presenceCount(t testing.TB, in *instance, topic string) string {
 }
 
 const (
-	annData = `{"id":"u1","name":"Ann"}`
-	boData  = `{"id":"u2","name":"Bo"}`
-	cyData  = `{"id":"u3","name":"Cy"}`
-	deeData = `{"id":"u4","name":"Dee"}`
+	featAnn = `{"id":"u1","name":"Ann"}`
+	featBo  = `{"id":"u2","name":"Bo"}`
+	featCy  = `{"id":"u3","name":"Cy"}`
+	featDee = `{"id":"u4","name":"Dee"}`
 )
 
 // §9.25: a current member gets presence_state with itself before
@@ -399,26 +414,26 @@ const (
 // leave.
 func TestPresenceCurrentVocabulary(t *testing.T) {
 	app := newFeatApp(t)
-	in := startCaddy(t, featSite(app, `		presence room`))
-	a, _ := dialAs(t, in, "ann")
-	hello(a)
+	in := startFeat(t, featSite(app, `		presence room`))
+	a, _ := featDial(t, in, "ann")
+	featHello(a)
 	a.send(`{"type":"subscribe","topic":"room","ref":1}`)
-	a.expect(`{"topic":"__presence:room","event":"presence_state","data":{"u1":` + annData + `}}`)
+	a.expect(`{"topic":"__presence:room","event":"presence_state","data":{"u1":` + featAnn + `}}`)
 	a.expect(`{"type":"subscribed","topic":"room","ref":1}`)
-	quietExcept(a, `{"topic":"__presence:room","event":"presence_diff","data":{"joins":{"u1":`+annData+`},"leaves":{}}}`, 150*time.Millisecond)
+	featQuietExcept(a, `{"topic":"__presence:room","event":"presence_diff","data":{"joins":{"u1":`+featAnn+`},"leaves":{}}}`, 250*time.Millisecond)
 
-	b, _ := dialAs(t, in, "bo")
-	hello(b)
+	b, _ := featDial(t, in, "bo")
+	featHello(b)
 	b.send(`{"type":"subscribe","topic":"room","ref":1}`)
-	bState := nextEvent(b, "__presence:room", "presence_state")
-	if got := compact(t, string(bState.Data)); got != compact(t, `{"u1":`+annData+`,"u2":`+boData+`}`) {
+	bState := featNextEvent(b, "__presence:room", "presence_state")
+	if got := featCompact(t, string(bState.Data)); got != featCompact(t, `{"u1":`+featAnn+`,"u2":`+featBo+`}`) {
 		t.Fatalf("joiner's presence_state %s, want both members", bState.Data)
 	}
 	b.expect(`{"type":"subscribed","topic":"room","ref":1}`)
 
-	a.expect(`{"topic":"__presence:room","event":"presence_diff","data":{"joins":{"u2":` + boData + `},"leaves":{}}}`)
-	closeClient(b)
-	a.expect(`{"topic":"__presence:room","event":"presence_diff","data":{"joins":{},"leaves":{"u2":` + boData + `}}}`)
+	a.expect(`{"topic":"__presence:room","event":"presence_diff","data":{"joins":{"u2":` + featBo + `},"leaves":{}}}`)
+	featClose(b)
+	a.expect(`{"topic":"__presence:room","event":"presence_diff","data":{"joins":{},"leaves":{"u2":` + featBo + `}}}`)
 	a.quiet(300 * time.Millisecond)
 }
 
@@ -427,20 +442,20 @@ func TestPresenceCurrentVocabulary(t *testing.T) {
 // its own join; never presence_state or presence_diff.
 func TestPresenceLegacyVocabulary(t *testing.T) {
 	app := newFeatApp(t)
-	in := startCaddy(t, featSite(app, `		presence room`))
-	l1, _ := dialAs(t, in, "ann")
+	in := startFeat(t, featSite(app, `		presence room`))
+	l1, _ := featDial(t, in, "ann")
 	l1.send(`{"type":"subscribe","topic":"room"}`)
 	l1.send(`{"type":"subscribe","topic":"__presence:room"}`)
-	one := `{"topic":"__presence:room","event":"list","data":[{"key":"u1","data":` + annData + `}]}`
+	one := `{"topic":"__presence:room","event":"list","data":[{"key":"u1","data":` + featAnn + `}]}`
 	l1.expect(one)
 	l1.expect(one)
 	l1.quiet(150 * time.Millisecond) // the joiner gets no join of its own
 
-	l2, _ := dialAs(t, in, "bo")
+	l2, _ := featDial(t, in, "bo")
 	l2.send(`{"type":"subscribe","topic":"room"}`)
 	l2.send(`{"type":"subscribe","topic":"__presence:room"}`)
 	for i := 0; i < 2; i++ {
-		f := nextEvent(l2, "__presence:room", "list")
+		f := featNextEvent(l2, "__presence:room", "list")
 		var l []map[string]json.RawMessage
 		if err := json.Unmarshal(f.Data, &l); err != nil || len(l) != 2 {
 			t.Fatalf("second joiner's list %s, want two {key,data} entries", f.Data)
@@ -454,17 +469,17 @@ func TestPresenceLegacyVocabulary(t *testing.T) {
 			_ = json.Unmarshal(e["key"], &k)
 			got[k] = string(e["data"])
 		}
-		if !maps.Equal(got, map[string]string{"u1": annData, "u2": boData}) {
+		if !maps.Equal(got, map[string]string{"u1": featAnn, "u2": featBo}) {
 			t.Fatalf("list %s, want u1 and u2", f.Data)
 		}
 	}
-	l1.expect(`{"topic":"__presence:room","event":"join","data":{"key":"u2","data":` + boData + `}}`)
+	l1.expect(`{"topic":"__presence:room","event":"join","data":{"key":"u2","data":` + featBo + `}}`)
 	// The joiner never gets its own join (0.3.4 would list itself twice).
-	syncConn(l2)
+	featSync(l2)
 	l2.quiet(200 * time.Millisecond)
 
-	closeClient(l2)
-	l1.expect(`{"topic":"__presence:room","event":"leave","data":{"key":"u2","data":` + boData + `}}`)
+	featClose(l2)
+	l1.expect(`{"topic":"__presence:room","event":"leave","data":{"key":"u2","data":` + featBo + `}}`)
 	l1.quiet(300 * time.Millisecond)
 }
 
@@ -472,7 +487,7 @@ func TestPresenceLegacyVocabulary(t *testing.T) {
 // member set (and data) after every change.
 func TestPresenceMixedGenerationsAgree(t *testing.T) {
 	app := newFeatApp(t)
-	in := startCaddy(t, featSite(app, `		presence room`))
+	in := startFeat(t, featSite(app, `		presence room`))
 	type member struct {
 		c    *wsClient
 		view *presenceView
@@ -480,15 +495,15 @@ func TestPresenceMixedGenerationsAgree(t *testing.T) {
 	var all []member
 	want := map[string]string{}
 	join := func(name string, current bool) *wsClient {
-		c, _ := dialAs(t, in, name)
+		c, _ := featDial(t, in, name)
 		if current {
-			hello(c)
+			featHello(c)
 		}
 		c.send(`{"type":"subscribe","topic":"room"}`)
 		if !current {
 			c.send(`{"type":"subscribe","topic":"__presence:room"}`)
 		}
-		all = append(all, member{c, newView(t, name, "room", current)})
+		all = append(all, member{c, newPresenceView(t, name, "room", current)})
 		return c
 	}
 	check := func(step string) {
@@ -502,23 +517,23 @@ func TestPresenceMixedGenerationsAgree(t *testing.T) {
 		}
 	}
 	a := join("ann", true)
-	want["u1"] = annData
+	want["u1"] = featAnn
 	check("current A joins")
 	l := join("bo", false)
-	want["u2"] = boData
+	want["u2"] = featBo
 	check("legacy L joins")
 	b := join("cy", true)
-	want["u3"] = cyData
+	want["u3"] = featCy
 	check("current B joins")
 	join("dee", false)
-	want["u4"] = deeData
+	want["u4"] = featDee
 	check("legacy L2 joins")
 
-	closeClient(b)
+	featClose(b)
 	all[2].c = nil
 	delete(want, "u3")
 	check("current B leaves")
-	closeClient(l)
+	featClose(l)
 	all[1].c = nil
 	delete(want, "u2")
 	check("legacy L leaves")
@@ -527,7 +542,7 @@ func TestPresenceMixedGenerationsAgree(t *testing.T) {
 	join("ann2", false)
 	want["u1"] = `{"id":"u1","name":"Annie"}`
 	check("u1's second tab changes its data")
-	closeClient(a)
+	featClose(a)
 	all[0].c = nil
 	check("u1's first tab leaves: u1 stays")
 	for _, m := range all {
@@ -542,28 +557,28 @@ func TestPresenceMixedGenerationsAgree(t *testing.T) {
 // member (current: presence_diff joins; legacy: a fresh list).
 func TestPresenceMultiTab(t *testing.T) {
 	app := newFeatApp(t)
-	in := startCaddy(t, featSite(app, `		presence room`))
-	obsCur, _ := dialAs(t, in, "cy")
-	hello(obsCur)
+	in := startFeat(t, featSite(app, `		presence room`))
+	obsCur, _ := featDial(t, in, "cy")
+	featHello(obsCur)
 	obsCur.send(`{"type":"subscribe","topic":"__presence:room","ref":1}`)
 	obsCur.expect(`{"topic":"__presence:room","event":"presence_state","data":{}}`)
 	obsCur.expect(`{"type":"subscribed","topic":"__presence:room","ref":1}`)
-	obsLeg, _ := dialAs(t, in, "dee")
+	obsLeg, _ := featDial(t, in, "dee")
 	obsLeg.send(`{"type":"subscribe","topic":"__presence:room"}`)
 	obsLeg.expect(`{"topic":"__presence:room","event":"list","data":[]}`)
 
-	tab1, _ := dialAs(t, in, "ann")
-	hello(tab1)
+	tab1, _ := featDial(t, in, "ann")
+	featHello(tab1)
 	tab1.send(`{"type":"subscribe","topic":"room","ref":1}`)
-	tab1.expect(`{"topic":"__presence:room","event":"presence_state","data":{"u1":` + annData + `}}`)
+	tab1.expect(`{"topic":"__presence:room","event":"presence_state","data":{"u1":` + featAnn + `}}`)
 	tab1.expect(`{"type":"subscribed","topic":"room","ref":1}`)
-	obsCur.expect(`{"topic":"__presence:room","event":"presence_diff","data":{"joins":{"u1":` + annData + `},"leaves":{}}}`)
-	obsLeg.expect(`{"topic":"__presence:room","event":"join","data":{"key":"u1","data":` + annData + `}}`)
+	obsCur.expect(`{"topic":"__presence:room","event":"presence_diff","data":{"joins":{"u1":` + featAnn + `},"leaves":{}}}`)
+	obsLeg.expect(`{"topic":"__presence:room","event":"join","data":{"key":"u1","data":` + featAnn + `}}`)
 
-	tab2, _ := dialAs(t, in, "ann")
-	hello(tab2)
+	tab2, _ := featDial(t, in, "ann")
+	featHello(tab2)
 	tab2.send(`{"type":"subscribe","topic":"room","ref":1}`)
-	tab2.expect(`{"topic":"__presence:room","event":"presence_state","data":{"u1":` + annData + `}}`)
+	tab2.expect(`{"topic":"__presence:room","event":"presence_state","data":{"u1":` + featAnn + `}}`)
 	tab2.expect(`{"type":"subscribed","topic":"room","ref":1}`)
 	if got := presenceCount(t, in, "room"); got != `{"count":1}` {
 		t.Fatalf("two tabs of u1: count %s, want 1", got)
@@ -573,7 +588,7 @@ func TestPresenceMultiTab(t *testing.T) {
 	obsLeg.quiet(50 * time.Millisecond)
 
 	// A third tab with other data is a data change.
-	tab3, _ := dialAs(t, in, "ann2")
+	tab3, _ := featDial(t, in, "ann2")
 	tab3.send(`{"type":"subscribe","topic":"room"}`)
 	annie := `{"id":"u1","name":"Annie"}`
 	tab3.expect(`{"topic":"__presence:room","event":"list","data":[{"key":"u1","data":` + annie + `}]}`)
@@ -583,14 +598,14 @@ func TestPresenceMultiTab(t *testing.T) {
 		t.Fatalf("three tabs of u1: count %s, want 1", got)
 	}
 
-	closeClient(tab1)
-	closeClient(tab3)
+	featClose(tab1)
+	featClose(tab2)
 	obsCur.quiet(300 * time.Millisecond)
 	obsLeg.quiet(50 * time.Millisecond)
 	if got := presenceCount(t, in, "room"); got != `{"count":1}` {
 		t.Fatalf("one tab of u1 left: count %s, want 1", got)
 	}
-	closeClient(tab2)
+	featClose(tab3)
 	obsCur.expect(`{"topic":"__presence:room","event":"presence_diff","data":{"joins":{},"leaves":{"u1":` + annie + `}}}`)
 	obsLeg.expect(`{"topic":"__presence:room","event":"leave","data":{"key":"u1","data":` + annie + `}}`)
 	if got := presenceCount(t, in, "room"); got != `{"count":0}` {
@@ -603,7 +618,7 @@ func TestPresenceMultiTab(t *testing.T) {
 // without a key field get __conn:<sessionId> keys that never collide.
 func TestPresenceProjectionAndKeys(t *testing.T) {
 	app := newFeatApp(t)
-	in := startCaddy(t, featSite(app, `
+	in := startFeat(t, featSite(app, `
 		presence room
 		presence picked {
 			select id email
@@ -613,28 +628,28 @@ func TestPresenceProjectionAndKeys(t *testing.T) {
 			select name
 		}`))
 	join := func(name, topic string) (*wsClient, string) {
-		c, _ := dialAs(t, in, name)
-		hello(c)
+		c, _ := featDial(t, in, name)
+		featHello(c)
 		c.send(`{"type":"subscribe","topic":"` + topic + `","ref":1}`)
-		f := nextEvent(c, "__presence:"+topic, "presence_state")
+		f := featNextEvent(c, "__presence:"+topic, "presence_state")
 		c.expect(`{"type":"subscribed","topic":"` + topic + `","ref":1}`)
-		return c, compact(t, string(f.Data))
+		return c, featCompact(t, string(f.Data))
 	}
 	{ // default strips secrets
 		_, state := join("ann", "room")
-		if state != compact(t, `{"u1":`+annData+`}`) {
+		if state != featCompact(t, `{"u1":`+featAnn+`}`) {
 			t.Fatalf("presence_state %s: token must be stripped", state)
 		}
-		c, _ := dialAs(t, in, "nested")
-		hello(c)
+		c, _ := featDial(t, in, "nested")
+		featHello(c)
 		c.send(`{"type":"subscribe","topic":"room","ref":1}`)
-		f := nextEvent(c, "__presence:room", "presence_state")
+		f := featNextEvent(c, "__presence:room", "presence_state")
 		var m map[string]json.RawMessage
 		_ = json.Unmarshal(f.Data, &m)
 		if got := string(m["u5"]); got != `{"id":"u5","profile":{"city":"y"},"list":[{"n":1}]}` {
 			t.Fatalf("nested identity projected to %s, want secrets removed at every depth", got)
 		}
-		if got := string(m["u1"]); got != annData {
+		if got := string(m["u1"]); got != featAnn {
 			t.Fatalf("u1 projected to %s", got)
 		}
 	}
@@ -659,21 +674,21 @@ func TestPresenceProjectionAndKeys(t *testing.T) {
 		}
 	}
 	{ // anonymous keys
-		g1, id1 := dialAs(t, in, "guest")
-		hello(g1)
+		g1, id1 := featDial(t, in, "guest")
+		featHello(g1)
 		g1.send(`{"type":"subscribe","topic":"anon","ref":1}`)
 		g1.expect(`{"type":"subscribed","topic":"anon","ref":1}`) // anon has no presence: no frames
 		g1.send(`{"type":"subscribe","topic":"picked","ref":2}`)
-		f := nextEvent(g1, "__presence:picked", "presence_state")
-		if got, want := compact(t, string(f.Data)), compact(t, `{"u1":{"id":"u1"},"__conn:`+id1+`":{}}`); got != want {
+		f := featNextEvent(g1, "__presence:picked", "presence_state")
+		if got, want := featCompact(t, string(f.Data)), featCompact(t, `{"u1":{"id":"u1"},"__conn:`+id1+`":{}}`); got != want {
 			t.Fatalf("picked presence_state %s, want %s", got, want)
 		}
 		g1.expect(`{"type":"subscribed","topic":"picked","ref":2}`)
 
-		g2, id2 := dialAs(t, in, "guest")
+		g2, id2 := featDial(t, in, "guest")
 		g2.send(`{"type":"subscribe","topic":"room"}`)
 		g2.send(`{"type":"subscribe","topic":"picked"}`)
-		f = awaitEvent(g2, "__presence:room", "list")
+		f = featAwaitEvent(g2, "__presence:room", "list")
 		var l []struct {
 			Key  string
 			Data json.RawMessage
@@ -688,8 +703,8 @@ func TestPresenceProjectionAndKeys(t *testing.T) {
 		if !found {
 			t.Fatalf("room list %s has no __conn:%s entry with data {\"name\":\"Guest\"}", f.Data, id2)
 		}
-		f = awaitEvent(g2, "__presence:picked", "list")
-		if got := compact(t, string(f.Data)); !strings.Contains(got, `"__conn:`+id1+`"`) || !strings.Contains(got, `"__conn:`+id2+`"`) {
+		f = featAwaitEvent(g2, "__presence:picked", "list")
+		if got := featCompact(t, string(f.Data)); !strings.Contains(got, `"__conn:`+id1+`"`) || !strings.Contains(got, `"__conn:`+id2+`"`) {
 			t.Fatalf("picked list %s must hold both anonymous connections", f.Data)
 		}
 		if got := presenceCount(t, in, "picked"); got != `{"count":3}` {
@@ -703,38 +718,38 @@ func TestPresenceProjectionAndKeys(t *testing.T) {
 // application's reason; a topic without presence is INVALID_TOPIC.
 func TestPresenceObservers(t *testing.T) {
 	app := newFeatApp(t)
-	in := startCaddy(t, featSite(app, `		presence room`))
-	a, _ := dialAs(t, in, "ann")
-	hello(a)
+	in := startFeat(t, featSite(app, `		presence room`))
+	a, _ := featDial(t, in, "ann")
+	featHello(a)
 	a.send(`{"type":"subscribe","topic":"room","ref":1}`)
-	a.expect(`{"topic":"__presence:room","event":"presence_state","data":{"u1":` + annData + `}}`)
+	a.expect(`{"topic":"__presence:room","event":"presence_state","data":{"u1":` + featAnn + `}}`)
 	a.expect(`{"type":"subscribed","topic":"room","ref":1}`)
-	quietExcept(a, `{"topic":"__presence:room","event":"presence_diff","data":{"joins":{"u1":`+annData+`},"leaves":{}}}`, 150*time.Millisecond)
+	featQuietExcept(a, `{"topic":"__presence:room","event":"presence_diff","data":{"joins":{"u1":`+featAnn+`},"leaves":{}}}`, 250*time.Millisecond)
 
-	o, _ := dialAs(t, in, "bo")
-	hello(o)
+	o, _ := featDial(t, in, "bo")
+	featHello(o)
 	o.send(`{"type":"subscribe","topic":"__presence:room","ref":2}`)
-	o.expect(`{"topic":"__presence:room","event":"presence_state","data":{"u1":` + annData + `}}`)
+	o.expect(`{"topic":"__presence:room","event":"presence_state","data":{"u1":` + featAnn + `}}`)
 	o.expect(`{"type":"subscribed","topic":"__presence:room","ref":2}`)
 	if got := presenceCount(t, in, "room"); got != `{"count":1}` {
 		t.Fatalf("an observer joined: count %s, want 1", got)
 	}
 	// The observer sees later changes, and is not subscribed to room.
-	c, _ := dialAs(t, in, "cy")
-	hello(c)
+	c, _ := featDial(t, in, "cy")
+	featHello(c)
 	c.send(`{"type":"subscribe","topic":"room","ref":1}`)
-	nextEvent(c, "__presence:room", "presence_state")
-	o.expect(`{"topic":"__presence:room","event":"presence_diff","data":{"joins":{"u3":` + cyData + `},"leaves":{}}}`)
+	featNextEvent(c, "__presence:room", "presence_state")
+	o.expect(`{"topic":"__presence:room","event":"presence_diff","data":{"joins":{"u3":` + featCy + `},"leaves":{}}}`)
 	publish(t, in, `{"topic":"room","event":"msg","data":1}`)
 	o.quiet(200 * time.Millisecond)
 	// Unsubscribing the observer topic stops the diffs.
 	o.send(`{"type":"unsubscribe","topic":"__presence:room"}`)
-	syncConn(o)
-	closeClient(c)
+	featSync(o)
+	featClose(c)
 	o.quiet(300 * time.Millisecond)
 
-	out, _ := dialAs(t, in, "outsider")
-	hello(out)
+	out, _ := featDial(t, in, "outsider")
+	featHello(out)
 	out.send(`{"type":"subscribe","topic":"__presence:room","ref":3}`)
 	out.expect(`{"type":"subscribe-denied","topic":"__presence:room","ref":3,"reason":"NOT_IN_ROOM"}`)
 	out.send(`{"type":"subscribe","topic":"__presence:nopresence","ref":4}`)
@@ -742,7 +757,7 @@ func TestPresenceObservers(t *testing.T) {
 	out.send(`{"type":"subscribe","topic":"__presence:__x","ref":5}`)
 	out.expect(`{"type":"subscribe-denied","topic":"__presence:__x","ref":5,"reason":"INVALID_TOPIC"}`)
 	// A legacy observer is answered the same way (no ack without ref).
-	lo, _ := dialAs(t, in, "dee")
+	lo, _ := featDial(t, in, "dee")
 	lo.send(`{"type":"subscribe","topic":"__presence:nopresence","ref":6}`)
 	lo.expect(`{"type":"subscribe-denied","topic":"__presence:nopresence","ref":6,"reason":"INVALID_TOPIC"}`)
 	// An unauthorized subscribe to room itself joins nothing.
@@ -752,9 +767,9 @@ func TestPresenceObservers(t *testing.T) {
 		t.Fatalf("after refusals: count %s, want 1", got)
 	}
 	// The member saw c come and go, and nothing of the refusals.
-	a.expect(`{"topic":"__presence:room","event":"presence_diff","data":{"joins":{"u3":` + cyData + `},"leaves":{}}}`)
+	a.expect(`{"topic":"__presence:room","event":"presence_diff","data":{"joins":{"u3":` + featCy + `},"leaves":{}}}`)
 	a.expect(`{"topic":"room","event":"msg","data":1,"seq":1}`)
-	a.expect(`{"topic":"__presence:room","event":"presence_diff","data":{"joins":{},"leaves":{"u3":` + cyData + `}}}`)
+	a.expect(`{"topic":"__presence:room","event":"presence_diff","data":{"joins":{},"leaves":{"u3":` + featCy + `}}}`)
 	a.quiet(100 * time.Millisecond)
 }
 
@@ -762,28 +777,28 @@ func TestPresenceObservers(t *testing.T) {
 // the configured interval; a topic with heartbeat off gets none.
 func TestPresenceHeartbeat(t *testing.T) {
 	app := newFeatApp(t)
-	in := startCaddy(t, featSite(app, `
+	in := startFeat(t, featSite(app, `
 		presence room {
 			heartbeat 1s
 		}
 		presence calm {
 			heartbeat off
 		}`))
-	a, _ := dialAs(t, in, "ann")
-	hello(a)
+	a, _ := featDial(t, in, "ann")
+	featHello(a)
 	a.send(`{"type":"subscribe-batch","topics":["calm","room"],"ref":1}`)
-	o, _ := dialAs(t, in, "bo")
+	o, _ := featDial(t, in, "bo")
 	o.send(`{"type":"subscribe","topic":"__presence:room"}`)
 	want := `{"topic":"__presence:room","event":"heartbeat","data":["u1"]}`
 	for _, c := range []*wsClient{a, o} {
 		beats := 0
 		deadline := time.Now().Add(5 * time.Second)
 		for beats < 2 {
-			raw, ok := nextWithin(c, time.Until(deadline))
+			raw, ok := featNextWithin(c, time.Until(deadline))
 			if !ok {
 				t.Fatalf("%d heartbeats within 5s, want 2", beats)
 			}
-			f := parseFrame(t, raw)
+			f := parseFeatFrame(t, raw)
 			switch {
 			case f.Topic == "__presence:calm" && f.Event == "heartbeat":
 				t.Fatalf("heartbeat on a topic with heartbeat off: %s", raw)
@@ -800,32 +815,32 @@ func TestPresenceHeartbeat(t *testing.T) {
 // §9.38: unsubscribing room leaves presence and stops delivery on room.
 func TestPresenceUnsubscribeLeaves(t *testing.T) {
 	app := newFeatApp(t)
-	in := startCaddy(t, featSite(app, `		presence room`))
-	o, _ := dialAs(t, in, "bo")
-	hello(o)
+	in := startFeat(t, featSite(app, `		presence room`))
+	o, _ := featDial(t, in, "bo")
+	featHello(o)
 	o.send(`{"type":"subscribe","topic":"room","ref":1}`)
-	o.expect(`{"topic":"__presence:room","event":"presence_state","data":{"u2":` + boData + `}}`)
+	o.expect(`{"topic":"__presence:room","event":"presence_state","data":{"u2":` + featBo + `}}`)
 	o.expect(`{"type":"subscribed","topic":"room","ref":1}`)
-	quietExcept(o, `{"topic":"__presence:room","event":"presence_diff","data":{"joins":{"u2":`+boData+`},"leaves":{}}}`, 150*time.Millisecond)
-	lo, _ := dialAs(t, in, "cy")
+	featQuietExcept(o, `{"topic":"__presence:room","event":"presence_diff","data":{"joins":{"u2":`+featBo+`},"leaves":{}}}`, 250*time.Millisecond)
+	lo, _ := featDial(t, in, "cy")
 	lo.send(`{"type":"subscribe","topic":"__presence:room"}`)
-	nextEvent(lo, "__presence:room", "list")
+	featNextEvent(lo, "__presence:room", "list")
 
-	a, _ := dialAs(t, in, "ann")
-	hello(a)
+	a, _ := featDial(t, in, "ann")
+	featHello(a)
 	a.send(`{"type":"subscribe","topic":"room","ref":1}`)
-	nextEvent(a, "__presence:room", "presence_state")
+	featNextEvent(a, "__presence:room", "presence_state")
 	a.expect(`{"type":"subscribed","topic":"room","ref":1}`)
-	quietExcept(a, `{"topic":"__presence:room","event":"presence_diff","data":{"joins":{"u1":`+annData+`},"leaves":{}}}`, 150*time.Millisecond)
-	o.expect(`{"topic":"__presence:room","event":"presence_diff","data":{"joins":{"u1":` + annData + `},"leaves":{}}}`)
-	lo.expect(`{"topic":"__presence:room","event":"join","data":{"key":"u1","data":` + annData + `}}`)
+	featQuietExcept(a, `{"topic":"__presence:room","event":"presence_diff","data":{"joins":{"u1":`+featAnn+`},"leaves":{}}}`, 250*time.Millisecond)
+	o.expect(`{"topic":"__presence:room","event":"presence_diff","data":{"joins":{"u1":` + featAnn + `},"leaves":{}}}`)
+	lo.expect(`{"topic":"__presence:room","event":"join","data":{"key":"u1","data":` + featAnn + `}}`)
 	if got := presenceCount(t, in, "room"); got != `{"count":2}` {
 		t.Fatalf("count %s, want 2", got)
 	}
 
 	a.send(`{"type":"unsubscribe","topic":"room"}`)
-	o.expect(`{"topic":"__presence:room","event":"presence_diff","data":{"joins":{},"leaves":{"u1":` + annData + `}}}`)
-	lo.expect(`{"topic":"__presence:room","event":"leave","data":{"key":"u1","data":` + annData + `}}`)
+	o.expect(`{"topic":"__presence:room","event":"presence_diff","data":{"joins":{},"leaves":{"u1":` + featAnn + `}}}`)
+	lo.expect(`{"topic":"__presence:room","event":"leave","data":{"key":"u1","data":` + featAnn + `}}`)
 	if got := presenceCount(t, in, "room"); got != `{"count":1}` {
 		t.Fatalf("count after unsubscribe %s, want 1", got)
 	}
@@ -834,34 +849,34 @@ func TestPresenceUnsubscribeLeaves(t *testing.T) {
 	// a is no longer subscribed: neither the publish nor presence frames
 	// of room reach it (it is not an observer either).
 	a.quiet(200 * time.Millisecond)
-	closeClient(o)
+	featClose(o)
 	a.quiet(200 * time.Millisecond)
 
 	// Resubscribing joins again.
 	a.send(`{"type":"subscribe","topic":"room","ref":2}`)
-	a.expect(`{"topic":"__presence:room","event":"presence_state","data":{"u1":` + annData + `}}`)
+	a.expect(`{"topic":"__presence:room","event":"presence_state","data":{"u1":` + featAnn + `}}`)
 	a.expect(`{"type":"subscribed","topic":"room","ref":2}`)
-	lo.expect(`{"topic":"__presence:room","event":"leave","data":{"key":"u2","data":` + boData + `}}`)
-	lo.expect(`{"topic":"__presence:room","event":"join","data":{"key":"u1","data":` + annData + `}}`)
+	lo.expect(`{"topic":"__presence:room","event":"leave","data":{"key":"u2","data":` + featBo + `}}`)
+	lo.expect(`{"topic":"__presence:room","event":"join","data":{"key":"u1","data":` + featAnn + `}}`)
 }
 
 // The HTTP API lists members and counts them; a topic without presence is
 // 404 NO_PRESENCE, an invalid or system topic 400 INVALID_TOPIC.
 func TestPresenceAPI(t *testing.T) {
 	app := newFeatApp(t)
-	in := startCaddy(t, featSite(app, `		presence room*`))
+	in := startFeat(t, featSite(app, `		presence room*`))
 	if status, body := presenceAPI(t, in, "/presence?topic=room"); status != http.StatusOK || body != `{"members":[]}` {
 		t.Fatalf("empty room: %d %s", status, body)
 	}
 	if got := presenceCount(t, in, "room"); got != `{"count":0}` {
 		t.Fatalf("empty count %s", got)
 	}
-	a, _ := dialAs(t, in, "ann")
+	a, _ := featDial(t, in, "ann")
 	a.send(`{"type":"subscribe","topic":"room"}`)
-	nextEvent(a, "__presence:room", "list")
-	b, _ := dialAs(t, in, "bo")
+	featNextEvent(a, "__presence:room", "list")
+	b, _ := featDial(t, in, "bo")
 	b.send(`{"type":"subscribe","topic":"room"}`)
-	nextEvent(b, "__presence:room", "list")
+	featNextEvent(b, "__presence:room", "list")
 
 	status, body := presenceAPI(t, in, "/presence?topic=room")
 	var got struct {
@@ -877,7 +892,7 @@ func TestPresenceAPI(t *testing.T) {
 	for _, e := range got.Members {
 		m[e.Key] = string(e.Data)
 	}
-	if !maps.Equal(m, map[string]string{"u1": annData, "u2": boData}) {
+	if !maps.Equal(m, map[string]string{"u1": featAnn, "u2": featBo}) {
 		t.Fatalf("GET /presence: %s", body)
 	}
 	if got := presenceCount(t, in, "room"); got != `{"count":2}` {
@@ -886,7 +901,7 @@ func TestPresenceAPI(t *testing.T) {
 	if got := presenceCount(t, in, "room2"); got != `{"count":0}` {
 		t.Fatalf("room2 count %s, want 0", got)
 	}
-	closeClient(b)
+	featClose(b)
 	waitFor(t, 3*time.Second, "the leave to reach the API", func() bool { return presenceCount(t, in, "room") == `{"count":1}` })
 
 	for _, tc := range []struct {
@@ -912,15 +927,15 @@ func TestPresenceAPI(t *testing.T) {
 // presence.leave when its last connection leaves.
 func TestPresenceEventsHook(t *testing.T) {
 	app := newFeatApp(t)
-	in := startCaddy(t, featSite(app, `		presence room`))
-	a, _ := dialAs(t, in, "ann")
+	in := startFeat(t, featSite(app, `		presence room`))
+	a, _ := featDial(t, in, "ann")
 	a.send(`{"type":"subscribe","topic":"room"}`)
-	nextEvent(a, "__presence:room", "list")
-	a2, _ := dialAs(t, in, "ann") // same key: no event
+	featNextEvent(a, "__presence:room", "list")
+	a2, _ := featDial(t, in, "ann") // same key: no event
 	a2.send(`{"type":"subscribe","topic":"room"}`)
-	nextEvent(a2, "__presence:room", "list")
-	closeClient(a2)
-	closeClient(a)
+	featNextEvent(a2, "__presence:room", "list")
+	featClose(a2)
+	featClose(a)
 
 	type event struct {
 		Type  string          `json:"type"`
@@ -946,7 +961,7 @@ func TestPresenceEventsHook(t *testing.T) {
 	if len(evs) != 2 {
 		t.Fatalf("presence events %+v, want exactly one join and one leave", evs)
 	}
-	if j := evs[0]; j.Type != "presence.join" || j.Topic != "room" || j.Key != "u1" || string(j.Data) != annData || j.At <= 0 {
+	if j := evs[0]; j.Type != "presence.join" || j.Topic != "room" || j.Key != "u1" || string(j.Data) != featAnn || j.At <= 0 {
 		t.Errorf("first event %+v, want presence.join of u1 on room with its data", j)
 	}
 	if l := evs[1]; l.Type != "presence.leave" || l.Topic != "room" || l.Key != "u1" || l.At < evs[0].At {
@@ -964,21 +979,21 @@ func TestPresenceEventsHook(t *testing.T) {
 // must not get both vocabularies).
 func TestPresenceVocabularyFixedAtFirstState(t *testing.T) {
 	app := newFeatApp(t)
-	in := startCaddy(t, featSite(app, `		presence room`))
-	l, _ := dialAs(t, in, "ann")
+	in := startFeat(t, featSite(app, `		presence room`))
+	l, _ := featDial(t, in, "ann")
 	l.send(`{"type":"subscribe","topic":"room"}`)
-	l.expect(`{"topic":"__presence:room","event":"list","data":[{"key":"u1","data":` + annData + `}]}`)
+	l.expect(`{"topic":"__presence:room","event":"list","data":[{"key":"u1","data":` + featAnn + `}]}`)
 	l.quiet(100 * time.Millisecond)
-	hello(l) // now current for everything else, but presence stays legacy
-	syncConn(l)
+	featHello(l) // now current for everything else, but presence stays legacy
+	featSync(l)
 
-	b, _ := dialAs(t, in, "bo")
-	hello(b)
+	b, _ := featDial(t, in, "bo")
+	featHello(b)
 	b.send(`{"type":"subscribe","topic":"room","ref":1}`)
-	nextEvent(b, "__presence:room", "presence_state")
-	l.expect(`{"topic":"__presence:room","event":"join","data":{"key":"u2","data":` + boData + `}}`)
-	closeClient(b)
-	l.expect(`{"topic":"__presence:room","event":"leave","data":{"key":"u2","data":` + boData + `}}`)
+	featNextEvent(b, "__presence:room", "presence_state")
+	l.expect(`{"topic":"__presence:room","event":"join","data":{"key":"u2","data":` + featBo + `}}`)
+	featClose(b)
+	l.expect(`{"topic":"__presence:room","event":"leave","data":{"key":"u2","data":` + featBo + `}}`)
 	l.quiet(200 * time.Millisecond)
 }
 
@@ -990,29 +1005,50 @@ func TestPresenceVocabularyFixedAtFirstState(t *testing.T) {
 // the flush separated them the test passes trivially.
 func TestPresenceLegacyStaleAfterLeaveRejoinInOneFlushWindow(t *testing.T) {
 	app := newFeatApp(t)
-	in := startCaddy(t, featSite(app, `		presence room`))
-	cur, _ := dialAs(t, in, "cy")
-	hello(cur)
+	in := startFeat(t, featSite(app, `		presence room`))
+	cur, _ := featDial(t, in, "cy")
+	featHello(cur)
 	cur.send(`{"type":"subscribe","topic":"__presence:room","ref":1}`)
 	cur.expect(`{"topic":"__presence:room","event":"presence_state","data":{}}`)
 	cur.expect(`{"type":"subscribed","topic":"__presence:room","ref":1}`)
-	leg, _ := dialAs(t, in, "dee")
+	leg, _ := featDial(t, in, "dee")
 	leg.send(`{"type":"subscribe","topic":"__presence:room"}`)
 	leg.expect(`{"topic":"__presence:room","event":"list","data":[]}`)
-	curView := newView(t, "current observer", "room", true)
+	curView := newPresenceView(t, "current observer", "room", true)
 	curView.state = true
-	legView := newView(t, "legacy observer", "room", false)
+	legView := newPresenceView(t, "legacy observer", "room", false)
 	legView.state = true
 
-	tab1, _ := dialAs(t, in, "ann")
+	tab1, _ := featDial(t, in, "ann")
 	tab1.send(`{"type":"subscribe","topic":"room"}`)
-	curView.await(cur, map[string]string{"u1": annData})
-	legView.await(leg, map[string]string{"u1": annData})
+	curView.await(cur, map[string]string{"u1": featAnn})
+	legView.await(leg, map[string]string{"u1": featAnn})
 
-	tab2, _ := dialAs(t, in, "ann2")
+	tab2, _ := featDial(t, in, "ann2")
 	tab1.send(`{"type":"unsubscribe","topic":"room"}`)
 	tab2.send(`{"type":"subscribe","topic":"room"}`)
 	annie := `{"id":"u1","name":"Annie"}`
 	curView.await(cur, map[string]string{"u1": annie})
 	legView.await(leg, map[string]string{"u1": annie})
+}
+
+// §6.1: "A member's key is String(data[key_field]) … or
+// __conn:<connection id> if missing", where data is the projection. With
+// `select name` the data has no id, so each connection is its own
+// __conn:<sessionId> member; the key must not come from an identity field
+// the projection left out (it would also let hidden fields shape the
+// public member map).
+func TestPresenceKeyComesFromProjectedData(t *testing.T) {
+	app := newFeatApp(t)
+	in := startFeat(t, featSite(app, `
+		presence room {
+			select name
+		}`))
+	c, id := featDial(t, in, "ann")
+	featHello(c)
+	c.send(`{"type":"subscribe","topic":"room","ref":1}`)
+	want := `{"topic":"__presence:room","event":"presence_state","data":{"__conn:` + id + `":{"name":"Ann"}}}`
+	if got := c.next(3 * time.Second); got != want {
+		t.Fatalf("select name, default key id:\n got  %s\n want %s", got, want)
+	}
 }

@@ -14,9 +14,9 @@ import (
 // Integration tests of replay buffers, resume and replay requests
 // (PROTOCOL.md §5, §9.12-13, §9.19-24) and of the /replay API.
 
-// replaySite is a handler with the API on loopback, no upgrade rate limit
+// rpSite is a handler with the API on loopback, no upgrade rate limit
 // (tests dial several times) and the given extra lines (replay rules).
-func replaySite(extra string) string {
+func rpSite(extra string) string {
 	return `
 	realtime {
 		api /_realtime
@@ -115,9 +115,9 @@ func rpSeq(t *testing.T, in *instance, topic string) string {
 	return body
 }
 
-// replayAnswer is a GET /replay answer; Events keeps the raw array so
+// rpAnswer is a GET /replay answer; Events keeps the raw array so
 // payloads can be compared byte for byte.
-type replayAnswer struct {
+type rpAnswer struct {
 	Events    string
 	Truncated bool
 	Seq       uint64
@@ -125,7 +125,7 @@ type replayAnswer struct {
 
 // rpGetReplay calls GET /replay?topic=T[&since=N] and checks the answer is
 // exactly {"events","truncated","seq"}.
-func rpGetReplay(t *testing.T, in *instance, topic, since string) replayAnswer {
+func rpGetReplay(t *testing.T, in *instance, topic, since string) rpAnswer {
 	t.Helper()
 	q := "/_realtime/replay?topic=" + url.QueryEscape(topic)
 	if since != "" {
@@ -142,7 +142,7 @@ func rpGetReplay(t *testing.T, in *instance, topic, since string) replayAnswer {
 	if len(m) != 3 || m["events"] == nil || m["truncated"] == nil || m["seq"] == nil {
 		t.Fatalf("GET %s: body %s, want exactly events, truncated and seq", q, body)
 	}
-	var a replayAnswer
+	var a rpAnswer
 	a.Events = string(m["events"])
 	if err := json.Unmarshal(m["truncated"], &a.Truncated); err != nil {
 		t.Fatalf("GET %s: truncated %s: %v", q, m["truncated"], err)
@@ -173,7 +173,7 @@ func rpExpectAll(c *wsClient, want ...string) {
 // from its buffer, GET /seq reports the buffer's head, and "seq":false does
 // not turn stamping off on a buffered topic (it does on other topics).
 func TestReplaySeqFromBuffer(t *testing.T) {
-	in := startCaddy(t, replaySite(`		replay chat`))
+	in := startCaddy(t, rpSite(`		replay chat`))
 	c, _ := rpDial(t, in, `["batch"]`)
 	c.send(`{"type":"subscribe-batch","topics":["chat","news"],"ref":1}`)
 	rpExpectAll(c, `{"type":"subscribed","topic":"chat","ref":1}`, `{"type":"subscribed","topic":"news","ref":1}`)
@@ -221,7 +221,7 @@ func TestReplaySeqFromBuffer(t *testing.T) {
 // frame with the batch cap, plain envelopes without) before subscribed for
 // chat, then live events; no duplicates, no gaps, resumed once.
 func TestReplayResumeGapFill(t *testing.T) {
-	in := startCaddy(t, replaySite(`		replay chat`))
+	in := startCaddy(t, rpSite(`		replay chat`))
 	a, aID := rpDial(t, in, `["batch"]`)
 	a.send(`{"type":"subscribe-batch","topics":["chat"],"ref":1}`)
 	a.expect(`{"type":"subscribed","topic":"chat","ref":1}`)
@@ -286,7 +286,7 @@ func TestReplayResumeNotResubscribedOrDenied(t *testing.T) {
 			w.WriteHeader(http.StatusNoContent)
 		}
 	})
-	in := startCaddy(t, replaySite(`		replay chat*
+	in := startCaddy(t, rpSite(`		replay chat*
 		subscribe_hook `+app.url("/subscribe")+`
 		message_hook `+app.url("/message")))
 	for _, topic := range []string{"chat-a", "chat-b", "chat-secret", "chat-c", "chat-d", "chat-e", "chat-f", "news"} {
@@ -312,12 +312,22 @@ func TestReplayResumeNotResubscribedOrDenied(t *testing.T) {
 
 	// §9.20: a resume with a non-string sessionId gets no resumed and
 	// reaches the message hook byte-exact.
-	// It records no pending resume either.
-	bad := `{"type":"resume","sessionId":7,"lastSeenSeqs":{"chat-f":0}}`
-	c.send(bad)
-	calls := app.waitCalls(t, "/message", 1)
-	if got := decodeMsg(t, calls[0]).bytes(t); string(got) != bad {
-		t.Fatalf("message hook got %q, want %q", got, bad)
+	// It records no pending resume either. Neither does one whose
+	// lastSeenSeqs is not an object, or null.
+	bad := []string{
+		`{"type":"resume","sessionId":7,"lastSeenSeqs":{"chat-f":0}}`,
+		`{"type":"resume","sessionId":"s","lastSeenSeqs":[{"chat-f":0}]}`,
+		`{"type":"resume","sessionId":"s","lastSeenSeqs":null}`,
+		`{"type":"resume","sessionId":"s"}`,
+	}
+	for _, b := range bad {
+		c.send(b)
+	}
+	calls := app.waitCalls(t, "/message", len(bad))
+	for i, b := range bad {
+		if got := decodeMsg(t, calls[i]).bytes(t); string(got) != b {
+			t.Errorf("message hook call %d got %q, want %q", i, got, b)
+		}
 	}
 	c.send(`{"type":"subscribe","topic":"chat-f","ref":2}`)
 	c.expect(`{"type":"subscribed","topic":"chat-f","ref":2}`)
@@ -333,7 +343,7 @@ func TestReplayResumeNotResubscribedOrDenied(t *testing.T) {
 // runs in parallel with the other parallel tests of the package.
 func TestReplayResumePendingExpires(t *testing.T) {
 	t.Parallel()
-	in := startCaddy(t, replaySite(`		replay chat`))
+	in := startCaddy(t, rpSite(`		replay chat`))
 	rpPublishN(t, in, "chat", 1, 2)
 	c, _ := rpDial(t, in, `["batch"]`)
 	c.send(`{"type":"resume","sessionId":"s","lastSeenSeqs":{"chat":0,"fresh":0}}`)
@@ -348,7 +358,7 @@ func TestReplayResumePendingExpires(t *testing.T) {
 // 1024 (in frame order) are used, so a topic listed beyond them gets no gap
 // fill, and the gateway keeps working.
 func TestReplayResumeManyEntries(t *testing.T) {
-	in := startCaddy(t, replaySite(`		replay r*`))
+	in := startCaddy(t, rpSite(`		replay r*`))
 	rpPublish(t, in, `[{"topic":"r0","event":"e","data":0},{"topic":"r1023","event":"e","data":1023},{"topic":"r1024","event":"e","data":1024},{"topic":"r4999","event":"e","data":4999}]`, `{"seqs":[1,1,1,1]}`)
 	var b strings.Builder
 	b.WriteString(`{"type":"resume","sessionId":"many","lastSeenSeqs":{`)
@@ -390,7 +400,7 @@ func TestReplayResumeManyEntries(t *testing.T) {
 // §5.4, §9.21: a replay request yields msg frames on __replay:<t> (no seq,
 // reqId echoed verbatim), then exactly one end; it does not subscribe.
 func TestReplayRequestFrames(t *testing.T) {
-	in := startCaddy(t, replaySite(`		replay chat*`))
+	in := startCaddy(t, rpSite(`		replay chat*`))
 	rpPublishN(t, in, "chat", 1, 7)
 	c, _ := rpDial(t, in, `["batch"]`)
 	c.send(`{"type":"replay","topic":"chat","since":5,"reqId":2}`)
@@ -436,7 +446,7 @@ func TestReplayRequestFrames(t *testing.T) {
 // resume from below the buffer first gets the truncation notice, then what
 // is retained; truncation_notice off drops the notice (only on resume).
 func TestReplayTruncation(t *testing.T) {
-	in := startCaddy(t, replaySite(`		replay chat {
+	in := startCaddy(t, rpSite(`		replay chat {
 			size 3
 		}
 		replay silent {
@@ -514,7 +524,7 @@ func TestReplayRequestDeniedAndInvalidSince(t *testing.T) {
 	app := newApp(t, func(w http.ResponseWriter, c hookReq) {
 		writeJSONAnswer(w, http.StatusOK, `{"chat-secret":false,"chat-plan":"PLAN_LOCKED"}`)
 	})
-	in := startCaddy(t, replaySite(`		replay chat*
+	in := startCaddy(t, rpSite(`		replay chat*
 		subscribe_hook `+app.url("/subscribe")))
 	rpPublishN(t, in, "chat-secret", 1, 3)
 	rpPublishN(t, in, "chat-plan", 1, 3)
@@ -558,7 +568,7 @@ func TestReplayRequestDeniedAndInvalidSince(t *testing.T) {
 // connection (which is also subscribed) before that replay's end, with
 // publishes racing the replays; replays run one at a time, in order.
 func TestReplayLiveEventsWaitForEnd(t *testing.T) {
-	in := startCaddy(t, replaySite(`		replay chat`))
+	in := startCaddy(t, rpSite(`		replay chat`))
 	// Fill the buffer (1000 events) with one batch publish.
 	var items []string
 	for n := 1; n <= 1000; n++ {
@@ -691,7 +701,7 @@ func TestReplayLiveEventsWaitForEnd(t *testing.T) {
 // §3.1 rule 4: payloads come back byte for byte through live delivery,
 // replay requests, resume gap fill and GET /replay.
 func TestReplayPayloadsByteIdentical(t *testing.T) {
-	in := startCaddy(t, replaySite(`		replay chat`))
+	in := startCaddy(t, rpSite(`		replay chat`))
 	payloads := []string{`[]`, `{}`, `9007199254740991`, `{"b":1,"a":2}`, `1.50e10`, `"\u00e9<&>"`, `-0`, `null`, `[{"x":[]}]`}
 	live, _ := rpDial(t, in, `[]`)
 	live.send(`{"type":"subscribe","topic":"chat","ref":1}`)
@@ -731,7 +741,7 @@ func TestReplayPayloadsByteIdentical(t *testing.T) {
 // a publish; GET /seq keeps the head, a resume reports truncation, and the
 // counter continues.
 func TestReplayTTL(t *testing.T) {
-	in := startCaddy(t, replaySite(`		replay chat {
+	in := startCaddy(t, rpSite(`		replay chat {
 			ttl 1s
 		}`))
 	rpPublishN(t, in, "chat", 1, 3)
@@ -739,7 +749,7 @@ func TestReplayTTL(t *testing.T) {
 	if a := rpGetReplay(t, in, "chat", "0"); a.Events != rpEvents(rpEvent(1, "e", `{"id":1}`), rpEvent(2, "e", `{"id":2}`), rpEvent(3, "e", `{"id":3}`)) || a.Truncated || a.Seq != 3 {
 		t.Fatalf("GET /replay right after publishing: %+v", a)
 	}
-	var gone replayAnswer
+	var gone rpAnswer
 	waitFor(t, 5*time.Second, "the ttl to drop the events", func() bool {
 		gone = rpGetReplay(t, in, "chat", "0")
 		return gone.Events == "[]"
@@ -767,7 +777,7 @@ func TestReplayTTL(t *testing.T) {
 // GET /replay?topic=T&since=N, DELETE /replay?topic=T, DELETE /replay and
 // their errors.
 func TestReplayAPI(t *testing.T) {
-	in := startCaddy(t, replaySite(`		replay chat*`))
+	in := startCaddy(t, rpSite(`		replay chat*`))
 	// A buffered topic nobody published to.
 	if a := rpGetReplay(t, in, "chat", ""); a.Events != "[]" || a.Truncated || a.Seq != 0 {
 		t.Fatalf("GET /replay of an empty buffered topic: %+v", a)
@@ -776,13 +786,13 @@ func TestReplayAPI(t *testing.T) {
 	rpPublishN(t, in, "chat-2", 1, 2)
 	for _, tc := range []struct {
 		since string
-		want  replayAnswer
+		want  rpAnswer
 	}{
-		{"", replayAnswer{rpEvents(rpEvent(1, "e", `{"id":1}`), rpEvent(2, "e", `{"id":2}`), rpEvent(3, "e", `{"id":3}`), rpEvent(4, "e", `{"id":4}`)), false, 4}},
-		{"0", replayAnswer{rpEvents(rpEvent(1, "e", `{"id":1}`), rpEvent(2, "e", `{"id":2}`), rpEvent(3, "e", `{"id":3}`), rpEvent(4, "e", `{"id":4}`)), false, 4}},
-		{"2", replayAnswer{rpEvents(rpEvent(3, "e", `{"id":3}`), rpEvent(4, "e", `{"id":4}`)), false, 4}},
-		{"4", replayAnswer{"[]", false, 4}},
-		{"99", replayAnswer{"[]", false, 4}},
+		{"", rpAnswer{rpEvents(rpEvent(1, "e", `{"id":1}`), rpEvent(2, "e", `{"id":2}`), rpEvent(3, "e", `{"id":3}`), rpEvent(4, "e", `{"id":4}`)), false, 4}},
+		{"0", rpAnswer{rpEvents(rpEvent(1, "e", `{"id":1}`), rpEvent(2, "e", `{"id":2}`), rpEvent(3, "e", `{"id":3}`), rpEvent(4, "e", `{"id":4}`)), false, 4}},
+		{"2", rpAnswer{rpEvents(rpEvent(3, "e", `{"id":3}`), rpEvent(4, "e", `{"id":4}`)), false, 4}},
+		{"4", rpAnswer{"[]", false, 4}},
+		{"99", rpAnswer{"[]", false, 4}},
 	} {
 		if got := rpGetReplay(t, in, "chat", tc.since); got != tc.want {
 			t.Errorf("GET /replay?topic=chat&since=%s: %+v, want %+v", tc.since, got, tc.want)
@@ -852,7 +862,7 @@ func TestReplayAPI(t *testing.T) {
 		if got := rpSeq(t, in, topic); got != `{"seq":0}` {
 			t.Errorf("GET /seq?topic=%s after DELETE /replay: %s, want 0", topic, got)
 		}
-		if a := rpGetReplay(t, in, topic, "0"); a != (replayAnswer{"[]", false, 0}) {
+		if a := rpGetReplay(t, in, topic, "0"); a != (rpAnswer{"[]", false, 0}) {
 			t.Errorf("GET /replay?topic=%s after DELETE /replay: %+v", topic, a)
 		}
 	}
@@ -863,12 +873,14 @@ func TestReplayAPI(t *testing.T) {
 }
 
 // A resume gap fill and a replay request of a full default buffer (1000
-// events of about 1.5 KB, 1.5 MB in all) reach a client that reads as fast
-// as it can: the gateway must not treat its own burst as a slow consumer
-// (close 1013), or the client could never resume.
+// events of about 4 KB, 4 MB in all) reach a client that reads as fast as
+// it can: the gateway must not treat its own burst as a slow consumer
+// (close 1013 once more than max_backpressure, 1 MiB by default, is queued
+// at once), or the client could never resume: it reconnects, resumes from
+// the same seq and is closed again.
 func TestReplayLargeBufferDoesNotCloseFastClient(t *testing.T) {
-	in := startCaddy(t, replaySite(`		replay chat`))
-	pad := strings.Repeat("x", 1500)
+	in := startCaddy(t, rpSite(`		replay chat`))
+	pad := strings.Repeat("x", 4000)
 	var items []string
 	for n := 1; n <= 1000; n++ {
 		items = append(items, fmt.Sprintf(`{"topic":"chat","event":"e","data":{"id":%d,"pad":"%s"}}`, n, pad))
@@ -910,4 +922,126 @@ func TestReplayLargeBufferDoesNotCloseFastClient(t *testing.T) {
 		}
 		c.expect(rpEnd("chat", `{"reqId":1}`))
 	})
+}
+
+// §5.3 step 1, §8 ("lastSeenSeqs entries used: 1024"): a connection keeps
+// at most 1024 pending resumes (handlers/conn.go documents its resumes map
+// as "at most MaxLastSeen"). Two resume frames of 1024 distinct topics
+// each must not leave 2048 pending entries: otherwise every further resume
+// frame (up to 200 per second within the inbound rate) grows the
+// connection's memory, and expired entries are never freed.
+func TestReplayResumePendingEntriesBoundedAcrossResumeFrames(t *testing.T) {
+	in := startCaddy(t, `
+	realtime {
+		api /_realtime
+		shutdown_spread 0
+		limits {
+			upgrade_rate off
+			max_subscriptions 5000
+		}
+		replay r*
+	}`)
+	const per = 1024
+	topics := make([]string, 0, 2*per)
+	for _, prefix := range []string{"ra", "rb"} {
+		for i := 0; i < per; i++ {
+			topics = append(topics, fmt.Sprintf("%s%d", prefix, i))
+		}
+	}
+	var items []string
+	for _, topic := range topics {
+		items = append(items, `{"topic":"`+topic+`","event":"e","data":1}`)
+	}
+	for i := 0; i < len(items); i += 512 {
+		publish(t, in, "["+strings.Join(items[i:i+512], ",")+"]")
+	}
+	c, _ := rpDial(t, in, `[]`)
+	for _, part := range [][]string{topics[:per], topics[per:]} {
+		var b strings.Builder
+		b.WriteString(`{"type":"resume","sessionId":"s","lastSeenSeqs":{`)
+		for i, topic := range part {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			b.WriteString(`"` + topic + `":0`)
+		}
+		b.WriteString(`}}`)
+		c.send(b.String())
+		c.expect(`{"type":"resumed"}`)
+	}
+	filled := 0
+	for i := 0; i < len(topics); i += 256 {
+		batch, _ := json.Marshal(topics[i : i+256])
+		c.send(fmt.Sprintf(`{"type":"subscribe-batch","topics":%s,"ref":%d}`, batch, i))
+		for _, topic := range topics[i : i+256] {
+			got := c.next(3 * time.Second)
+			if got == rpEnv(topic, "e", "1", 1) {
+				filled++
+				got = c.next(3 * time.Second)
+			}
+			if want := fmt.Sprintf(`{"type":"subscribed","topic":%q,"ref":%d}`, topic, i); got != want {
+				t.Fatalf("got %s, want %s", got, want)
+			}
+		}
+	}
+	if filled > rpMaxLastSeen {
+		t.Fatalf("two resume frames of %d topics each gave %d gap fills: the connection held %d pending resumes, more than the %d entries a resume may use", per, filled, filled, rpMaxLastSeen)
+	}
+}
+
+// rpMaxLastSeen is PROTOCOL.md §8's bound on resume entries used.
+const rpMaxLastSeen = 1024
+
+// §7.2: a gap fill larger than one batch frame (256 KiB) is split into
+// several batch frames, each within the limit, in seq order, all before
+// subscribed; without the cap the same envelopes come one by one.
+func TestReplayResumeGapFillSplitsBatches(t *testing.T) {
+	in := startCaddy(t, rpSite(`		replay chat`))
+	pad := strings.Repeat("y", 1000)
+	var items []string
+	for n := 1; n <= 300; n++ {
+		items = append(items, fmt.Sprintf(`{"topic":"chat","event":"e","data":{"id":%d,"pad":"%s"}}`, n, pad))
+	}
+	publish(t, in, "["+strings.Join(items, ",")+"]")
+	env := func(n int) string {
+		return rpEnv("chat", "e", fmt.Sprintf(`{"id":%d,"pad":"%s"}`, n, pad), n)
+	}
+	c, _ := rpDial(t, in, `["batch"]`)
+	c.send(`{"type":"resume","sessionId":"s","lastSeenSeqs":{"chat":0}}`)
+	c.send(`{"type":"subscribe","topic":"chat","ref":1}`)
+	c.expect(`{"type":"resumed"}`)
+	next, frames := 1, 0
+	for next <= 300 {
+		raw := c.next(3 * time.Second)
+		if len(raw) > 256<<10 {
+			t.Fatalf("batch frame of %d bytes, over 256 KiB", len(raw))
+		}
+		var f struct {
+			Type   string            `json:"type"`
+			Events []json.RawMessage `json:"events"`
+		}
+		if err := json.Unmarshal([]byte(raw), &f); err != nil || f.Type != "batch" || len(f.Events) < 2 {
+			t.Fatalf("frame %.200s: want a batch frame of several envelopes", raw)
+		}
+		for _, e := range f.Events {
+			if string(e) != env(next) {
+				t.Fatalf("batch element %.120s, want seq %d", e, next)
+			}
+			next++
+		}
+		frames++
+	}
+	if frames < 2 {
+		t.Fatalf("300 KB gap fill came in %d batch frame(s), want it split", frames)
+	}
+	c.expect(`{"type":"subscribed","topic":"chat","ref":1}`)
+
+	p, _ := rpDial(t, in, `[]`)
+	p.send(`{"type":"resume","sessionId":"s","lastSeenSeqs":{"chat":290}}`)
+	p.send(`{"type":"subscribe","topic":"chat","ref":1}`)
+	p.expect(`{"type":"resumed"}`)
+	for n := 291; n <= 300; n++ {
+		p.expect(env(n))
+	}
+	p.expect(`{"type":"subscribed","topic":"chat","ref":1}`)
 }

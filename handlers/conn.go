@@ -46,7 +46,7 @@ type conn struct {
 	mu      sync.Mutex
 	queue   []outFrame
 	spare   []outFrame
-	queued  int64 // bytes in queue
+	queued  int64 // bytes queued and not yet written, replay frames excluded
 	writing bool  // a write loop is running
 	closed  bool  // no more frames are accepted
 
@@ -79,8 +79,9 @@ type conn struct {
 }
 
 type outFrame struct {
-	b  []byte
-	at int64 // unix nanos of the publish, for the latency metric; 0 for control frames
+	b      []byte
+	at     int64 // unix nanos of the publish, for the latency metric; 0 for control frames
+	exempt bool  // a replay frame: not counted against max_backpressure
 }
 
 type reply struct {
@@ -97,14 +98,21 @@ type appMessage struct {
 // enqueue queues a frame without blocking. at is when the publish entered
 // the gateway (zero for frames that are not publishes). It reports whether
 // the frame was queued; a full queue applies the slow-consumer policy.
-func (c *conn) enqueue(b []byte, at time.Time) bool {
+func (c *conn) enqueue(b []byte, at time.Time) bool { return c.enqueueFrame(b, at, false) }
+
+// sendReplay queues frames of a replay or resume gap fill. They are exempt
+// from max_backpressure: the client asked for them, and their total is
+// bounded by the buffer's size; live frames that follow still count them.
+func (c *conn) sendReplay(b []byte) bool { return c.enqueueFrame(b, time.Time{}, true) }
+
+func (c *conn) enqueueFrame(b []byte, at time.Time, exempt bool) bool {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
 		return false
 	}
 	s := c.g.settings()
-	if c.queued > 0 && c.queued+int64(len(b)) > s.MaxBackpressure {
+	if !exempt && c.queued > 0 && c.queued+int64(len(b)) > s.MaxBackpressure {
 		if s.DropSlow {
 			c.mu.Unlock()
 			c.g.m.dropSlow.Inc()
@@ -121,8 +129,10 @@ func (c *conn) enqueue(b []byte, at time.Time) bool {
 	if !at.IsZero() {
 		ts = at.UnixNano()
 	}
-	c.queue = append(c.queue, outFrame{b: b, at: ts})
-	c.queued += int64(len(b))
+	c.queue = append(c.queue, outFrame{b: b, at: ts, exempt: exempt})
+	if !exempt {
+		c.queued += int64(len(b))
+	}
 	start := !c.writing
 	c.writing = true
 	c.mu.Unlock()
@@ -173,7 +183,9 @@ func (c *conn) writeLoop() {
 			}
 			now := c.g.now()
 			c.lastWrite.Store(now.UnixNano())
-			written += int64(len(f.b))
+			if !f.exempt {
+				written += int64(len(f.b))
+			}
 			c.g.m.framesOut.Inc()
 			c.g.m.bytesOut.Add(float64(len(f.b)))
 			if f.at != 0 {

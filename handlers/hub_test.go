@@ -440,9 +440,7 @@ func TestSplitBatches(t *testing.T) {
 				}
 				inner := f[len(wire.BatchOpen) : len(f)-len(wire.BatchClose)]
 				n := len(got)
-				for _, e := range tt.envs[n : n+len(evs)] {
-					got = append(got, e)
-				}
+				got = append(got, tt.envs[n:n+len(evs)]...)
 				if !bytes.Equal(inner, bytes.Join(tt.envs[n:n+len(evs)], []byte(","))) {
 					t.Fatalf("batch frame does not hold envelopes %d..%d verbatim", n, n+len(evs)-1)
 				}

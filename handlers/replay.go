@@ -75,6 +75,9 @@ func (g *Gateway) head(ctx context.Context, topic string) (uint64, error) {
 // step 1) and acknowledges it. Nothing is authorized or sent yet.
 func (c *conn) resume(f *wire.Frame, now time.Time) {
 	s := c.g.settings()
+	// A later resume replaces the pending entries of an earlier one, so
+	// they stay bounded by MaxLastSeen however many resumes a client sends.
+	c.resumes = nil
 	if len(c.g.ext.replay) > 0 {
 		wire.EachLastSeen(f.LastSeenSeqs, MaxLastSeen, func(t string, seq uint64) {
 			if !wire.ValidTopic(t, s.AllowNonASCIITopics) || wire.IsSystem(t) || c.g.replayFor(t) == nil {
@@ -144,7 +147,7 @@ func (c *conn) sendEntries(t string, entries []replay.Entry) {
 		envs = splitBatches(envs)
 	}
 	for _, e := range envs {
-		c.send(e)
+		c.sendReplay(e)
 	}
 }
 
@@ -197,7 +200,7 @@ func (c *conn) replay(f *wire.Frame) {
 				data = append(data, e.Data...)
 			}
 			data = append(data, '}')
-			c.send(wire.AppendEnvelope(nil, topic, "msg", data, 0))
+			c.sendReplay(wire.AppendEnvelope(nil, topic, "msg", data, 0))
 		}
 		if rng.Truncated {
 			c.replayEnd(f, `,"truncated":true`)

@@ -1,0 +1,144 @@
+package caddytest
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// adminClient talks to an instance's admin API over its unix socket.
+func adminClient(in *instance) *http.Client {
+	sock := filepath.Join(in.dir, "admin.sock")
+	return &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		},
+	}, Timeout: 20 * time.Second}
+}
+
+// reload loads caddyfile (a whole Caddyfile) through the admin API, as
+// `caddy reload` does.
+func reload(t *testing.T, in *instance, caddyfile string) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, "http://admin/load", strings.NewReader(caddyfile))
+	req.Header.Set("Content-Type", "text/caddyfile")
+	resp, err := adminClient(in).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		var b bytes.Buffer
+		_, _ = b.ReadFrom(resp.Body)
+		t.Fatalf("reload: %d %s", resp.StatusCode, b.String())
+	}
+}
+
+func currentCaddyfile(t *testing.T, in *instance) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(in.dir, "Caddyfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// A reload that keeps the realtime configuration keeps every connection;
+// one that changes only a non-extension option applies it to the live
+// gateway, still without dropping anyone (DESIGN §5).
+func TestLifecycleReloadKeepsConnections(t *testing.T) {
+	in := startCaddy(t, `
+	realtime {
+		api /_realtime
+		shutdown_spread 0
+		limits {
+			max_subscriptions 1
+		}
+	}`)
+	c := dial(t, in)
+	c.welcome()
+	c.send(`{"type":"subscribe-batch","topics":["a","b"],"ref":1}`)
+	c.expect(`{"type":"subscribed","topic":"a","ref":1}`)
+	c.expect(`{"type":"subscribe-denied","topic":"b","ref":1,"reason":"RATE_LIMITED"}`)
+
+	cfg := currentCaddyfile(t, in)
+	reload(t, in, cfg+"\n# unchanged, but a new load\n")
+	publish(t, in, `{"topic":"a","event":"after-reload","data":1}`)
+	c.expect(`{"topic":"a","event":"after-reload","data":1,"seq":1}`)
+
+	reload(t, in, strings.Replace(cfg, "max_subscriptions 1", "max_subscriptions 2", 1))
+	c.send(`{"type":"subscribe","topic":"b","ref":2}`)
+	c.expect(`{"type":"subscribed","topic":"b","ref":2}`)
+	publish(t, in, `{"topic":"a","event":"still-here","data":2}`)
+	c.expect(`{"topic":"a","event":"still-here","data":2,"seq":2}`)
+}
+
+// Changing an extension's configuration starts a fresh gateway: the old
+// one closes its connections with 1001 so clients reconnect and resume.
+func TestLifecycleReloadWithNewExtensionsClosesWith1001(t *testing.T) {
+	in := startCaddy(t, `
+	realtime {
+		shutdown_spread 0
+		replay chat
+	}`)
+	c := dial(t, in)
+	c.welcome()
+	cfg := currentCaddyfile(t, in)
+	reload(t, in, strings.Replace(cfg, "replay chat", "replay chat {\n\t\t\tsize 10\n\t\t}", 1))
+	if code := c.closeStatus(10 * time.Second); code != 1001 {
+		t.Fatalf("close code %d, want 1001", code)
+	}
+	d := dial(t, in)
+	d.welcome()
+}
+
+// The gateway's metrics are in Caddy's registry, served by the admin API.
+func TestLifecycleMetrics(t *testing.T) {
+	in := startCaddy(t, `
+	realtime {
+		api /_realtime
+		shutdown_spread 0
+	}`)
+	c := dial(t, in)
+	c.welcome()
+	c.send(`{"type":"subscribe","topic":"m","ref":1}`)
+	c.expect(`{"type":"subscribed","topic":"m","ref":1}`)
+	c.send(`not a control frame`) // no message hook: dropped and counted
+	publish(t, in, `{"topic":"m","event":"e","data":1}`)
+	c.expect(`{"topic":"m","event":"e","data":1,"seq":1}`)
+
+	want := []string{
+		`caddy_realtime_connections{gateway="/ws"} 1`,
+		`caddy_realtime_subscriptions{gateway="/ws"} 1`,
+		`caddy_realtime_upgrades_total{code="101",gateway="/ws"} 1`,
+		`caddy_realtime_frames_in_total{gateway="/ws",kind="subscribe"} 1`,
+		`caddy_realtime_dropped_total{gateway="/ws",reason="no_message_hook"} 1`,
+		`caddy_realtime_published_total{gateway="/ws",source="api"} 1`,
+		`caddy_realtime_publish_to_write_seconds_count{gateway="/ws"} 1`,
+	}
+	var body string
+	waitFor(t, 5*time.Second, "metrics", func() bool {
+		resp, err := adminClient(in).Get("http://admin/metrics")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		var b bytes.Buffer
+		_, _ = b.ReadFrom(resp.Body)
+		body = b.String()
+		for _, w := range want {
+			if !strings.Contains(body, w) {
+				return false
+			}
+		}
+		return true
+	})
+	_ = body
+}
