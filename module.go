@@ -284,9 +284,10 @@ type PresenceConfig struct {
 	// Topics is the topic pattern. Required.
 	Topics string `json:"topics,omitempty"`
 
-	// Key is the identity field naming a member; connections sharing its
-	// value are one member (multi-tab). Without it a connection is its own
-	// member. Default: id.
+	// Key is the field of the member's data (the selected projection of
+	// the identity) naming a member; connections sharing its value are one
+	// member (multi-tab). Without it, or when Select leaves it out, a
+	// connection is its own member. Default: id.
 	Key string `json:"key,omitempty"`
 
 	// Select lists the identity fields a member's data shows. Default: the

@@ -366,8 +366,8 @@ func TestRateLimitKeyUser(t *testing.T) {
 	}
 }
 
-// `key <field>`: any identity field; here id and name come from the auth
-// hook ({"id":"u1","name":"N-u1"}), so two users with one name share.
+// `key <field>`: any identity field, under <field>:<value>; here the auth
+// hook answers {"id":"a1","team":"t-a"}, so users of one team share.
 func TestRateLimitKeyIdentityField(t *testing.T) {
 	app := newApp(t, func(w http.ResponseWriter, c hookReq) {
 		if c.Path == "/auth" {

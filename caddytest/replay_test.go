@@ -1,14 +1,19 @@
 package caddytest
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/coder/websocket"
 )
 
 // Integration tests of replay buffers, resume and replay requests
@@ -1044,4 +1049,95 @@ func TestReplayResumeGapFillSplitsBatches(t *testing.T) {
 		p.expect(env(n))
 	}
 	p.expect(`{"type":"subscribed","topic":"chat","ref":1}`)
+}
+
+// rpRSS returns the resident set size of in's Caddy process in bytes.
+func rpRSS(t *testing.T, in *instance) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", in.cmd.Process.Pid))
+	if err != nil {
+		t.Skipf("reading the process status: %v", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			if err != nil {
+				t.Fatalf("VmRSS line %q: %v", line, err)
+			}
+			return kb << 10
+		}
+	}
+	t.Skip("no VmRSS in /proc/<pid>/status")
+	return 0
+}
+
+// §8 (outbound queue per connection: 1 MiB, close 1013): replay frames
+// may be exempt from max_backpressure for one burst, but a client that
+// does not read and keeps sending replay requests (control frames, 200/s
+// within the default inbound rate) must not make the gateway queue
+// without bound: it must be closed as a slow consumer. Here 40 requests
+// for a 4 MB buffer would queue 160 MB for one connection.
+func TestReplayRequestsFromNonReadingClientStayBounded(t *testing.T) {
+	in := startCaddy(t, `
+	realtime {
+		api /_realtime
+		shutdown_spread 0
+		write_timeout 60s
+		replay chat
+	}`)
+	pad := strings.Repeat("z", 4000)
+	var items []string
+	for n := 1; n <= 1000; n++ {
+		items = append(items, fmt.Sprintf(`{"topic":"chat","event":"e","data":{"id":%d,"pad":"%s"}}`, n, pad))
+	}
+	for i := 0; i < len(items); i += 250 {
+		publish(t, in, "["+strings.Join(items[i:i+250], ",")+"]")
+	}
+	before := rpRSS(t, in)
+	// A client that never reads.
+	ws, _, err := tryDial(in, dialOpts{origin: in.origin()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.CloseNow()
+	const requests = 40
+	sent := 0
+	for r := 1; r <= requests; r++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		err := ws.Write(ctx, websocket.MessageText, []byte(fmt.Sprintf(`{"type":"replay","topic":"chat","since":0,"reqId":%d}`, r)))
+		cancel()
+		if err != nil {
+			break // closed by the gateway: fine
+		}
+		sent++
+	}
+	// Either the gateway closes it as a slow consumer, or it stops
+	// queueing (for example by running one replay at a time as the
+	// client drains); what it must not do is hold every request's frames.
+	closed := rpPoll(3*time.Second, func() bool { return strings.Contains(apiGetStats(t, in), `"connections":0`) })
+	after := rpRSS(t, in)
+	t.Logf("%d replay requests of a 4 MB buffer from a client that does not read: closed=%v, caddy RSS %d MB -> %d MB", sent, closed, before>>20, after>>20)
+	if !closed && after-before > 64<<20 {
+		t.Fatalf("after %d replay requests (about %d MB of frames) the non-reading client is still connected and the gateway's RSS grew from %d MB to %d MB: replay frames escape max_backpressure (1 MiB) without bound", sent, sent*4, before>>20, after>>20)
+	}
+}
+
+// rpPoll polls cond every 10 ms, as waitFor does, and reports whether it
+// held within timeout.
+func rpPoll(timeout time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return true
+}
+
+// apiGetStats returns the GET /stats body.
+func apiGetStats(t *testing.T, in *instance) string {
+	t.Helper()
+	_, body := apiCall(t, http.MethodGet, in.url("/_realtime/stats"), "", "")
+	return body
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"sort"
 	"strconv"
 	"sync"
 	"time"
@@ -177,13 +178,45 @@ func (g *Gateway) groupsLeaveAll(c *conn) {
 
 // groupJoinOn joins c to the groups whose join_on matches t. A refused
 // join denies the subscribe FORBIDDEN (reason returned).
+// Joins are all or nothing: a refusal undoes the joins this subscribe made.
 func (g *Gateway) groupJoinOn(c *conn, t string) string {
+	var match []*group
 	for _, gr := range g.ext.groups {
-		if gr.joinOn.Match(t) < 0 {
-			continue
+		if gr.joinOn.Match(t) >= 0 {
+			match = append(match, gr)
 		}
-		if err := g.groupJoin(gr, c, gr.roleOf(c)); err != nil {
+	}
+	if len(match) == 0 {
+		return ""
+	}
+	// Groups that can refuse go first, closed ones are refused before any
+	// join, so a refusal almost never has joins to undo (and frames sent).
+	sort.Slice(match, func(i, j int) bool {
+		if (match[i].cfg.MaxMembers > 0) != (match[j].cfg.MaxMembers > 0) {
+			return match[i].cfg.MaxMembers > 0
+		}
+		return match[i].cfg.Name < match[j].cfg.Name
+	})
+	ctx, cancel := context.WithTimeout(g.ctx, storeTimeout)
+	defer cancel()
+	for _, gr := range match {
+		if st, err := gr.reg.State(ctx, gr.cfg.Name); err == nil && st.Closed {
 			return ReasonForbidden
+		}
+	}
+	var joined []*group
+	for _, gr := range match {
+		gr.mu.Lock()
+		_, already := gr.members[c]
+		gr.mu.Unlock()
+		if err := g.groupJoin(gr, c, gr.roleOf(c)); err != nil {
+			for _, j := range joined {
+				g.groupLeave(j, c)
+			}
+			return ReasonForbidden
+		}
+		if !already {
+			joined = append(joined, gr)
 		}
 	}
 	return ""

@@ -143,8 +143,11 @@ func (p *presenceTopics) release(pt *presTopic) {
 	pt.dead = true
 }
 
-func (c *conn) presenceKey(r *presenceRule) string {
-	if k := identityField(c.identity, r.cfg.Key); k != "" {
+// presenceKey is String(data[key]) of the member's projected data, or
+// __conn:<id> when the projection has no such field (§6.1): with a select,
+// the key field must be selected for tabs to dedupe.
+func (c *conn) presenceKey(r *presenceRule, data json.RawMessage) string {
+	if k := identityField(data, r.cfg.Key); k != "" {
 		return k
 	}
 	return "__conn:" + c.id // anonymous: unique across instances (session ids are UUIDs)
@@ -161,7 +164,8 @@ func (g *Gateway) presenceJoin(c *conn, t string) {
 	defer pt.mu.Unlock()
 	ctx, cancel := context.WithTimeout(g.ctx, storeTimeout)
 	defer cancel()
-	key, data := c.presenceKey(r), project(c.identity, r.cfg.Select)
+	data := project(c.identity, r.cfg.Select)
+	key := c.presenceKey(r, data)
 	ch, err := r.tracker.Join(ctx, t, key, c.id, data)
 	if err != nil {
 		g.logger.Warn("presence join failed; the connection is subscribed without presence", zap.String("topic", t), zap.Error(err))
@@ -234,10 +238,16 @@ func (g *Gateway) presenceObserve(c *conn, t string, on bool) {
 // wins (§6.1).
 func (pt *presTopic) record(key string, kind presence.Kind, data json.RawMessage, joiner *conn) {
 	if p, ok := pt.pending[key]; ok {
-		p.kind, p.data = kind, data
-		if joiner != nil || kind == presence.Left {
-			p.joiner = joiner
+		switch {
+		case p.kind == presence.Left && kind == presence.Joined:
+			// Left and back within one window: for clients that knew the
+			// key this is a data change (legacy needs a fresh list, as
+			// 0.3.4 ignores join for a key it holds).
+			kind, joiner = presence.Updated, nil
+		case p.kind == presence.Joined && kind == presence.Updated:
+			kind, joiner = presence.Joined, p.joiner // still new to everyone else
 		}
+		p.kind, p.data, p.joiner = kind, data, joiner
 		return
 	}
 	pt.pending[key] = &presChange{kind: kind, data: data, joiner: joiner}
