@@ -43,12 +43,14 @@ type conn struct {
 
 	// mu guards the outbound queue. It is a leaf lock: nothing else is
 	// acquired while it is held, so fan-out may take it under a topic lock.
-	mu      sync.Mutex
-	queue   []outFrame
-	spare   []outFrame
-	queued  int64 // bytes queued and not yet written, replay frames excluded
-	writing bool  // a write loop is running
-	closed  bool  // no more frames are accepted
+	mu     sync.Mutex
+	queue  []outFrame
+	spare  []outFrame
+	queued int64 // bytes queued and not yet written, replay frames excluded
+	// replayQueued counts the exempt bytes of the replay burst being written.
+	replayQueued int64
+	writing      bool // a write loop is running
+	closed       bool // no more frames are accepted
 
 	closeOnce sync.Once
 	cleaned   atomic.Bool // cleanup ran: the read loop has ended
@@ -100,10 +102,20 @@ type appMessage struct {
 // the frame was queued; a full queue applies the slow-consumer policy.
 func (c *conn) enqueue(b []byte, at time.Time) bool { return c.enqueueFrame(b, at, false) }
 
-// sendReplay queues frames of a replay or resume gap fill. They are exempt
-// from max_backpressure: the client asked for them, and their total is
-// bounded by the buffer's size; live frames that follow still count them.
-func (c *conn) sendReplay(b []byte) bool { return c.enqueueFrame(b, time.Time{}, true) }
+// sendReplay queues the frames of one replay or resume gap fill. One such
+// burst at a time is exempt from max_backpressure: the client asked for it
+// and a buffer bounds it, and a reconnecting client must be able to catch
+// up on more than the limit. While a burst is still unwritten, the next one
+// counts like any frame, so a client that asks and never reads is closed
+// (or dropped from) by the slow-consumer policy instead of growing memory.
+func (c *conn) sendReplay(frames [][]byte) {
+	c.mu.Lock()
+	exempt := c.replayQueued == 0
+	c.mu.Unlock()
+	for _, b := range frames {
+		c.enqueueFrame(b, time.Time{}, exempt)
+	}
+}
 
 func (c *conn) enqueueFrame(b []byte, at time.Time, exempt bool) bool {
 	c.mu.Lock()
@@ -130,7 +142,9 @@ func (c *conn) enqueueFrame(b []byte, at time.Time, exempt bool) bool {
 		ts = at.UnixNano()
 	}
 	c.queue = append(c.queue, outFrame{b: b, at: ts, exempt: exempt})
-	if !exempt {
+	if exempt {
+		c.replayQueued += int64(len(b))
+	} else {
 		c.queued += int64(len(b))
 	}
 	start := !c.writing
@@ -165,7 +179,7 @@ func (c *conn) writeLoop() {
 		c.mu.Unlock()
 
 		s := c.g.settings()
-		var written int64
+		var written, replayWritten int64
 		for i := range batch {
 			if i > 0 && c.isClosed() {
 				return // closing (slow consumer, shutdown): the close frame goes next
@@ -183,7 +197,9 @@ func (c *conn) writeLoop() {
 			}
 			now := c.g.now()
 			c.lastWrite.Store(now.UnixNano())
-			if !f.exempt {
+			if f.exempt {
+				replayWritten += int64(len(f.b))
+			} else {
 				written += int64(len(f.b))
 			}
 			c.g.m.framesOut.Inc()
@@ -195,6 +211,7 @@ func (c *conn) writeLoop() {
 		clear(batch)
 		c.mu.Lock()
 		c.queued -= written
+		c.replayQueued -= replayWritten
 		if c.spare == nil && cap(batch) <= 256 {
 			c.spare = batch[:0] // reuse, but never pin a burst-sized slice
 		}
@@ -211,7 +228,7 @@ func (c *conn) isClosed() bool {
 func (c *conn) markClosed() {
 	c.mu.Lock()
 	c.closed = true
-	c.queue, c.queued = nil, 0
+	c.queue, c.queued, c.replayQueued = nil, 0, 0
 	c.mu.Unlock()
 }
 

@@ -146,9 +146,7 @@ func (c *conn) sendEntries(t string, entries []replay.Entry) {
 	if c.batchCap.Load() {
 		envs = splitBatches(envs)
 	}
-	for _, e := range envs {
-		c.sendReplay(e)
-	}
+	c.sendReplay(envs)
 }
 
 // replay answers a replay request (§5.4): msg frames, then one end, on
@@ -185,6 +183,7 @@ func (c *conn) replay(f *wire.Frame) {
 			return
 		}
 		topic := wire.ReplayPrefix + f.Topic
+		frames := make([][]byte, 0, len(rng.Entries))
 		for _, e := range rng.Entries {
 			data := make([]byte, 0, 48+len(f.ReqID)+len(e.Event)+len(e.Data))
 			data = append(data, '{')
@@ -200,8 +199,9 @@ func (c *conn) replay(f *wire.Frame) {
 				data = append(data, e.Data...)
 			}
 			data = append(data, '}')
-			c.sendReplay(wire.AppendEnvelope(nil, topic, "msg", data, 0))
+			frames = append(frames, wire.AppendEnvelope(nil, topic, "msg", data, 0))
 		}
+		c.sendReplay(frames)
 		if rng.Truncated {
 			c.replayEnd(f, `,"truncated":true`)
 		} else {
