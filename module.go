@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/google/uuid"
 	"go.uber.org/zap"
@@ -429,6 +430,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("starting gateway %q: %w", cfg.Name, err)
 	}
 	h.gw = v.(pooledGateway).Gateway
+	// On process exit, start closing WebSockets as soon as Caddy begins to
+	// stop rather than after the HTTP servers' grace period: hijacked
+	// connections are invisible to that grace period (caddy-go.md §3.5).
+	if ev, err := ctx.App("events"); err == nil {
+		if err := ev.(*caddyevents.App).On("stopping", drainOnExit{h.gw}); err != nil {
+			return fmt.Errorf("subscribing to the stopping event: %w", err)
+		}
+	}
 	if loaded {
 		if err := h.gw.Reconfigure(cfg); err != nil {
 			return fmt.Errorf("reconfiguring gateway %q: %w", cfg.Name, err)
@@ -612,6 +621,22 @@ func (h *Handler) Cleanup() error {
 	h.key = ""
 	_, err := gateways.Delete(key)
 	return err
+}
+
+// drainOnExit starts a gateway's drain when the process is exiting; on a
+// reload (also a "stopping" event) the gateway lives on.
+type drainOnExit struct{ gw *handlers.Gateway }
+
+// Handle implements caddyevents.Handler.
+func (d drainOnExit) Handle(context.Context, caddy.Event) error {
+	if caddy.Exiting() {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), d.gw.ShutdownBudget())
+			defer cancel()
+			_ = d.gw.Close(ctx)
+		}()
+	}
+	return nil
 }
 
 // pooledGateway adapts a gateway to caddy.Destructor.

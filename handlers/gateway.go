@@ -66,6 +66,7 @@ type Gateway struct {
 	wg     sync.WaitGroup // read loops, write loops, hook workers, the sweeper
 
 	draining  atomic.Bool
+	closed    chan struct{} // closed when Close has finished draining
 	lifeMu    sync.RWMutex // orders accepting a connection against Close's snapshot
 	conns     connIndex
 	closeOnce sync.Once
@@ -145,6 +146,7 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 		started:  cfg.Now(),
 	}
 	g.conns.init()
+	g.closed = make(chan struct{})
 	g.cfg.Store(newSettings(cfg))
 	g.ext = newExtensions(cfg)
 	g.hub = newHub(g.stamp)
@@ -201,10 +203,37 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) bool {
 
 // Close drains the gateway: new upgrades get 503, every connection is
 // closed with 1001 "Server shutting down" in random order spread over
-// ShutdownSpread, then it waits for every goroutine, bounded by ctx.
+// ShutdownSpread, then it waits for every goroutine, bounded by ctx. Every
+// call waits for the one drain, which the first caller's ctx bounds (Caddy
+// starts it at the stopping event and waits for it at cleanup).
 func (g *Gateway) Close(ctx context.Context) error {
-	var err error
+	first, err := false, error(nil)
 	g.closeOnce.Do(func() {
+		first = true
+		err = g.drain(ctx) // the first caller's ctx bounds the drain
+		close(g.closed)
+	})
+	if first {
+		return err
+	}
+	// Later callers only wait: the drain's own error was its first caller's.
+	select {
+	case <-g.closed:
+		return nil
+	default:
+	}
+	select {
+	case <-g.closed:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// drain is Close's one run.
+func (g *Gateway) drain(ctx context.Context) error {
+	var err error
+	{
 		g.lifeMu.Lock()
 		g.draining.Store(true)
 		g.lifeMu.Unlock()
@@ -264,7 +293,7 @@ func (g *Gateway) Close(ctx context.Context) error {
 			}
 		}
 		g.client.CloseIdleConnections()
-	})
+	}
 	return err
 }
 
