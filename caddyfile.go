@@ -59,6 +59,15 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //	{
 //		realtime {
 //			instance_id <id>
+//			redis <url> {
+//				key_prefix <prefix>
+//				username <user>
+//				password <password>
+//				db <n>
+//				tls
+//				client_name <name>
+//				channel <channel>
+//			}
 //		}
 //	}
 //
@@ -83,11 +92,69 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			a.InstanceID = v
+		case "redis":
+			r, err := parseRedis(d)
+			if err != nil {
+				return err
+			}
+			a.Redis = r
 		default:
 			return d.Errf("unrecognized subdirective: %s", opt)
 		}
 	}
 	return nil
+}
+
+// parseRedis reads `redis <url> { … }` of the global option.
+func parseRedis(d *caddyfile.Dispenser) (*RedisConfig, error) {
+	if !d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	r := &RedisConfig{URL: d.Val()}
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	if !strings.HasPrefix(r.URL, "redis://") && !strings.HasPrefix(r.URL, "rediss://") &&
+		!strings.HasPrefix(r.URL, "unix://") && !strings.HasPrefix(r.URL, "{") {
+		// Never quote the value: it may carry a password.
+		return nil, d.Errf("redis url must start with redis://, rediss:// or unix:// (or be a placeholder)")
+	}
+	seen := make(map[string]bool)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if seen[opt] {
+			return nil, d.Errf("%s already specified", opt)
+		}
+		seen[opt] = true
+		var err error
+		switch opt {
+		case "key_prefix":
+			r.KeyPrefix, err = singleArg(d)
+		case "username":
+			r.Username, err = singleArg(d)
+		case "password":
+			r.Password, err = singleArg(d)
+		case "client_name":
+			r.ClientName, err = singleArg(d)
+		case "channel":
+			r.Channel, err = singleArg(d)
+		case "db":
+			var n int
+			n, err = intArg(d, 0)
+			r.DB = &n
+		case "tls":
+			if d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			r.TLS = true
+		default:
+			return nil, d.Errf("unrecognized redis subdirective: %s", opt)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return r, nil
 }
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
@@ -516,8 +583,8 @@ func parseReplay(d *caddyfile.Dispenser, declared []ReplayConfig) (ReplayConfig,
 			if v, err = singleArg(d); err != nil {
 				return ReplayConfig{}, err
 			}
-			if v != "memory" {
-				return ReplayConfig{}, d.Errf("unknown replay store '%s': want memory", v)
+			if v != "memory" && v != "redis" {
+				return ReplayConfig{}, d.Errf("unknown replay store '%s': want memory or redis", v)
 			}
 			r.Store = v
 		case "size":

@@ -9,6 +9,7 @@ package realtime
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -21,8 +22,11 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/google/uuid"
+	"github.com/redis/rueidis"
 	"go.uber.org/zap"
 
+	"github.com/caddy-realtime/realtime/extensions/bus"
+	"github.com/caddy-realtime/realtime/extensions/replay"
 	"github.com/caddy-realtime/realtime/handlers"
 )
 
@@ -45,7 +49,44 @@ type App struct {
 	// backend. Default: a random UUID per process start.
 	InstanceID string `json:"instance_id,omitempty"`
 
-	logger *zap.Logger
+	// Redis makes every realtime handler of this Caddy one gateway with
+	// those of every other instance using the same Redis: publishes reach
+	// all instances and `store redis` replay buffers are shared.
+	// Default: none (in memory, this instance only).
+	Redis *RedisConfig `json:"redis,omitempty"`
+
+	logger   *zap.Logger
+	redis    rueidis.Client
+	redisKey string
+}
+
+// RedisConfig configures the shared Redis client.
+type RedisConfig struct {
+	// URL is redis://[user:password@]host:port[/db] or rediss:// for TLS
+	// (rueidis.ParseURL syntax). Required. Placeholders such as
+	// {env.REDIS_URL} are resolved.
+	URL string `json:"url,omitempty"`
+
+	// Username and Password override those of the URL. Placeholders are
+	// resolved. They never appear in logs or errors.
+	Username string `json:"username,omitempty"`
+	Password string `json:"password,omitempty"`
+
+	// DB selects the database, overriding the URL's. Default: the URL's, or 0.
+	DB *int `json:"db,omitempty"`
+
+	// TLS connects with TLS even for a redis:// URL. Default: false.
+	TLS bool `json:"tls,omitempty"`
+
+	// ClientName is sent with CLIENT SETNAME. Default: caddy-realtime.
+	ClientName string `json:"client_name,omitempty"`
+
+	// KeyPrefix starts every key this module writes. Default: none.
+	KeyPrefix string `json:"key_prefix,omitempty"`
+
+	// Channel is the bus's pub/sub channel; the reference package's Node
+	// apps use the same default. Default: uws:pubsub.
+	Channel string `json:"channel,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -56,13 +97,106 @@ func (App) CaddyModule() caddy.ModuleInfo {
 // processInstanceID is generated once per process so that reloads keep it.
 var processInstanceID = uuid.NewString()
 
-// Provision fills defaults.
+// redisClients shares one rueidis client per Redis configuration across
+// reloads: a reload never drops the bus's subscription.
+var redisClients = caddy.NewUsagePool()
+
+// Provision fills defaults and gets the shared Redis client, if any.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
 	if a.InstanceID == "" {
 		a.InstanceID = processInstanceID
 	}
+	if a.Redis == nil {
+		return nil
+	}
+	opt, key, err := a.Redis.clientOption()
+	if err != nil {
+		return err
+	}
+	v, _, err := redisClients.LoadOrNew(key, func() (caddy.Destructor, error) {
+		c, err := rueidis.NewClient(opt)
+		if err != nil {
+			return nil, fmt.Errorf("redis unreachable at %s: %w (check the redis url; Caddy does not start without it)", strings.Join(opt.InitAddress, ","), redactErr(err, opt.Password))
+		}
+		return pooledRedis{c}, nil
+	})
+	if err != nil {
+		return err
+	}
+	a.redis, a.redisKey = v.(pooledRedis).Client, key
 	return nil
+}
+
+// clientOption maps the config onto rueidis options, with placeholders
+// resolved; key identifies the client in the pool (it holds no secret in
+// clear: a hash).
+func (r *RedisConfig) clientOption() (rueidis.ClientOption, string, error) {
+	repl := caddy.NewReplacer()
+	url := repl.ReplaceAll(r.URL, "")
+	if url == "" {
+		return rueidis.ClientOption{}, "", errors.New("redis: url is required")
+	}
+	opt, err := rueidis.ParseURL(url)
+	if err != nil {
+		// ParseURL errors can quote the URL: never echo it (it may hold a password).
+		return opt, "", errors.New("redis: url is not a valid redis:// or rediss:// url")
+	}
+	if r.Username != "" {
+		opt.Username = repl.ReplaceAll(r.Username, "")
+	}
+	if r.Password != "" {
+		opt.Password = repl.ReplaceAll(r.Password, "")
+	}
+	if r.DB != nil {
+		opt.SelectDB = *r.DB
+	}
+	if r.TLS && opt.TLSConfig == nil {
+		opt.TLSConfig = &tls.Config{ServerName: strings.Split(opt.InitAddress[0], ":")[0], MinVersion: tls.VersionTLS12}
+	}
+	opt.ClientName = r.ClientName
+	if opt.ClientName == "" {
+		opt.ClientName = "caddy-realtime"
+	}
+	// Settings from centrifuge's production use (caddy-go.md §5.1): no
+	// client-side cache, pipelining, no retries without deadlines, and a
+	// keepalive that notices a dead server in about a second.
+	opt.DisableCache = true
+	opt.AlwaysPipelining = true
+	opt.DisableRetry = true
+	opt.Dialer.KeepAlive = 400 * time.Millisecond
+	opt.Dialer.Timeout = 3 * time.Second
+	opt.ConnWriteTimeout = 3 * time.Second
+	sum := sha256.Sum256([]byte(strings.Join([]string{url, opt.Username, opt.Password, fmt.Sprint(opt.SelectDB, r.TLS), opt.ClientName}, "\x00")))
+	return opt, "redis:" + hex.EncodeToString(sum[:]), nil
+}
+
+// redactErr removes a password from an error's text.
+func redactErr(err error, password string) error {
+	if password == "" || !strings.Contains(err.Error(), password) {
+		return err
+	}
+	return errors.New(strings.ReplaceAll(err.Error(), password, "xxxxx"))
+}
+
+// pooledRedis adapts a rueidis client to caddy.Destructor.
+type pooledRedis struct{ rueidis.Client }
+
+// Destruct closes the client once no config uses it.
+func (p pooledRedis) Destruct() error {
+	p.Close()
+	return nil
+}
+
+// Cleanup releases this config's reference to the Redis client.
+func (a *App) Cleanup() error {
+	if a.redisKey == "" {
+		return nil
+	}
+	key := a.redisKey
+	a.redisKey = ""
+	_, err := redisClients.Delete(key)
+	return err
 }
 
 // Start does nothing yet: the in-memory default has nothing to dial.
@@ -417,9 +551,36 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	// Every other option is applied to the live gateway by Reconfigure.
 	h.key = "gateway:" + cfg.Name + ":" + h.extensionsFingerprint()
 	logger := h.logger
+	for _, r := range h.Replay {
+		if r.Store == "redis" && app.redis == nil {
+			return fmt.Errorf("replay %q: store redis needs the global option realtime { redis <url> }", r.Topics)
+		}
+	}
+	opts := handlers.Options{Logger: logger, InstanceID: app.InstanceID}
+	if app.redis != nil {
+		client, rc := app.redis, app.Redis
+		channel := rc.Channel
+		if channel == "" {
+			channel = "uws:pubsub"
+		}
+		opts.BusName = "redis"
+		opts.NewBus = func(h bus.Handler, onHealth func(bool)) (bus.Bus, error) {
+			return bus.NewRedis(client, bus.RedisConfig{Channel: channel, InstanceID: app.InstanceID, Handler: h, OnHealth: onHealth})
+		}
+		for i := range cfg.Replay {
+			if h.Replay[i].Store == "redis" {
+				cfg.Replay[i].NewStore = func(c replay.Config) (replay.Store, error) {
+					return replay.NewRedis(client, replay.RedisConfig{Config: c, KeyPrefix: rc.KeyPrefix, Channel: channel})
+				}
+			}
+		}
+	}
+	// The Redis client is part of the gateway's identity: another Redis
+	// means another bus.
+	h.key += ":" + app.redisKey
 	v, loaded, err := gateways.LoadOrNew(h.key, func() (caddy.Destructor, error) {
 		// Not ctx: the gateway outlives this config (caddy-go.md pitfall 2).
-		gw, err := handlers.New(cfg, handlers.Options{Logger: logger, InstanceID: app.InstanceID})
+		gw, err := handlers.New(cfg, opts)
 		if err != nil {
 			return nil, err
 		}
@@ -516,9 +677,9 @@ func (h *Handler) gatewayConfig() (handlers.Config, error) {
 	for _, r := range h.Replay {
 		notice := r.TruncationNotice == nil || *r.TruncationNotice
 		switch r.Store {
-		case "", "memory":
+		case "", "memory", "redis":
 		default:
-			return cfg, fmt.Errorf("replay %q: store %q is not available (memory)", r.Topics, r.Store)
+			return cfg, fmt.Errorf("replay %q: store %q is not available (memory, redis)", r.Topics, r.Store)
 		}
 		cfg.Replay = append(cfg.Replay, handlers.ReplayConfig{Topics: r.Topics, Size: r.Size, TTL: time.Duration(r.TTL), TruncationNotice: notice})
 	}
@@ -654,6 +815,7 @@ func (p pooledGateway) Destruct() error {
 var (
 	_ caddy.App                   = (*App)(nil)
 	_ caddy.Provisioner           = (*App)(nil)
+	_ caddy.CleanerUpper          = (*App)(nil)
 	_ caddy.Provisioner           = (*Handler)(nil)
 	_ caddy.CleanerUpper          = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)

@@ -102,6 +102,13 @@ func freePort(t testing.TB) int {
 // process is stopped with SIGTERM at the end of the test.
 func startCaddy(t testing.TB, site string) *instance {
 	t.Helper()
+	return startCaddyWith(t, "", site)
+}
+
+// startCaddyWith is startCaddy with extra global options (e.g. the
+// realtime app's redis).
+func startCaddyWith(t testing.TB, global, site string) *instance {
+	t.Helper()
 	if caddyBin == "" {
 		t.Skip("integration tests need the Caddy binary; skipped in -short mode")
 	}
@@ -117,12 +124,13 @@ func startCaddy(t testing.TB, site string) *instance {
 		output stderr
 		level DEBUG
 	}
+%s
 }
 
 http://127.0.0.1:%d {
 %s
 }
-`, dir, port, port, strings.ReplaceAll(site, "{PORT}", strconv.Itoa(port)))
+`, dir, port, global, port, strings.ReplaceAll(site, "{PORT}", strconv.Itoa(port)))
 	path := filepath.Join(dir, "Caddyfile")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

@@ -27,6 +27,7 @@ export function connect({ path = '/ws' } = {}) {
 	const statusFns = new Set();
 	const sessionFns = new Set();
 	const queue = []; // frames waiting for an open socket
+	const unfinished = new Map(); // reqId -> replay frame still waiting for its end
 	let requestHandler = null;
 
 	let ws = null;
@@ -95,6 +96,8 @@ export function connect({ path = '/ws' } = {}) {
 			}
 			pendingSubs.clear();
 			subscribeFrames(held());
+			// A replay whose `end` never came (the socket closed) is asked again.
+			for (const frame of unfinished.values()) send(frame);
 			while (queue.length && isOpen()) ws.send(JSON.stringify(queue.shift()));
 		};
 		sock.onmessage = (e) => {
@@ -200,16 +203,25 @@ export function connect({ path = '/ws' } = {}) {
 		const offReplay = on(`__replay:${topic}`, (e) => {
 			const d = e.data;
 			if (e.event === 'msg' && d && d.reqId === id) {
-				if (typeof d.seq === 'number') seqs.set(topic, d.seq);
+				if (typeof d.seq === 'number') {
+					seqs.set(topic, d.seq);
+					frame.since = d.seq; // a repeated request continues from here
+				}
 				fn({ topic, event: d.event, data: d.data, seq: d.seq });
 			} else if (e.event === 'end' && (d == null || d.reqId === undefined || d.reqId === id)) {
 				done = true;
+				unfinished.delete(id);
 				offReplay();
 				if (d && d.truncated) fn({ topic, event: 'truncated', data: null });
 			}
 		});
-		sendQueued({ type: 'replay', topic, since, reqId: id });
+		const frame = { type: 'replay', topic, since, reqId: id };
+		unfinished.set(id, frame);
+		// After the subscribe that on() queued for this tick, so nothing
+		// published between the replay and the subscribe is lost.
+		if (isOpen()) queueMicrotask(() => unfinished.has(id) && send(frame));
 		return () => {
+			unfinished.delete(id);
 			offLive();
 			offReplay();
 		};

@@ -242,25 +242,41 @@ func parsePublish(body []byte, s *settings) ([]bus.Message, []bool, *APIError) {
 	return msgs, unstamped, nil
 }
 
-// publish stamps and delivers locally, then relays through the bus. On a
-// replay store error the events before the failing one are delivered and
-// relayed; the error is returned for the rest.
+// publish stamps and delivers locally, then relays through the bus;
+// events of topics whose replay store publishes through the bus go that
+// way instead. On a store error the events before the failing one are
+// delivered and relayed; the error is returned for the rest.
 func (g *Gateway) publish(ctx context.Context, msgs []bus.Message, unstamped []bool, source string) error {
-	_, err := g.hub.publish(msgs, true, unstamped, g.now())
+	local, localUnstamped, pos, err := g.publishViaStores(ctx, msgs, unstamped)
 	if err != nil {
-		g.logger.Warn("publish: the replay store refused an event; it was not delivered", zap.Error(err))
-		n := 0
-		for n < len(msgs) && (msgs[n].Seq > 0 || noSeq(unstamped, n)) {
-			n++
-		}
-		msgs = msgs[:n]
+		g.logger.Warn("publish: the replay store refused an event; it and the events after it were not published", zap.Error(err))
 	}
-	g.m.published(source, len(msgs))
-	if len(msgs) > 0 {
-		if rerr := g.bus.Publish(ctx, msgs); rerr != nil {
-			g.logger.Warn("relaying a publish to other instances failed; local subscribers got it", zap.Error(rerr))
+	n := len(msgs) - len(local)
+	if len(local) > 0 {
+		if _, herr := g.hub.publish(local, true, localUnstamped, g.now()); herr != nil {
+			g.logger.Warn("publish: the replay store refused an event; it and the events after it were not published", zap.Error(herr))
+			k := 0
+			for k < len(local) && (local[k].Seq > 0 || noSeq(localUnstamped, k)) {
+				k++
+			}
+			local = local[:k]
+			if err == nil {
+				err = herr
+			}
 		}
+		for j := range local {
+			if pos != nil {
+				msgs[pos[j]].Seq = local[j].Seq
+			}
+		}
+		if len(local) > 0 {
+			if rerr := g.bus.Publish(ctx, local); rerr != nil {
+				g.logger.Warn("relaying a publish to other instances failed; local subscribers got it", zap.Error(rerr))
+			}
+		}
+		n += len(local)
 	}
+	g.m.published(source, n)
 	return err
 }
 

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddy-realtime/realtime/extensions/replay"
 	"github.com/caddy-realtime/realtime/extensions/wire"
 )
 
@@ -85,6 +86,9 @@ type ReplayConfig struct {
 	Size             int           // default 1000
 	TTL              time.Duration // 0: never
 	TruncationNotice bool          // send "truncated" before a partial gap fill
+
+	// NewStore builds the store (Redis, Postgres). Default: memory.
+	NewStore func(cfg replay.Config) (replay.Store, error)
 }
 
 // PresenceConfig enables presence on matching topics (PROTOCOL.md §6.1).

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"net/http"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,6 +23,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-realtime/realtime/extensions/bus"
+	"github.com/caddy-realtime/realtime/extensions/replay"
 	"github.com/caddy-realtime/realtime/extensions/wire"
 )
 
@@ -42,9 +44,13 @@ type Options struct {
 	InstanceID string
 
 	// NewBus builds the bus that relays publishes to other instances,
-	// delivering theirs to h. Default: an in-memory bus alone on this
+	// delivering theirs to h and reporting its health changes to onHealth
+	// (both must not block). Default: an in-memory bus alone on this
 	// instance (nothing to relay).
-	NewBus func(h bus.Handler) (bus.Bus, error)
+	NewBus func(h bus.Handler, onHealth func(healthy bool)) (bus.Bus, error)
+
+	// BusName names the bus backend in GET /health. Default: memory.
+	BusName string
 }
 
 // Gateway is one realtime endpoint: its connections, topic index, HTTP API
@@ -67,9 +73,12 @@ type Gateway struct {
 
 	draining  atomic.Bool
 	closed    chan struct{} // closed when Close has finished draining
-	lifeMu    sync.RWMutex // orders accepting a connection against Close's snapshot
+	lifeMu    sync.RWMutex  // orders accepting a connection against Close's snapshot
 	conns     connIndex
 	closeOnce sync.Once
+
+	busName string
+	healthy atomic.Bool // the shared backends are reachable (PROTOCOL.md §4.3)
 
 	ext      *extensions // replay, presence, cursors, groups, rate limit: fixed for the gateway's life
 	presence presenceTopics
@@ -81,11 +90,12 @@ type Gateway struct {
 // config that changes extensions gets a new gateway (the pool key covers
 // them), because their state cannot be carried over piecemeal.
 type extensions struct {
-	replay   []*replayRule
-	presence []*presenceRule
-	cursors  []*cursorRule
-	groups   map[string]*group
-	rate     *rateRule
+	replay    []*replayRule
+	busStores bool // some replay store publishes through the bus itself
+	presence  []*presenceRule
+	cursors   []*cursorRule
+	groups    map[string]*group
+	rate      *rateRule
 }
 
 // sweeper is implemented by memory backends that free idle state when
@@ -106,14 +116,25 @@ func (e *extensions) sweep(now time.Time) {
 	}
 }
 
-func newExtensions(cfg Config) *extensions {
-	return &extensions{
-		replay:   newReplayRules(cfg.Replay, cfg.Now),
-		presence: newPresenceRules(cfg.Presence, cfg.Now),
-		cursors:  newCursorRules(cfg.Cursors, cfg.Now),
-		groups:   newGroups(cfg.Groups, cfg.Now),
-		rate:     newRateRule(cfg.RateLimit, cfg.Now),
+func newExtensions(cfg Config) (*extensions, error) {
+	replayRules, err := newReplayRules(cfg.Replay, cfg.Now)
+	if err != nil {
+		return nil, err
 	}
+	busStores := false
+	for _, r := range replayRules {
+		if _, ok := r.store.(replay.BusAppender); ok {
+			busStores = true
+		}
+	}
+	return &extensions{
+		replay:    replayRules,
+		busStores: busStores,
+		presence:  newPresenceRules(cfg.Presence, cfg.Now),
+		cursors:   newCursorRules(cfg.Cursors, cfg.Now),
+		groups:    newGroups(cfg.Groups, cfg.Now),
+		rate:      newRateRule(cfg.RateLimit, cfg.Now),
+	}, nil
 }
 
 // New builds a gateway and starts its sweeper. The caller must Close it.
@@ -148,17 +169,24 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 	g.conns.init()
 	g.closed = make(chan struct{})
 	g.cfg.Store(newSettings(cfg))
-	g.ext = newExtensions(cfg)
+	ext, err := newExtensions(cfg)
+	if err != nil {
+		return nil, err
+	}
+	g.ext = ext
 	g.hub = newHub(g.stamp)
 	g.presence.g, g.cursors.g, g.events.g = g, g, g
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	newBus := opts.NewBus
+	g.busName = opts.BusName
 	if newBus == nil {
-		newBus = func(h bus.Handler) (bus.Bus, error) {
+		g.busName = "memory"
+		newBus = func(h bus.Handler, _ func(bool)) (bus.Bus, error) {
 			return bus.NewMemory(bus.MemoryConfig{Handler: h}), nil
 		}
 	}
-	b, err := newBus(g.deliverRemote)
+	g.healthy.Store(true)
+	b, err := newBus(g.deliverRemote, g.setHealth)
 	if err != nil {
 		g.cancel()
 		return nil, err
@@ -433,4 +461,25 @@ func (g *Gateway) unregister(c *conn) {
 // up to 5 s for each peer's close frame).
 func (g *Gateway) ShutdownBudget() time.Duration {
 	return g.settings().ShutdownSpread + 7*time.Second
+}
+
+// setHealth tells every connection that a shared backend became unhealthy
+// (degraded) or healed (recovered), on __realtime (PROTOCOL.md §4.3). It is
+// the bus's health callback: it only enqueues.
+func (g *Gateway) setHealth(healthy bool) {
+	if g.healthy.Swap(healthy) == healthy {
+		return
+	}
+	event := "recovered"
+	if !healthy {
+		event = "degraded"
+		g.logger.Warn("the bus lost its backend: local delivery continues, clients are told degraded", zap.String("bus", g.busName))
+	} else {
+		g.logger.Info("the bus recovered", zap.String("bus", g.busName))
+	}
+	data := strconv.AppendInt([]byte(`{"at":`), g.now().UnixMilli(), 10)
+	frame := wire.AppendEnvelope(nil, wire.HealthTopic, event, append(data, '}'), 0)
+	for _, c := range g.conns.all() {
+		c.send(frame)
+	}
 }

@@ -171,7 +171,7 @@ func (h *hub) publish(msgs []bus.Message, stamp bool, unstamped []bool, now time
 		frame := wire.AppendEnvelope(make([]byte, 0, wire.EnvelopeSize(m.Topic, m.Event, m.Data, m.Seq)), m.Topic, m.Event, m.Data, m.Seq)
 		n := 0
 		for _, c := range t.snapshot() {
-			if c.enqueue(frame, now) {
+			if c.passFloor(m.Topic, m.Seq) && c.enqueue(frame, now) {
 				n++
 			}
 		}
@@ -244,6 +244,10 @@ func (h *hub) deliverBatch(msgs []bus.Message, envs [][]byte, names []string, lo
 		batches := splitBatches(envs)
 		n := 0
 		for _, c := range locked[names[0]].snapshot() {
+			if c.hasFloors.Load() {
+				n += c.enqueueAbove(msgs, envs, nil, now)
+				continue
+			}
 			if c.batchCap.Load() {
 				for _, b := range batches {
 					if c.enqueue(b, now) {
@@ -282,6 +286,10 @@ func (h *hub) deliverBatch(msgs []bus.Message, envs [][]byte, names []string, lo
 	n := 0
 	for _, c := range order {
 		w := perConn[c]
+		if c.hasFloors.Load() {
+			n += c.enqueueAbove(msgs, envs, w.idx, now)
+			continue
+		}
 		if !c.batchCap.Load() || len(w.idx) == 1 {
 			for _, i := range w.idx {
 				if c.enqueue(envs[i], now) {
@@ -414,6 +422,28 @@ func (h *hub) topicCount() int {
 			t.mu.Unlock()
 		}
 		s.mu.RUnlock()
+	}
+	return n
+}
+
+// enqueueAbove enqueues, one by one, the envelopes (all, or those at idx)
+// that pass c's resume floors. It is the rare path of a connection that
+// just resumed a topic delivered through the bus.
+func (c *conn) enqueueAbove(msgs []bus.Message, envs [][]byte, idx []int, now time.Time) int {
+	n := 0
+	send := func(i int) {
+		if c.passFloor(msgs[i].Topic, msgs[i].Seq) && c.enqueue(envs[i], now) {
+			n++
+		}
+	}
+	if idx == nil {
+		for i := range envs {
+			send(i)
+		}
+		return n
+	}
+	for _, i := range idx {
+		send(i)
 	}
 	return n
 }

@@ -2,6 +2,7 @@ package handlers
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"strconv"
 	"time"
@@ -24,16 +25,35 @@ const storeTimeout = 5 * time.Second
 // pendingResumeTTL is how long a resume entry waits for its subscribe (§8).
 const pendingResumeTTL = 10 * time.Second
 
-func newReplayRules(cfgs []ReplayConfig, now func() time.Time) []*replayRule {
+func newReplayRules(cfgs []ReplayConfig, now func() time.Time) ([]*replayRule, error) {
 	rules := make([]*replayRule, 0, len(cfgs))
 	for _, c := range cfgs {
-		rules = append(rules, &replayRule{
-			pattern: wire.Pattern(c.Topics),
-			cfg:     c,
-			store:   replay.NewMemory(replay.Config{Size: c.Size, TTL: c.TTL, Now: now}),
-		})
+		rc := replay.Config{Size: c.Size, TTL: c.TTL, Now: now}
+		var store replay.Store = replay.NewMemory(rc)
+		if c.NewStore != nil {
+			var err error
+			if store, err = c.NewStore(rc); err != nil {
+				return nil, fmt.Errorf("replay %q: %w", c.Topics, err)
+			}
+		}
+		rules = append(rules, &replayRule{pattern: wire.Pattern(c.Topics), cfg: c, store: store})
 	}
-	return rules
+	return rules, nil
+}
+
+// busAppender returns the topic's store when it publishes through the bus
+// itself (replay.BusAppender): then every instance, this one included,
+// delivers the topic's events from the bus, in seq order.
+func (g *Gateway) busAppender(topic string) (replay.BusAppender, *replayRule) {
+	r := g.replayFor(topic)
+	if r == nil {
+		return nil, nil
+	}
+	ba, ok := r.store.(replay.BusAppender)
+	if !ok {
+		return nil, nil
+	}
+	return ba, r
 }
 
 // replayFor returns the first replay rule matching topic, or nil.
@@ -130,6 +150,10 @@ func (c *conn) gapFill(t string, after uint64) func() {
 			c.send(wire.AppendEnvelope(nil, t, "truncated", nil, 0))
 		}
 		c.sendEntries(t, rng.Entries)
+		if _, ok := r.store.(replay.BusAppender); ok {
+			// Events up to head may still be on their way through the bus.
+			c.setFloor(t, rng.Head)
+		}
 	}
 }
 
@@ -278,4 +302,31 @@ func (r rawOrNil) MarshalJSON() ([]byte, error) {
 		return []byte("null"), nil
 	}
 	return r, nil
+}
+
+// publishViaStores sends the events of topics whose store publishes
+// through the bus (replay.BusAppender) by that store, stamping their seq in
+// msgs. It returns the other events for local delivery and relay, with
+// their positions in msgs. Events sent by a store reach this instance's
+// subscribers back through the bus, in seq order.
+func (g *Gateway) publishViaStores(ctx context.Context, msgs []bus.Message, unstamped []bool) (rest []bus.Message, restUnstamped []bool, pos []int, err error) {
+	if !g.ext.busStores {
+		return msgs, unstamped, nil, nil
+	}
+	for i := range msgs {
+		m := &msgs[i]
+		ba, _ := g.busAppender(m.Topic)
+		if ba == nil {
+			rest = append(rest, *m)
+			restUnstamped = append(restUnstamped, noSeq(unstamped, i))
+			pos = append(pos, i)
+			continue
+		}
+		seq, aerr := ba.AppendAndPublish(ctx, m.Topic, m.Event, m.Data)
+		if aerr != nil {
+			return rest, restUnstamped, pos, aerr
+		}
+		m.Seq = seq
+	}
+	return rest, restUnstamped, pos, nil
 }

@@ -86,4 +86,63 @@ fi
 say "go test -race ${short}"
 go test -race $short -count=1 -timeout 20m ./...
 
+# ---- browser tier (begin) ------------------------------------------------
+# Headless Chromium drives the demo (Caddyfile.example) against a Caddy built
+# from ./cmd/caddy, with both client generations: e2e/e2e.test.mjs. It needs
+# Node.js >= 18 and Debian's Chromium (/usr/bin/chromium, or $CHROMIUM_PATH),
+# installed from Debian packages when missing and this runs as root; the node
+# packages (playwright-core, esbuild, svelte-adapter-uws 0.3.4) come from npm
+# (npm install from e2e/package-lock.json). Where Chromium or Node.js cannot be had, the tier is
+# skipped with a message; REALTIME_E2E=require makes that a failure and
+# REALTIME_E2E=skip skips the tier. Failed tests leave screenshots and logs in
+# e2e/artifacts/.
+browser_tier() {
+	local chromium=${CHROMIUM_PATH:-/usr/bin/chromium} why=""
+	if [[ ${REALTIME_E2E:-} == skip ]]; then
+		echo "browser tier skipped: REALTIME_E2E=skip"
+		return 0
+	fi
+	if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+		apt_install nodejs npm || true
+	fi
+	if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+		why="Node.js >= 18 and npm (Debian: apt-get install nodejs npm)"
+	elif (( $(node -p 'parseInt(process.versions.node)') < 18 )); then
+		why="Node.js >= 18 (found $(node --version))"
+	elif [[ ! -x $chromium ]]; then
+		apt_install chromium || true
+		[[ -x $chromium ]] || why="Chromium at $chromium (Debian: apt-get install chromium, as root)"
+	fi
+	if [[ -n $why ]]; then
+		echo "browser tier SKIPPED: missing $why"
+		[[ ${REALTIME_E2E:-} == require ]] && { echo "REALTIME_E2E=require: failing"; return 1; }
+		return 0
+	fi
+	echo "chromium: $chromium ($("$chromium" --version 2>/dev/null | head -n1))"
+	echo "node: $(node --version), npm: $(npm --version)"
+	(
+		cd e2e
+		# Install from the lockfile when it changed since the last install.
+		# (npm install, not npm ci: svelte-adapter-uws 0.3.4 has an optional
+		# git dependency, uWebSockets.js, that npm leaves out of the lockfile,
+		# so npm ci refuses the lockfile as out of sync.)
+		if ! cmp -s package-lock.json node_modules/.installed-lock 2>/dev/null; then
+			npm install --no-save --no-audit --no-fund --loglevel=error
+			cp package-lock.json node_modules/.installed-lock
+		fi
+		node build.mjs
+	)
+	go build -o "$tmp/caddy" ./cmd/caddy
+	(
+		cd e2e
+		CHROMIUM_PATH=$chromium REALTIME_CADDY_BIN="$tmp/caddy" node --test e2e.test.mjs
+	) || { echo "browser tests failed: screenshots and logs in e2e/artifacts/"; return 1; }
+}
+
+if [[ -z "$short" ]]; then
+	say "browser tier (e2e/)"
+	browser_tier
+fi
+# ---- browser tier (end) --------------------------------------------------
+
 say "all tests passed"

@@ -110,6 +110,14 @@ type Store interface {
 	ClearAll(ctx context.Context) error
 }
 
+// BusAppender is implemented by stores that publish the event to the bus in the same atomic step that
+// assigns its seq, so every instance receives a buffered topic's events in seq order (PROTOCOL.md §5.1 rule 6)
+// no matter how instances interleave. The event then reaches every instance, the appending one included,
+// through the bus only: the caller must not deliver it locally.
+type BusAppender interface {
+	AppendAndPublish(ctx context.Context, topic, event string, data json.RawMessage) (uint64, error)
+}
+
 // DefaultSize is the default Config.Size (PROTOCOL.md §8).
 const DefaultSize = 1000
 

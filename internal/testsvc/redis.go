@@ -1,0 +1,256 @@
+// Package testsvc gives tests the real services they run against (STYLE.md
+// §7): a connection to the shared Redis with a key prefix of their own, or a
+// throwaway redis-server they may kill and restart. It is imported by tests
+// only.
+package testsvc
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/rueidis"
+)
+
+// DefaultRedisAddr is the Redis the tests use unless the environment
+// variable REALTIME_TEST_REDIS names another host:port.
+const DefaultRedisAddr = "127.0.0.1:6379"
+
+// connectTimeout bounds dialing and the first PING, so an unreachable
+// server fails a test in seconds instead of hanging it.
+const connectTimeout = 5 * time.Second
+
+const startHint = `start one with:
+	redis-server --port 6379 --save '' --appendonly no --daemonize yes
+or point REALTIME_TEST_REDIS at one (host:port); go test -short skips the tests that need it`
+
+var prefixSerial atomic.Int64
+
+// Redis connects to the test Redis (DefaultRedisAddr, or
+// $REALTIME_TEST_REDIS) and returns the client and a key prefix no other
+// test, in this process or another, uses. In t.Cleanup it deletes every key
+// under the prefix and closes the client. An unreachable server fails the
+// test with how to start one; only -short skips it.
+func Redis(t testing.TB) (rueidis.Client, string) {
+	t.Helper()
+	addr := os.Getenv("REALTIME_TEST_REDIS")
+	if addr == "" {
+		addr = DefaultRedisAddr
+	}
+	client, err := dial(addr)
+	if err != nil {
+		if testing.Short() {
+			t.Skipf("redis unreachable at %s (-short): %v", addr, err)
+		}
+		t.Fatalf("redis unreachable at %s: %v\n%s", addr, err, startHint)
+	}
+	prefix := fmt.Sprintf("rt-test:%d:%d:%s:", os.Getpid(), prefixSerial.Add(1), randomHex(4))
+	t.Cleanup(func() {
+		defer client.Close()
+		if err := deleteKeys(client, prefix); err != nil {
+			t.Errorf("deleting the test keys under %q: %v", prefix, err)
+		}
+	})
+	return client, prefix
+}
+
+// Connect returns a client of addr with the options the gateway uses
+// (reference caddy-go.md §5.1: no client-side cache, no retries of
+// read-only commands), closed in t.Cleanup. It fails the test when the
+// server does not answer within a few seconds.
+func Connect(t testing.TB, addr string) rueidis.Client {
+	t.Helper()
+	client, err := dial(addr)
+	if err != nil {
+		t.Fatalf("connecting to redis at %s: %v", addr, err)
+	}
+	t.Cleanup(client.Close)
+	return client
+}
+
+func dial(addr string) (rueidis.Client, error) {
+	client, err := rueidis.NewClient(rueidis.ClientOption{
+		InitAddress:  []string{addr},
+		DisableCache: true,
+		DisableRetry: true,
+		Dialer:       net.Dialer{Timeout: connectTimeout},
+	})
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), connectTimeout)
+	defer cancel()
+	if err := client.Do(ctx, client.B().Ping().Build()).Error(); err != nil {
+		client.Close()
+		return nil, err
+	}
+	return client, nil
+}
+
+// deleteKeys deletes every key starting with prefix (which holds no glob
+// character), one UNLINK per key so that it also works on a Cluster.
+func deleteKeys(client rueidis.Client, prefix string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, node := range client.Nodes() {
+		var cursor uint64
+		for {
+			e, err := node.Do(ctx, node.B().Scan().Cursor(cursor).Match(prefix+"*").Count(1000).Build()).AsScanEntry()
+			if err != nil {
+				return err
+			}
+			cmds := make(rueidis.Commands, 0, len(e.Elements))
+			for _, k := range e.Elements {
+				cmds = append(cmds, client.B().Unlink().Key(k).Build())
+			}
+			for _, r := range client.DoMulti(ctx, cmds...) {
+				if err := r.Error(); err != nil {
+					return err
+				}
+			}
+			if cursor = e.Cursor; cursor == 0 {
+				break
+			}
+		}
+	}
+	return nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// RedisServer is a redis-server of a test's own, without persistence, on a
+// free port of 127.0.0.1, for tests that kill and restart it.
+type RedisServer struct {
+	t    testing.TB
+	port int
+
+	mu     sync.Mutex
+	proc   *os.Process   // nil while killed
+	exited chan struct{} // closed when the process has exited
+}
+
+// StartRedis starts a redis-server on a free port and waits until it
+// answers. It stops in t.Cleanup. Without a redis-server binary the test
+// fails (-short skips it).
+func StartRedis(t testing.TB) *RedisServer {
+	t.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		if testing.Short() {
+			t.Skip("redis-server not installed (-short)")
+		}
+		t.Fatalf("redis-server not found in PATH (install Redis 7, e.g. apt-get install redis-server): %v", err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("finding a free port: %v", err)
+	}
+	s := &RedisServer{t: t, port: l.Addr().(*net.TCPAddr).Port}
+	l.Close()
+	s.start()
+	t.Cleanup(s.Kill)
+	return s
+}
+
+// Addr is the server's host:port; it stays the same across Restart.
+func (s *RedisServer) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port)) }
+
+// Kill stops the server at once (SIGKILL), as a crash would, and waits for
+// the process to exit. Killing a killed server does nothing.
+func (s *RedisServer) Kill() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proc == nil {
+		return
+	}
+	_ = s.proc.Kill()
+	<-s.exited
+	s.proc = nil
+}
+
+// Restart starts a killed server again on the same port, empty, and waits
+// until it answers. It fails the test if the server is running.
+func (s *RedisServer) Restart() {
+	s.t.Helper()
+	s.start()
+}
+
+func (s *RedisServer) start() {
+	s.t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proc != nil {
+		s.t.Fatalf("redis-server on port %d is already running", s.port)
+	}
+	var (
+		out     strings.Builder
+		lastErr error
+	)
+	// Right after a kill the port may still be busy for a moment: retry
+	// until the deadline.
+	for deadline := time.Now().Add(connectTimeout); time.Now().Before(deadline); {
+		out.Reset()
+		cmd := exec.Command("redis-server", "--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
+			"--save", "", "--appendonly", "no")
+		cmd.Stdout = &out
+		if err := cmd.Start(); err != nil {
+			s.t.Fatalf("starting redis-server: %v", err)
+		}
+		exited := make(chan struct{})
+		go func() {
+			_ = cmd.Wait()
+			close(exited)
+		}()
+		if lastErr = waitPing(s.Addr(), exited, deadline); lastErr == nil {
+			s.proc, s.exited = cmd.Process, exited
+			return
+		}
+		_ = cmd.Process.Kill()
+		<-exited
+	}
+	s.t.Fatalf("starting redis-server on port %d: %v\n%s", s.port, lastErr, out.String())
+}
+
+// waitPing polls addr with PING until it answers, the process exits or the
+// deadline passes.
+func waitPing(addr string, exited <-chan struct{}, deadline time.Time) error {
+	for {
+		conn, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			_ = conn.SetDeadline(time.Now().Add(time.Second))
+			var line string
+			if _, err = conn.Write([]byte("PING\r\n")); err == nil {
+				line, err = bufio.NewReader(conn).ReadString('\n')
+			}
+			conn.Close()
+			if err == nil && strings.HasPrefix(line, "+PONG") {
+				return nil
+			}
+			if err == nil {
+				err = fmt.Errorf("PING answered %q", strings.TrimSpace(line))
+			}
+		}
+		select {
+		case <-exited:
+			return fmt.Errorf("redis-server exited (last error: %v)", err)
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+	}
+}
