@@ -312,6 +312,7 @@ func TestClusterRedisOutage(t *testing.T) {
 		}
 	}
 	waitFor(t, 15*time.Second, "degraded on instance A", sawDegraded(a))
+	waitFor(t, 15*time.Second, "degraded on instance B", sawDegraded(b))
 	// Local delivery kept working meanwhile.
 	publish(t, cl.nodes[0], `{"topic":"news","event":"during","data":1,"seq":false}`)
 	for {

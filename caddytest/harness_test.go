@@ -112,6 +112,21 @@ func startCaddyWith(t testing.TB, global, site string) *instance {
 	if caddyBin == "" {
 		t.Skip("integration tests need the Caddy binary; skipped in -short mode")
 	}
+	// Another process may take the free port between our probe and
+	// Caddy's listen: try a few ports before calling it a failure.
+	for attempt := 1; ; attempt++ {
+		in, err := tryStartCaddy(t, global, site)
+		if err == nil {
+			return in
+		}
+		if attempt == 3 || !strings.Contains(in.logs.String(), "address already in use") {
+			t.Fatalf("%v\n%s", err, in.logs.String())
+		}
+	}
+}
+
+func tryStartCaddy(t testing.TB, global, site string) (*instance, error) {
+	t.Helper()
 	port := freePort(t)
 	dir := t.TempDir()
 	cfg := fmt.Sprintf(`{
@@ -140,7 +155,7 @@ http://127.0.0.1:%d {
 	in.cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+dir+"/data", "XDG_CONFIG_HOME="+dir+"/config", "HOME="+dir)
 	in.cmd.Stdout, in.cmd.Stderr = in.logs, in.logs
 	if err := in.cmd.Start(); err != nil {
-		t.Fatal(err)
+		return in, err
 	}
 	go func() { in.err = in.cmd.Wait(); close(in.done) }()
 	t.Cleanup(func() {
@@ -153,16 +168,16 @@ http://127.0.0.1:%d {
 	for {
 		select {
 		case <-in.done:
-			t.Fatalf("caddy exited at start: %v\n%s", in.err, in.logs.String())
+			return in, fmt.Errorf("caddy exited at start: %v", in.err)
 		default:
 		}
 		c, err := net.DialTimeout("tcp", in.addr(), 100*time.Millisecond)
 		if err == nil {
 			c.Close()
-			return in
+			return in, nil
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("caddy did not listen on %s within 20s\n%s", in.addr(), in.logs.String())
+			return in, fmt.Errorf("caddy did not listen on %s within 20s", in.addr())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -3,7 +3,7 @@
 import { connect } from './realtime.js';
 import { identity, mountUI, applyChat, applyCrud } from './ui.js';
 
-const me = identity(); // sets the `user` cookie before the socket opens
+const me = await identity(); // the `user` cookie is set before the socket opens
 const rt = connect();
 const ui = mountUI({ me, onCursor: (data) => rt.moveCursor('canvas', data) });
 

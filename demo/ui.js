@@ -11,11 +11,21 @@ const NAME = /^[A-Za-z0-9._~-]{1,32}$/;
  * gateway's auth hook (the /_demo/auth route of Caddyfile.example) turns into
  * the identity {"id": "<name>"}: tabs of one browser are one user.
  */
-export function identity() {
+export async function identity() {
 	const asked = new URLSearchParams(location.search).get('user');
 	let name = asked && NAME.test(asked) ? asked : localStorage.getItem('demo.user');
 	if (!name || !NAME.test(name)) name = `guest-${Math.random().toString(36).slice(2, 6)}`;
 	localStorage.setItem('demo.user', name);
+	// Chromium stores document.cookie writes asynchronously: a WebSocket opened
+	// right after one may go out without the cookie (the browser tests saw it:
+	// a 401 from the auth hook, then a retry seconds later). The Cookie Store
+	// API resolves once the cookie is stored, so the upgrade carries it.
+	if (globalThis.cookieStore) {
+		try {
+			await cookieStore.set({ name: 'user', value: name, path: '/', sameSite: 'lax' });
+			return name;
+		} catch {}
+	}
 	document.cookie = `user=${name}; path=/; SameSite=Lax`;
 	return name;
 }

@@ -14,7 +14,7 @@ const result = await build({
 	bundle: true,
 	format: 'esm',
 	platform: 'browser',
-	target: 'es2020',
+	target: 'es2022', // top-level await
 	nodePaths: [join(here, 'node_modules')], // demo/ has no node_modules of its own
 	sourcemap: true,
 	legalComments: 'inline',

@@ -11,7 +11,7 @@ import { cursor } from 'svelte-adapter-uws/plugins/cursor/client';
 import { onReplay } from 'svelte-adapter-uws/plugins/replay/client';
 import { identity, mountUI, applyChat, applyCrud } from '../ui.js';
 
-const me = identity(); // sets the `user` cookie before the client connects
+const me = await identity(); // the `user` cookie is set before the client connects
 const ui = mountUI({
 	me,
 	// 0.3.4 has no cursor API of its own for moves: app code sends the frame.

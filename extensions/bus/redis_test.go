@@ -88,6 +88,20 @@ func TestNewRedisRefusesBadConfig(t *testing.T) {
 	}
 }
 
+func TestNewRedisFailsWithoutASubscription(t *testing.T) {
+	srv := testsvc.StartRedis(t)
+	client := testsvc.Connect(t, srv.Addr())
+	srv.Kill()
+	r, err := NewRedis(client, RedisConfig{InstanceID: "a", Handler: func([]Message) {}, Timeout: 200 * time.Millisecond})
+	if err == nil {
+		mustClose(t, r)
+		t.Fatal("NewRedis succeeded with Redis down")
+	}
+	if !strings.Contains(err.Error(), "did not confirm the subscription") {
+		t.Fatalf("NewRedis returned %v, want a subscription error", err)
+	}
+}
+
 // publishRaw PUBLISHes payload as redis-cli would.
 func publishRaw(t testing.TB, client rueidis.Client, channel, payload string) {
 	t.Helper()
