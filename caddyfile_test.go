@@ -959,8 +959,8 @@ func TestHandlerUnmarshalCaddyfile(t *testing.T) {
 		// Errors: replay.
 		{
 			name:    "an unknown replay store is rejected listing the accepted ones",
-			input:   "realtime {\n\treplay a {\n\t\tstore redis\n\t}\n}",
-			wantErr: "unknown replay store 'redis': want memory",
+			input:   "realtime {\n\treplay a {\n\t\tstore postgres\n\t}\n}",
+			wantErr: "unknown replay store 'postgres': want memory or redis",
 		},
 		{
 			name:    "store without a value is an argument error",
@@ -1340,8 +1340,30 @@ func TestAppUnmarshalCaddyfile(t *testing.T) {
 		},
 		{
 			name:    "an unknown subdirective is named",
-			input:   "realtime {\n\tredis redis://localhost\n}",
-			wantErr: "unrecognized subdirective: redis",
+			input:   "realtime {\n\tcluster on\n}",
+			wantErr: "unrecognized subdirective: cluster",
+		},
+		{
+			name: "redis takes a url and every option",
+			input: "realtime {\n\tredis redis://h:6379/1 {\n\t\tkey_prefix p:\n\t\tusername u\n\t\tpassword {env.P}\n" +
+				"\t\tdb 2\n\t\ttls\n\t\tclient_name c\n\t\tchannel ch\n\t}\n}",
+			want: App{Redis: &RedisConfig{URL: "redis://h:6379/1", KeyPrefix: "p:", Username: "u", Password: "{env.P}",
+				DB: intPtr(2), TLS: true, ClientName: "c", Channel: "ch"}},
+		},
+		{
+			name:    "a redis url of another scheme is rejected without echoing it",
+			input:   "realtime {\n\tredis http://user:secret@h\n}",
+			wantErr: "redis url must start with redis://",
+		},
+		{
+			name:    "an unknown redis option is named",
+			input:   "realtime {\n\tredis redis://h {\n\t\tpool 3\n\t}\n}",
+			wantErr: "unrecognized redis subdirective: pool",
+		},
+		{
+			name:    "a repeated redis option is rejected",
+			input:   "realtime {\n\tredis redis://h {\n\t\tdb 1\n\t\tdb 2\n\t}\n}",
+			wantErr: "db already specified",
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -1408,3 +1430,5 @@ func checkUnmarshal(t *testing.T, err error, wantErr string, got, want any) {
 		t.Errorf("got  %s\nwant %s", g, w)
 	}
 }
+
+func intPtr(n int) *int { return &n }

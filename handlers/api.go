@@ -527,14 +527,28 @@ func (g *Gateway) apiStats(w http.ResponseWriter, r *http.Request, s *settings) 
 	writeJSON(w, http.StatusOK, g.Stats())
 }
 
+// apiHealth reports the gateway's state: 200 "ok"; 200 "degraded" while
+// the bus's backend is unreachable (local delivery still works, so a load
+// balancer should keep the instance); 503 "draining" during shutdown.
 func (g *Gateway) apiHealth(w http.ResponseWriter, r *http.Request, s *settings) {
 	status, code := "ok", http.StatusOK
+	busState := "ok"
+	if !g.healthy.Load() {
+		status, busState = "degraded", "unreachable"
+	}
 	if g.draining.Load() {
 		status, code = "draining", http.StatusServiceUnavailable
+	}
+	bus := map[string]any{"backend": g.busName, "state": busState}
+	if c, ok := g.bus.(interface{ Invalid() uint64 }); ok {
+		bus["invalid_envelopes"] = c.Invalid()
+	}
+	if c, ok := g.bus.(interface{ Dropped() uint64 }); ok {
+		bus["dropped"] = c.Dropped()
 	}
 	writeJSON(w, code, map[string]any{
 		"status":   status,
 		"instance": g.instanceID,
-		"backends": map[string]string{"bus": "memory"},
+		"bus":      bus,
 	})
 }
