@@ -233,6 +233,7 @@ func parseRedis(d *caddyfile.Dispenser) (*RedisConfig, error) {
 //			block <duration>
 //			key ip|connection|user|<field>
 //			action drop|close
+//			on_error allow|deny
 //			subscribes
 //		}
 //		events_hook <url> {
@@ -817,6 +818,15 @@ func parseRateLimit(d *caddyfile.Dispenser) (*RateLimitConfig, error) {
 				return nil, d.Errf("unknown rate_limit action '%s': want drop or close", v)
 			}
 			rl.Action = v
+		case "on_error":
+			var v string
+			if v, err = singleArg(d); err != nil {
+				return nil, err
+			}
+			if v != "allow" && v != "deny" {
+				return nil, d.Errf("unknown rate_limit on_error policy '%s': want allow or deny", v)
+			}
+			rl.OnError = v
 		case "subscribes":
 			if d.NextArg() {
 				return nil, d.ArgErr()

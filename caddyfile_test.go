@@ -1241,6 +1241,16 @@ func TestHandlerUnmarshalCaddyfile(t *testing.T) {
 			wantErr: "unknown rate_limit action 'ban': want drop or close",
 		},
 		{
+			name:  "rate_limit on_error takes allow or deny",
+			input: "realtime {\n\trate_limit {\n\t\ton_error deny\n\t}\n}",
+			want:  Handler{RateLimit: &RateLimitConfig{OnError: "deny"}},
+		},
+		{
+			name:    "an unknown rate_limit on_error policy is rejected with the value quoted",
+			input:   "realtime {\n\trate_limit {\n\t\ton_error maybe\n\t}\n}",
+			wantErr: "unknown rate_limit on_error policy 'maybe': want allow or deny",
+		},
+		{
 			name:    "subscribes with an argument is an argument error",
 			input:   "realtime {\n\trate_limit {\n\t\tsubscribes true\n\t}\n}",
 			wantErr: "wrong argument count",

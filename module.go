@@ -26,7 +26,12 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-realtime/realtime/extensions/bus"
+	"github.com/caddy-realtime/realtime/extensions/cursor"
+	"github.com/caddy-realtime/realtime/extensions/groups"
+	"github.com/caddy-realtime/realtime/extensions/presence"
+	"github.com/caddy-realtime/realtime/extensions/ratelimit"
 	"github.com/caddy-realtime/realtime/extensions/replay"
+	"github.com/caddy-realtime/realtime/extensions/wire"
 	"github.com/caddy-realtime/realtime/handlers"
 )
 
@@ -517,6 +522,11 @@ type RateLimitConfig struct {
 	// Subscribes counts subscribe frames too (each topic one point).
 	// Default: false.
 	Subscribes bool `json:"subscribes,omitempty"`
+
+	// OnError is the policy when the limiter's backend (Redis) cannot
+	// answer: allow (fail open: frames pass) or deny (fail closed: frames
+	// are dropped). Default: allow.
+	OnError string `json:"on_error,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -565,7 +575,24 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 		opts.BusName = "redis"
 		opts.NewBus = func(h bus.Handler, onHealth func(bool)) (bus.Bus, error) {
-			return bus.NewRedis(client, bus.RedisConfig{Channel: channel, InstanceID: app.InstanceID, Handler: h, OnHealth: onHealth})
+			return bus.NewRedis(client, bus.RedisConfig{Channel: channel, InstanceID: app.InstanceID, Handler: h, OnHealth: onHealth,
+				// Instances relay cursor and group frames to each other.
+				EnvelopeOptions: bus.EnvelopeOptions{SystemTopics: wire.Patterns{wire.CursorPrefix + "*", wire.GroupPrefix + "*"}}})
+		}
+		prefix := rc.KeyPrefix
+		opts.Backends = handlers.Backends{
+			Presence: func(c presence.Config) (presence.Tracker, error) {
+				return presence.NewRedis(client, presence.RedisConfig{Config: c, KeyPrefix: prefix, InstanceID: app.InstanceID})
+			},
+			Cursor: func(c cursor.Config) (cursor.Tracker, error) {
+				return cursor.NewRedis(client, cursor.RedisConfig{Config: c, KeyPrefix: prefix, InstanceID: app.InstanceID})
+			},
+			Groups: func(c groups.Config) (groups.Registry, error) {
+				return groups.NewRedis(client, groups.RedisConfig{Config: c, KeyPrefix: prefix, InstanceID: app.InstanceID})
+			},
+			RateLimit: func(c ratelimit.Config) (ratelimit.Limiter, error) {
+				return ratelimit.NewRedis(client, ratelimit.RedisConfig{Config: c, KeyPrefix: prefix})
+			},
 		}
 		for i := range cfg.Replay {
 			if h.Replay[i].Store == "redis" {
@@ -710,6 +737,13 @@ func (h *Handler) gatewayConfig() (handlers.Config, error) {
 			r.Close = true
 		default:
 			return cfg, fmt.Errorf("rate_limit: action %q must be drop or close", rl.Action)
+		}
+		switch rl.OnError {
+		case "", "allow":
+		case "deny":
+			r.FailClosed = true
+		default:
+			return cfg, fmt.Errorf("rate_limit: on_error %q must be allow or deny", rl.OnError)
 		}
 		cfg.RateLimit = r
 	}

@@ -128,6 +128,7 @@ type RateLimitConfig struct {
 	Key        string // ip | connection | user | <identity field>; default ip
 	Close      bool   // action close (4429) instead of drop
 	Subscribes bool
+	FailClosed bool // limiter backend unreachable: refuse frames instead of allowing them
 }
 
 // Defaults of PROTOCOL.md §8.

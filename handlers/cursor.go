@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"sync"
 	"time"
@@ -20,16 +21,16 @@ type cursorRule struct {
 	tracker cursor.Tracker
 }
 
-func newCursorRules(cfgs []CursorConfig, now func() time.Time) []*cursorRule {
+func newCursorRules(cfgs []CursorConfig, b Backends, now func() time.Time, onExpire cursor.ExpireFunc) ([]*cursorRule, error) {
 	rules := make([]*cursorRule, 0, len(cfgs))
 	for _, c := range cfgs {
-		rules = append(rules, &cursorRule{
-			pattern: wire.Pattern(c.Topics),
-			cfg:     c,
-			tracker: cursor.NewMemory(cursor.Config{Throttle: c.TopicThrottle, TTL: c.TTL, Now: now}),
-		})
+		tr, err := b.cursor(cursor.Config{Throttle: c.TopicThrottle, TTL: c.TTL, Now: now, OnExpire: onExpire})
+		if err != nil {
+			return nil, fmt.Errorf("cursor %q: %w", c.Topics, err)
+		}
+		rules = append(rules, &cursorRule{pattern: wire.Pattern(c.Topics), cfg: c, tracker: tr})
 	}
-	return rules
+	return rules, nil
 }
 
 func (g *Gateway) cursorFor(t string) *cursorRule {
@@ -71,7 +72,6 @@ type mover struct {
 	latest json.RawMessage
 	user   json.RawMessage
 	timer  *time.Timer
-	stored bool // an entry exists: close must publish remove
 }
 
 // lock returns t's state locked and live (see presenceTopics.lock).
@@ -221,18 +221,10 @@ func (g *Gateway) cursorMove(c *conn, t string, data []byte, now time.Time) {
 	}
 }
 
-// cursorStore records a mover's latest data and schedules the topic flush.
-// Called with x.mu held.
+// cursorStore marks a mover's latest data changed and schedules the topic
+// flush. Called with x.mu held.
 func (g *Gateway) cursorStore(x *curTopic, c *conn, m *mover, now time.Time) {
 	e := cursor.Entry{Key: c.id, User: m.user, Data: m.latest}
-	ctx, cancel := context.WithTimeout(g.ctx, storeTimeout)
-	err := x.rule.tracker.Update(ctx, x.name, e)
-	cancel()
-	if err != nil {
-		g.logger.Warn("cursor update failed", zap.String("topic", x.name), zap.Error(err))
-		return
-	}
-	m.stored = true
 	if _, ok := x.dirty[e.Key]; !ok {
 		x.order = append(x.order, e.Key)
 	}
@@ -254,25 +246,47 @@ func (g *Gateway) cursorStore(x *curTopic, c *conn, m *mover, now time.Time) {
 
 // cursorFlush sends the changed entries: one as update, several as one
 // bulk frame (§6.2). Called with x.mu held.
+// The entries are stored in one tracker round trip when the backend can
+// (cursor.Tracker UpdateMany), and the frame is relayed to the other
+// instances once.
 func (g *Gateway) cursorFlush(x *curTopic) {
 	if len(x.dirty) == 0 {
 		return
 	}
-	var frame []byte
-	if len(x.order) == 1 {
-		frame = wire.AppendEnvelope(nil, x.frame, "update", appendEntry(nil, x.dirty[x.order[0]]), 0)
-	} else {
-		es := make([]cursor.Entry, 0, len(x.order))
-		for _, k := range x.order {
-			es = append(es, x.dirty[k])
-		}
-		frame = wire.AppendEnvelope(nil, x.frame, "bulk", appendEntries(nil, es), 0)
+	es := make([]cursor.Entry, 0, len(x.order))
+	for _, k := range x.order {
+		es = append(es, x.dirty[k])
 	}
 	clear(x.dirty)
 	x.order = x.order[:0]
+	ctx, cancel := context.WithTimeout(g.ctx, storeTimeout)
+	var err error
+	if many, ok := x.rule.tracker.(interface {
+		UpdateMany(context.Context, string, []cursor.Entry) error
+	}); ok {
+		err = many.UpdateMany(ctx, x.name, es)
+	} else {
+		for _, e := range es {
+			if err = x.rule.tracker.Update(ctx, x.name, e); err != nil {
+				break
+			}
+		}
+	}
+	cancel()
+	if err != nil {
+		g.logger.Warn("cursor update failed; the frame still goes out", zap.String("topic", x.name), zap.Error(err))
+	}
+	event, data := "update", []byte(nil)
+	if len(es) == 1 {
+		data = appendEntry(nil, es[0])
+	} else {
+		event, data = "bulk", appendEntries(nil, es)
+	}
+	frame := wire.AppendEnvelope(nil, x.frame, event, data, 0)
 	for c := range x.attached {
 		c.send(frame)
 	}
+	g.relaySystem(x.frame, event, frame)
 }
 
 // cursorRemove runs at close for every topic c moved on: the entry goes
@@ -300,7 +314,9 @@ func (g *Gateway) cursorRemove(c *conn, t string) {
 			}
 		}
 	}
-	if m.stored {
+	// A mover whose only move is still held for the flush sends remove as
+	// well: harmless for clients that never saw it, and no update follows.
+	{
 		ctx, cancel := context.WithTimeout(g.ctx, storeTimeout)
 		if err := r.tracker.Remove(ctx, t, c.id); err != nil {
 			g.logger.Warn("cursor remove failed; the entry expires after the cursor ttl", zap.String("topic", t), zap.Error(err))
@@ -310,6 +326,7 @@ func (g *Gateway) cursorRemove(c *conn, t string) {
 		for a := range x.attached {
 			a.send(frame)
 		}
+		g.relaySystem(x.frame, "remove", frame)
 	}
 	g.cursors.release(x)
 }
@@ -360,4 +377,30 @@ func (g *Gateway) apiCursors(w http.ResponseWriter, r *http.Request, s *settings
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	_, _ = w.Write(body)
+}
+
+// cursorExpired is the trackers' OnExpire: entries of a stopped instance
+// timed out, and this instance removed them, so it tells everyone.
+func (g *Gateway) cursorExpired(t string, keys []string) {
+	for _, k := range keys {
+		frame := wire.AppendEnvelope(nil, wire.CursorPrefix+t, "remove", append(appendJSONString([]byte(`{"key":`), k), '}'), 0)
+		g.cursorDeliverLocal(t, frame)
+		g.relaySystem(wire.CursorPrefix+t, "remove", frame)
+	}
+}
+
+// cursorDeliverLocal sends a cursor frame to this instance's attached
+// connections (frames relayed from other instances, expiries).
+func (g *Gateway) cursorDeliverLocal(t string, frame []byte) {
+	g.cursors.mu.Lock()
+	x := g.cursors.topics[t]
+	g.cursors.mu.Unlock()
+	if x == nil {
+		return
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for c := range x.attached {
+		c.send(frame)
+	}
 }

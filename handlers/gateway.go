@@ -9,6 +9,7 @@
 package handlers
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"math/rand/v2"
@@ -51,6 +52,9 @@ type Options struct {
 
 	// BusName names the bus backend in GET /health. Default: memory.
 	BusName string
+
+	// Backends builds the extensions' state. Default: memory backends.
+	Backends Backends
 }
 
 // Gateway is one realtime endpoint: its connections, topic index, HTTP API
@@ -116,25 +120,34 @@ func (e *extensions) sweep(now time.Time) {
 	}
 }
 
-func newExtensions(cfg Config) (*extensions, error) {
-	replayRules, err := newReplayRules(cfg.Replay, cfg.Now)
-	if err != nil {
+func newExtensions(cfg Config, b Backends, g *Gateway) (*extensions, error) {
+	e := &extensions{}
+	var err error
+	if e.replay, err = newReplayRules(cfg.Replay, cfg.Now); err != nil {
 		return nil, err
 	}
-	busStores := false
-	for _, r := range replayRules {
+	if e.presence, err = newPresenceRules(cfg.Presence, b, cfg.Now, g.presenceRemote); err != nil {
+		e.close(context.Background())
+		return nil, err
+	}
+	if e.cursors, err = newCursorRules(cfg.Cursors, b, cfg.Now, g.cursorExpired); err != nil {
+		e.close(context.Background())
+		return nil, err
+	}
+	if e.groups, err = newGroups(cfg.Groups, b, cfg.Now); err != nil {
+		e.close(context.Background())
+		return nil, err
+	}
+	if e.rate, err = newRateRule(cfg.RateLimit, b, cfg.Now); err != nil {
+		e.close(context.Background())
+		return nil, err
+	}
+	for _, r := range e.replay {
 		if _, ok := r.store.(replay.BusAppender); ok {
-			busStores = true
+			e.busStores = true
 		}
 	}
-	return &extensions{
-		replay:    replayRules,
-		busStores: busStores,
-		presence:  newPresenceRules(cfg.Presence, cfg.Now),
-		cursors:   newCursorRules(cfg.Cursors, cfg.Now),
-		groups:    newGroups(cfg.Groups, cfg.Now),
-		rate:      newRateRule(cfg.RateLimit, cfg.Now),
-	}, nil
+	return e, nil
 }
 
 // New builds a gateway and starts its sweeper. The caller must Close it.
@@ -169,7 +182,7 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 	g.conns.init()
 	g.closed = make(chan struct{})
 	g.cfg.Store(newSettings(cfg))
-	ext, err := newExtensions(cfg)
+	ext, err := newExtensions(cfg, opts.Backends, g)
 	if err != nil {
 		return nil, err
 	}
@@ -315,6 +328,7 @@ func (g *Gateway) drain(ctx context.Context) error {
 			}
 			err = ctx.Err()
 		}
+		g.ext.close(ctx)
 		if cl, ok := g.bus.(interface{ Close(context.Context) error }); ok {
 			if e := cl.Close(ctx); e != nil && err == nil {
 				err = e
@@ -482,4 +496,41 @@ func (g *Gateway) setHealth(healthy bool) {
 	for _, c := range g.conns.all() {
 		c.send(frame)
 	}
+}
+
+// relaySystem sends one of the gateway's own frames (cursor and group
+// frames) to the other instances, which deliver it to their local
+// recipients. frame is the encoded envelope; its data is relayed as is.
+func (g *Gateway) relaySystem(topic, event string, frame []byte) {
+	g.relaySystemTo(topic, event, frame, "")
+}
+
+// relaySystemTo is relaySystem with a group role filter.
+func (g *Gateway) relaySystemTo(topic, event string, frame []byte, role string) {
+	if g.busName == "memory" {
+		return // alone: nobody to relay to
+	}
+	data := envelopeData(frame)
+	m := bus.Message{Topic: topic, Event: event, Data: data}
+	if role != "" {
+		// The bus has no role field: a role-filtered group frame travels
+		// as a "direct send" to the pseudo-user role:<role>, which
+		// deliverRemote recognizes on __group: topics only.
+		m.User = "role:" + role
+	}
+	ctx, cancel := context.WithTimeout(g.ctx, storeTimeout)
+	defer cancel()
+	if err := g.bus.Publish(ctx, []bus.Message{m}); err != nil {
+		g.logger.Debug("relaying a system frame failed", zap.String("topic", topic), zap.Error(err))
+	}
+}
+
+// envelopeData returns the data of an envelope AppendEnvelope encoded
+// without seq: everything between `"data":` and the final brace.
+func envelopeData(frame []byte) []byte {
+	i := bytes.Index(frame, []byte(`","data":`))
+	if i < 0 {
+		return nil
+	}
+	return frame[i+len(`","data":`) : len(frame)-1]
 }

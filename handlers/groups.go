@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"sort"
 	"strconv"
@@ -30,11 +31,14 @@ type group struct {
 	members map[*conn]groups.Role
 }
 
-func newGroups(cfgs []GroupConfig, now func() time.Time) map[string]*group {
+func newGroups(cfgs []GroupConfig, b Backends, now func() time.Time) (map[string]*group, error) {
 	out := make(map[string]*group, len(cfgs))
 	for _, c := range cfgs {
-		gr := &group{cfg: c, frame: wire.GroupPrefix + c.Name, members: make(map[*conn]groups.Role),
-			reg: groups.NewMemory(groups.Config{TTL: c.MemberTTL, Now: now})}
+		reg, err := b.groups(groups.Config{TTL: c.MemberTTL, Now: now})
+		if err != nil {
+			return nil, fmt.Errorf("group %q: %w", c.Name, err)
+		}
+		gr := &group{cfg: c, frame: wire.GroupPrefix + c.Name, members: make(map[*conn]groups.Role), reg: reg}
 		for _, p := range c.JoinOn {
 			gr.joinOn = append(gr.joinOn, wire.Pattern(p))
 		}
@@ -43,7 +47,7 @@ func newGroups(cfgs []GroupConfig, now func() time.Time) map[string]*group {
 		}
 		out[c.Name] = gr
 	}
-	return out
+	return out, nil
 }
 
 // reservedGroupEvents are the gateway's own group frames (§4.2).
@@ -106,6 +110,7 @@ func (g *Gateway) groupJoin(gr *group, c *conn, role groups.Role) error {
 	for m := range gr.members {
 		m.send(frame)
 	}
+	g.relaySystem(gr.frame, "join", frame)
 	gr.members[c] = role
 	c.send(wire.AppendEnvelope(nil, gr.frame, "members", membersFrame(counts), 0))
 	g.events.post("group.join", map[string]any{"group": gr.cfg.Name, "connection": c.id, "role": role, "count": counts.Total()})
@@ -132,6 +137,7 @@ func (g *Gateway) groupLeave(gr *group, c *conn) {
 	for m := range gr.members {
 		m.send(frame)
 	}
+	g.relaySystem(gr.frame, "leave", frame)
 	g.events.post("group.leave", map[string]any{"group": gr.cfg.Name, "connection": c.id, "role": role, "count": counts.Total()})
 }
 
@@ -148,6 +154,7 @@ func (g *Gateway) groupClose(ctx context.Context, gr *group) error {
 		m.send(frame)
 	}
 	clear(gr.members)
+	g.relaySystem(gr.frame, "close", frame)
 	g.events.post("group.close", map[string]any{"group": gr.cfg.Name})
 	return nil
 }
@@ -166,6 +173,7 @@ func (g *Gateway) groupPublish(gr *group, event string, data []byte, role groups
 			}
 		}
 	}
+	g.relaySystemTo(gr.frame, event, frame, string(role))
 	return n
 }
 

@@ -359,6 +359,10 @@ func (g *Gateway) deliverRemote(msgs []bus.Message) {
 	now := g.now()
 	var topics []bus.Message
 	for _, m := range msgs {
+		if wire.IsSystem(m.Topic) {
+			g.deliverSystem(m)
+			continue
+		}
 		if m.User != "" {
 			g.sendUser(m.User, wire.AppendEnvelope(nil, m.Topic, m.Event, m.Data, 0))
 			continue
@@ -368,5 +372,35 @@ func (g *Gateway) deliverRemote(msgs []bus.Message) {
 	if len(topics) > 0 {
 		g.m.published("bus", len(topics))
 		_, _ = g.hub.publish(topics, false, nil, now) // no stamping: cannot fail
+	}
+}
+
+// deliverSystem delivers a gateway frame relayed by another instance to
+// this instance's recipients: attached cursor connections, or group
+// members (all, or those of a role).
+func (g *Gateway) deliverSystem(m bus.Message) {
+	frame := wire.AppendEnvelope(nil, m.Topic, m.Event, m.Data, 0)
+	switch prefix, inner := splitSystem(m.Topic); prefix {
+	case wire.CursorPrefix:
+		g.cursorDeliverLocal(inner, frame)
+	case wire.GroupPrefix:
+		gr := g.ext.groups[inner]
+		if gr == nil {
+			return
+		}
+		role := ""
+		if len(m.User) > len("role:") && m.User[:len("role:")] == "role:" {
+			role = m.User[len("role:"):]
+		}
+		gr.mu.Lock()
+		defer gr.mu.Unlock()
+		for c, r := range gr.members {
+			if role == "" || string(r) == role {
+				c.send(frame)
+			}
+		}
+		if m.Event == "close" {
+			clear(gr.members) // closed everywhere: membership ends here too
+		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"sync"
 	"time"
@@ -81,16 +82,40 @@ type presChange struct {
 	joiner *conn // legacy join frames skip the connection that caused them
 }
 
-func newPresenceRules(cfgs []PresenceConfig, now func() time.Time) []*presenceRule {
+func newPresenceRules(cfgs []PresenceConfig, b Backends, now func() time.Time, onChange presence.ChangeFunc) ([]*presenceRule, error) {
 	rules := make([]*presenceRule, 0, len(cfgs))
 	for _, c := range cfgs {
-		rules = append(rules, &presenceRule{
-			pattern: wire.Pattern(c.Topics),
-			cfg:     c,
-			tracker: presence.NewMemory(presence.Config{TTL: c.TTL, Now: now}),
-		})
+		hb := c.Heartbeat
+		if hb < 0 {
+			hb = 0 // the heartbeat frame is off; the backend keeps its own refresh default
+		}
+		tr, err := b.presence(presence.Config{TTL: c.TTL, Heartbeat: min(hb, c.TTL/3), Now: now, OnChange: onChange})
+		if err != nil {
+			return nil, fmt.Errorf("presence %q: %w", c.Topics, err)
+		}
+		rules = append(rules, &presenceRule{pattern: wire.Pattern(c.Topics), cfg: c, tracker: tr})
 	}
-	return rules
+	return rules, nil
+}
+
+// presenceRemote merges changes made on other instances (and expiries of
+// dead instances' members) into the local topics' pending diffs. It is the
+// trackers' OnChange: it only records and schedules.
+func (g *Gateway) presenceRemote(changes []presence.Change) {
+	for _, ch := range changes {
+		g.presence.mu.Lock()
+		pt := g.presence.topics[ch.Topic]
+		g.presence.mu.Unlock()
+		if pt == nil {
+			continue // nobody here receives the topic's frames
+		}
+		pt.mu.Lock()
+		if !pt.dead && ch.Kind != presence.NoChange {
+			pt.record(ch.Member.Key, ch.Kind, ch.Member.Data, nil)
+			g.schedulePresence(pt)
+		}
+		pt.mu.Unlock()
+	}
 }
 
 func (g *Gateway) presenceFor(t string) *presenceRule {

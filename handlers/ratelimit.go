@@ -2,6 +2,7 @@ package handlers
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"time"
 
@@ -17,13 +18,15 @@ type rateRule struct {
 	limiter ratelimit.Limiter
 }
 
-func newRateRule(cfg *RateLimitConfig, now func() time.Time) *rateRule {
+func newRateRule(cfg *RateLimitConfig, b Backends, now func() time.Time) (*rateRule, error) {
 	if cfg == nil {
-		return nil
+		return nil, nil
 	}
-	return &rateRule{cfg: *cfg, limiter: ratelimit.NewMemory(ratelimit.Config{
-		Points: cfg.Points, Interval: cfg.Interval, Block: cfg.Block, Now: now,
-	})}
+	l, err := b.rateLimit(ratelimit.Config{Points: cfg.Points, Interval: cfg.Interval, Block: cfg.Block, Now: now})
+	if err != nil {
+		return nil, fmt.Errorf("rate_limit: %w", err)
+	}
+	return &rateRule{cfg: *cfg, limiter: l}, nil
 }
 
 // rateKey names what the directive limits for c. Keys are namespaced by
@@ -59,7 +62,12 @@ func (c *conn) rateAllow(cost int) bool {
 	res, err := r.limiter.Consume(ctx, r.rateKey(c), cost)
 	cancel()
 	if err != nil {
-		return true // the limiter failed: fail open (logged by the backend's health)
+		// The limiter's backend failed: the documented policy decides.
+		if !r.cfg.FailClosed {
+			return true
+		}
+		c.g.m.dropRate.Inc()
+		return false
 	}
 	if res.Allowed {
 		return true

@@ -18,10 +18,12 @@
 //
 // # Backends
 //
-// Memory serves one instance; planned beside it: Redis (a hash per topic
-// with per-entry timestamps, reaped by live instances). Each runs one
-// conformance suite (cursor_test.go). Throttle is the clock-free decision
-// behind the per-connection and per-topic throttles.
+// Memory serves one instance. Redis serves a cluster sharing a Redis 7.0
+// server or Cluster: a hash per topic, per-instance leases on the Redis
+// clock, expired entries reaped by one live instance, which reports them
+// through OnExpire; it starts a goroutine and must be closed (Redis.Close).
+// Each runs one conformance suite (cursor_test.go). Throttle is the
+// clock-free decision behind the per-connection and per-topic throttles.
 package cursor
 
 import (

@@ -25,8 +25,12 @@
 //
 // # Backends
 //
-// Memory serves one instance; planned beside it: Redis (one hash slot per
-// group, Lua scripts). Each runs one conformance suite (groups_test.go).
+// Memory serves one instance. Redis (redis.go) serves a cluster: one hash
+// slot per group, one Lua script per call, member expiry by the server's
+// clock, and a heartbeat goroutine per registry. A Redis registry is
+// stopped with Shutdown(ctx), which also removes its instance's members;
+// the method cannot be called Close, the name Registry gives to closing a
+// group. Both run one conformance suite (groups_test.go).
 package groups
 
 import (

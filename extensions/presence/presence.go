@@ -28,9 +28,12 @@
 //
 // # Backends
 //
-// Memory serves one instance; planned beside it: Redis (per-field expiry
-// without Redis 7.4's HPEXPIRE, one hash slot per topic). Each runs one
-// conformance suite (presence_test.go).
+// Memory serves one instance. Redis serves a cluster sharing a Redis 7.0
+// server or Cluster: one hash slot per topic, O(1) scripts for Join and
+// Leave, expiry by per-instance leases on the Redis clock (not Redis 7.4's
+// per-field HPEXPIRE), changes relayed on a Pub/Sub channel; it starts
+// goroutines and must be closed (Redis.Close). Each runs one conformance
+// suite (presence_test.go).
 package presence
 
 import (

@@ -11,10 +11,11 @@
 //   - memory: a token bucket per key (tokens and the time of the last
 //     refill, refilled continuously), swept once full and idle;
 //   - Redis: GCRA, one theoretical-arrival-time value per key, computed in
-//     one Lua script with the server's clock (Redis TIME), so instances
-//     with skewed clocks agree (extensions-study.md L-11). Its keys carry a
-//     version prefix ("v1:") so that a later change of algorithm cannot
-//     misread them during a rolling deploy (L-42).
+//     one Lua script with the server's clock (Redis TIME, to the
+//     microsecond), so instances with skewed clocks agree
+//     (extensions-study.md L-11). Its keys carry a version ("rl:v1:") so
+//     that a later change of algorithm cannot misread them during a
+//     rolling deploy (L-42; redis.go says what that costs meanwhile).
 //
 // The reference package used a fixed window, which lets 2×Points through
 // around a window boundary; a bucket does not.
@@ -27,8 +28,10 @@
 //
 // # Backends
 //
-// Planned beside this file: memory (one instance) and Redis. Each will run
-// one conformance suite.
+// Memory (memory.go) serves one instance; Redis (redis.go) serves a
+// cluster, one Lua script run per Consume. Neither starts a goroutine or
+// needs closing. Both run one conformance suite (ratelimit_test.go), the
+// Redis backend its real-clock runs.
 package ratelimit
 
 import (

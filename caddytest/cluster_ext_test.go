@@ -1,0 +1,277 @@
+package caddytest
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+const clusterExtSite = `
+	realtime {
+		api /_realtime
+		shutdown_spread 0
+		presence room* {
+			ttl 3s
+			heartbeat 1s
+		}
+		cursor canvas* {
+			throttle off
+			topic_throttle 16ms
+			ttl 3s
+		}
+		group lobby {
+			max_members 10
+			member_ttl 3s
+		}
+		rate_limit {
+			points 5
+			interval 1m
+			key connection
+		}
+	}`
+
+// presenceMembers reads GET /presence on in.
+func presenceMembers(t *testing.T, in *instance, topic string) map[string]json.RawMessage {
+	t.Helper()
+	status, body := apiCall(t, http.MethodGet, in.url("/_realtime/presence?topic="+topic), "", "")
+	if status != 200 {
+		t.Fatalf("presence: %d %s", status, body)
+	}
+	var r struct {
+		Members []struct {
+			Key  string          `json:"key"`
+			Data json.RawMessage `json:"data"`
+		} `json:"members"`
+	}
+	_ = json.Unmarshal([]byte(body), &r)
+	out := map[string]json.RawMessage{}
+	for _, m := range r.Members {
+		out[m.Key] = m.Data
+	}
+	return out
+}
+
+// diffs collects the presence_diff joins and leaves a current client sees.
+func waitDiff(t *testing.T, c *wsClient, kind, key string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		raw := c.next(time.Until(deadline))
+		var f struct {
+			Event string `json:"event"`
+			Data  struct {
+				Joins  map[string]json.RawMessage `json:"joins"`
+				Leaves map[string]json.RawMessage `json:"leaves"`
+			} `json:"data"`
+		}
+		if json.Unmarshal([]byte(raw), &f) != nil || f.Event != "presence_diff" {
+			continue
+		}
+		set := f.Data.Joins
+		if kind == "leave" {
+			set = f.Data.Leaves
+		}
+		if _, ok := set[key]; ok {
+			return
+		}
+	}
+	t.Fatalf("no presence_diff with %s of %q", kind, key)
+}
+
+// Two tabs of one user on two instances count once; the leave comes only
+// after both close, and it reaches the other instances.
+func TestClusterPresenceAcrossInstances(t *testing.T) {
+	cl := startCluster(t, 2, clusterExtSite)
+	a, b := cl.nodes[0], cl.nodes[1]
+	watcher := dial(t, b)
+	watcher.welcome()
+	watcher.send(`{"type":"hello","caps":["batch"]}`)
+	watcher.send(`{"type":"subscribe","topic":"__presence:room","ref":1}`)
+	// Anonymous: keys are __conn:<session>, unique everywhere. Tabs of one
+	// user need an identity; the watcher only observes.
+	tab := func(in *instance) (*wsClient, string) {
+		c := dial(t, in)
+		id := c.welcome()
+		c.send(`{"type":"hello","caps":["batch"]}`)
+		c.send(`{"type":"subscribe","topic":"room","ref":1}`)
+		return c, "__conn:" + id
+	}
+	c1, k1 := tab(a)
+	waitDiff(t, watcher, "join", k1)
+	c2, k2 := tab(b)
+	waitDiff(t, watcher, "join", k2)
+	waitFor(t, 5*time.Second, "cluster-wide list", func() bool {
+		m := presenceMembers(t, a, "room")
+		_, ok1 := m[k1]
+		_, ok2 := m[k2]
+		return ok1 && ok2
+	})
+	c1.c.CloseNow()
+	waitDiff(t, watcher, "leave", k1)
+	c2.c.CloseNow()
+	waitDiff(t, watcher, "leave", k2)
+}
+
+// SIGKILL of an instance holding a member: the others broadcast its leave
+// within ttl plus a heartbeat.
+func TestClusterPresenceDeadInstanceLeaves(t *testing.T) {
+	cl := startCluster(t, 2, clusterExtSite)
+	a, b := cl.nodes[0], cl.nodes[1]
+	watcher := dial(t, b)
+	watcher.welcome()
+	watcher.send(`{"type":"hello","caps":["batch"]}`)
+	watcher.send(`{"type":"subscribe","topic":"__presence:room","ref":1}`)
+	c := dial(t, a)
+	id := c.welcome()
+	c.send(`{"type":"subscribe","topic":"room","ref":1}`)
+	waitDiff(t, watcher, "join", "__conn:"+id)
+	start := time.Now()
+	_ = a.cmd.Process.Kill()
+	waitDiff(t, watcher, "leave", "__conn:"+id)
+	t.Logf("leave of the dead instance's member after %s (ttl 3s, heartbeat 1s)", time.Since(start).Round(10*time.Millisecond))
+	if m := presenceMembers(t, b, "room"); len(m) != 0 {
+		t.Fatalf("members after the reaping: %v", m)
+	}
+}
+
+// 30 concurrent consumes over 3 instances with points 5 allow exactly 5.
+func TestClusterRateLimitExact(t *testing.T) {
+	cl := startCluster(t, 3, clusterExtSite)
+	var allowed atomic.Int32
+	var wg sync.WaitGroup
+	for i := 0; i < 30; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			status, body := apiCall(t, http.MethodPost, cl.nodes[i%3].url("/_realtime/ratelimit/consume"), "", `{"key":"shared","cost":1}`)
+			if status == 200 && strings.Contains(body, `"allowed":true`) {
+				allowed.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := allowed.Load(); n != 5 {
+		t.Fatalf("%d consumes allowed over 3 instances, want exactly 5", n)
+	}
+	// A ban made through one instance holds on the others.
+	apiCall(t, http.MethodPost, cl.nodes[0].url("/_realtime/ratelimit/ban"), "", `{"key":"banned","duration":"1m"}`)
+	if _, body := apiCall(t, http.MethodPost, cl.nodes[2].url("/_realtime/ratelimit/consume"), "", `{"key":"banned"}`); !strings.Contains(body, `"allowed":false`) {
+		t.Fatalf("a ban made on instance 0 was not seen on instance 2: %s", body)
+	}
+}
+
+// 30 concurrent joins over 3 instances with max_members 10 admit exactly
+// 10; a role-less group publish reaches members on every instance; close
+// propagates and blocks later joins everywhere.
+func TestClusterGroups(t *testing.T) {
+	cl := startCluster(t, 3, clusterExtSite)
+	var joined atomic.Int32
+	var wg sync.WaitGroup
+	conns := make([]*wsClient, 30)
+	for i := range conns {
+		conns[i] = dial(t, cl.nodes[i%3])
+		conns[i].welcome()
+	}
+	for i := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			conns[i].send(`{"type":"subscribe","topic":"__group:lobby","ref":1}`)
+		}()
+	}
+	wg.Wait()
+	members := []*wsClient{}
+	for _, c := range conns {
+		for {
+			f := c.next(10 * time.Second)
+			if strings.HasPrefix(f, `{"type":"subscribed"`) {
+				joined.Add(1)
+				members = append(members, c)
+				break
+			}
+			if strings.HasPrefix(f, `{"type":"subscribe-denied"`) {
+				if !strings.Contains(f, `"FORBIDDEN"`) {
+					t.Fatalf("denied with %s, want FORBIDDEN", f)
+				}
+				break
+			}
+		}
+	}
+	if n := joined.Load(); n != 10 {
+		t.Fatalf("%d joins admitted over 3 instances, want exactly 10", n)
+	}
+	status, body := apiCall(t, http.MethodPost, cl.nodes[0].url("/_realtime/groups/publish"), "", `{"name":"lobby","event":"news","data":{"n":1}}`)
+	if status != 200 {
+		t.Fatalf("group publish: %d %s", status, body)
+	}
+	for i, c := range members {
+		for {
+			f := c.next(10 * time.Second)
+			if f == `{"topic":"__group:lobby","event":"news","data":{"n":1}}` {
+				break
+			}
+			if strings.Contains(f, `"event":"news"`) {
+				t.Fatalf("member %d: %s", i, f)
+			}
+		}
+	}
+	apiCall(t, http.MethodPost, cl.nodes[1].url("/_realtime/groups/close"), "", `{"name":"lobby"}`)
+	for i, c := range members {
+		for {
+			f := c.next(10 * time.Second)
+			if f == `{"topic":"__group:lobby","event":"close","data":null}` {
+				break
+			}
+			if strings.Contains(f, `"event":"close"`) {
+				t.Fatalf("member %d: %s", i, f)
+			}
+		}
+	}
+	late := dial(t, cl.nodes[2])
+	late.welcome()
+	late.send(`{"type":"subscribe","topic":"__group:lobby","ref":1}`)
+	late.expect(`{"type":"subscribe-denied","topic":"__group:lobby","ref":1,"reason":"FORBIDDEN"}`)
+}
+
+// Cursor moves on one instance reach attached connections on another;
+// a mover's close propagates remove.
+func TestClusterCursors(t *testing.T) {
+	cl := startCluster(t, 2, clusterExtSite)
+	a, b := cl.nodes[0], cl.nodes[1]
+	watcher := dial(t, b)
+	watcher.welcome()
+	watcher.send(`{"type":"cursor-snapshot","topic":"canvas"}`)
+	watcher.expect(`{"topic":"__cursor:canvas","event":"snapshot","data":[]}`)
+	mover := dial(t, a)
+	id := mover.welcome()
+	mover.send(`{"type":"cursor-snapshot","topic":"canvas"}`)
+	mover.next(3 * time.Second) // its own snapshot
+	waitFor(t, 10*time.Second, "a relayed cursor update", func() bool {
+		mover.send(`{"type":"cursor","topic":"canvas","data":{"x":1}}`)
+		select {
+		case f := <-watcher.frames:
+			return string(f) == fmt.Sprintf(`{"topic":"__cursor:canvas","event":"update","data":{"key":"%s","user":{},"data":{"x":1}}}`, id)
+		case <-time.After(300 * time.Millisecond):
+			return false
+		}
+	})
+	// The snapshot on the other instance lists the mover's cursor.
+	other := dial(t, b)
+	other.welcome()
+	other.send(`{"type":"cursor-snapshot","topic":"canvas"}`)
+	if f := other.next(3 * time.Second); !strings.Contains(f, id) {
+		t.Fatalf("snapshot on instance B %s does not list the mover of instance A", f)
+	}
+	mover.c.CloseNow()
+	for {
+		f := watcher.next(10 * time.Second)
+		if f == fmt.Sprintf(`{"topic":"__cursor:canvas","event":"remove","data":{"key":"%s"}}`, id) {
+			break
+		}
+	}
+}

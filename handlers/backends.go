@@ -1,0 +1,79 @@
+package handlers
+
+import (
+	"context"
+
+	"github.com/caddy-realtime/realtime/extensions/cursor"
+	"github.com/caddy-realtime/realtime/extensions/groups"
+	"github.com/caddy-realtime/realtime/extensions/presence"
+	"github.com/caddy-realtime/realtime/extensions/ratelimit"
+)
+
+// Backends builds the extensions' shared state. A nil field means the
+// memory backend (this instance only); the root package sets Redis
+// constructors when the realtime app has a redis option. Each is called
+// once per configured rule when the gateway is built.
+type Backends struct {
+	Presence  func(cfg presence.Config) (presence.Tracker, error)
+	Cursor    func(cfg cursor.Config) (cursor.Tracker, error)
+	Groups    func(cfg groups.Config) (groups.Registry, error)
+	RateLimit func(cfg ratelimit.Config) (ratelimit.Limiter, error)
+}
+
+func (b Backends) presence(cfg presence.Config) (presence.Tracker, error) {
+	if b.Presence == nil {
+		return presence.NewMemory(cfg), nil
+	}
+	return b.Presence(cfg)
+}
+
+func (b Backends) cursor(cfg cursor.Config) (cursor.Tracker, error) {
+	if b.Cursor == nil {
+		return cursor.NewMemory(cfg), nil
+	}
+	return b.Cursor(cfg)
+}
+
+func (b Backends) groups(cfg groups.Config) (groups.Registry, error) {
+	if b.Groups == nil {
+		return groups.NewMemory(cfg), nil
+	}
+	return b.Groups(cfg)
+}
+
+func (b Backends) rateLimit(cfg ratelimit.Config) (ratelimit.Limiter, error) {
+	if b.RateLimit == nil {
+		return ratelimit.NewMemory(cfg), nil
+	}
+	return b.RateLimit(cfg)
+}
+
+// closer is implemented by backends that hold goroutines or connections.
+type closer interface {
+	Close(ctx context.Context) error
+}
+
+// close releases every backend that holds resources, bounded by ctx.
+func (e *extensions) close(ctx context.Context) {
+	var all []any
+	for _, r := range e.replay {
+		all = append(all, r.store)
+	}
+	for _, r := range e.presence {
+		all = append(all, r.tracker)
+	}
+	for _, r := range e.cursors {
+		all = append(all, r.tracker)
+	}
+	for _, gr := range e.groups {
+		all = append(all, gr.reg)
+	}
+	if e.rate != nil {
+		all = append(all, e.rate.limiter)
+	}
+	for _, b := range all {
+		if c, ok := b.(closer); ok {
+			_ = c.Close(ctx)
+		}
+	}
+}
