@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -580,15 +581,21 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 				EnvelopeOptions: bus.EnvelopeOptions{SystemTopics: wire.Patterns{wire.CursorPrefix + "*", wire.GroupPrefix + "*"}}})
 		}
 		prefix := rc.KeyPrefix
+		// Each backend instance gets its own id: a tracker ignores its own
+		// id's events and leases are per id, so two rules must not share one.
+		var serial atomic.Int32
+		backendID := func(kind string) string {
+			return fmt.Sprintf("%s-%s%d", app.InstanceID, kind, serial.Add(1))
+		}
 		opts.Backends = handlers.Backends{
 			Presence: func(c presence.Config) (presence.Tracker, error) {
-				return presence.NewRedis(client, presence.RedisConfig{Config: c, KeyPrefix: prefix, InstanceID: app.InstanceID})
+				return presence.NewRedis(client, presence.RedisConfig{Config: c, KeyPrefix: prefix, InstanceID: backendID("p")})
 			},
 			Cursor: func(c cursor.Config) (cursor.Tracker, error) {
-				return cursor.NewRedis(client, cursor.RedisConfig{Config: c, KeyPrefix: prefix, InstanceID: app.InstanceID})
+				return cursor.NewRedis(client, cursor.RedisConfig{Config: c, KeyPrefix: prefix, InstanceID: backendID("c")})
 			},
 			Groups: func(c groups.Config) (groups.Registry, error) {
-				return groups.NewRedis(client, groups.RedisConfig{Config: c, KeyPrefix: prefix, InstanceID: app.InstanceID})
+				return groups.NewRedis(client, groups.RedisConfig{Config: c, KeyPrefix: prefix, InstanceID: backendID("g")})
 			},
 			RateLimit: func(c ratelimit.Config) (ratelimit.Limiter, error) {
 				return ratelimit.NewRedis(client, ratelimit.RedisConfig{Config: c, KeyPrefix: prefix})
