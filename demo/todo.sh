@@ -44,7 +44,7 @@ publish() { # event data
 case $1 in
 add)
 	[[ $# -eq 2 ]] || usage
-	id="t$(date +%s%N)"
+	id="t$(date +%s)-$RANDOM$RANDOM"
 	publish created "{\"id\":\"$id\",\"title\":$(json_string "$2"),\"done\":false}"
 	echo "$id"
 	;;

@@ -114,6 +114,21 @@ function el(tag, attrs = {}, ...children) {
 	return e;
 }
 
+/** A render that runs at most once per frame, with the latest value. */
+function perFrame(render) {
+	let latest;
+	let queued = false;
+	return (value) => {
+		latest = value;
+		if (queued) return;
+		queued = true;
+		requestAnimationFrame(() => {
+			queued = false;
+			render(latest);
+		});
+	};
+}
+
 function hue(s) {
 	let h = 0;
 	for (const c of String(s)) h = (h * 31 + c.charCodeAt(0)) % 360;
@@ -197,7 +212,8 @@ export function mountUI({ me, onCursor, root = document.getElementById('app') })
 		session(id) {
 			$('session').textContent = id || '–';
 		},
-		chat(list) {
+		// A replay of hundreds of events renders once, not once per event.
+		chat: perFrame((list) => {
 			const log = $('chat-log');
 			log.replaceChildren(
 				...list.map((m) =>
@@ -210,9 +226,9 @@ export function mountUI({ me, onCursor, root = document.getElementById('app') })
 				),
 			);
 			log.scrollTop = log.scrollHeight;
-		},
+		}),
 		/** members: [{key, data}] */
-		presence(members) {
+		presence: perFrame((members) => {
 			$('presence-count').textContent = String(members.length);
 			$('presence').replaceChildren(
 				...members.map(({ key, data }) => {
@@ -224,9 +240,9 @@ export function mountUI({ me, onCursor, root = document.getElementById('app') })
 					);
 				}),
 			);
-		},
+		}),
 		/** entries: [{key, user, data}]; an entry without data is hidden */
-		cursors(entries) {
+		cursors: perFrame((entries) => {
 			canvas.querySelectorAll('.cursor').forEach((c) => c.remove());
 			for (const { key, user, data } of entries) {
 				if (!data || typeof data.x !== 'number' || typeof data.y !== 'number') continue;
@@ -244,8 +260,8 @@ export function mountUI({ me, onCursor, root = document.getElementById('app') })
 					),
 				);
 			}
-		},
-		todos(list) {
+		}),
+		todos: perFrame((list) => {
 			todos = list;
 			$('todos').replaceChildren(
 				...list.map((t) => {
@@ -265,6 +281,6 @@ export function mountUI({ me, onCursor, root = document.getElementById('app') })
 				}),
 			);
 			$('todo-count').textContent = `${todos.filter((t) => !t.done).length} open`;
-		},
+		}),
 	};
 }

@@ -12,18 +12,18 @@ import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-	Gateway,
 	caddyBinary,
 	chatTexts,
 	closes,
 	cursorsShown,
+	deliveries,
 	eventually,
-	freePort,
 	launchChromium,
 	pointAt,
 	presenceUsers,
 	repo,
 	resetArtifacts,
+	startGateway,
 	todoItems,
 	uid,
 	waitOpen,
@@ -40,8 +40,7 @@ before(async () => {
 	if (!existsSync(join(repo, 'demo', 'legacy', 'bundle.js'))) {
 		throw new Error('demo/legacy/bundle.js is missing: run `npm run build` in e2e/ first');
 	}
-	gw = new Gateway({ bin: caddyBinary(), port: await freePort() });
-	await gw.start();
+	gw = await startGateway(caddyBinary());
 	browser = await launchChromium();
 });
 
@@ -58,7 +57,9 @@ for (const [gen, path] of Object.entries(PAGES)) {
 		const user = `${gen}-${uid()}`;
 		const page = await s.open(path, user);
 
-		// The page speaks its generation on the wire.
+		// The page speaks its generation on the wire (DevTools reports frames asynchronously).
+		const last = gen === 'current' ? (f) => f.type === 'subscribe-batch' : (f) => f.topic === '__cursor:canvas';
+		await eventually(() => s.sent(page).some(last), true, { what: 'the frames sent on open' });
 		const sent = s.sent(page);
 		if (gen === 'current') {
 			assert.deepEqual(sent.find((f) => f.type === 'hello'), { type: 'hello', caps: ['batch'] });
@@ -80,7 +81,10 @@ for (const [gen, path] of Object.entries(PAGES)) {
 		const text = `hello from the API ${uid()}`;
 		const { seq } = await gw.publish('chat', 'created', { id: uid(), user: 'server', text });
 		assert.ok(seq >= 1);
-		await eventually(async () => (await chatTexts(page)).filter((t) => t === text).length, 1, { what: 'published chat message shown once' });
+		await eventually(async () => (await chatTexts(page)).filter((t) => t === text).length, 1, { what: 'published chat message shown' });
+		// Delivered once, with its seq (the page would hide a duplicate: check the frames).
+		const got = deliveries(s.received(page), 'chat').filter((d) => d.data?.text === text);
+		assert.deepEqual(got.map((d) => d.seq), [seq]);
 
 		// A batch publish: one `batch` frame for the current page, plain envelopes for 0.3.4.
 		const pair = [`batch one ${uid()}`, `batch two ${uid()}`];
@@ -183,6 +187,14 @@ for (const [gen, path] of Object.entries(PAGES)) {
 		const live = `four ${tag}`;
 		await gw.publish('chat', 'created', { id: `d-${tag}`, user: 'server', text: live });
 		await eventually(mineChat, [...texts, live], { what: 'live message after the replayed history' });
+		// On the new socket each message came exactly once (the page would hide a
+		// duplicate): the history from the replay, the new one live, seqs increasing.
+		const got = deliveries(s.received(page, -1), 'chat').filter((d) => String(d.data?.text).endsWith(tag));
+		assert.deepEqual(
+			got.map((d) => [d.data.text, d.via]),
+			[...texts.map((t) => [t, 'replay']), [live, 'live']],
+		);
+		assert.ok(got.every((d, i) => i === 0 || d.seq > got[i - 1].seq), `seqs increase: ${got.map((d) => d.seq)}`);
 
 		// The replay went over the wire the generation's way.
 		const replays = s.sent(page).filter((f) => f.type === 'replay');

@@ -55,6 +55,22 @@ export function caddyBinary() {
 	return out;
 }
 
+/**
+ * A started Gateway on a free port. Another process may take the port
+ * between freePort() and Caddy's listen: then it tries another one.
+ */
+export async function startGateway(bin) {
+	for (let attempt = 1; ; attempt++) {
+		const gw = new Gateway({ bin, port: await freePort() });
+		try {
+			await gw.start();
+			return gw;
+		} catch (err) {
+			if (err.code !== 'EADDRINUSE' || attempt === 5) throw err;
+		}
+	}
+}
+
 /** Caddy running Caddyfile.example (the demo) on a fixed port it can restart on. */
 export class Gateway {
 	constructor({ bin, port }) {
@@ -88,10 +104,13 @@ export class Gateway {
 		const deadline = Date.now() + 30000;
 		for (;;) {
 			if (proc.exitCode !== null || proc.signalCode !== null) {
-				throw new Error(`caddy exited at start (${proc.exitCode ?? proc.signalCode}):\n${this.tail()}`);
+				const tail = this.tail();
+				const err = new Error(`caddy exited at start (${proc.exitCode ?? proc.signalCode}):\n${tail}`);
+				if (/address already in use/.test(tail)) err.code = 'EADDRINUSE';
+				throw err;
 			}
 			try {
-				const res = await fetch(`${this.base}/_realtime/health`);
+				const res = await fetch(`${this.base}/_realtime/health`, { signal: AbortSignal.timeout(1000) });
 				if (res.ok) return;
 			} catch {}
 			if (Date.now() > deadline) throw new Error(`caddy not healthy on ${this.base} within 30 s:\n${this.tail()}`);
@@ -166,14 +185,20 @@ export class Session {
 		this.pages = [];
 	}
 
-	/** Frames this page's sockets sent, parsed (its WebSockets in order). */
-	sent(page) {
-		return this.pages.find((r) => r.page === page).sent.map(parse);
+	/** Frames the page's WebSockets sent, parsed: all of them, or those of socket `i` (-1: the last). */
+	sent(page, i) {
+		return this.#frames(page, i, 'sent');
 	}
 
-	/** Frames this page's sockets received, parsed. */
-	received(page) {
-		return this.pages.find((r) => r.page === page).received.map(parse);
+	/** Frames the page's WebSockets received, parsed, like sent(). */
+	received(page, i) {
+		return this.#frames(page, i, 'received');
+	}
+
+	#frames(page, i, dir) {
+		const { sockets } = this.pages.find((r) => r.page === page);
+		const pick = i === undefined ? sockets : [sockets.at(i)].filter(Boolean);
+		return pick.flatMap((sock) => sock[dir].map(parse));
 	}
 
 	async context() {
@@ -191,7 +216,7 @@ export class Session {
 		const page = await ctx.newPage();
 		page.setDefaultTimeout(15000);
 		const label = `${user}${path.replace(/\//g, '_')}`;
-		const rec = { page, label, console: [], sent: [], received: [] };
+		const rec = { page, label, console: [], sockets: [] };
 		this.pages.push(rec);
 		// Close codes are invisible to the DevTools WebSocket events: record them in the page.
 		await page.addInitScript(() => {
@@ -207,13 +232,20 @@ export class Session {
 		page.on('console', (m) => rec.console.push(`${m.type()}: ${m.text()}`));
 		page.on('pageerror', (e) => rec.console.push(`pageerror: ${e.stack || e}`));
 		page.on('websocket', (ws) => {
-			rec.console.push(`websocket open ${ws.url()}`);
-			ws.on('framesent', (f) => rec.sent.push(String(f.payload)));
-			ws.on('framereceived', (f) => rec.received.push(String(f.payload)));
-			ws.on('close', () => rec.console.push(`websocket closed ${ws.url()}`));
+			const sock = { sent: [], received: [] };
+			rec.sockets.push(sock);
+			rec.console.push(`websocket ${rec.sockets.length} opening ${ws.url()}`);
+			ws.on('framesent', (f) => sock.sent.push(String(f.payload)));
+			ws.on('framereceived', (f) => sock.received.push(String(f.payload)));
+			ws.on('close', () => rec.console.push(`websocket ${rec.sockets.indexOf(sock) + 1} closed`));
 		});
 		await page.goto(`${this.gw.base}${path}?user=${encodeURIComponent(user)}`);
 		await waitOpen(page);
+		// The first attempt must have succeeded: a refused upgrade (say, a 401
+		// from the auth hook) shows as a 1006 close, and the retry seconds later
+		// would hide it.
+		const failed = await closes(page);
+		if (failed.length) throw new Error(`${label}: WebSocket attempts failed before the open: ${JSON.stringify(failed)}`);
 		return page;
 	}
 
@@ -235,10 +267,12 @@ export class Session {
 					`page ${rec.label}${rec.page.isClosed() ? ' (closed)' : ` ${rec.page.url()}`}`,
 					'--- console',
 					...rec.console,
-					'--- frames sent',
-					...rec.sent,
-					'--- frames received',
-					...rec.received,
+					...rec.sockets.flatMap((sock, n) => [
+						`--- websocket ${n + 1}: frames sent`,
+						...sock.sent,
+						`--- websocket ${n + 1}: frames received`,
+						...sock.received,
+					]),
 				].join('\n') + '\n',
 			);
 		}
@@ -317,6 +351,31 @@ export const cursorsShown = (page) =>
 export async function pointAt(page, fx, fy) {
 	const box = await page.locator('#canvas').boundingBox();
 	await page.mouse.move(box.x + box.width * fx, box.y + box.height * fy, { steps: 4 });
+}
+
+/**
+ * The `topic` events a client of either generation takes from `frames` (one
+ * socket's, in order): replay `msg`s, then envelopes (batch elements
+ * included) once the replay of `topic` has ended (clients drop live events
+ * before it, so the gateway may send those twice), or every envelope when no
+ * replay ran. Each as {seq, event, data, via}.
+ */
+export function deliveries(frames, topic) {
+	const replayed = frames.some((f) => f && f.topic === `__replay:${topic}`);
+	let live = !replayed;
+	const out = [];
+	for (const f of frames) {
+		if (!f || typeof f !== 'object') continue;
+		if (f.topic === `__replay:${topic}`) {
+			if (f.event === 'msg') out.push({ seq: f.data.seq, event: f.data.event, data: f.data.data, via: 'replay' });
+			else if (f.event === 'end') live = true;
+			continue;
+		}
+		for (const e of f.type === 'batch' ? f.events : [f]) {
+			if (live && e.topic === topic && e.event !== undefined) out.push({ seq: e.seq, event: e.event, data: e.data, via: 'live' });
+		}
+	}
+	return out;
 }
 
 /** Close codes and reasons of the page's WebSockets so far. */
