@@ -72,8 +72,13 @@ func (e *extensions) close(ctx context.Context) {
 		all = append(all, e.rate.limiter)
 	}
 	for _, b := range all {
-		if c, ok := b.(closer); ok {
+		switch c := b.(type) {
+		case closer:
 			_ = c.Close(ctx)
+		case interface{ Shutdown(context.Context) error }:
+			// groups.Registry's Close(ctx, name) closes a group, so its
+			// backends stop with Shutdown.
+			_ = c.Shutdown(ctx)
 		}
 	}
 }

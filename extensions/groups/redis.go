@@ -91,9 +91,13 @@ type RedisConfig struct {
 // and connection id, so a connID need only be unique on its instance.
 //
 // Counting reads the whole members hash: Join, Leave and State cost O(n)
-// Redis time for a group of n members (about a microsecond per member),
-// which is what makes counts exact with members expiring individually on
-// Redis 7.0 (per-field TTLs, HPEXPIRE, need 7.4).
+// Redis time for a group of n members, which is what makes counts exact
+// with members expiring one by one on Redis 7.0 (per-field TTLs,
+// HPEXPIRE, need 7.4). That is about 0.7 µs per member and script on the
+// 2-vCPU development VM: a join plus a leave took 0.18 ms in a group of
+// 10, 1.3 ms of 1 000 and 14 ms of 10 000 (BenchmarkRedisJoin), Redis
+// serving nothing else meanwhile. Very large groups would want counters
+// kept beside an expiry-ordered set instead.
 //
 // Each instance remembers which of its connections are members of which
 // groups, and its heartbeat goroutine refreshes their expiry every

@@ -472,3 +472,41 @@ func TestRedisErrorsNameTheGroup(t *testing.T) {
 	// The heartbeat reports its failures.
 	waitFor(t, 5*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(errs) > 0 })
 }
+
+// BenchmarkRedisJoin measures a join and a leave (two script runs, each
+// counting the group) in groups of several sizes, against a redis-server
+// of its own: counting reads the whole members hash, so the cost grows
+// with the group (Redis doc comment).
+func BenchmarkRedisJoin(b *testing.B) {
+	srv := testsvc.StartRedis(b)
+	client := testsvc.Connect(b, srv.Addr())
+	for _, size := range []int{10, 1000, 10000} {
+		b.Run(strconv.Itoa(size)+"_members", func(b *testing.B) {
+			r := newRedisRegistry(b, client, "bench:"+strconv.Itoa(size)+":", "bench", Config{})
+			ctx := context.Background()
+			// Members of another instance, written directly: joining them
+			// one by one would take O(size²).
+			far := "member\t" + strconv.FormatInt(redisTime(b, client)+int64(time.Hour/time.Millisecond), 10)
+			cmds := make(rueidis.Commands, 0, size)
+			for i := range size {
+				cmds = append(cmds, client.B().Hset().Key(r.keys("lobby")[0]).FieldValue().FieldValue("other|m"+strconv.Itoa(i), far).Build())
+			}
+			for _, res := range client.DoMulti(ctx, cmds...) {
+				if err := res.Error(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			expectState(b, r, "lobby", State{Counts: Counts{Member: size}})
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				if _, err := r.Join(ctx, "lobby", "x", RoleAdmin, size+1); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := r.Leave(ctx, "lobby", "x"); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -22,8 +22,8 @@ import (
 // forward by c×Interval/Points. GCRA was chosen over storing a bucket
 // because:
 //
-//   - one value per key, one GET and one SET per Consume (a bucket is a
-//     level and a time: a hash, HMGET and HSET);
+//   - one value per key, which a Consume reads with the ban in one MGET
+//     and writes with one SET (a bucket is a level and a time: a hash);
 //   - TAT is exactly when the key becomes useless, so the key's PEXPIRE is
 //     TAT-now: a key expires the moment it is full again, and Redis memory
 //     holds only keys that spent within the last Burst/Points×Interval,
@@ -41,15 +41,16 @@ import (
 //
 //	unit = Interval/g, rate = Points/g units per quantum, g = gcd(Points, Interval),
 //
-// Interval in quanta. TAT is stored as "<q> <f>", meaning q + f/rate
-// quanta: q is below 2^51 and f below rate, so neither is ever rounded,
-// and the debt the script computes, (q - now)×rate + f, stays below
-// full = Burst×unit ≤ 2^51. Decisions are thus exact to the microsecond:
-// 3 per second refills a point every 333 333⅓ µs, reported as 333 334.
+// Interval in quanta. TAT is stored as "<q> <f>" ("<q>" when f is 0),
+// meaning q + f/rate quanta: q stays below 2^53 until the year 2255 and f
+// below rate ≤ 2^51, so neither is ever rounded, and the debt the script
+// computes, (q - now)×rate + f, stays within full = Burst×unit ≤ 2^51.
+// Decisions are thus exact to the microsecond: 3 per second refills a
+// point every 333 333⅓ µs, reported as 333 334.
 //
 // # Keys
 //
-//	<prefix>rl:v1:{<key>}      TAT "<q> <f>"; PX to TAT
+//	<prefix>rl:v1:{<key>}      TAT "<q> <f>" or "<q>"; PX to TAT
 //	<prefix>rl:v1:{<key>}:ban  end of the ban, µs since the epoch; PX to it
 //
 // Both carry the hash tag {<key>}, so one script reaches both on a Redis
@@ -89,11 +90,27 @@ var (
 	//go:embed redis_ban.lua
 	banLua string
 
-	// Package-level, as rueidis scripts are safe for concurrent use and
-	// keep their SHA-1: EVALSHA, falling back to EVAL once per server.
-	consumeScript = rueidis.NewLuaScript(consumeLua)
-	banScript     = rueidis.NewLuaScript(banLua)
+	// rueidis scripts are safe for concurrent use and keep their SHA-1:
+	// EVALSHA, falling back to EVAL once per server. Each limiter has its
+	// own consume script (consumeScriptFor).
+	banScript = rueidis.NewLuaScript(banLua)
 )
+
+// consumeConstants is the right-hand side of the line of
+// redis_consume.lua that consumeScriptFor replaces with a limiter's
+// constants.
+const consumeConstants = "tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])"
+
+// consumeScriptFor returns the consume script with the limiter's
+// constants written in, so that a check sends only its cost: one script
+// per configuration, which Redis caches (a few per gateway, as each rate
+// limit rule is a configuration), for about 10% less Redis CPU per check
+// (redis_consume.lua).
+func consumeScriptFor(burst, unit, rate, quantum, block int64) *rueidis.Lua {
+	values := strconv.FormatInt(burst, 10) + ", " + strconv.FormatInt(unit, 10) + ", " + strconv.FormatInt(rate, 10) + ", " +
+		strconv.FormatInt(quantum, 10) + ", " + strconv.FormatInt(block, 10)
+	return rueidis.NewLuaScript(strings.Replace(consumeLua, consumeConstants, values, 1))
+}
 
 // RedisConfig configures a Redis limiter. The zero value is the default
 // configuration.
@@ -123,16 +140,11 @@ type RedisConfig struct {
 // outage waits until the connection fails (rueidis#913). The limiter
 // starts no goroutine and closes nothing; the caller owns the client.
 type Redis struct {
-	client rueidis.Client
-	prefix string
-	burst  int64
-
-	// ARGV[2:] of the consume script: burst, unit, rate, quantum, block.
-	params [5]string
-
-	block time.Duration // Config.Block, clamped to redisMaxBan
-
-	consume *rueidis.Lua
+	client  rueidis.Client
+	prefix  string
+	burst   int64
+	block   time.Duration // Config.Block, clamped to redisMaxBan
+	consume *rueidis.Lua  // consumeScriptFor this limiter
 }
 
 var _ Limiter = (*Redis)(nil)
@@ -153,21 +165,13 @@ func NewRedis(client rueidis.Client, cfg RedisConfig) (*Redis, error) {
 	c := cfg.Config.WithDefaults()
 	quantum, unit, rate, burst := redisScale(int64(c.Points), int64(c.Burst), micros(c.Interval))
 	block := min(c.Block, redisMaxBan)
-	r := &Redis{
-		client: client,
-		prefix: cfg.KeyPrefix,
-		burst:  burst,
-		params: [5]string{
-			strconv.FormatInt(burst, 10),
-			strconv.FormatInt(unit, 10),
-			strconv.FormatInt(rate, 10),
-			strconv.FormatInt(quantum, 10),
-			strconv.FormatInt(micros(block), 10),
-		},
-		block: block,
-	}
-	r.consume = rueidis.NewLuaScript(strings.Replace(consumeLua, "tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])", strings.Join(r.params[:], ", "), 1))
-	return r, nil
+	return &Redis{
+		client:  client,
+		prefix:  cfg.KeyPrefix,
+		burst:   burst,
+		block:   block,
+		consume: consumeScriptFor(burst, unit, rate, quantum, micros(block)),
+	}, nil
 }
 
 // redisScale picks the integer units of the script (see the top of this
@@ -218,8 +222,7 @@ func (r *Redis) Consume(ctx context.Context, key string, cost int) (Result, erro
 	// Any cost above Burst is refused alike; clamping keeps cost×unit
 	// exact in the script.
 	c := min(int64(cost), r.burst+1)
-	args := []string{strconv.FormatInt(c, 10), r.params[0], r.params[1], r.params[2], r.params[3], r.params[4]}
-	reply, err := r.consume.Exec(ctx, r.client, r.keys(key), args[:1]).AsIntSlice()
+	reply, err := r.consume.Exec(ctx, r.client, r.keys(key), []string{strconv.FormatInt(c, 10)}).AsIntSlice()
 	if err != nil {
 		return Result{}, fmt.Errorf("ratelimit: consuming %d points of %q: %w", cost, key, err)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"math"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -264,6 +263,33 @@ func TestRedisFractionalRateIsExactToTheMicrosecond(t *testing.T) {
 	}
 }
 
+// The consume script reads the limiter's constants from ARGV unless
+// NewRedis writes them in; both give the same results.
+func TestRedisConsumeScriptTakesItsConstants(t *testing.T) {
+	if n := strings.Count(consumeLua, consumeConstants); n != 1 {
+		t.Fatalf("redis_consume.lua holds the constants' line %d times, want once", n)
+	}
+	l, client, _ := newRedisLimiter(t, RedisConfig{Config: Config{Points: 3, Interval: slow, Block: time.Hour}})
+	specialized := strings.Replace(consumeLua, consumeConstants, "3, 1200000000, 1, 1, 3600000000", 1)
+	if strings.Contains(specialized, "ARGV[2]") {
+		t.Fatal("the specialized script still reads ARGV[2]")
+	}
+	generic := rueidis.NewLuaScript(consumeLua)
+	ctx := context.Background()
+	a, b := uniqueKey("specialized"), uniqueKey("generic")
+	for _, cost := range []string{"2", "1", "1", "1"} {
+		ra := mustConsume(t, l, a, int(cost[0]-'0'))
+		reply, err := generic.Exec(ctx, client, l.keys(b), []string{cost, "3", "1200000000", "1", "1", "3600000000"}).AsIntSlice()
+		if err != nil {
+			t.Fatal(err)
+		}
+		rb := Result{Allowed: reply[0] == 1, Remaining: int(reply[1]), ResetAfter: fromMicros(reply[2])}
+		if ra.Allowed != rb.Allowed || ra.Remaining != rb.Remaining || (ra.ResetAfter-rb.ResetAfter).Abs() > time.Second {
+			t.Fatalf("cost %s: specialized %+v, generic %+v", cost, ra, rb)
+		}
+	}
+}
+
 func TestRedisScale(t *testing.T) {
 	for _, tc := range []struct {
 		name                        string
@@ -340,13 +366,15 @@ func TestRedisErrorsNameTheKey(t *testing.T) {
 	}
 }
 
-// BenchmarkRedisConsume measures checks per second against the test Redis
-// from many goroutines (64 per CPU) over 1024 keys, which rueidis
-// pipelines. The client has the gateway's options (module.go
+// BenchmarkRedisConsume measures checks per second from many goroutines
+// (64 per CPU) over 1024 keys, which rueidis pipelines, against a
+// redis-server of its own, so that other tests sharing the test Redis do
+// not skew it. The client has the gateway's options (module.go
 // clientOption: AlwaysPipelining, no cache, no retries); the second run
 // adds a MaxFlushDelay, which trades up to that much latency for larger
 // pipelines and fewer syscalls on both ends.
 func BenchmarkRedisConsume(b *testing.B) {
+	srv := testsvc.StartRedis(b)
 	for _, bc := range []struct {
 		name  string
 		delay time.Duration
@@ -355,9 +383,8 @@ func BenchmarkRedisConsume(b *testing.B) {
 		{"max_flush_delay_100us", 100 * time.Microsecond},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			_, prefix := testsvc.Redis(b)
 			client, err := rueidis.NewClient(rueidis.ClientOption{
-				InitAddress:      []string{redisAddr()},
+				InitAddress:      []string{srv.Addr()},
 				DisableCache:     true,
 				DisableRetry:     true,
 				AlwaysPipelining: true,
@@ -367,7 +394,7 @@ func BenchmarkRedisConsume(b *testing.B) {
 				b.Fatal(err)
 			}
 			b.Cleanup(client.Close)
-			l, err := NewRedis(client, RedisConfig{Config: Config{Points: 1 << 30}, KeyPrefix: prefix})
+			l, err := NewRedis(client, RedisConfig{Config: Config{Points: 1 << 30}})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -382,7 +409,7 @@ func benchmarkConsume(b *testing.B, l Limiter) {
 	for i := range keys {
 		keys[i] = "ip:198.51.100." + strconv.Itoa(i)
 	}
-	b.SetParallelism(benchParallelism)
+	b.SetParallelism(64)
 	b.ReportAllocs()
 	b.ResetTimer()
 	start := time.Now()
@@ -400,13 +427,3 @@ func benchmarkConsume(b *testing.B, l Limiter) {
 	})
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "checks/s")
 }
-
-// redisAddr is the test Redis's address, as testsvc.Redis picks it.
-func redisAddr() string {
-	if addr := os.Getenv("REALTIME_TEST_REDIS"); addr != "" {
-		return addr
-	}
-	return testsvc.DefaultRedisAddr
-}
-
-var benchParallelism = 64
