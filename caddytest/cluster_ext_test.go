@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -83,38 +84,71 @@ func waitDiff(t *testing.T, c *wsClient, kind, key string) {
 	t.Fatalf("no presence_diff with %s of %q", kind, key)
 }
 
-// Two tabs of one user on two instances count once; the leave comes only
-// after both close, and it reaches the other instances.
+// Two tabs of one user on two instances count once; closing one keeps
+// the user present; closing both produces exactly one leave everywhere.
 func TestClusterPresenceAcrossInstances(t *testing.T) {
-	cl := startCluster(t, 2, clusterExtSite)
-	a, b := cl.nodes[0], cl.nodes[1]
-	watcher := dial(t, b)
-	watcher.welcome()
-	watcher.send(`{"type":"hello","caps":["batch"]}`)
-	watcher.send(`{"type":"subscribe","topic":"__presence:room","ref":1}`)
-	// Anonymous: keys are __conn:<session>, unique everywhere. Tabs of one
-	// user need an identity; the watcher only observes.
-	tab := func(in *instance) (*wsClient, string) {
-		c := dial(t, in)
-		id := c.welcome()
+	// The auth hook names the user from a header, so two tabs share an id.
+	auth := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"id":%q}`, r.Header.Get("X-User"))
+	}))
+	defer auth.Close()
+	site := strings.Replace(clusterExtSite, "api /_realtime", "api /_realtime\n\t\tauth "+auth.URL+" {\n\t\t\theaders X-User\n\t\t}", 1)
+	cl := startCluster(t, 3, site)
+	a, b, w := cl.nodes[0], cl.nodes[1], cl.nodes[2]
+	as := func(in *instance, user string) *wsClient {
+		c := dialWith(t, in, dialOpts{origin: in.origin(), header: http.Header{"X-User": {user}}})
+		c.welcome()
 		c.send(`{"type":"hello","caps":["batch"]}`)
-		c.send(`{"type":"subscribe","topic":"room","ref":1}`)
-		return c, "__conn:" + id
+		return c
 	}
-	c1, k1 := tab(a)
-	waitDiff(t, watcher, "join", k1)
-	c2, k2 := tab(b)
-	waitDiff(t, watcher, "join", k2)
-	waitFor(t, 5*time.Second, "cluster-wide list", func() bool {
-		m := presenceMembers(t, a, "room")
-		_, ok1 := m[k1]
-		_, ok2 := m[k2]
-		return ok1 && ok2
+	watcher := as(w, "watcher")
+	watcher.send(`{"type":"subscribe","topic":"__presence:room","ref":1}`)
+	tab1 := as(a, "u1")
+	tab1.send(`{"type":"subscribe","topic":"room","ref":1}`)
+	waitDiff(t, watcher, "join", "u1")
+	tab2 := as(b, "u1")
+	tab2.send(`{"type":"subscribe","topic":"room","ref":1}`)
+	waitFor(t, 5*time.Second, "the second tab's subscription", func() bool {
+		_, body := apiCall(t, http.MethodGet, b.url("/_realtime/stats"), "", "")
+		return strings.Contains(body, `"subscriptions":1`)
 	})
-	c1.c.CloseNow()
-	waitDiff(t, watcher, "leave", k1)
-	c2.c.CloseNow()
-	waitDiff(t, watcher, "leave", k2)
+	if n := len(presenceMembers(t, w, "room")); n != 1 {
+		t.Fatalf("%d members for two tabs of one user on two instances, want 1", n)
+	}
+	tab1.c.CloseNow()
+	noLeave(t, watcher, "u1", 1500*time.Millisecond) // tab2 stays
+	if _, ok := presenceMembers(t, a, "room")["u1"]; !ok {
+		t.Fatal("u1 left although its second tab is open on another instance")
+	}
+	tab2.c.CloseNow()
+	waitDiff(t, watcher, "leave", "u1")
+	noLeave(t, watcher, "u1", 1500*time.Millisecond) // exactly one leave
+}
+
+// noLeave fails if a presence_diff leaving key arrives within d (other
+// frames, heartbeats included, are fine).
+func noLeave(t *testing.T, c *wsClient, key string, d time.Duration) {
+	t.Helper()
+	deadline := time.After(d)
+	for {
+		select {
+		case raw := <-c.frames:
+			var f struct {
+				Event string `json:"event"`
+				Data  struct {
+					Leaves map[string]json.RawMessage `json:"leaves"`
+				} `json:"data"`
+			}
+			if json.Unmarshal(raw, &f) == nil && f.Event == "presence_diff" {
+				if _, ok := f.Data.Leaves[key]; ok {
+					t.Fatalf("unexpected leave of %q: %s", key, raw)
+				}
+			}
+		case <-deadline:
+			return
+		}
+	}
 }
 
 // SIGKILL of an instance holding a member: the others broadcast its leave
@@ -274,4 +308,41 @@ func TestClusterCursors(t *testing.T) {
 			break
 		}
 	}
+}
+
+// When an instance dies, its cursors expire after ttl: one live instance
+// publishes their remove, and snapshots stop listing them.
+func TestClusterCursorsOfDeadInstanceExpire(t *testing.T) {
+	cl := startCluster(t, 2, clusterExtSite)
+	a, b := cl.nodes[0], cl.nodes[1]
+	watcher := dial(t, b)
+	watcher.welcome()
+	watcher.send(`{"type":"cursor-snapshot","topic":"canvas"}`)
+	watcher.expect(`{"topic":"__cursor:canvas","event":"snapshot","data":[]}`)
+	mover := dial(t, a)
+	id := mover.welcome()
+	mover.send(`{"type":"cursor-snapshot","topic":"canvas"}`)
+	mover.next(3 * time.Second)
+	waitFor(t, 10*time.Second, "a relayed cursor update", func() bool {
+		mover.send(`{"type":"cursor","topic":"canvas","data":{"x":1}}`)
+		select {
+		case f := <-watcher.frames:
+			return strings.Contains(string(f), id)
+		case <-time.After(300 * time.Millisecond):
+			return false
+		}
+	})
+	start := time.Now()
+	_ = a.cmd.Process.Kill()
+	for {
+		f := watcher.next(15 * time.Second)
+		if f == fmt.Sprintf(`{"topic":"__cursor:canvas","event":"remove","data":{"key":"%s"}}`, id) {
+			break
+		}
+	}
+	t.Logf("remove of the dead instance's cursor after %s (ttl 3s)", time.Since(start).Round(10*time.Millisecond))
+	late := dial(t, b)
+	late.welcome()
+	late.send(`{"type":"cursor-snapshot","topic":"canvas"}`)
+	late.expect(`{"topic":"__cursor:canvas","event":"snapshot","data":[]}`)
 }
