@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/caddy-realtime/realtime/internal/testsvc"
 )
 
 // caddyBin is the Caddy binary built from ./cmd/caddy once per test run;
@@ -87,15 +89,8 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
+// freePort returns a port for a Caddy instance (see testsvc.FreePort).
+func freePort(t testing.TB) int { return testsvc.FreePort(t) }
 
 // startCaddy starts Caddy with site, the body of a site block served at
 // http://127.0.0.1:<port>. "{PORT}" in site is replaced by the port. The

@@ -10,6 +10,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -155,12 +156,7 @@ func StartRedis(t testing.TB) *RedisServer {
 		}
 		t.Fatalf("redis-server not found in PATH (install Redis 7, e.g. apt-get install redis-server): %v", err)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("finding a free port: %v", err)
-	}
-	s := &RedisServer{t: t, port: l.Addr().(*net.TCPAddr).Port}
-	l.Close()
+	s := &RedisServer{t: t, port: FreePort(t)}
 	s.start()
 	t.Cleanup(s.Kill)
 	return s
@@ -253,4 +249,21 @@ func waitPing(addr string, exited <-chan struct{}, deadline time.Time) error {
 			return err
 		}
 	}
+}
+
+// FreePort returns a TCP port that was free a moment ago, picked below the
+// kernel's ephemeral range (32768 and up on Linux) so that outgoing
+// connections of a loaded machine cannot take it before the server that
+// needs it listens (or listens again, after a restart).
+func FreePort(t testing.TB) int {
+	t.Helper()
+	for i := 0; i < 200; i++ {
+		port := 20000 + rand.IntN(12000)
+		if l, err := net.Listen("tcp", ":"+strconv.Itoa(port)); err == nil {
+			l.Close()
+			return port
+		}
+	}
+	t.Fatal("no free port between 20000 and 32000")
+	return 0
 }
