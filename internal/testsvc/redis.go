@@ -10,7 +10,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"math/rand/v2"
+	mrand "math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -258,7 +258,7 @@ func waitPing(addr string, exited <-chan struct{}, deadline time.Time) error {
 func FreePort(t testing.TB) int {
 	t.Helper()
 	for i := 0; i < 200; i++ {
-		port := 20000 + rand.IntN(12000)
+		port := 20000 + mrand.IntN(12000)
 		if l, err := net.Listen("tcp", ":"+strconv.Itoa(port)); err == nil {
 			l.Close()
 			return port
