@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -45,9 +44,8 @@ func (g *Gateway) cursorFor(t string) *cursorRule {
 // cursorTopics holds, per cursor topic, the attached connections, each
 // mover's throttle, and the entries changed since the last flush.
 type cursorTopics struct {
-	g      *Gateway
-	mu     sync.Mutex
-	topics map[string]*curTopic
+	g *Gateway
+	topicIndex[*curTopic]
 }
 
 type curTopic struct {
@@ -55,7 +53,7 @@ type curTopic struct {
 	frame string // __cursor:<t>
 	rule  *cursorRule
 
-	mu       sync.Mutex
+	topicState
 	attached map[*conn]struct{}
 	movers   map[*conn]*mover
 	dirty    map[string]cursor.Entry
@@ -63,7 +61,6 @@ type curTopic struct {
 	flushTh  cursor.Throttle
 	timer    *time.Timer
 	stopped  bool
-	dead     bool // released from the index: lock() looks again
 }
 
 // mover is one connection's cursor on one topic.
@@ -74,44 +71,22 @@ type mover struct {
 	timer  *time.Timer
 }
 
-// lock returns t's state locked and live (see presenceTopics.lock).
+// lock returns t's state locked and live, creating it if needed.
 func (ct *cursorTopics) lock(t string, r *cursorRule) *curTopic {
-	for {
-		x := ct.get(t, r)
-		x.mu.Lock()
-		if !x.dead {
-			return x
-		}
-		x.mu.Unlock()
-	}
-}
-
-func (ct *cursorTopics) get(t string, r *cursorRule) *curTopic {
-	ct.mu.Lock()
-	defer ct.mu.Unlock()
-	if ct.topics == nil {
-		ct.topics = make(map[string]*curTopic)
-	}
-	x := ct.topics[t]
-	if x == nil {
-		x = &curTopic{name: t, frame: wire.CursorPrefix + t, rule: r,
+	return ct.topicIndex.lock(t, func() *curTopic {
+		return &curTopic{name: t, frame: wire.CursorPrefix + t, rule: r,
 			attached: make(map[*conn]struct{}), movers: make(map[*conn]*mover),
 			dirty: make(map[string]cursor.Entry), flushTh: cursor.Throttle{Interval: r.cfg.TopicThrottle}}
-		ct.topics[t] = x
-	}
-	return x
+	})
 }
 
+// release forgets x when nobody is attached, moving or pending. Called
+// with x.mu held.
 func (ct *cursorTopics) release(x *curTopic) {
 	if len(x.attached) > 0 || len(x.movers) > 0 || len(x.dirty) > 0 {
 		return
 	}
-	ct.mu.Lock()
-	if ct.topics[x.name] == x {
-		delete(ct.topics, x.name)
-	}
-	ct.mu.Unlock()
-	x.dead = true
+	ct.drop(x.name, x)
 }
 
 func appendEntry(dst []byte, e cursor.Entry) []byte {
@@ -333,14 +308,7 @@ func (g *Gateway) cursorRemove(c *conn, t string) {
 
 // stop cancels every cursor timer at Close.
 func (ct *cursorTopics) stop() {
-	// Copy first: release takes ct.mu under x.mu, so never the reverse.
-	ct.mu.Lock()
-	xs := make([]*curTopic, 0, len(ct.topics))
-	for _, x := range ct.topics {
-		xs = append(xs, x)
-	}
-	ct.mu.Unlock()
-	for _, x := range xs {
+	for _, x := range ct.all() {
 		x.mu.Lock()
 		x.stopped = true
 		if x.timer != nil {
@@ -392,10 +360,8 @@ func (g *Gateway) cursorExpired(t string, keys []string) {
 // cursorDeliverLocal sends a cursor frame to this instance's attached
 // connections (frames relayed from other instances, expiries).
 func (g *Gateway) cursorDeliverLocal(t string, frame []byte) {
-	g.cursors.mu.Lock()
-	x := g.cursors.topics[t]
-	g.cursors.mu.Unlock()
-	if x == nil {
+	x, ok := g.cursors.peek(t)
+	if !ok {
 		return
 	}
 	x.mu.Lock()

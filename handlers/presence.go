@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -50,9 +49,8 @@ type presenceRule struct {
 // presenceTopics holds, per presence topic, who receives its frames and
 // the changes waiting for the next flush.
 type presenceTopics struct {
-	g      *Gateway
-	mu     sync.Mutex
-	topics map[string]*presTopic
+	g *Gateway
+	topicIndex[*presTopic]
 }
 
 const (
@@ -65,15 +63,15 @@ type presTopic struct {
 	frame string // __presence:<t>
 	rule  *presenceRule
 
-	// mu serializes membership changes of the topic with their frames, so a
-	// joiner's state always precedes the diffs that follow it (§6.1).
-	mu         sync.Mutex
+	// topicState.mu serializes membership changes of the topic with their
+	// frames, so a joiner's state always precedes the diffs that follow it
+	// (§6.1).
+	topicState
 	recipients map[*conn]uint8
 	pending    map[string]*presChange
 	order      []string // keys of pending, in first-change order
 	timer      *time.Timer
 	lastBeat   time.Time
-	dead       bool // released from the index: lock() looks again
 }
 
 type presChange struct {
@@ -103,10 +101,8 @@ func newPresenceRules(cfgs []PresenceConfig, b Backends, now func() time.Time, o
 // trackers' OnChange: it only records and schedules.
 func (g *Gateway) presenceRemote(changes []presence.Change) {
 	for _, ch := range changes {
-		g.presence.mu.Lock()
-		pt := g.presence.topics[ch.Topic]
-		g.presence.mu.Unlock()
-		if pt == nil {
+		pt, ok := g.presence.peek(ch.Topic)
+		if !ok {
 			continue // nobody here receives the topic's frames
 		}
 		pt.mu.Lock()
@@ -127,31 +123,11 @@ func (g *Gateway) presenceFor(t string) *presenceRule {
 	return nil
 }
 
-// lock returns t's state locked, creating it if needed; it never returns
-// a state that release has dropped from the index.
+// lock returns t's state locked and live, creating it if needed.
 func (p *presenceTopics) lock(t string, rule *presenceRule) *presTopic {
-	for {
-		pt := p.get(t, rule)
-		pt.mu.Lock()
-		if !pt.dead {
-			return pt
-		}
-		pt.mu.Unlock()
-	}
-}
-
-func (p *presenceTopics) get(t string, rule *presenceRule) *presTopic {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.topics == nil {
-		p.topics = make(map[string]*presTopic)
-	}
-	pt := p.topics[t]
-	if pt == nil {
-		pt = &presTopic{name: t, frame: wire.PresencePrefix + t, rule: rule, recipients: make(map[*conn]uint8), pending: make(map[string]*presChange)}
-		p.topics[t] = pt
-	}
-	return pt
+	return p.topicIndex.lock(t, func() *presTopic {
+		return &presTopic{name: t, frame: wire.PresencePrefix + t, rule: rule, recipients: make(map[*conn]uint8), pending: make(map[string]*presChange)}
+	})
 }
 
 // release forgets pt when nobody receives it and nothing is pending.
@@ -160,12 +136,7 @@ func (p *presenceTopics) release(pt *presTopic) {
 	if len(pt.recipients) > 0 || len(pt.pending) > 0 {
 		return
 	}
-	p.mu.Lock()
-	if p.topics[pt.name] == pt {
-		delete(p.topics, pt.name)
-	}
-	p.mu.Unlock()
-	pt.dead = true
+	p.drop(pt.name, pt)
 }
 
 // presenceKey is String(data[key]) of the member's projected data, or
@@ -461,13 +432,7 @@ func (g *Gateway) flushPresence(pt *presTopic) {
 // presenceHeartbeat sends each presence topic's heartbeat (the present
 // keys) when due. It runs on the sweeper.
 func (g *Gateway) presenceHeartbeat(now time.Time) {
-	g.presence.mu.Lock()
-	pts := make([]*presTopic, 0, len(g.presence.topics))
-	for _, pt := range g.presence.topics {
-		pts = append(pts, pt)
-	}
-	g.presence.mu.Unlock()
-	for _, pt := range pts {
+	for _, pt := range g.presence.all() {
 		hb := pt.rule.cfg.Heartbeat
 		if hb <= 0 {
 			continue
@@ -496,16 +461,9 @@ func (g *Gateway) presenceHeartbeat(now time.Time) {
 	}
 }
 
-// stop cancels pending flush timers at Close. It copies the topics first:
-// release takes p.mu under pt.mu, so p.mu is never held while taking pt.mu.
+// stop cancels pending flush timers at Close.
 func (p *presenceTopics) stop() {
-	p.mu.Lock()
-	pts := make([]*presTopic, 0, len(p.topics))
-	for _, pt := range p.topics {
-		pts = append(pts, pt)
-	}
-	p.mu.Unlock()
-	for _, pt := range pts {
+	for _, pt := range p.all() {
 		pt.mu.Lock()
 		if pt.timer != nil {
 			pt.timer.Stop()
