@@ -39,6 +39,9 @@ func reload(t *testing.T, in *instance, caddyfile string) {
 		_, _ = b.ReadFrom(resp.Body)
 		t.Fatalf("reload: %d %s", resp.StatusCode, b.String())
 	}
+	// The old config's HTTP server closes its idle keep-alive connections:
+	// the API client must not reuse one (WebSockets are unaffected).
+	http.DefaultClient.CloseIdleConnections()
 }
 
 func currentCaddyfile(t *testing.T, in *instance) string {
