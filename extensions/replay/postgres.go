@@ -1,0 +1,330 @@
+package replay
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"math"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// DefaultPostgresTable is the default PostgresConfig.Table.
+const DefaultPostgresTable = "realtime_replay"
+
+// PostgresConfig configures a Postgres store. The zero value is the default
+// configuration.
+type PostgresConfig struct {
+	// Config holds Size and TTL. Now is ignored: entries expire by the
+	// PostgreSQL server's clock, so instances with skewed clocks agree.
+	Config
+
+	// Table names the entries table, optionally schema-qualified
+	// ("schema.table"); each part is a plain identifier (letters, digits,
+	// '_', not starting with a digit). The counters live in "<Table>_seq".
+	// Default: DefaultPostgresTable.
+	Table string
+
+	// AutoMigrate creates the tables and index when missing, in
+	// NewPostgres. Default: true.
+	AutoMigrate *bool
+}
+
+// Postgres is the Store shared by every instance of a cluster, on one
+// PostgreSQL database. Two tables hold it:
+//
+//	<table>      (topic, seq, event, data, created_at), primary key (topic, seq)
+//	<table>_seq  (topic, seq, last_append, expired_through), one row per topic
+//
+// data is JSON kept as text, so it comes back byte for byte. Append is one
+// statement that bumps the counter row (its row lock orders concurrent
+// appends, so rows commit in seq order), inserts the entry and trims the
+// topic to Size. Since is one statement, so one snapshot. The counter row
+// is never deleted but by ClearAll, so seqs stay monotonic across Clear
+// and TTL expiry.
+//
+// TTL is per topic, as the Store contract says: once a topic has gone TTL
+// without an Append, Since returns none of its entries, and the next Append
+// marks them expired (expired_through) before they could reappear. Cleanup
+// deletes the rows of idle topics; the caller runs it periodically.
+//
+// Every call runs with the caller's ctx and no other deadline. The store
+// starts no goroutine and closes nothing; the caller owns the pool.
+type Postgres struct {
+	pool  *pgxpool.Pool
+	size  int64
+	ttlUS int64 // TTL in microseconds, 0: none
+
+	appendSQL, headSQL, sinceSQL, clearSQL, clearAllSQL, cleanupSQL string
+}
+
+var identRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// NewPostgres returns a store on pool configured by cfg (zero fields take
+// their defaults). With AutoMigrate it creates the tables if missing, under
+// a transaction-scoped advisory lock so instances starting together do not
+// collide, within 30 seconds; otherwise it sends nothing.
+func NewPostgres(pool *pgxpool.Pool, cfg PostgresConfig) (*Postgres, error) {
+	if pool == nil {
+		return nil, errors.New("replay: no PostgreSQL pool")
+	}
+	table := cfg.Table
+	if table == "" {
+		table = DefaultPostgresTable
+	}
+	parts := strings.Split(table, ".")
+	if len(parts) > 2 {
+		return nil, fmt.Errorf("replay: table %q: at most one '.' (schema.table)", table)
+	}
+	for i, p := range parts {
+		// 63 bytes is PostgreSQL's identifier limit; the table's own name
+		// leaves room for the "_seq" and "_seq_idle" suffixes.
+		limit := 63
+		if i == len(parts)-1 {
+			limit = 63 - len("_seq_idle")
+		}
+		if !identRE.MatchString(p) || len(p) > limit {
+			return nil, fmt.Errorf("replay: table %q: %q is not an identifier of letters, digits and '_' up to %d bytes", table, p, limit)
+		}
+	}
+	c := cfg.Config.WithDefaults()
+	s := &Postgres{pool: pool, size: int64(c.Size)}
+	if c.TTL > 0 {
+		s.ttlUS = max(1, c.TTL.Microseconds())
+	}
+
+	name := parts[len(parts)-1]
+	qualify := func(n string) string {
+		id := pgx.Identifier{n}
+		if len(parts) == 2 {
+			id = pgx.Identifier{parts[0], n}
+		}
+		return id.Sanitize()
+	}
+	entries, counters := qualify(name), qualify(name+"_seq")
+	idleIndex := pgx.Identifier{name + "_seq_idle"}.Sanitize()
+
+	// $1 topic, $2 event, $3 data (NULL for nil), $4 size, $5 TTL in µs (0:
+	// none). The counter update locks the topic's row until commit, so the
+	// appends of a topic commit one after another in seq order. When the
+	// topic had been idle beyond TTL, its entries up to the previous seq
+	// become expired_through and are never returned again. The trim sees
+	// the statement's snapshot, so a row of a concurrent append may escape
+	// it until the next append; Since bounds its result by Size anyway.
+	s.appendSQL = `WITH c AS (
+	INSERT INTO ` + counters + ` AS c (topic, seq, last_append, expired_through)
+	VALUES ($1, 1, now(), 0)
+	ON CONFLICT (topic) DO UPDATE SET
+		seq = c.seq + 1,
+		last_append = now(),
+		expired_through = CASE
+			WHEN $5::bigint > 0 AND c.last_append < now() - $5::bigint * interval '1 microsecond' THEN c.seq
+			ELSE c.expired_through END
+	RETURNING c.seq, c.expired_through
+), ins AS (
+	INSERT INTO ` + entries + ` (topic, seq, event, data)
+	SELECT $1, c.seq, $2, $3 FROM c
+), trimmed AS (
+	DELETE FROM ` + entries + ` e USING c
+	WHERE e.topic = $1 AND e.seq <= greatest(c.seq - $4::bigint, c.expired_through)
+)
+SELECT seq FROM c`
+	s.headSQL = `SELECT seq FROM ` + counters + ` WHERE topic = $1`
+	// $1 topic, $2 after, $3 size, $4 TTL in µs. One row per entry after
+	// $2, or one row of NULLs when there is none, each carrying head and
+	// oldest (0: nothing retained).
+	s.sinceSQL = `WITH c AS (
+	SELECT seq AS head, CASE
+		WHEN $4::bigint > 0 AND last_append < now() - $4::bigint * interval '1 microsecond' THEN seq
+		ELSE greatest(expired_through, seq - $3::bigint) END AS floor
+	FROM ` + counters + ` WHERE topic = $1
+), h AS (
+	SELECT coalesce((SELECT head FROM c), 0) AS head,
+		coalesce((SELECT min(e.seq) FROM ` + entries + ` e, c WHERE e.topic = $1 AND e.seq > c.floor AND e.seq <= c.head), 0) AS oldest
+)
+SELECT h.head, h.oldest, e.seq, e.event, e.data
+FROM h LEFT JOIN LATERAL (
+	SELECT seq, event, data FROM ` + entries + `
+	WHERE topic = $1 AND h.oldest > 0 AND seq >= h.oldest AND seq > $2 AND seq <= h.head
+	ORDER BY seq
+) e ON true
+ORDER BY e.seq`
+	s.clearSQL = `DELETE FROM ` + entries + ` WHERE topic = $1`
+	s.clearAllSQL = `TRUNCATE ` + entries + `, ` + counters
+	// $1 TTL in µs. The index on last_append finds the idle topics; the
+	// primary key, their rows.
+	s.cleanupSQL = `DELETE FROM ` + entries + ` e USING ` + counters + ` c
+WHERE c.last_append < now() - $1::bigint * interval '1 microsecond' AND e.topic = c.topic`
+
+	if cfg.AutoMigrate == nil || *cfg.AutoMigrate {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := migrate(ctx, pool, table, entries, counters, idleIndex); err != nil {
+			return nil, fmt.Errorf("replay: creating the tables of %q: %w", table, err)
+		}
+	}
+	return s, nil
+}
+
+// migrate creates the tables and index if missing. CREATE ... IF NOT
+// EXISTS alone races (two sessions may both try, and one fails on the
+// catalog's unique index), so a transaction-scoped advisory lock keyed by
+// the table's name serializes the instances.
+func migrate(ctx context.Context, pool *pgxpool.Pool, table, entries, counters, idleIndex string) error {
+	h := fnv.New64a()
+	h.Write([]byte("caddy-realtime replay migration " + table))
+	key := int64(h.Sum64() & math.MaxInt64)
+	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, key); err != nil {
+			return err
+		}
+		for _, stmt := range []string{
+			`CREATE TABLE IF NOT EXISTS ` + entries + ` (
+	topic text NOT NULL,
+	seq bigint NOT NULL,
+	event text NOT NULL,
+	data text,
+	created_at timestamptz NOT NULL DEFAULT now(),
+	PRIMARY KEY (topic, seq)
+)`,
+			`CREATE TABLE IF NOT EXISTS ` + counters + ` (
+	topic text PRIMARY KEY,
+	seq bigint NOT NULL,
+	last_append timestamptz NOT NULL DEFAULT now(),
+	expired_through bigint NOT NULL DEFAULT 0
+)`,
+			`CREATE INDEX IF NOT EXISTS ` + idleIndex + ` ON ` + counters + ` (last_append)`,
+		} {
+			if _, err := tx.Exec(ctx, stmt); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Append implements Store with one statement.
+func (s *Postgres) Append(ctx context.Context, topic, event string, data json.RawMessage) (uint64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	var d *string // nil data is stored as NULL
+	if data != nil {
+		str := string(data)
+		d = &str
+	}
+	var seq int64
+	if err := s.pool.QueryRow(ctx, s.appendSQL, topic, event, d, s.size, s.ttlUS).Scan(&seq); err != nil {
+		return 0, fmt.Errorf("replay: append to %q: %w", topic, err)
+	}
+	return uint64(seq), nil
+}
+
+// Head implements Store.
+func (s *Postgres) Head(ctx context.Context, topic string) (uint64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	var seq int64
+	err := s.pool.QueryRow(ctx, s.headSQL, topic).Scan(&seq)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("replay: head of %q: %w", topic, err)
+	}
+	return uint64(seq), nil
+}
+
+// Since implements Store with one statement, so one snapshot.
+func (s *Postgres) Since(ctx context.Context, topic string, after uint64) (Range, error) {
+	if err := ctx.Err(); err != nil {
+		return Range{}, err
+	}
+	a := int64(min(after, math.MaxInt64))
+	rows, err := s.pool.Query(ctx, s.sinceSQL, topic, a, s.size, s.ttlUS)
+	if err != nil {
+		return Range{}, fmt.Errorf("replay: since of %q: %w", topic, err)
+	}
+	defer rows.Close()
+	var (
+		rg           Range
+		head, oldest int64
+	)
+	for rows.Next() {
+		var (
+			seq   *int64
+			event *string
+			data  *string
+		)
+		if err := rows.Scan(&head, &oldest, &seq, &event, &data); err != nil {
+			return Range{}, fmt.Errorf("replay: since of %q: %w", topic, err)
+		}
+		if seq == nil {
+			continue
+		}
+		e := Entry{Seq: uint64(*seq)}
+		if event != nil {
+			e.Event = *event
+		}
+		if data != nil {
+			e.Data = json.RawMessage(*data)
+		}
+		rg.Entries = append(rg.Entries, e)
+	}
+	if err := rows.Err(); err != nil {
+		return Range{}, fmt.Errorf("replay: since of %q: %w", topic, err)
+	}
+	rg.Head = uint64(head)
+	rg.Truncated = !Covers(after, rg.Head, uint64(oldest))
+	return rg, nil
+}
+
+// Clear implements Store: it deletes the topic's rows and keeps its
+// counter.
+func (s *Postgres) Clear(ctx context.Context, topic string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if _, err := s.pool.Exec(ctx, s.clearSQL, topic); err != nil {
+		return fmt.Errorf("replay: clear %q: %w", topic, err)
+	}
+	return nil
+}
+
+// ClearAll implements Store: it truncates both tables.
+func (s *Postgres) ClearAll(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if _, err := s.pool.Exec(ctx, s.clearAllSQL); err != nil {
+		return fmt.Errorf("replay: clear all: %w", err)
+	}
+	return nil
+}
+
+// Cleanup deletes the entries of the topics idle beyond TTL, which Since
+// already ignores, and returns how many it deleted. Counters stay. Without
+// a TTL it does nothing. The caller runs it periodically (every TTL, or a
+// few minutes), from one instance or all: concurrent runs are harmless.
+func (s *Postgres) Cleanup(ctx context.Context) (int64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	if s.ttlUS == 0 {
+		return 0, nil
+	}
+	tag, err := s.pool.Exec(ctx, s.cleanupSQL, s.ttlUS)
+	if err != nil {
+		return 0, fmt.Errorf("replay: cleanup: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}
+
+var _ Store = (*Postgres)(nil)

@@ -1,0 +1,219 @@
+package replay
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/caddy-realtime/realtime/internal/testsvc"
+)
+
+// newPostgresStore returns a store on the test PostgreSQL with a schema of
+// its own, dropped in t.Cleanup.
+func newPostgresStore(t testing.TB, cfg PostgresConfig) (*Postgres, *pgxpool.Pool, string) {
+	t.Helper()
+	pool, schema := testsvc.Postgres(t)
+	if cfg.Table == "" {
+		cfg.Table = schema + "." + DefaultPostgresTable
+	}
+	s, err := NewPostgres(pool, cfg)
+	if err != nil {
+		t.Fatalf("NewPostgres: %v", err)
+	}
+	return s, pool, schema
+}
+
+func TestPostgres(t *testing.T) {
+	testStore(t, func(t *testing.T, cfg Config) Store {
+		if cfg.Now != nil {
+			t.Skip("the Postgres store expires entries by the server's clock")
+		}
+		s, _, _ := newPostgresStore(t, PostgresConfig{Config: cfg})
+		return s
+	})
+}
+
+func TestNewPostgresRefusesBadConfig(t *testing.T) {
+	if _, err := NewPostgres(nil, PostgresConfig{}); err == nil {
+		t.Error("NewPostgres accepted a nil pool")
+	}
+	pool, _ := testsvc.Postgres(t)
+	for _, table := range []string{"a.b.c", "1abc", "a-b", `a"b`, "a;drop", ".a", "a.", "x" + string(make([]byte, 60))} {
+		if _, err := NewPostgres(pool, PostgresConfig{Table: table}); err == nil {
+			t.Errorf("NewPostgres accepted the table %q", table)
+		}
+	}
+}
+
+func TestPostgresWithoutAutoMigrateSendsNothing(t *testing.T) {
+	pool, schema := testsvc.Postgres(t)
+	no := false
+	s, err := NewPostgres(pool, PostgresConfig{Table: schema + ".missing", AutoMigrate: &no})
+	if err != nil {
+		t.Fatalf("NewPostgres: %v", err)
+	}
+	if _, err := s.Append(context.Background(), "t", "e", nil); err == nil {
+		t.Fatal("Append succeeded on a table that was never created")
+	}
+}
+
+// Instances are separate pools: the counter row, not any one pool, orders
+// the appends.
+func TestPostgresConcurrentInstancesGetContiguousSeqs(t *testing.T) {
+	s1, _, schema := newPostgresStore(t, PostgresConfig{})
+	pool2, _ := testsvc.Postgres(t)
+	s2, err := NewPostgres(pool2, PostgresConfig{Table: schema + "." + DefaultPostgresTable})
+	if err != nil {
+		t.Fatalf("NewPostgres: %v", err)
+	}
+	topic := uniqueTopic("instances")
+	const each = 50
+	var (
+		mu   sync.Mutex
+		seqs []uint64
+		wg   sync.WaitGroup
+	)
+	for _, s := range []*Postgres{s1, s2} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range each {
+				seq, err := s.Append(context.Background(), topic, "e", json.RawMessage(`1`))
+				if err != nil {
+					t.Errorf("Append: %v", err)
+					return
+				}
+				mu.Lock()
+				seqs = append(seqs, seq)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	slices.Sort(seqs)
+	for i, seq := range seqs {
+		if seq != uint64(i+1) {
+			t.Fatalf("sorted seqs[%d] = %d; seqs: %v", i, seq, seqs)
+		}
+	}
+	if rg := mustSince(t, s2, topic, 0); rg.Head != 2*each || rg.Truncated || len(rg.Entries) != 2*each {
+		t.Fatalf("Since(0): head %d, truncated %v, %d entries; want %d, false, %d", rg.Head, rg.Truncated, len(rg.Entries), 2*each, 2*each)
+	}
+}
+
+func TestPostgresFreshInstancesMigrateTogether(t *testing.T) {
+	pool, schema := testsvc.Postgres(t)
+	pool2, _ := testsvc.Postgres(t)
+	table := schema + ".together"
+	const n = 4
+	stores := make([]*Postgres, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p := pool
+			if i%2 == 1 {
+				p = pool2
+			}
+			stores[i], errs[i] = NewPostgres(p, PostgresConfig{Table: table})
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("NewPostgres #%d: %v", i, err)
+		}
+	}
+	topic := uniqueTopic("together")
+	for i, s := range stores {
+		if seq := mustAppend(t, s, topic, "e", nil); seq != uint64(i+1) {
+			t.Fatalf("store %d appended seq %d, want %d", i, seq, i+1)
+		}
+	}
+}
+
+func TestPostgresKeepsPayloadBytes(t *testing.T) {
+	s, pool, schema := newPostgresStore(t, PostgresConfig{})
+	topic := uniqueTopic("raw")
+	payloads := []string{`[]`, `{}`, `9007199254740991`, `{"b":1,"a":2}`}
+	for _, p := range payloads {
+		mustAppend(t, s, topic, "e", json.RawMessage(p))
+	}
+	rg := mustSince(t, s, topic, 0)
+	for i, p := range payloads {
+		if !bytes.Equal(rg.Entries[i].Data, []byte(p)) {
+			t.Errorf("Since returned %q for %q", rg.Entries[i].Data, p)
+		}
+	}
+	// The column holds the text itself, not a normalized jsonb.
+	rows, err := pool.Query(context.Background(), `SELECT data FROM `+schema+`.`+DefaultPostgresTable+` WHERE topic = $1 ORDER BY seq`, topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stored []string
+	for rows.Next() {
+		var d string
+		if err := rows.Scan(&d); err != nil {
+			t.Fatal(err)
+		}
+		stored = append(stored, d)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(stored, payloads) {
+		t.Errorf("stored %q, want %q", stored, payloads)
+	}
+}
+
+func TestPostgresCleanupDeletesIdleTopics(t *testing.T) {
+	const ttl = 200 * time.Millisecond
+	s, pool, schema := newPostgresStore(t, PostgresConfig{Config: Config{TTL: ttl}})
+	idle, busy := uniqueTopic("idle"), uniqueTopic("busy")
+	appendN(t, s, idle, 3)
+	time.Sleep(ttl + 50*time.Millisecond)
+	appendN(t, s, busy, 2)
+	n, err := s.Cleanup(context.Background())
+	if err != nil {
+		t.Fatalf("Cleanup: %v", err)
+	}
+	if n != 3 {
+		t.Errorf("Cleanup deleted %d rows, want 3", n)
+	}
+	var left int
+	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM `+schema+`.`+DefaultPostgresTable).Scan(&left); err != nil {
+		t.Fatal(err)
+	}
+	if left != 2 {
+		t.Errorf("%d rows left, want the busy topic's 2", left)
+	}
+	if h := mustHead(t, s, idle); h != 3 {
+		t.Errorf("Head of the idle topic = %d after Cleanup, want 3", h)
+	}
+}
+
+// An Append after expiry must not bring back the expired entries, whether
+// or not Cleanup ran.
+func TestPostgresExpiredEntriesStayExpired(t *testing.T) {
+	const ttl = 200 * time.Millisecond
+	s, _, _ := newPostgresStore(t, PostgresConfig{Config: Config{TTL: ttl}})
+	topic := uniqueTopic("expired")
+	appendN(t, s, topic, 2)
+	time.Sleep(ttl + 50*time.Millisecond)
+	start := time.Now()
+	mustAppend(t, s, topic, eventFor(3), dataFor(3))
+	if rg := mustSince(t, s, topic, 0); time.Since(start) < ttl/2 {
+		expectRange(t, rg, 3, true, 3, 3)
+	}
+}
