@@ -68,6 +68,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //				client_name <name>
 //				channel <channel>
 //			}
+//			postgres <dsn>
 //		}
 //	}
 //
@@ -98,6 +99,15 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			a.Redis = r
+		case "postgres":
+			// The DSN is never quoted back in errors: it may hold a password.
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			a.Postgres = &PostgresConfig{DSN: d.Val()}
+			if d.NextArg() {
+				return d.ArgErr()
+			}
 		default:
 			return d.Errf("unrecognized subdirective: %s", opt)
 		}
@@ -202,7 +212,8 @@ func parseRedis(d *caddyfile.Dispenser) (*RedisConfig, error) {
 //			rate_limit_close <n>|off
 //		}
 //		replay <pattern> {
-//			store memory
+//			store memory|redis|postgres
+//			table <name>
 //			size <n>
 //			ttl <duration>
 //			truncation_notice on|off
@@ -584,10 +595,12 @@ func parseReplay(d *caddyfile.Dispenser, declared []ReplayConfig) (ReplayConfig,
 			if v, err = singleArg(d); err != nil {
 				return ReplayConfig{}, err
 			}
-			if v != "memory" && v != "redis" {
-				return ReplayConfig{}, d.Errf("unknown replay store '%s': want memory or redis", v)
+			if v != "memory" && v != "redis" && v != "postgres" {
+				return ReplayConfig{}, d.Errf("unknown replay store '%s': want memory, redis or postgres", v)
 			}
 			r.Store = v
+		case "table":
+			r.Table, err = singleArg(d)
 		case "size":
 			r.Size, err = intArg(d, 1)
 		case "ttl":

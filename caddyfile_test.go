@@ -959,8 +959,8 @@ func TestHandlerUnmarshalCaddyfile(t *testing.T) {
 		// Errors: replay.
 		{
 			name:    "an unknown replay store is rejected listing the accepted ones",
-			input:   "realtime {\n\treplay a {\n\t\tstore postgres\n\t}\n}",
-			wantErr: "unknown replay store 'postgres': want memory or redis",
+			input:   "realtime {\n\treplay a {\n\t\tstore sqlite\n\t}\n}",
+			wantErr: "unknown replay store 'sqlite': want memory, redis or postgres",
 		},
 		{
 			name:    "store without a value is an argument error",

@@ -23,6 +23,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/rueidis"
 	"go.uber.org/zap"
 
@@ -61,9 +62,23 @@ type App struct {
 	// Default: none (in memory, this instance only).
 	Redis *RedisConfig `json:"redis,omitempty"`
 
+	// Postgres gives `store postgres` replay buffers a durable home.
+	// Default: none.
+	Postgres *PostgresConfig `json:"postgres,omitempty"`
+
 	logger   *zap.Logger
 	redis    rueidis.Client
 	redisKey string
+	pg       *pgxpool.Pool
+	pgKey    string
+}
+
+// PostgresConfig configures the shared PostgreSQL pool.
+type PostgresConfig struct {
+	// DSN is a postgres:// URL or key=value connection string (pgx syntax,
+	// pool_* parameters included). Required. Placeholders are resolved; the
+	// DSN never appears in logs or errors.
+	DSN string `json:"dsn,omitempty"`
 }
 
 // RedisConfig configures the shared Redis client.
@@ -112,6 +127,11 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
 	if a.InstanceID == "" {
 		a.InstanceID = processInstanceID
+	}
+	if a.Postgres != nil {
+		if err := a.provisionPostgres(); err != nil {
+			return err
+		}
 	}
 	if a.Redis == nil {
 		return nil
@@ -194,14 +214,61 @@ func (p pooledRedis) Destruct() error {
 	return nil
 }
 
-// Cleanup releases this config's reference to the Redis client.
-func (a *App) Cleanup() error {
-	if a.redisKey == "" {
-		return nil
+// pgPools shares one pgxpool per DSN across reloads.
+var pgPools = caddy.NewUsagePool()
+
+// provisionPostgres gets the shared pool. pgxpool connects lazily, so an
+// unreachable server fails the first use, not Caddy's start.
+func (a *App) provisionPostgres() error {
+	dsn := caddy.NewReplacer().ReplaceAll(a.Postgres.DSN, "")
+	if dsn == "" {
+		return errors.New("postgres: dsn is required")
 	}
-	key := a.redisKey
-	a.redisKey = ""
-	_, err := redisClients.Delete(key)
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		return errors.New("postgres: the dsn is not a valid connection string") // never echo it
+	}
+	cfg.ConnConfig.RuntimeParams["application_name"] = "caddy-realtime"
+	sum := sha256.Sum256([]byte(dsn))
+	key := "pg:" + hex.EncodeToString(sum[:])
+	v, _, err := pgPools.LoadOrNew(key, func() (caddy.Destructor, error) {
+		pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+		if err != nil {
+			return nil, errors.New("postgres: creating the pool failed")
+		}
+		return pooledPG{pool}, nil
+	})
+	if err != nil {
+		return err
+	}
+	a.pg, a.pgKey = v.(pooledPG).Pool, key
+	return nil
+}
+
+// pooledPG adapts a pgxpool to caddy.Destructor.
+type pooledPG struct{ *pgxpool.Pool }
+
+// Destruct closes the pool once no config uses it.
+func (p pooledPG) Destruct() error {
+	p.Close()
+	return nil
+}
+
+// Cleanup releases this config's references to the shared clients.
+func (a *App) Cleanup() error {
+	var err error
+	if a.redisKey != "" {
+		key := a.redisKey
+		a.redisKey = ""
+		_, err = redisClients.Delete(key)
+	}
+	if a.pgKey != "" {
+		key := a.pgKey
+		a.pgKey = ""
+		if _, e := pgPools.Delete(key); e != nil && err == nil {
+			err = e
+		}
+	}
 	return err
 }
 
@@ -404,8 +471,13 @@ type ReplayConfig struct {
 	// Required.
 	Topics string `json:"topics,omitempty"`
 
-	// Store is the backend: memory (this instance only). Default: memory.
+	// Store is the backend: memory (this instance only), redis (shared,
+	// seq order kept across instances) or postgres (durable). Default: memory.
 	Store string `json:"store,omitempty"`
+
+	// Table is the Postgres table of `store postgres` (schema-qualified
+	// allowed); its counters live in <table>_seq. Default: realtime_replay.
+	Table string `json:"table,omitempty"`
 
 	// Size is how many events a topic keeps. Default: 1000.
 	Size int `json:"size,omitempty"`
@@ -562,11 +634,22 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	// Every other option is applied to the live gateway by Reconfigure.
 	h.key = "gateway:" + cfg.Name + ":" + h.extensionsFingerprint()
 	logger := h.logger
-	for _, r := range h.Replay {
+	for i, r := range h.Replay {
 		if r.Store == "redis" && app.redis == nil {
 			return fmt.Errorf("replay %q: store redis needs the global option realtime { redis <url> }", r.Topics)
 		}
+		if r.Store == "postgres" {
+			if app.pg == nil {
+				return fmt.Errorf("replay %q: store postgres needs the global option realtime { postgres <dsn> }", r.Topics)
+			}
+			pool, table := app.pg, r.Table
+			cfg.Replay[i].NewStore = func(c replay.Config) (replay.Store, error) {
+				return replay.NewPostgres(pool, replay.PostgresConfig{Config: c, Table: table})
+			}
+		}
 	}
+	// The Postgres pool is part of the gateway's identity too.
+	h.key += ":" + app.pgKey
 	opts := handlers.Options{Logger: logger, InstanceID: app.InstanceID}
 	if app.redis != nil {
 		client, rc := app.redis, app.Redis
@@ -711,9 +794,9 @@ func (h *Handler) gatewayConfig() (handlers.Config, error) {
 	for _, r := range h.Replay {
 		notice := r.TruncationNotice == nil || *r.TruncationNotice
 		switch r.Store {
-		case "", "memory", "redis":
+		case "", "memory", "redis", "postgres":
 		default:
-			return cfg, fmt.Errorf("replay %q: store %q is not available (memory, redis)", r.Topics, r.Store)
+			return cfg, fmt.Errorf("replay %q: store %q is not available (memory, redis, postgres)", r.Topics, r.Store)
 		}
 		cfg.Replay = append(cfg.Replay, handlers.ReplayConfig{Topics: r.Topics, Size: r.Size, TTL: time.Duration(r.TTL), TruncationNotice: notice})
 	}

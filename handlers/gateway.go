@@ -109,8 +109,16 @@ type sweeper interface{ Sweep(now time.Time) int }
 // sweep lets memory backends drop expired buffers and idle keys.
 func (e *extensions) sweep(now time.Time) {
 	for _, r := range e.replay {
-		if s, ok := r.store.(sweeper); ok {
+		switch s := r.store.(type) {
+		case sweeper:
 			s.Sweep(now)
+		case interface {
+			Cleanup(context.Context) (int64, error)
+		}:
+			// Postgres drops expired topics' rows with an indexed query.
+			ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+			_, _ = s.Cleanup(ctx)
+			cancel()
 		}
 	}
 	if e.rate != nil {
