@@ -346,3 +346,71 @@ func TestClusterCursorsOfDeadInstanceExpire(t *testing.T) {
 	late.send(`{"type":"cursor-snapshot","topic":"canvas"}`)
 	late.expect(`{"topic":"__cursor:canvas","event":"snapshot","data":[]}`)
 }
+
+// A role-filtered group publish on one instance reaches the members with
+// that role on every instance, and only them.
+func TestClusterGroupRoleFilteredPublish(t *testing.T) {
+	auth := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"id":%q,"role":%q}`, r.Header.Get("X-User"), r.Header.Get("X-Role"))
+	}))
+	defer auth.Close()
+	site := fmt.Sprintf(`
+	realtime {
+		api /_realtime
+		shutdown_spread 0
+		auth %s {
+			headers X-User X-Role
+		}
+		group staff {
+			role_from role
+		}
+	}`, auth.URL)
+	cl := startCluster(t, 2, site)
+	join := func(in *instance, user, role string) *wsClient {
+		c := dialWith(t, in, dialOpts{origin: in.origin(), header: http.Header{"X-User": {user}, "X-Role": {role}}})
+		c.welcome()
+		c.send(`{"type":"subscribe","topic":"__group:staff","ref":1}`)
+		for {
+			if f := c.next(5 * time.Second); strings.HasPrefix(f, `{"type":"subscribed"`) {
+				return c
+			}
+		}
+	}
+	adminA := join(cl.nodes[0], "a1", "admin")
+	memberA := join(cl.nodes[0], "m1", "member")
+	adminB := join(cl.nodes[1], "a2", "admin")
+	memberB := join(cl.nodes[1], "m2", "member")
+	want := `{"topic":"__group:staff","event":"alert","data":{"level":2}}`
+	waitFor(t, 10*time.Second, "the admin on the other instance", func() bool {
+		apiCall(t, http.MethodPost, cl.nodes[0].url("/_realtime/groups/publish"), "", `{"name":"staff","event":"alert","data":{"level":2},"role":"admin"}`)
+		for {
+			select {
+			case f := <-adminB.frames:
+				if string(f) == want {
+					return true
+				}
+			case <-time.After(300 * time.Millisecond):
+				return false
+			}
+		}
+	})
+	sawAlert := func(c *wsClient) bool {
+		for {
+			select {
+			case f := <-c.frames:
+				if strings.Contains(string(f), `"event":"alert"`) {
+					return true
+				}
+			case <-time.After(500 * time.Millisecond):
+				return false
+			}
+		}
+	}
+	if !sawAlert(adminA) {
+		t.Fatal("the admin on the publishing instance got no alert")
+	}
+	if sawAlert(memberA) || sawAlert(memberB) {
+		t.Fatal("a member without the admin role got the admin-only alert")
+	}
+}
