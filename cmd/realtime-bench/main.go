@@ -41,6 +41,9 @@ type config struct {
 	admins   []string
 	pids     []int
 	apiKey   string
+	// publishVia is the one API base to publish through when the targets
+	// share a bus; empty: every target's own API.
+	publishVia string
 
 	n           int
 	concurrency int
@@ -166,6 +169,7 @@ func parseFlags(scenario string, args []string) (*config, error) {
 	fs.Var(&pids, "pid", "server process id per target, by position (default: the process listening on the target's port)")
 	fs.Var(&sources, "source-ips", "local addresses to dial from, round-robin: a list or ranges like 127.0.0.2-127.0.0.9\n(each gives ~28k ephemeral ports)")
 	fs.StringVar(&cfg.proto, "proto", "realtime", "client protocol: realtime or centrifugo")
+	fs.StringVar(&cfg.publishVia, "publish-via", "", "publish through this API base only, for instances that share a bus (default: each publish\ngoes to every target's API, for independent instances)")
 	fs.StringVar(&cfg.apiKey, "api-key", "", "API key: Bearer for realtime (none: loopback), X-API-Key for centrifugo")
 	fs.IntVar(&cfg.n, "n", 1000, "connections")
 	fs.IntVar(&cfg.concurrency, "concurrency", 256, "handshakes in flight at once")

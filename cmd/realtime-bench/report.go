@@ -69,7 +69,7 @@ func newReport(cfg *config, p protocol) *report {
 }
 
 func machine() machineInfo {
-	m := machineInfo{CPUs: runtime.NumCPU(), Go: goInfo()}
+	m := machineInfo{CPUs: runtime.NumCPU(), Go: runtime.Version()}
 	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
 		for _, line := range strings.Split(string(b), "\n") {
 			if v, ok := strings.CutPrefix(line, "model name"); ok {

@@ -186,26 +186,33 @@ func (r *runner) finishReading(c *client, err error) {
 }
 
 func (r *runner) countErr(err error) {
+	v, _ := r.readErrs.LoadOrStore(errKey(err), new(atomic.Int64))
+	v.(*atomic.Int64).Add(1)
+}
+
+// errKey groups errors for the report: by kind, not by address.
+func errKey(err error) string {
 	key := err.Error()
 	var ue *upgradeError
 	switch {
 	case errors.Is(err, errClosed):
-		key = "closed by server"
+		return "closed by server"
 	case errors.Is(err, io.EOF):
-		key = "EOF"
+		return "EOF"
 	case errors.As(err, &ue):
-		key = ue.status
+		return ue.status
 	case strings.Contains(key, "cannot assign requested address"):
-		key = "no free local port (use --source-ips)"
+		return "no free local port (use -source-ips)"
 	case strings.Contains(key, "too many open files"):
-		key = "too many open files (raise ulimit -n)"
+		return "too many open files (raise ulimit -n)"
 	case strings.Contains(key, "connection reset"):
-		key = "connection reset"
+		return "connection reset"
 	case strings.Contains(key, "i/o timeout"):
-		key = "timeout"
+		return "timeout"
+	case strings.Contains(key, "connection refused"):
+		return "connection refused"
 	}
-	v, _ := r.readErrs.LoadOrStore(key, new(atomic.Int64))
-	v.(*atomic.Int64).Add(1)
+	return key
 }
 
 func (r *runner) errorSummary() map[string]int64 {
@@ -219,6 +226,7 @@ func (r *runner) errorSummary() map[string]int64 {
 
 // closeAll closes every client and waits for the read loops.
 func (r *runner) closeAll(clients []*client) {
+	r.progress.set(func() string { return fmt.Sprintf("closing: %d connections open", r.alive.Load()) })
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 256)
 	for _, c := range clients {
@@ -282,16 +290,7 @@ func (r *runner) connectAll(clients []*client, rate float64, concurrency int, re
 				err := r.dialOpen(c)
 				if err != nil {
 					failed.Add(1)
-					key := err.Error()
-					var ue *upgradeError
-					if errors.As(err, &ue) {
-						key = ue.status
-					} else if strings.Contains(key, "cannot assign requested address") {
-						key = "no free local port (use --source-ips)"
-					} else if strings.Contains(key, "too many open files") {
-						key = "too many open files (raise ulimit -n)"
-					}
-					v, _ := errs.LoadOrStore(key, new(atomic.Int64))
+					v, _ := errs.LoadOrStore(errKey(err), new(atomic.Int64))
 					v.(*atomic.Int64).Add(1)
 					c.ws = nil
 					continue
@@ -328,12 +327,15 @@ func (r *runner) connectAll(clients []*client, rate float64, concurrency int, re
 	return res
 }
 
-// publisher publishes timestamped payloads through every target's HTTP API.
+// publisher publishes timestamped payloads through every target's HTTP API
+// (independent instances: each fans out to its own subscribers), or through
+// one API when the instances share a bus (-publish-via).
 type publisher struct {
 	r     *runner
 	hc    *http.Client
 	topic string
 	size  int
+	via   *target // -publish-via: publish through this API only
 
 	sent    atomic.Int64 // publishes that every target accepted
 	errs    atomic.Int64
@@ -348,7 +350,11 @@ func newPublisher(r *runner, topic string, size, conns int) *publisher {
 		IdleConnTimeout:     90 * time.Second,
 		DisableCompression:  true,
 	}
-	return &publisher{r: r, hc: &http.Client{Transport: tr, Timeout: 30 * time.Second}, topic: topic, size: size}
+	p := &publisher{r: r, hc: &http.Client{Transport: tr, Timeout: 30 * time.Second}, topic: topic, size: size}
+	if r.cfg.publishVia != "" {
+		p.via = &target{api: strings.TrimRight(r.cfg.publishVia, "/"), apiKey: r.cfg.apiKey}
+	}
+	return p
 }
 
 // publish sends one timestamped message to every target and records the
@@ -356,7 +362,11 @@ func newPublisher(r *runner, topic string, size, conns int) *publisher {
 func (p *publisher) publish(ctx context.Context) error {
 	var buf [256]byte
 	data := payload(buf[:0], time.Now().UnixNano(), p.size)
-	for _, t := range p.r.targets {
+	targets := p.r.targets
+	if p.via != nil {
+		targets = []*target{p.via}
+	}
+	for _, t := range targets {
 		req, err := p.r.proto.publishRequest(t, p.topic, data)
 		if err != nil {
 			return err
@@ -375,6 +385,11 @@ func (p *publisher) publish(ctx context.Context) error {
 		}
 		if seq := p.r.proto.parseSeq(body); seq > 0 {
 			t.head.Store(seq)
+			if p.via != nil { // instances sharing a bus share the topic's seq
+				for _, t := range p.r.targets {
+					t.head.Store(seq)
+				}
+			}
 		}
 	}
 	p.sent.Add(1)

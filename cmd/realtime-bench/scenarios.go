@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -539,5 +538,3 @@ func checkFill(filled []uint64, from, head uint64) (gap, dup bool) {
 	}
 	return gap, dup
 }
-
-func goInfo() string { return runtime.Version() }
