@@ -6,8 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"runtime"
+	"github.com/caddy-realtime/realtime/internal/testsvc"
 	"strings"
 	"sync"
 	"testing"
@@ -16,36 +15,7 @@ import (
 
 // TestMain fails the run when a goroutine of this package outlives the
 // tests: every bus must stop what it started when closed (STYLE.md §5).
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if code == 0 {
-		if leak := leakedGoroutines(5 * time.Second); leak != "" {
-			fmt.Fprintf(os.Stderr, "goroutine leak detected:\n%s\n", leak)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
-
-// leakedGoroutines waits up to d for every goroutine running code of this
-// package to end, and returns the stacks of those that did not.
-func leakedGoroutines(d time.Duration) string {
-	deadline := time.Now().Add(d)
-	for {
-		buf := make([]byte, 1<<20)
-		buf = buf[:runtime.Stack(buf, true)]
-		var leaks []string
-		for _, g := range strings.Split(string(buf), "\n\n") {
-			if strings.Contains(g, "extensions/bus.") && !strings.Contains(g, "leakedGoroutines") {
-				leaks = append(leaks, g)
-			}
-		}
-		if len(leaks) == 0 || time.Now().After(deadline) {
-			return strings.Join(leaks, "\n\n")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
+func TestMain(m *testing.M) { testsvc.RunWithLeakCheck(m, "extensions/bus.") }
 
 // pairFactory gives the conformance suite two instances of one backend on
 // one medium (a Network, a Redis server) and the Handler calls each

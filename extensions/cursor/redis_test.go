@@ -5,10 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"os"
-	"runtime"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -22,44 +19,7 @@ import (
 // TestMain fails the run when a goroutine of this package outlives the
 // tests: every Redis Tracker must stop its sweeper when closed (STYLE.md
 // §5).
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if code == 0 {
-		if leak := leakedGoroutines(5 * time.Second); leak != "" {
-			fmt.Fprintf(os.Stderr, "goroutine leak detected:\n%s\n", leak)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
-
-// leakedGoroutines waits up to d for every goroutine running code of this
-// package to end, and returns the stacks of those that did not.
-func leakedGoroutines(d time.Duration) string {
-	deadline := time.Now().Add(d)
-	for {
-		buf := make([]byte, 1<<20)
-		buf = buf[:runtime.Stack(buf, true)]
-		var leaks []string
-		for _, g := range strings.Split(string(buf), "\n\n") {
-			if strings.Contains(g, "extensions/cursor.") && !strings.Contains(g, "leakedGoroutines") {
-				leaks = append(leaks, g)
-			}
-		}
-		if len(leaks) == 0 || time.Now().After(deadline) {
-			return strings.Join(leaks, "\n\n")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// redisAddr is the test Redis, as testsvc.Redis finds it.
-func redisAddr() string {
-	if a := os.Getenv("REALTIME_TEST_REDIS"); a != "" {
-		return a
-	}
-	return testsvc.DefaultRedisAddr
-}
+func TestMain(m *testing.M) { testsvc.RunWithLeakCheck(m, "extensions/cursor.") }
 
 var instanceSerial atomic.Int64
 
@@ -135,7 +95,7 @@ func TestRedis(t *testing.T) {
 func TestRedisTwoInstances(t *testing.T) {
 	testTracker(t, func(t *testing.T, cfg Config) Tracker {
 		ca, prefix := testsvc.Redis(t)
-		cb := testsvc.Connect(t, redisAddr())
+		cb := testsvc.Connect(t, testsvc.RedisAddr())
 		return &spread{trs: []Tracker{newRedisTracker(t, ca, prefix, cfg), newRedisTracker(t, cb, prefix, cfg)}}
 	})
 }
@@ -237,8 +197,8 @@ func waitSweeps(t testing.TB, n uint64, trs ...*Redis) {
 
 func TestRedisExpiryIsReportedOnce(t *testing.T) {
 	ca, prefix := testsvc.Redis(t)
-	cb := testsvc.Connect(t, redisAddr())
-	cc := testsvc.Connect(t, redisAddr())
+	cb := testsvc.Connect(t, testsvc.RedisAddr())
+	cc := testsvc.Connect(t, testsvc.RedisAddr())
 	cfg := Config{TTL: 300 * time.Millisecond}
 	var xa, xb expiries
 	cfgA, cfgB := cfg, cfg
@@ -273,7 +233,7 @@ func TestRedisExpiryIsReportedOnce(t *testing.T) {
 
 func TestRedisLiveEntriesOutliveTheTTL(t *testing.T) {
 	ca, prefix := testsvc.Redis(t)
-	cb := testsvc.Connect(t, redisAddr())
+	cb := testsvc.Connect(t, testsvc.RedisAddr())
 	var x expiries
 	cfg := Config{TTL: 300 * time.Millisecond, OnExpire: x.onExpire}
 	a := newRedisTracker(t, ca, prefix, cfg)
@@ -318,7 +278,7 @@ func TestRedisUpdateMany(t *testing.T) {
 
 func TestRedisListAcrossInstances(t *testing.T) {
 	ca, prefix := testsvc.Redis(t)
-	cb := testsvc.Connect(t, redisAddr())
+	cb := testsvc.Connect(t, testsvc.RedisAddr())
 	a := newRedisTracker(t, ca, prefix, Config{})
 	b := newRedisTracker(t, cb, prefix, Config{})
 	mustUpdate(t, a, "canvas", entry("c1", `{"id":"u1"}`, `{"x":1}`))
@@ -335,7 +295,7 @@ func TestRedisListAcrossInstances(t *testing.T) {
 
 func TestRedisCloseExpiresItsEntries(t *testing.T) {
 	ca, prefix := testsvc.Redis(t)
-	cb := testsvc.Connect(t, redisAddr())
+	cb := testsvc.Connect(t, testsvc.RedisAddr())
 	var x expiries
 	a, err := NewRedis(ca, RedisConfig{KeyPrefix: prefix, InstanceID: "closing"})
 	if err != nil {

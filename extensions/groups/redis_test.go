@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -21,36 +19,7 @@ import (
 // TestMain fails the run when a goroutine of this package outlives the
 // tests: every Redis registry must stop its heartbeat on Shutdown
 // (STYLE.md §5).
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if code == 0 {
-		if leak := leakedGoroutines(5 * time.Second); leak != "" {
-			fmt.Fprintf(os.Stderr, "goroutine leak detected:\n%s\n", leak)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
-
-// leakedGoroutines waits up to d for every goroutine running code of this
-// package to end, and returns the stacks of those that did not.
-func leakedGoroutines(d time.Duration) string {
-	deadline := time.Now().Add(d)
-	for {
-		buf := make([]byte, 1<<20)
-		buf = buf[:runtime.Stack(buf, true)]
-		var leaks []string
-		for _, g := range strings.Split(string(buf), "\n\n") {
-			if strings.Contains(g, "extensions/groups.") && !strings.Contains(g, "leakedGoroutines") {
-				leaks = append(leaks, g)
-			}
-		}
-		if len(leaks) == 0 || time.Now().After(deadline) {
-			return strings.Join(leaks, "\n\n")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
+func TestMain(m *testing.M) { testsvc.RunWithLeakCheck(m, "extensions/groups.") }
 
 // newRedisRegistry returns a registry of instance on client, under prefix,
 // shut down in t.Cleanup (before the client closes: cleanups run last

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -17,34 +16,7 @@ import (
 
 // TestMain fails the run when a goroutine of this package outlives the
 // tests: every Listener must stop what it started when closed.
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if code == 0 {
-		if leak := leakedGoroutines(5 * time.Second); leak != "" {
-			fmt.Fprintf(os.Stderr, "goroutine leak detected:\n%s\n", leak)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
-
-func leakedGoroutines(d time.Duration) string {
-	deadline := time.Now().Add(d)
-	for {
-		buf := make([]byte, 1<<20)
-		buf = buf[:runtime.Stack(buf, true)]
-		var leaks []string
-		for _, g := range strings.Split(string(buf), "\n\n") {
-			if strings.Contains(g, "extensions/notify.") && !strings.Contains(g, "leakedGoroutines") {
-				leaks = append(leaks, g)
-			}
-		}
-		if len(leaks) == 0 || time.Now().After(deadline) {
-			return strings.Join(leaks, "\n\n")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
+func TestMain(m *testing.M) { testsvc.RunWithLeakCheck(m, "extensions/notify.") }
 
 var serial atomic.Int64
 

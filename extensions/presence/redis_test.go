@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"os"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -23,44 +21,7 @@ import (
 // TestMain fails the run when a goroutine of this package outlives the
 // tests: every Redis Tracker must stop what it started when closed
 // (STYLE.md §5).
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if code == 0 {
-		if leak := leakedGoroutines(5 * time.Second); leak != "" {
-			fmt.Fprintf(os.Stderr, "goroutine leak detected:\n%s\n", leak)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
-
-// leakedGoroutines waits up to d for every goroutine running code of this
-// package to end, and returns the stacks of those that did not.
-func leakedGoroutines(d time.Duration) string {
-	deadline := time.Now().Add(d)
-	for {
-		buf := make([]byte, 1<<20)
-		buf = buf[:runtime.Stack(buf, true)]
-		var leaks []string
-		for _, g := range strings.Split(string(buf), "\n\n") {
-			if strings.Contains(g, "extensions/presence.") && !strings.Contains(g, "leakedGoroutines") {
-				leaks = append(leaks, g)
-			}
-		}
-		if len(leaks) == 0 || time.Now().After(deadline) {
-			return strings.Join(leaks, "\n\n")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// redisAddr is the test Redis, as testsvc.Redis finds it.
-func redisAddr() string {
-	if a := os.Getenv("REALTIME_TEST_REDIS"); a != "" {
-		return a
-	}
-	return testsvc.DefaultRedisAddr
-}
+func TestMain(m *testing.M) { testsvc.RunWithLeakCheck(m, "extensions/presence.") }
 
 var instanceSerial atomic.Int64
 
@@ -142,7 +103,7 @@ func TestRedis(t *testing.T) {
 func TestRedisTwoInstances(t *testing.T) {
 	testTracker(t, func(t *testing.T, cfg Config) Tracker {
 		ca, prefix := testsvc.Redis(t)
-		cb := testsvc.Connect(t, redisAddr())
+		cb := testsvc.Connect(t, testsvc.RedisAddr())
 		return &spread{trs: []Tracker{newRedisTracker(t, ca, prefix, cfg), newRedisTracker(t, cb, prefix, cfg)}}
 	})
 }
@@ -247,7 +208,7 @@ func expectChanges(t testing.TB, rec *recorder, topic string, want ...string) {
 
 func TestRedisTwoInstancesOneKey(t *testing.T) {
 	ca, prefix := testsvc.Redis(t)
-	cb := testsvc.Connect(t, redisAddr())
+	cb := testsvc.Connect(t, testsvc.RedisAddr())
 	var recA, recB recorder
 	a := newRedisTracker(t, ca, prefix, Config{OnChange: recA.onChange})
 	b := newRedisTracker(t, cb, prefix, Config{OnChange: recB.onChange})
@@ -270,7 +231,7 @@ func TestRedisTwoInstancesOneKey(t *testing.T) {
 
 func TestRedisRemoteUpdate(t *testing.T) {
 	ca, prefix := testsvc.Redis(t)
-	cb := testsvc.Connect(t, redisAddr())
+	cb := testsvc.Connect(t, testsvc.RedisAddr())
 	var recA recorder
 	a := newRedisTracker(t, ca, prefix, Config{OnChange: recA.onChange})
 	b := newRedisTracker(t, cb, prefix, Config{})
@@ -285,7 +246,7 @@ func TestRedisRemoteUpdate(t *testing.T) {
 
 func TestRedisCrashedInstanceLeaves(t *testing.T) {
 	ca, prefix := testsvc.Redis(t)
-	cb := testsvc.Connect(t, redisAddr())
+	cb := testsvc.Connect(t, testsvc.RedisAddr())
 	cfg := Config{TTL: 600 * time.Millisecond, Heartbeat: 150 * time.Millisecond}
 	var recA recorder
 	live := cfg
@@ -320,7 +281,7 @@ func TestRedisObserverHearsCrashedLeaves(t *testing.T) {
 	// crashed instance held every connection; the survivor follows the
 	// topic from the join it heard of, reaps it and hears the leave.
 	ca, prefix := testsvc.Redis(t)
-	cb := testsvc.Connect(t, redisAddr())
+	cb := testsvc.Connect(t, testsvc.RedisAddr())
 	cfg := Config{TTL: 400 * time.Millisecond, Heartbeat: 100 * time.Millisecond}
 	var recA recorder
 	live := cfg
@@ -350,7 +311,7 @@ func TestRedisObserverHearsCrashedLeaves(t *testing.T) {
 
 func TestRedisLiveMembersOutliveTheTTL(t *testing.T) {
 	ca, prefix := testsvc.Redis(t)
-	cb := testsvc.Connect(t, redisAddr())
+	cb := testsvc.Connect(t, testsvc.RedisAddr())
 	cfg := Config{TTL: 300 * time.Millisecond, Heartbeat: 100 * time.Millisecond}
 	var recB recorder
 	a := newRedisTracker(t, ca, prefix, cfg)
@@ -372,7 +333,7 @@ func TestRedisReapedInstanceJoinsAgain(t *testing.T) {
 	// loses its connections to another's reap; its next heartbeat finds
 	// fewer connections in Redis than it holds, and joins them again.
 	ca, prefix := testsvc.Redis(t)
-	cb := testsvc.Connect(t, redisAddr())
+	cb := testsvc.Connect(t, testsvc.RedisAddr())
 	// Heartbeats far apart: the test runs a's by hand.
 	slow := Config{TTL: time.Hour, Heartbeat: 20 * time.Minute}
 	var recA, recB recorder
@@ -452,7 +413,7 @@ func TestRedisFailedLeaveIsRepaired(t *testing.T) {
 
 func TestRedisCloseRemovesItsConnections(t *testing.T) {
 	ca, prefix := testsvc.Redis(t)
-	cb := testsvc.Connect(t, redisAddr())
+	cb := testsvc.Connect(t, testsvc.RedisAddr())
 	var recB recorder
 	a, err := NewRedis(ca, RedisConfig{KeyPrefix: prefix, InstanceID: "closing"})
 	if err != nil {
@@ -485,7 +446,7 @@ func TestRedisCloseRemovesItsConnections(t *testing.T) {
 
 func TestRedisAnonymousKeysNeverCollide(t *testing.T) {
 	ca, prefix := testsvc.Redis(t)
-	cb := testsvc.Connect(t, redisAddr())
+	cb := testsvc.Connect(t, testsvc.RedisAddr())
 	trs := []*Redis{newRedisTracker(t, ca, prefix, Config{}), newRedisTracker(t, cb, prefix, Config{})}
 	const perInstance = 200
 	var wg sync.WaitGroup
