@@ -480,10 +480,19 @@ func (g *Gateway) apiDisconnect(w http.ResponseWriter, r *http.Request, s *setti
 	writeJSON(w, http.StatusOK, map[string]int{"closed": len(cs)})
 }
 
+// checkQueryTopic answers 400 INVALID_TOPIC unless t, a route's topic
+// query parameter, is a valid non-system topic.
+func (s *settings) checkQueryTopic(w http.ResponseWriter, t string) bool {
+	if wire.ValidTopic(t, s.AllowNonASCIITopics) && !wire.IsSystem(t) {
+		return true
+	}
+	writeErr(w, apiErr(http.StatusBadRequest, ReasonInvalidTopic, "query parameter topic must be a valid non-system topic"))
+	return false
+}
+
 func (g *Gateway) apiSeq(w http.ResponseWriter, r *http.Request, s *settings) {
 	t := r.URL.Query().Get("topic")
-	if !wire.ValidTopic(t, s.AllowNonASCIITopics) || wire.IsSystem(t) {
-		writeErr(w, apiErr(http.StatusBadRequest, ReasonInvalidTopic, "query parameter topic must be a valid non-system topic"))
+	if !s.checkQueryTopic(w, t) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), storeTimeout)

@@ -325,8 +325,7 @@ func (ct *cursorTopics) stop() {
 
 func (g *Gateway) apiCursors(w http.ResponseWriter, r *http.Request, s *settings) {
 	t := r.URL.Query().Get("topic")
-	if !wire.ValidTopic(t, s.AllowNonASCIITopics) || wire.IsSystem(t) {
-		writeErr(w, apiErr(http.StatusBadRequest, ReasonInvalidTopic, "query parameter topic must be a valid non-system topic"))
+	if !s.checkQueryTopic(w, t) {
 		return
 	}
 	rule := g.cursorFor(t)

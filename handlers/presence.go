@@ -483,11 +483,10 @@ func appendJSONString(dst []byte, s string) []byte {
 
 func (g *Gateway) apiPresence(w http.ResponseWriter, r *http.Request, s *settings) {
 	t := r.URL.Query().Get("topic")
-	rule := g.presenceFor(t)
-	if !wire.ValidTopic(t, s.AllowNonASCIITopics) || wire.IsSystem(t) {
-		writeErr(w, apiErr(http.StatusBadRequest, ReasonInvalidTopic, "query parameter topic must be a valid non-system topic"))
+	if !s.checkQueryTopic(w, t) {
 		return
 	}
+	rule := g.presenceFor(t)
 	if rule == nil {
 		writeErr(w, apiErr(http.StatusNotFound, "NO_PRESENCE", "topic "+t+" has no presence"))
 		return

@@ -250,8 +250,7 @@ func (g *Gateway) apiReplay(w http.ResponseWriter, r *http.Request, s *settings)
 		return
 	}
 	t := q.Get("topic")
-	if !wire.ValidTopic(t, s.AllowNonASCIITopics) || wire.IsSystem(t) {
-		writeErr(w, apiErr(http.StatusBadRequest, ReasonInvalidTopic, "query parameter topic must be a valid non-system topic"))
+	if !s.checkQueryTopic(w, t) {
 		return
 	}
 	rule := g.replayFor(t)
