@@ -6,6 +6,18 @@
 // Notifications sent while the connection is down are lost (LISTEN state
 // belongs to the session): after a reconnect the Listener calls
 // OnReconnect, and the caller resyncs.
+//
+// With Config.LeaderLock set, several Listeners on one channel (one per
+// instance of a cluster) elect a leader: each session polls
+// pg_try_advisory_lock on its own connection and LISTENs only once it holds
+// the lock, so exactly one of them receives each notification. The lock is
+// session-scoped and lives on the LISTEN connection itself: when the
+// leader's process dies or its connection drops, PostgreSQL frees the lock
+// and a follower takes over within one LeaderPoll (a lock taken through a
+// pool would stay with whatever pooled connection ran it, caddy-go.md §6.4).
+//
+// A Listener runs one goroutine, started by Start and stopped by Close;
+// every callback runs on it, in order.
 package notify
 
 import (
@@ -13,7 +25,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"regexp"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,7 +49,46 @@ const (
 	DefaultEventField     = "event"
 	DefaultDataField      = "data"
 	DefaultReconnectDelay = time.Second
+	DefaultLeaderPoll     = 2 * time.Second
+
+	// DefaultApplicationName is the application_name of the LISTEN
+	// connection unless the connection string sets one: it finds the
+	// connection in pg_stat_activity.
+	DefaultApplicationName = "caddy-realtime notify"
 )
+
+// Reasons a notification is dropped, as passed to Config.OnDrop.
+const (
+	ReasonInvalid     = "invalid"      // not a JSON object with a valid topic and event
+	ReasonSystemTopic = "system_topic" // a topic of the gateway's own "__" namespace
+	ReasonTooLarge    = "too_large"    // MaxPayload bytes or more
+)
+
+// State is where a Listener's session is.
+type State string
+
+// States of a Listener.
+const (
+	StateConnecting State = "connecting" // dialing, or waiting to redial after a failure
+	StateStandby    State = "standby"    // connected, polling for the leader lock (leader mode)
+	StateListening  State = "listening"  // LISTENing: notifications are delivered
+	StateClosed     State = "closed"
+)
+
+// LockID returns the advisory lock id used for leader election on a
+// channel: the FNV-1a 64-bit hash of "caddy-realtime:notify:" + channel,
+// never 0. Every instance derives the same id from the same channel, so no
+// id needs configuring; the prefix keeps it away from ids an application
+// picks by hand.
+func LockID(channel string) int64 {
+	h := fnv.New64a()
+	h.Write([]byte("caddy-realtime:notify:" + channel))
+	id := int64(h.Sum64())
+	if id == 0 {
+		id = 1
+	}
+	return id
+}
 
 // pingInterval is how long a wait for a notification lasts before the
 // Listener checks the connection with SELECT 1: pgx's dialer sets no TCP
@@ -71,8 +124,14 @@ type Config struct {
 	TopicField, EventField, DataField string
 
 	// Handler receives each valid notification, in order, on the
-	// Listener's goroutine: it must not block. Required.
+	// Listener's goroutine. While it runs, later notifications wait in
+	// PostgreSQL's queue, so it must return promptly: a call bounded by a
+	// deadline (a store append) is fine, an unbounded wait is not. Required.
 	Handler func(Notification)
+
+	// OnDrop, if set, is called with a Reason* constant for each
+	// notification dropped unparsed or invalid. It must not block.
+	OnDrop func(reason string)
 
 	// OnError, if set, receives every connection error before the
 	// Listener reconnects. It runs on the Listener's goroutine.
@@ -90,6 +149,23 @@ type Config struct {
 	// ReconnectDelay is the pause between a failure and the next
 	// connection attempt. Default: DefaultReconnectDelay.
 	ReconnectDelay time.Duration
+
+	// LeaderLock, if not 0, is the advisory lock id of leader election
+	// (LockID gives one per channel): the Listener LISTENs only while its
+	// connection holds the lock, so among Listeners sharing the id exactly
+	// one receives. 0 LISTENs unconditionally. Default: 0.
+	LeaderLock int64
+
+	// LeaderPoll is how often a follower tries the lock: the longest a
+	// channel goes unheard after its leader dies. Default: DefaultLeaderPoll.
+	LeaderPoll time.Duration
+
+	// OnLeader, if set, is called with true when this Listener takes the
+	// lock and LISTENs, and with false when it loses the lock (its
+	// connection failed, or Close). Notifications sent between the old
+	// leader's end and the new one's LISTEN are lost: the caller resyncs
+	// on true. Only called when LeaderLock is set.
+	OnLeader func(leader bool)
 }
 
 var channelRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,62}$`)
@@ -102,6 +178,7 @@ type Listener struct {
 	listen  string // the LISTEN statement
 
 	invalid atomic.Uint64
+	state   atomic.Value // State
 
 	startOnce sync.Once
 	closeOnce sync.Once
@@ -124,6 +201,17 @@ func NewListener(cfg Config) (*Listener, error) {
 	if connCfg.ConnectTimeout == 0 {
 		connCfg.ConnectTimeout = 10 * time.Second
 	}
+	// The pool's DSN is often reused here: pgxpool's own parameters
+	// (pool_max_conns, …) would otherwise be sent to the server as
+	// settings, which refuses them.
+	for k := range connCfg.RuntimeParams {
+		if strings.HasPrefix(k, "pool_") {
+			delete(connCfg.RuntimeParams, k)
+		}
+	}
+	if connCfg.RuntimeParams["application_name"] == "" {
+		connCfg.RuntimeParams["application_name"] = DefaultApplicationName
+	}
 	if !channelRE.MatchString(cfg.Channel) {
 		return nil, fmt.Errorf("notify: channel %q is not an identifier of letters, digits and '_' up to 63 bytes", cfg.Channel)
 	}
@@ -142,15 +230,20 @@ func NewListener(cfg Config) (*Listener, error) {
 	if cfg.ReconnectDelay <= 0 {
 		cfg.ReconnectDelay = DefaultReconnectDelay
 	}
+	if cfg.LeaderPoll <= 0 {
+		cfg.LeaderPoll = DefaultLeaderPoll
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Listener{
+	l := &Listener{
 		cfg:     cfg,
 		connCfg: connCfg,
 		listen:  "LISTEN " + pgx.Identifier{cfg.Channel}.Sanitize(),
 		ctx:     ctx,
 		cancel:  cancel,
 		done:    make(chan struct{}),
-	}, nil
+	}
+	l.state.Store(StateConnecting)
+	return l, nil
 }
 
 // Start starts the Listener's goroutine, which connects, LISTENs and
@@ -164,6 +257,12 @@ func (l *Listener) Start() {
 
 // Invalid returns how many notifications were dropped as invalid.
 func (l *Listener) Invalid() uint64 { return l.invalid.Load() }
+
+// State returns where the Listener's session is now.
+func (l *Listener) State() State { return l.state.Load().(State) }
+
+// Channel returns the channel the Listener LISTENs on.
+func (l *Listener) Channel() string { return l.cfg.Channel }
 
 // Close stops the Listener and waits for its goroutine to end, or for ctx
 // to be done. It closes the connection. Calls after the first wait again.
@@ -182,14 +281,16 @@ func (l *Listener) Close(ctx context.Context) error {
 
 func (l *Listener) run() {
 	defer close(l.done)
+	defer l.state.Store(StateClosed)
 	connected := false
 	for {
 		err := l.session(&connected)
+		l.state.Store(StateConnecting)
 		if l.ctx.Err() != nil {
 			return
 		}
 		if err != nil && l.cfg.OnError != nil {
-			l.cfg.OnError(err)
+			l.cfg.OnError(l.redact(err))
 		}
 		t := time.NewTimer(l.cfg.ReconnectDelay)
 		select {
@@ -214,11 +315,23 @@ func (l *Listener) session(connected *bool) error {
 		defer cancel()
 		_ = conn.Close(ctx)
 	}()
+	if l.cfg.LeaderLock != 0 {
+		// The lock, once won, goes with the connection, closed by the
+		// defer above.
+		if won, err := l.awaitLock(conn); !won {
+			return err
+		}
+	}
 	ctx, cancel := context.WithTimeout(l.ctx, pingTimeout)
 	_, err = conn.Exec(ctx, l.listen)
 	cancel()
 	if err != nil {
 		return fmt.Errorf("notify: %s: %w", l.listen, err)
+	}
+	l.state.Store(StateListening)
+	if l.cfg.LeaderLock != 0 && l.cfg.OnLeader != nil {
+		l.cfg.OnLeader(true)
+		defer l.cfg.OnLeader(false)
 	}
 	if *connected && l.cfg.OnReconnect != nil {
 		l.cfg.OnReconnect()
@@ -247,39 +360,85 @@ func (l *Listener) session(connected *bool) error {
 			}
 			continue
 		}
-		if msg, ok := l.parse(n.Payload); ok {
+		if msg, reason := l.parse(n.Payload); reason == "" {
 			l.cfg.Handler(msg)
 		} else {
 			l.invalid.Add(1)
+			if l.cfg.OnDrop != nil {
+				l.cfg.OnDrop(reason)
+			}
 		}
 	}
+}
+
+// awaitLock polls pg_try_advisory_lock on conn every LeaderPoll until it
+// holds the lock (true), the Listener closes (false, nil) or the
+// connection fails (false, err). Polling on the connection that will
+// LISTEN is what ties the lock's life to the listening session's.
+func (l *Listener) awaitLock(conn *pgx.Conn) (bool, error) {
+	l.state.Store(StateStandby)
+	for {
+		ctx, cancel := context.WithTimeout(l.ctx, pingTimeout)
+		var won bool
+		err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", l.cfg.LeaderLock).Scan(&won)
+		cancel()
+		if l.ctx.Err() != nil {
+			return false, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("notify: trying the leader lock: %w", err)
+		}
+		if won {
+			return true, nil
+		}
+		t := time.NewTimer(l.cfg.LeaderPoll)
+		select {
+		case <-l.ctx.Done():
+			t.Stop()
+			return false, nil
+		case <-t.C:
+		}
+	}
+}
+
+// redact removes the connection's password from an error's text: a
+// server or network error may quote the connection parameters.
+func (l *Listener) redact(err error) error {
+	pw := l.connCfg.Password
+	if pw == "" || !strings.Contains(err.Error(), pw) {
+		return err
+	}
+	return errors.New(strings.ReplaceAll(err.Error(), pw, "xxxxx"))
 }
 
 // parse maps a payload to a Notification: a JSON object of at most
 // MaxPayload bytes whose topic field is a valid, non-system wire topic and
 // whose event field a valid event; data is any JSON value, null when
-// missing.
-func (l *Listener) parse(payload string) (Notification, bool) {
+// missing. A dropped payload gets a Reason* constant.
+func (l *Listener) parse(payload string) (Notification, string) {
 	if len(payload) >= MaxPayload {
-		return Notification{}, false
+		return Notification{}, ReasonTooLarge
 	}
 	var obj map[string]json.RawMessage
 	if err := json.Unmarshal([]byte(payload), &obj); err != nil || obj == nil {
-		return Notification{}, false
+		return Notification{}, ReasonInvalid
 	}
 	var n Notification
 	if err := json.Unmarshal(obj[l.cfg.TopicField], &n.Topic); err != nil {
-		return Notification{}, false
+		return Notification{}, ReasonInvalid
 	}
 	if err := json.Unmarshal(obj[l.cfg.EventField], &n.Event); err != nil {
-		return Notification{}, false
+		return Notification{}, ReasonInvalid
 	}
-	if !wire.ValidTopic(n.Topic, l.cfg.AllowNonASCIITopics) || wire.IsSystem(n.Topic) || !wire.ValidEvent(n.Event) {
-		return Notification{}, false
+	if !wire.ValidTopic(n.Topic, l.cfg.AllowNonASCIITopics) || !wire.ValidEvent(n.Event) {
+		return Notification{}, ReasonInvalid
+	}
+	if wire.IsSystem(n.Topic) {
+		return Notification{}, ReasonSystemTopic
 	}
 	n.Data = obj[l.cfg.DataField]
 	if n.Data == nil {
 		n.Data = json.RawMessage("null")
 	}
-	return n, true
+	return n, ""
 }

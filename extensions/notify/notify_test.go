@@ -151,8 +151,8 @@ func TestInvalidPayloadsAreDroppedAndCounted(t *testing.T) {
 	for _, p := range invalid {
 		if len(p) >= 8000 {
 			// PostgreSQL refuses it; the size cap is checked directly.
-			if _, ok := f.l.parse(p); ok {
-				t.Errorf("parse accepted a payload of %d bytes", len(p))
+			if _, reason := f.l.parse(p); reason != ReasonTooLarge {
+				t.Errorf("parse gave %q for a payload of %d bytes, want %q", reason, len(p), ReasonTooLarge)
 			}
 			continue
 		}
