@@ -35,6 +35,7 @@ import (
 	"github.com/caddy-realtime/realtime/extensions/replay"
 	"github.com/caddy-realtime/realtime/extensions/wire"
 	"github.com/caddy-realtime/realtime/handlers"
+	"github.com/caddy-realtime/realtime/internal/lazyredis"
 )
 
 func init() {
@@ -141,17 +142,36 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 	v, _, err := redisClients.LoadOrNew(key, func() (caddy.Destructor, error) {
-		c, err := rueidis.NewClient(opt)
-		if err != nil {
-			return nil, fmt.Errorf("redis unreachable at %s: %w (check the redis url; Caddy does not start without it)", strings.Join(opt.InitAddress, ","), redactErr(err, opt.Password))
-		}
-		return pooledRedis{c}, nil
+		return pooledRedis{newLazyRedis(opt, a.logger.Named("redis"))}, nil
 	})
 	if err != nil {
 		return err
 	}
 	a.redis, a.redisKey = v.(pooledRedis).Client, key
 	return nil
+}
+
+// newLazyRedis connects to Redis or, if it is unreachable, starts without
+// it: Caddy serves locally (the bus reports degraded, as in an outage) and
+// connects when Redis appears (issue 7). A bad URL is still a provision
+// error, found before. It logs at warn once when starting without Redis,
+// at info once connected, and every later failed attempt at debug.
+func newLazyRedis(opt rueidis.ClientOption, logger *zap.Logger) *lazyredis.Client {
+	addr := zap.String("address", strings.Join(opt.InitAddress, ","))
+	var failures atomic.Int64
+	return lazyredis.New(lazyredis.Config{
+		Option: opt,
+		OnError: func(err error) {
+			err = redactErr(err, opt.Password)
+			if failures.Add(1) == 1 {
+				logger.Warn("redis unreachable at start-up: serving this instance's clients locally, the bus reports degraded; retrying every 5s at most",
+					addr, zap.Error(err))
+				return
+			}
+			logger.Debug("redis still unreachable", addr, zap.Error(err))
+		},
+		OnConnect: func() { logger.Info("connected to redis", addr, zap.Int64("failed_attempts", failures.Load())) },
+	})
 }
 
 // clientOption maps the config onto rueidis options, with placeholders
@@ -659,7 +679,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 		opts.BusName = "redis"
 		opts.NewBus = func(h bus.Handler, onHealth func(bool)) (bus.Bus, error) {
-			return bus.NewRedis(client, bus.RedisConfig{Channel: channel, InstanceID: app.InstanceID, Handler: h, OnHealth: onHealth,
+			// StartUnreachable: a gateway starts (or reloads) during a Redis
+			// outage, degraded, rather than failing Caddy's start.
+			return bus.NewRedis(client, bus.RedisConfig{Channel: channel, InstanceID: app.InstanceID, Handler: h, OnHealth: onHealth, StartUnreachable: true,
 				// Instances relay cursor and group frames to each other.
 				EnvelopeOptions: bus.EnvelopeOptions{SystemTopics: wire.Patterns{wire.CursorPrefix + "*", wire.GroupPrefix + "*"}}})
 		}

@@ -103,9 +103,17 @@ type RedisConfig struct {
 
 	// OnHealth is called with false when the bus becomes unhealthy and
 	// with true when it recovers, from one goroutine, once per change, in
-	// order. A bus starts healthy (NewRedis returns once subscribed), and
-	// Close does not call it. It must not block. Default: nil.
+	// order. A bus starts healthy (NewRedis returns once subscribed), or
+	// unhealthy with StartUnreachable, and Close does not call it. It must
+	// not block. Default: nil.
 	OnHealth func(healthy bool)
+
+	// StartUnreachable makes NewRedis return a bus whose first subscription
+	// was not confirmed within Timeout instead of failing: it starts
+	// unhealthy (OnHealth(false) is called before NewRedis returns) and
+	// recovers as after an outage once Redis answers. A gateway sets it to
+	// start, or reload, while Redis is down (issue 7). Default: false.
+	StartUnreachable bool
 
 	// OnError is called with every failure: a Redis call that failed, a
 	// refused envelope, a subscription that ended, a Handler panic. It may
@@ -207,7 +215,8 @@ type Redis struct {
 
 // NewRedis returns a Redis bus on client, configured by cfg, once its
 // subscription is confirmed (within cfg.Timeout; otherwise it stops and
-// returns an error). The caller must Close it, which stops its goroutines;
+// returns an error, or with cfg.StartUnreachable returns an unhealthy bus
+// that keeps trying). The caller must Close it, which stops its goroutines;
 // the caller keeps ownership of client and closes it after the bus.
 func NewRedis(client rueidis.Client, cfg RedisConfig) (*Redis, error) {
 	switch {
@@ -256,22 +265,35 @@ func NewRedis(client rueidis.Client, cfg RedisConfig) (*Redis, error) {
 	r.healthy.Store(true)
 	r.epoch = time.Now()
 	r.ctx, r.cancel = context.WithCancel(context.Background())
-	r.wg.Add(4)
+	r.wg.Add(3)
 	go r.writeLoop()
 	go r.subscribeLoop()
-	go r.probeLoop()
 	go r.dispatchLoop()
+
+	confirmed := false
+	t := time.NewTimer(r.timeout)
+	select {
+	case <-r.firstSub:
+		confirmed = true
+	case <-t.C:
+	}
+	t.Stop()
+	// The prober owns the health state once started: the initial state is
+	// set before it starts, so OnHealth calls stay ordered.
+	if confirmed || cfg.StartUnreachable {
+		if !confirmed {
+			r.healthy.Store(false)
+			r.onHealth(false)
+		}
+		r.wg.Add(1)
+		go r.probeLoop()
+	}
 	go func() {
 		r.wg.Wait()
 		close(r.exited)
 	}()
-
-	t := time.NewTimer(r.timeout)
-	defer t.Stop()
-	select {
-	case <-r.firstSub:
+	if confirmed || cfg.StartUnreachable {
 		return r, nil
-	case <-t.C:
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
 	defer cancel()

@@ -16,6 +16,7 @@ import (
 	"github.com/redis/rueidis"
 
 	"github.com/caddy-realtime/realtime/extensions/replay"
+	"github.com/caddy-realtime/realtime/internal/lazyredis"
 	"github.com/caddy-realtime/realtime/internal/testsvc"
 )
 
@@ -100,6 +101,49 @@ func TestNewRedisFailsWithoutASubscription(t *testing.T) {
 	if !strings.Contains(err.Error(), "did not confirm the subscription") {
 		t.Fatalf("NewRedis returned %v, want a subscription error", err)
 	}
+}
+
+// With StartUnreachable, a bus on a client that has never reached Redis
+// (lazyredis, as the gateway uses it) starts unhealthy instead of failing,
+// and relays once Redis appears.
+func TestNewRedisStartsUnreachableAndRecovers(t *testing.T) {
+	srv := testsvc.StartRedis(t)
+	srv.Kill()
+	lazy := lazyredis.New(lazyredis.Config{
+		Option:     rueidis.ClientOption{InitAddress: []string{srv.Addr()}, DisableCache: true, DisableRetry: true},
+		MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond,
+	})
+	t.Cleanup(lazy.Close)
+	health := make(chan bool, 8)
+	recv := make(chan []Message, 8)
+	a := newRedisBus(t, lazy, RedisConfig{
+		Channel: "bus", ProbeInterval: 50 * time.Millisecond, Timeout: 200 * time.Millisecond, StartUnreachable: true,
+		OnHealth: func(ok bool) { health <- ok },
+		Handler:  func(msgs []Message) { recv <- msgs },
+	})
+	select {
+	case ok := <-health:
+		if ok {
+			t.Fatal("first OnHealth(true), want false")
+		}
+	default:
+		t.Fatal("NewRedis returned without calling OnHealth(false)")
+	}
+	if a.Healthy() {
+		t.Fatal("Healthy() with Redis unreachable")
+	}
+	srv.Restart()
+	select {
+	case ok := <-health:
+		if !ok {
+			t.Fatal("OnHealth(false) twice")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no recovery within 10s of Redis appearing")
+	}
+	b := newRedisBus(t, testsvc.Connect(t, srv.Addr()), RedisConfig{Channel: "bus", Handler: func([]Message) {}})
+	mustPublish(t, b, msg("after", 1))
+	expectUnit(t, recv, msg("after", 1))
 }
 
 // publishRaw PUBLISHes payload as redis-cli would.
