@@ -137,8 +137,9 @@ func randomHex(n int) string {
 // RedisServer is a redis-server of a test's own, without persistence, on a
 // free port of 127.0.0.1, for tests that kill and restart it.
 type RedisServer struct {
-	t    testing.TB
-	port int
+	t        testing.TB
+	port     int
+	password string // requirepass, "" for none
 
 	mu     sync.Mutex
 	proc   *os.Process   // nil while killed
@@ -157,6 +158,19 @@ func StartRedis(t testing.TB) *RedisServer {
 		t.Fatalf("redis-server not found in PATH (install Redis 7, e.g. apt-get install redis-server): %v", err)
 	}
 	s := &RedisServer{t: t, port: FreePort(t)}
+	s.start()
+	t.Cleanup(s.Kill)
+	return s
+}
+
+// StartRedisWithPassword is StartRedis with requirepass set to password,
+// for tests of credentials (a client must AUTH before any command).
+func StartRedisWithPassword(t testing.TB, password string) *RedisServer {
+	t.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		t.Fatalf("redis-server not found in PATH (install Redis 7, e.g. apt-get install redis-server): %v", err)
+	}
+	s := &RedisServer{t: t, port: FreePort(t), password: password}
 	s.start()
 	t.Cleanup(s.Kill)
 	return s
@@ -200,8 +214,11 @@ func (s *RedisServer) start() {
 	// until the deadline.
 	for deadline := time.Now().Add(connectTimeout); time.Now().Before(deadline); {
 		out.Reset()
-		cmd := exec.Command("redis-server", "--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
-			"--save", "", "--appendonly", "no")
+		args := []string{"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"}
+		if s.password != "" {
+			args = append(args, "--requirepass", s.password)
+		}
+		cmd := exec.Command("redis-server", args...)
 		cmd.Stdout = &out
 		if err := cmd.Start(); err != nil {
 			s.t.Fatalf("starting redis-server: %v", err)
@@ -211,7 +228,7 @@ func (s *RedisServer) start() {
 			_ = cmd.Wait()
 			close(exited)
 		}()
-		if lastErr = waitPing(s.Addr(), exited, deadline); lastErr == nil {
+		if lastErr = waitPing(s.Addr(), s.password, exited, deadline); lastErr == nil {
 			s.proc, s.exited = cmd.Process, exited
 			return
 		}
@@ -221,16 +238,23 @@ func (s *RedisServer) start() {
 	s.t.Fatalf("starting redis-server on port %d: %v\n%s", s.port, lastErr, out.String())
 }
 
-// waitPing polls addr with PING until it answers, the process exits or the
-// deadline passes.
-func waitPing(addr string, exited <-chan struct{}, deadline time.Time) error {
+// waitPing polls addr with PING (after AUTH password, if any) until it
+// answers, the process exits or the deadline passes.
+func waitPing(addr, password string, exited <-chan struct{}, deadline time.Time) error {
 	for {
 		conn, err := net.DialTimeout("tcp", addr, time.Second)
 		if err == nil {
 			_ = conn.SetDeadline(time.Now().Add(time.Second))
 			var line string
-			if _, err = conn.Write([]byte("PING\r\n")); err == nil {
-				line, err = bufio.NewReader(conn).ReadString('\n')
+			cmd := "PING\r\n"
+			if password != "" {
+				cmd = fmt.Sprintf("*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n", len(password), password) + cmd
+			}
+			if _, err = conn.Write([]byte(cmd)); err == nil {
+				r := bufio.NewReader(conn)
+				if line, err = r.ReadString('\n'); err == nil && password != "" && strings.HasPrefix(line, "+OK") {
+					line, err = r.ReadString('\n')
+				}
 			}
 			conn.Close()
 			if err == nil && strings.HasPrefix(line, "+PONG") {
