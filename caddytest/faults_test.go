@@ -1,0 +1,173 @@
+package caddytest
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddy-realtime/realtime/internal/testsvc"
+)
+
+// Fault tests (issue 7): each drives real processes into one fault and
+// asserts what a user relies on through it. The README's fault matrix
+// lists them.
+
+// health reads GET /health on in: the status and the bus's state.
+func health(t testing.TB, in *instance) (status, bus string) {
+	t.Helper()
+	code, body := apiCall(t, http.MethodGet, in.url("/_realtime/health"), "", "")
+	var h struct {
+		Status string `json:"status"`
+		Bus    struct {
+			State string `json:"state"`
+		} `json:"bus"`
+	}
+	if err := json.Unmarshal([]byte(body), &h); err != nil {
+		t.Fatalf("health: %d %s: %v", code, body, err)
+	}
+	return h.Status, h.Bus.State
+}
+
+// sees reports whether c receives a frame containing want within d,
+// skipping others.
+func sees(c *wsClient, want string, d time.Duration) bool {
+	deadline := time.After(d)
+	for {
+		select {
+		case f := <-c.frames:
+			if strings.Contains(string(f), want) {
+				return true
+			}
+		case <-deadline:
+			return false
+		}
+	}
+}
+
+// Redis down when Caddy starts: Caddy starts anyway and serves its own
+// clients, /health says degraded, and once Redis appears the instance
+// joins the cluster without a restart.
+func TestFaultRedisUnreachableAtStartup(t *testing.T) {
+	srv := testsvc.StartRedis(t)
+	srv.Kill() // its port is known, and nothing listens there
+	global := fmt.Sprintf("\trealtime {\n\t\tredis redis://%s\n\t}", srv.Addr())
+	start := time.Now()
+	a := startCaddyWith(t, global, clusterSite)
+	t.Logf("caddy listening %s after start with redis down", time.Since(start).Round(time.Millisecond))
+	if !strings.Contains(a.logs.String(), "redis unreachable at start-up") {
+		t.Fatalf("no warning about redis at start-up in the log:\n%s", a.logs.String())
+	}
+	if status, bus := health(t, a); status != "degraded" || bus != "unreachable" {
+		t.Fatalf("health %s, bus %s; want degraded, unreachable", status, bus)
+	}
+	c := subscribedLegacy(t, a, "news")
+	publish(t, a, `{"topic":"news","event":"local","data":1,"seq":false}`)
+	c.expect(`{"topic":"news","event":"local","data":1}`)
+	// A topic whose replay buffer lives in Redis cannot be stamped: the
+	// publish is refused, not lost silently.
+	if code, body := apiCall(t, http.MethodPost, a.url("/_realtime/publish"), "", `{"topic":"chat","event":"m","data":1}`); code != http.StatusServiceUnavailable {
+		t.Fatalf("publish to a redis-replayed topic with redis down: %d %s, want 503", code, body)
+	}
+
+	srv.Restart()
+	up := time.Now()
+	waitFor(t, 15*time.Second, "health ok once redis is up", func() bool {
+		status, _ := health(t, a)
+		return status == "ok"
+	})
+	if !sees(c, `"topic":"__realtime","event":"recovered"`, 5*time.Second) {
+		t.Fatal("the client was not told recovered")
+	}
+	b := startCaddyWith(t, global, clusterSite)
+	waitFor(t, 10*time.Second, "a publish on a second instance to reach the first's client", func() bool {
+		publish(t, b, `{"topic":"news","event":"remote","data":2,"seq":false}`)
+		return sees(c, `"event":"remote"`, 200*time.Millisecond)
+	})
+	t.Logf("cluster delivery %s after redis appeared", time.Since(up).Round(time.Millisecond))
+	if !strings.Contains(a.logs.String(), "connected to redis") {
+		t.Fatal("no info line when redis was reached")
+	}
+	// The redis-replayed topic works again, across instances.
+	ch := subscribedLegacy(t, a, "chat")
+	if got := publish(t, b, `{"topic":"chat","event":"m","data":1}`); got != `{"seq":1}` {
+		t.Fatalf("publish to the redis-replayed topic after redis appeared: %s", got)
+	}
+	if e := nextEnvelope(t, ch); e.Seq != 1 {
+		t.Fatalf("seq %d on the first instance, want 1", e.Seq)
+	}
+}
+
+// Postgres killed under `store postgres`: publishes to the durable topic
+// answer 503 BACKEND_UNAVAILABLE promptly instead of hanging, clients stay
+// connected, and after the restart publishes succeed with seqs that
+// continue from before the crash; a client resumes across the outage.
+func TestFaultPostgresRestart(t *testing.T) {
+	pg := testsvc.StartPostgres(t)
+	global := fmt.Sprintf("\trealtime {\n\t\tpostgres %s\n\t}", pg.URL())
+	in := startCaddyWith(t, global, `
+	realtime {
+		api /_realtime
+		shutdown_spread 0
+		replay chat {
+			store postgres
+			size 100
+		}
+	}`)
+	c := subscribedLegacy(t, in, "chat")
+	for i := 1; i <= 3; i++ {
+		if got := publish(t, in, fmt.Sprintf(`{"topic":"chat","event":"m","data":%d}`, i)); got != fmt.Sprintf(`{"seq":%d}`, i) {
+			t.Fatalf("publish %d answered %s", i, got)
+		}
+		c.expect(fmt.Sprintf(`{"topic":"chat","event":"m","data":%d,"seq":%d}`, i, i))
+	}
+
+	pg.Kill()
+	for i := 0; i < 3; i++ {
+		start := time.Now()
+		code, body := apiCall(t, http.MethodPost, in.url("/_realtime/publish"), "", `{"topic":"chat","event":"m","data":"lost"}`)
+		took := time.Since(start)
+		wantAPIError(t, "publish with postgres down", code, body, http.StatusServiceUnavailable, "BACKEND_UNAVAILABLE")
+		if took > 6*time.Second {
+			t.Fatalf("publish with postgres down took %s", took)
+		}
+	}
+	// A topic without a durable buffer is unaffected.
+	n := subscribedLegacy(t, in, "news")
+	publish(t, in, `{"topic":"news","event":"e","data":1}`)
+	n.expect(`{"topic":"news","event":"e","data":1,"seq":1}`)
+	c.quiet(200 * time.Millisecond) // still connected, nothing half-published
+
+	pg.Restart()
+	var seq uint64
+	waitFor(t, 20*time.Second, "a publish to succeed after the restart", func() bool {
+		code, body := apiCall(t, http.MethodPost, in.url("/_realtime/publish"), "", `{"topic":"chat","event":"m","data":4}`)
+		if code != http.StatusOK {
+			return false
+		}
+		var r struct{ Seq uint64 }
+		_ = json.Unmarshal([]byte(body), &r)
+		seq = r.Seq
+		return true
+	})
+	if seq != 4 {
+		t.Fatalf("first seq after the restart %d, want 4 (no gap, never backwards)", seq)
+	}
+	c.expect(`{"topic":"chat","event":"m","data":4,"seq":4}`)
+	select {
+	case <-c.closed:
+		t.Fatalf("the client was disconnected by the outage: %v", c.err)
+	default:
+	}
+	d := dial(t, in)
+	d.welcome()
+	d.send(`{"type":"hello","caps":[]}`)
+	d.send(`{"type":"resume","sessionId":"s","lastSeenSeqs":{"chat":2}}`)
+	d.send(`{"type":"subscribe-batch","topics":["chat"],"ref":1}`)
+	d.expect(`{"type":"resumed"}`)
+	d.expect(`{"topic":"chat","event":"m","data":3,"seq":3}`)
+	d.expect(`{"topic":"chat","event":"m","data":4,"seq":4}`)
+	d.expect(`{"type":"subscribed","topic":"chat","ref":1}`)
+}
