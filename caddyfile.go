@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"math"
 	"net/url"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -68,7 +69,11 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //				client_name <name>
 //				channel <channel>
 //			}
-//			postgres <dsn>
+//			postgres <dsn> {
+//				notify_dsn <dsn>
+//				max_conns <n>
+//				min_conns <n>
+//			}
 //		}
 //	}
 //
@@ -100,14 +105,11 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			a.Redis = r
 		case "postgres":
-			// The DSN is never quoted back in errors: it may hold a password.
-			if !d.NextArg() {
-				return d.ArgErr()
+			p, err := parsePostgres(d)
+			if err != nil {
+				return err
 			}
-			a.Postgres = &PostgresConfig{DSN: d.Val()}
-			if d.NextArg() {
-				return d.ArgErr()
-			}
+			a.Postgres = p
 		default:
 			return d.Errf("unrecognized subdirective: %s", opt)
 		}
@@ -165,6 +167,52 @@ func parseRedis(d *caddyfile.Dispenser) (*RedisConfig, error) {
 		}
 	}
 	return r, nil
+}
+
+// parsePostgres reads `postgres <dsn> [{ … }]` of the global option. The
+// DSNs are never quoted back in errors: they may hold a password.
+func parsePostgres(d *caddyfile.Dispenser) (*PostgresConfig, error) {
+	if !d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	p := &PostgresConfig{DSN: d.Val()}
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	seen := make(map[string]bool)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if seen[opt] {
+			return nil, d.Errf("%s already specified", opt)
+		}
+		seen[opt] = true
+		var err error
+		switch opt {
+		case "notify_dsn":
+			if !d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			p.NotifyDSN = d.Val()
+			if d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			err = noBlock(d, opt)
+		case "max_conns":
+			var n int
+			n, err = intArg(d, 1)
+			p.MaxConns = int32(min(n, math.MaxInt32))
+		case "min_conns":
+			var n int
+			n, err = intArg(d, 0)
+			p.MinConns = int32(min(n, math.MaxInt32))
+		default:
+			return nil, d.Errf("unrecognized postgres subdirective: %s", opt)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return p, nil
 }
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
@@ -251,6 +299,14 @@ func parseRedis(d *caddyfile.Dispenser) (*RedisConfig, error) {
 //			timeout <duration>
 //			max_in_flight <n>
 //		}
+//		notify <channel> {
+//			mode all|leader
+//			topic_field <field>
+//			event_field <field>
+//			data_field <field>
+//			poll_interval <duration>
+//			resync <topic>
+//		}
 //	}
 //
 // Blocks after api, auth, the hooks, replay, presence, cursor and group are
@@ -265,7 +321,9 @@ func parseRedis(d *caddyfile.Dispenser) (*RedisConfig, error) {
 // A topic pattern ('*' matches any run of characters) is printable ASCII
 // without '"' or '\' and does not start with "__"; a group name is a topic
 // name without spaces that does not start with "__". replay, presence,
-// cursor and group may repeat, each for a different pattern or name; meta
+// cursor, group and notify may repeat, each for a different pattern, name or
+// channel; a notify channel is letters, digits and '_' (up to 63, not
+// starting with a digit) and its resync topic a valid non-"__" topic; meta
 // may repeat, each for a different key, and builds the group's metadata as
 // a JSON object of strings in the order written. Every other option may
 // appear once per block. Nothing is defaulted here: Provision does it, so
@@ -351,6 +409,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.RateLimit, err = parseRateLimit(d)
 		case "events_hook":
 			h.EventsHook, err = parseHook(d)
+		case "notify":
+			var n NotifyConfig
+			if n, err = parseNotify(d, h.Notify); err == nil {
+				h.Notify = append(h.Notify, n)
+			}
 		default:
 			return d.Errf("unrecognized subdirective: %s", opt)
 		}
@@ -363,7 +426,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 
 // repeatable lists the handler options that may appear more than once, each
 // for a different pattern or name.
-var repeatable = map[string]bool{"replay": true, "presence": true, "cursor": true, "group": true}
+var repeatable = map[string]bool{"replay": true, "presence": true, "cursor": true, "group": true, "notify": true}
 
 // parseAPI parses `api <path> [{ … }]`; the cursor is on "api".
 func parseAPI(d *caddyfile.Dispenser) (*APIConfig, error) {
@@ -859,6 +922,60 @@ func parseRateLimit(d *caddyfile.Dispenser) (*RateLimitConfig, error) {
 		return nil, d.Err("rate_limit requires a block")
 	}
 	return rl, nil
+}
+
+// notifyChannelRE is what PostgreSQL takes as an unquoted-style channel
+// identifier (notify.Listener checks the same).
+var notifyChannelRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,62}$`)
+
+// parseNotify parses `notify <channel> [{ … }]`; the cursor is on "notify".
+func parseNotify(d *caddyfile.Dispenser, declared []NotifyConfig) (NotifyConfig, error) {
+	if !d.NextArg() {
+		return NotifyConfig{}, d.ArgErr()
+	}
+	n := NotifyConfig{Channel: d.Val()}
+	if d.NextArg() {
+		return NotifyConfig{}, d.ArgErr()
+	}
+	if !notifyChannelRE.MatchString(n.Channel) {
+		return NotifyConfig{}, d.Errf("bad notify channel '%s': want letters, digits and '_', up to 63, not starting with a digit", n.Channel)
+	}
+	if slices.ContainsFunc(declared, func(o NotifyConfig) bool { return o.Channel == n.Channel }) {
+		return NotifyConfig{}, d.Errf("notify channel '%s' already declared", n.Channel)
+	}
+	seen := make(map[string]bool)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if seen[opt] {
+			return NotifyConfig{}, d.Errf("%s already specified", opt)
+		}
+		seen[opt] = true
+		var err error
+		switch opt {
+		case "mode":
+			if n.Mode, err = singleArg(d); err == nil && n.Mode != "all" && n.Mode != "leader" {
+				return NotifyConfig{}, d.Errf("unknown notify mode '%s': want all or leader", n.Mode)
+			}
+		case "topic_field":
+			n.TopicField, err = singleArg(d)
+		case "event_field":
+			n.EventField, err = singleArg(d)
+		case "data_field":
+			n.DataField, err = singleArg(d)
+		case "poll_interval":
+			n.PollInterval, err = durationArg(d, false)
+		case "resync":
+			if n.Resync, err = singleArg(d); err == nil && (wire.IsSystem(n.Resync) || !wire.ValidTopic(n.Resync, true)) {
+				return NotifyConfig{}, d.Errf("bad resync topic '%s': want a topic not starting with __", n.Resync)
+			}
+		default:
+			return NotifyConfig{}, d.Errf("unrecognized notify subdirective: %s", opt)
+		}
+		if err != nil {
+			return NotifyConfig{}, err
+		}
+	}
+	return n, nil
 }
 
 // patternHead reads the one topic pattern argument of the current option

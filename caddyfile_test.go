@@ -1307,6 +1307,73 @@ func TestHandlerUnmarshalCaddyfile(t *testing.T) {
 			input:   "realtime {\n\tevents_hook http://a/x {\n\t\tmax_in_flight 0\n\t}\n}",
 			wantErr: "max_in_flight must be positive, got '0'",
 		},
+
+		// notify.
+		{
+			name:  "a bare notify sets only the channel so Provision picks the mode",
+			input: "realtime {\n\tnotify todos\n}",
+			want:  Handler{Notify: []NotifyConfig{{Channel: "todos"}}},
+		},
+		{
+			name: "notify takes every option and may repeat for another channel",
+			input: "realtime {\n\tnotify table_changes {\n\t\tmode leader\n\t\ttopic_field table\n\t\tevent_field op\n\t\tdata_field row\n" +
+				"\t\tpoll_interval 500ms\n\t\tresync todos:sync\n\t}\n\tnotify Other_2 {\n\t\tmode all\n\t}\n}",
+			want: Handler{Notify: []NotifyConfig{
+				{Channel: "table_changes", Mode: "leader", TopicField: "table", EventField: "op", DataField: "row",
+					PollInterval: caddy.Duration(500 * time.Millisecond), Resync: "todos:sync"},
+				{Channel: "Other_2", Mode: "all"},
+			}},
+		},
+		{
+			name:    "notify without a channel is an argument error",
+			input:   "realtime {\n\tnotify\n}",
+			wantErr: "wrong argument count",
+		},
+		{
+			name:    "a notify channel that is not an identifier is rejected",
+			input:   "realtime {\n\tnotify todo-changes\n}",
+			wantErr: "bad notify channel 'todo-changes': want letters, digits and '_'",
+		},
+		{
+			name:    "a notify channel starting with a digit is rejected",
+			input:   "realtime {\n\tnotify 1chan\n}",
+			wantErr: "bad notify channel '1chan'",
+		},
+		{
+			name:    "a repeated notify channel is rejected",
+			input:   "realtime {\n\tnotify c\n\tnotify c {\n\t\tmode all\n\t}\n}",
+			wantErr: "notify channel 'c' already declared",
+		},
+		{
+			name:    "an unknown notify mode is rejected listing the accepted ones",
+			input:   "realtime {\n\tnotify c {\n\t\tmode some\n\t}\n}",
+			wantErr: "unknown notify mode 'some': want all or leader",
+		},
+		{
+			name:    "a repeated notify option is rejected",
+			input:   "realtime {\n\tnotify c {\n\t\tmode all\n\t\tmode leader\n\t}\n}",
+			wantErr: "mode already specified",
+		},
+		{
+			name:    "a zero poll_interval is rejected",
+			input:   "realtime {\n\tnotify c {\n\t\tpoll_interval 0s\n\t}\n}",
+			wantErr: "poll_interval must be positive, got '0s'",
+		},
+		{
+			name:    "a system resync topic is rejected",
+			input:   "realtime {\n\tnotify c {\n\t\tresync __realtime\n\t}\n}",
+			wantErr: "bad resync topic '__realtime': want a topic not starting with __",
+		},
+		{
+			name:    "an empty topic_field is rejected",
+			input:   "realtime {\n\tnotify c {\n\t\ttopic_field \"\"\n\t}\n}",
+			wantErr: "topic_field must not be empty",
+		},
+		{
+			name:    "an unknown notify subdirective is named",
+			input:   "realtime {\n\tnotify c {\n\t\tqueue 5\n\t}\n}",
+			wantErr: "unrecognized notify subdirective: queue",
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var got Handler
@@ -1374,6 +1441,46 @@ func TestAppUnmarshalCaddyfile(t *testing.T) {
 			name:    "a repeated redis option is rejected",
 			input:   "realtime {\n\tredis redis://h {\n\t\tdb 1\n\t\tdb 2\n\t}\n}",
 			wantErr: "db already specified",
+		},
+		{
+			name:  "postgres without a block sets only the dsn",
+			input: "realtime {\n\tpostgres postgres://u:secret@h/db\n}",
+			want:  App{Postgres: &PostgresConfig{DSN: "postgres://u:secret@h/db"}},
+		},
+		{
+			name:  "postgres takes notify_dsn and pool bounds",
+			input: "realtime {\n\tpostgres {env.PG} {\n\t\tnotify_dsn postgres://h:5432/db\n\t\tmax_conns 20\n\t\tmin_conns 0\n\t}\n}",
+			want:  App{Postgres: &PostgresConfig{DSN: "{env.PG}", NotifyDSN: "postgres://h:5432/db", MaxConns: 20}},
+		},
+		{
+			name:    "postgres without a dsn is an argument error",
+			input:   "realtime {\n\tpostgres\n}",
+			wantErr: "wrong argument count",
+		},
+		{
+			name:    "an unknown postgres option is named",
+			input:   "realtime {\n\tpostgres postgres://h/db {\n\t\tpool 3\n\t}\n}",
+			wantErr: "unrecognized postgres subdirective: pool",
+		},
+		{
+			name:    "a zero max_conns is rejected",
+			input:   "realtime {\n\tpostgres postgres://h/db {\n\t\tmax_conns 0\n\t}\n}",
+			wantErr: "max_conns must be positive, got '0'",
+		},
+		{
+			name:    "a negative min_conns is rejected",
+			input:   "realtime {\n\tpostgres postgres://h/db {\n\t\tmin_conns -1\n\t}\n}",
+			wantErr: "min_conns must not be negative, got '-1'",
+		},
+		{
+			name:    "a repeated postgres option is rejected without quoting the dsn",
+			input:   "realtime {\n\tpostgres postgres://u:secret@h/db {\n\t\tnotify_dsn postgres://u:secret@a/db\n\t\tnotify_dsn postgres://u:secret@b/db\n\t}\n}",
+			wantErr: "notify_dsn already specified",
+		},
+		{
+			name:    "notify_dsn with two values is an argument error",
+			input:   "realtime {\n\tpostgres postgres://h/db {\n\t\tnotify_dsn a b\n\t}\n}",
+			wantErr: "wrong argument count",
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

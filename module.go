@@ -63,8 +63,8 @@ type App struct {
 	// Default: none (in memory, this instance only).
 	Redis *RedisConfig `json:"redis,omitempty"`
 
-	// Postgres gives `store postgres` replay buffers a durable home.
-	// Default: none.
+	// Postgres gives `store postgres` replay buffers a durable home and
+	// `notify` channels their server. Default: none.
 	Postgres *PostgresConfig `json:"postgres,omitempty"`
 
 	logger   *zap.Logger
@@ -72,6 +72,8 @@ type App struct {
 	redisKey string
 	pg       *pgxpool.Pool
 	pgKey    string
+	// notifyDSN is the resolved DSN of LISTEN connections: NotifyDSN, else DSN.
+	notifyDSN string
 }
 
 // PostgresConfig configures the shared PostgreSQL pool.
@@ -80,6 +82,23 @@ type PostgresConfig struct {
 	// pool_* parameters included). Required. Placeholders are resolved; the
 	// DSN never appears in logs or errors.
 	DSN string `json:"dsn,omitempty"`
+
+	// NotifyDSN is the connection string of the `notify` channels' LISTEN
+	// connections, one per channel, held open and never pooled. Set it
+	// when DSN goes through a pooler in transaction mode (PgBouncer,
+	// Supavisor on 6543, …): LISTEN is session state, which such a pooler
+	// drops between transactions, so notifications would silently stop;
+	// point NotifyDSN at the server itself or at a session-mode port.
+	// Placeholders are resolved; never logged. Default: DSN.
+	NotifyDSN string `json:"notify_dsn,omitempty"`
+
+	// MaxConns caps the pool's connections. Default: pgx's, the greater
+	// of 4 and the number of CPUs (or the DSN's pool_max_conns).
+	MaxConns int32 `json:"max_conns,omitempty"`
+
+	// MinConns is how many idle connections the pool keeps open.
+	// Default: pgx's, 0 (or the DSN's pool_min_conns).
+	MinConns int32 `json:"min_conns,omitempty"`
 }
 
 // RedisConfig configures the shared Redis client.
@@ -249,7 +268,22 @@ func (a *App) provisionPostgres() error {
 		return errors.New("postgres: the dsn is not a valid connection string") // never echo it
 	}
 	cfg.ConnConfig.RuntimeParams["application_name"] = "caddy-realtime"
-	sum := sha256.Sum256([]byte(dsn))
+	if n := a.Postgres.MaxConns; n > 0 {
+		cfg.MaxConns = n
+	}
+	if n := a.Postgres.MinConns; n > 0 {
+		cfg.MinConns = n
+	}
+	if cfg.MinConns > cfg.MaxConns {
+		return fmt.Errorf("postgres: min_conns %d exceeds max_conns %d", cfg.MinConns, cfg.MaxConns)
+	}
+	a.notifyDSN = dsn
+	if a.Postgres.NotifyDSN != "" {
+		if a.notifyDSN = caddy.NewReplacer().ReplaceAll(a.Postgres.NotifyDSN, ""); a.notifyDSN == "" {
+			return errors.New("postgres: notify_dsn resolves to empty")
+		}
+	}
+	sum := sha256.Sum256([]byte(fmt.Sprint(dsn, "\x00", cfg.MaxConns, cfg.MinConns)))
 	key := "pg:" + hex.EncodeToString(sum[:])
 	v, _, err := pgPools.LoadOrNew(key, func() (caddy.Destructor, error) {
 		pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
@@ -396,6 +430,11 @@ type Handler struct {
 	// EventsHook receives group and presence events (join, leave, full,
 	// close) as POSTs, best effort. Default: none.
 	EventsHook *HookConfig `json:"events_hook,omitempty"`
+
+	// Notify bridges PostgreSQL NOTIFY channels to clients: each valid
+	// notification becomes a publish. Needs the global postgres option.
+	// Default: none.
+	Notify []NotifyConfig `json:"notify,omitempty"`
 
 	gw     *handlers.Gateway
 	key    string
@@ -591,6 +630,44 @@ type GroupConfig struct {
 	JoinOn []string `json:"join_on,omitempty"`
 }
 
+// NotifyConfig bridges one PostgreSQL NOTIFY channel: payloads are JSON
+// objects naming a topic, an event and data, each published to the topic's
+// subscribers. Payloads that are not such objects, or name a "__" topic,
+// are dropped and counted.
+type NotifyConfig struct {
+	// Channel is the channel to LISTEN on, as pg_notify names it: letters,
+	// digits and '_', up to 63 bytes, case-sensitive. Required.
+	Channel string `json:"channel,omitempty"`
+
+	// Mode is leader or all. leader: one instance, the holder of an
+	// advisory lock on the LISTEN connection (id: LockID of the channel),
+	// listens and publishes through the bus and replay store, so every
+	// client gets each notification once and a replayed topic one seq;
+	// when it dies another takes over within poll_interval. all: every
+	// instance listens and delivers to its own clients only; topics
+	// replayed in a shared store (redis, postgres) are dropped, since
+	// each instance would store them. Default: leader with the global
+	// redis option (a cluster), else all.
+	Mode string `json:"mode,omitempty"`
+
+	// TopicField, EventField and DataField name the payload's members
+	// holding the topic, the event and the data (e.g. table, op, row).
+	// Defaults: topic, event, data.
+	TopicField string `json:"topic_field,omitempty"`
+	EventField string `json:"event_field,omitempty"`
+	DataField  string `json:"data_field,omitempty"`
+
+	// PollInterval is how often a follower tries the leader lock: the
+	// longest the channel goes unheard after its leader dies. Default: 2s.
+	PollInterval caddy.Duration `json:"poll_interval,omitempty"`
+
+	// Resync is a topic on which the gateway publishes event "resync"
+	// with data {"channel":"<channel>"} whenever notifications may have
+	// been lost: after the listener reconnects, and when an instance
+	// takes the leadership. Clients refetch on it. Default: none.
+	Resync string `json:"resync,omitempty"`
+}
+
 // RateLimitConfig limits application frames (and optionally subscribes).
 type RateLimitConfig struct {
 	// Points is how many frames a key may send per Interval. Default: 10.
@@ -670,6 +747,21 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	// The Postgres pool is part of the gateway's identity too.
 	h.key += ":" + app.pgKey
+	if len(cfg.Notify) > 0 {
+		if app.pg == nil {
+			return fmt.Errorf("notify %q: needs the global option realtime { postgres <dsn> }", cfg.Notify[0].Channel)
+		}
+		for i, n := range h.Notify {
+			cfg.Notify[i].ConnString = app.notifyDSN
+			// A cluster (Redis) defaults to one listener for all.
+			cfg.Notify[i].Leader = n.Mode == "leader" || (n.Mode == "" && app.redis != nil)
+			if cfg.Notify[i].Leader && app.redis == nil {
+				logger.Warn("notify mode leader without the global redis option: only the leader instance's clients get notifications", zap.String("channel", n.Channel))
+			}
+		}
+		sum := sha256.Sum256([]byte(app.notifyDSN))
+		h.key += ":" + hex.EncodeToString(sum[:8])
+	}
 	opts := handlers.Options{Logger: logger, InstanceID: app.InstanceID}
 	if app.redis != nil {
 		client, rc := app.redis, app.Redis
@@ -859,6 +951,15 @@ func (h *Handler) gatewayConfig() (handlers.Config, error) {
 		}
 		cfg.RateLimit = r
 	}
+	for _, n := range h.Notify {
+		switch n.Mode {
+		case "", "all", "leader":
+		default:
+			return cfg, fmt.Errorf("notify %q: mode %q must be all or leader", n.Channel, n.Mode)
+		}
+		cfg.Notify = append(cfg.Notify, handlers.NotifyConfig{Channel: n.Channel, TopicField: n.TopicField, EventField: n.EventField,
+			DataField: n.DataField, PollInterval: time.Duration(n.PollInterval), Resync: n.Resync})
+	}
 	var err error
 	if cfg.EventsHook, err = hook("events_hook", h.EventsHook); err != nil {
 		return cfg, err
@@ -889,7 +990,7 @@ func optDuration(d *caddy.Duration) time.Duration {
 
 // extensionsFingerprint hashes the extension config (see Provision).
 func (h *Handler) extensionsFingerprint() string {
-	b, _ := json.Marshal([]any{h.Replay, h.Presence, h.Cursors, h.Groups, h.RateLimit})
+	b, _ := json.Marshal([]any{h.Replay, h.Presence, h.Cursors, h.Groups, h.RateLimit, h.Notify})
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:8])
 }

@@ -513,6 +513,9 @@ type Stats struct {
 	Subscriptions int     `json:"subscriptions"`
 	UptimeSeconds float64 `json:"uptime_seconds"`
 	Draining      bool    `json:"draining"`
+
+	// Notify is the state of each PostgreSQL NOTIFY channel (notify.go).
+	Notify []NotifyStats `json:"notify,omitempty"`
 }
 
 // Stats returns the gateway's counts.
@@ -529,6 +532,7 @@ func (g *Gateway) Stats() Stats {
 		Subscriptions: subs,
 		UptimeSeconds: g.now().Sub(g.started).Seconds(),
 		Draining:      g.draining.Load(),
+		Notify:        g.notifyStats(),
 	}
 }
 

@@ -57,6 +57,7 @@ type Config struct {
 	Groups     []GroupConfig
 	RateLimit  *RateLimitConfig
 	EventsHook *HookConfig
+	Notify     []NotifyConfig
 
 	// ClientIP returns the client address of a request as the server
 	// resolves it (Caddy: honouring trusted proxies). Default: the host of
@@ -129,6 +130,20 @@ type RateLimitConfig struct {
 	Close      bool   // action close (4429) instead of drop
 	Subscribes bool
 	FailClosed bool // limiter backend unreachable: refuse frames instead of allowing them
+}
+
+// NotifyConfig bridges one PostgreSQL NOTIFY channel to publishes (see
+// notify.go for the two modes).
+type NotifyConfig struct {
+	Channel    string
+	ConnString string // the LISTEN connection's, pgx syntax; required
+	// Leader elects one listener per channel across instances (advisory
+	// lock); its notifications take the normal publish path (store and
+	// bus). Otherwise every instance listens and delivers locally.
+	Leader                            bool
+	TopicField, EventField, DataField string        // defaults topic, event, data
+	PollInterval                      time.Duration // leader lock poll; default 2s
+	Resync                            string        // topic told "resync" after a gap; "" none
 }
 
 // Defaults of PROTOCOL.md §8.
@@ -345,6 +360,19 @@ func (c Config) Validate() error {
 			if !validPattern(p) {
 				return fmt.Errorf("group %q: join_on pattern %q must be a non-empty, non-system pattern", gr.Name, p)
 			}
+		}
+	}
+	channels := map[string]bool{}
+	for _, n := range c.Notify {
+		if n.Channel == "" || channels[n.Channel] {
+			return fmt.Errorf("notify: channel %q is empty or declared twice", n.Channel)
+		}
+		channels[n.Channel] = true
+		if n.Resync != "" && (!wire.ValidTopic(n.Resync, c.AllowNonASCIITopics) || wire.IsSystem(n.Resync)) {
+			return fmt.Errorf("notify %q: resync topic %q must be a valid, non-system topic", n.Channel, n.Resync)
+		}
+		if n.PollInterval < 0 {
+			return fmt.Errorf("notify %q: poll_interval must not be negative", n.Channel)
 		}
 	}
 	if c.MaxPayload < 1 {

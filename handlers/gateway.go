@@ -88,6 +88,7 @@ type Gateway struct {
 	presence presenceTopics
 	cursors  cursorTopics
 	events   eventPoster
+	notify   []*notifyBridge // PostgreSQL NOTIFY channels (notify.go); fixed for the gateway's life
 }
 
 // extensions holds the gateway's extension state. It is built once: a
@@ -195,6 +196,10 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 		return nil, err
 	}
 	g.ext = ext
+	if g.notify, err = g.newNotify(cfg.Notify, cfg.AllowNonASCIITopics); err != nil {
+		ext.close(context.Background())
+		return nil, err
+	}
 	g.hub = newHub(g.stamp)
 	g.presence.g, g.cursors.g, g.events.g = g, g, g
 	g.ctx, g.cancel = context.WithCancel(context.Background())
@@ -210,11 +215,16 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 	b, err := newBus(g.deliverRemote, g.setHealth)
 	if err != nil {
 		g.cancel()
+		closeNotify(context.Background(), g.notify) // never started: returns at once
 		return nil, err
 	}
 	g.bus = b
 	g.wg.Add(1)
 	go g.sweeper()
+	// Last: a notification publishes through the hub, stores and bus.
+	for _, nb := range g.notify {
+		nb.l.Start()
+	}
 	return g, nil
 }
 
@@ -283,6 +293,9 @@ func (g *Gateway) Close(ctx context.Context) error {
 func (g *Gateway) drain(ctx context.Context) error {
 	var err error
 	{
+		// First: no notification publishes into a closing gateway, and a
+		// leader's lock is freed for another instance at once.
+		closeNotify(ctx, g.notify)
 		g.lifeMu.Lock()
 		g.draining.Store(true)
 		g.lifeMu.Unlock()

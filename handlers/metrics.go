@@ -64,12 +64,20 @@ var (
 		Namespace: "caddy", Subsystem: "realtime", Name: "hook_errors_total",
 		Help: "Failed hook calls, by hook and cause (timeout, unreachable, status, invalid, busy).",
 	}, []string{"gateway", "hook", "cause"})
+	metricNotifyReceived = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "realtime", Name: "notify_received_total",
+		Help: "Valid notifications received on a PostgreSQL NOTIFY channel.",
+	}, []string{"gateway", "channel"})
+	metricNotifyDropped = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "realtime", Name: "notify_dropped_total",
+		Help: "Notifications dropped, by reason: invalid, system_topic, too_large, shared_store (mode all on a topic replayed in a shared store), publish_failed.",
+	}, []string{"gateway", "channel", "reason"})
 )
 
 var allMetrics = []prometheus.Collector{
 	metricConnections, metricSubscriptions, metricUpgrades, metricFramesIn, metricBytesIn,
 	metricFramesOut, metricBytesOut, metricDropped, metricClosed, metricPublished,
-	metricDeliveryLatency, metricHookDuration, metricHookErrors,
+	metricDeliveryLatency, metricHookDuration, metricHookErrors, metricNotifyReceived, metricNotifyDropped,
 }
 
 // RegisterMetrics adds the gateway metrics to reg, tolerating collectors

@@ -137,6 +137,11 @@ type Config struct {
 	// Listener reconnects. It runs on the Listener's goroutine.
 	OnError func(error)
 
+	// OnListen, if set, is called after each LISTEN succeeds, the first
+	// included, before OnLeader and OnReconnect: the Listener receives
+	// from then on (a caller logs recovery here).
+	OnListen func()
+
 	// OnReconnect, if set, is called after each successful reconnect
 	// (not after the first connect): notifications sent while the
 	// connection was down are lost, so the caller resyncs.
@@ -329,6 +334,9 @@ func (l *Listener) session(connected *bool) error {
 		return fmt.Errorf("notify: %s: %w", l.listen, err)
 	}
 	l.state.Store(StateListening)
+	if l.cfg.OnListen != nil {
+		l.cfg.OnListen()
+	}
 	if l.cfg.LeaderLock != 0 && l.cfg.OnLeader != nil {
 		l.cfg.OnLeader(true)
 		defer l.cfg.OnLeader(false)
