@@ -47,6 +47,34 @@ func sees(c *wsClient, want string, d time.Duration) bool {
 	}
 }
 
+// presenceDiffs reads c's presence_diff frames until the connections ids
+// all appear in their joins or leaves (kind), failing after d or if the
+// connection never appears there.
+func presenceDiffs(t *testing.T, c *wsClient, kind string, d time.Duration, never string, ids ...string) {
+	t.Helper()
+	want := map[string]bool{}
+	for _, id := range ids {
+		want["__conn:"+id] = true
+	}
+	deadline := time.Now().Add(d)
+	for len(want) > 0 {
+		raw := c.next(time.Until(deadline))
+		var f struct {
+			Event string                                `json:"event"`
+			Data  map[string]map[string]json.RawMessage `json:"data"`
+		}
+		if json.Unmarshal([]byte(raw), &f) != nil || f.Event != "presence_diff" {
+			continue
+		}
+		for k := range f.Data[kind] {
+			if never != "" && k == "__conn:"+never {
+				t.Fatalf("%s in %s: %s", k, kind, raw)
+			}
+			delete(want, k)
+		}
+	}
+}
+
 // Redis down when Caddy starts: Caddy starts anyway and serves its own
 // clients, /health says degraded, and once Redis appears the instance
 // joins the cluster without a restart.
@@ -170,4 +198,65 @@ func TestFaultPostgresRestart(t *testing.T) {
 	d.expect(`{"topic":"chat","event":"m","data":3,"seq":3}`)
 	d.expect(`{"topic":"chat","event":"m","data":4,"seq":4}`)
 	d.expect(`{"type":"subscribed","topic":"chat","ref":1}`)
+}
+
+// SIGKILL of one of three instances: the others broadcast its users'
+// presence leaves within ttl plus a margin, its group memberships stop
+// counting on the others within member_ttl plus a margin, and the
+// survivors keep delivering to each other meanwhile.
+func TestFaultGatewaySIGKILLOneOfThree(t *testing.T) {
+	cl := startCluster(t, 3, clusterExtSite)
+	dead, b, c := cl.nodes[0], cl.nodes[1], cl.nodes[2]
+	watcher := dial(t, b)
+	watcher.welcome()
+	watcher.send(`{"type":"hello","caps":["batch"]}`)
+	watcher.send(`{"type":"subscribe","topic":"__presence:room","ref":1}`)
+	onC := subscribedLegacy(t, c, "news")
+
+	joinLobby := func(in *instance) (*wsClient, string) {
+		w := dial(t, in)
+		id := w.welcome()
+		w.send(`{"type":"subscribe","topic":"room","ref":1}`)
+		w.send(`{"type":"subscribe","topic":"__group:lobby","ref":2}`)
+		return w, id
+	}
+	var doomed []string
+	for i := 0; i < 3; i++ {
+		_, id := joinLobby(dead)
+		doomed = append(doomed, id)
+	}
+	_, survivor := joinLobby(c)
+	presenceDiffs(t, watcher, "joins", 10*time.Second, "", append(doomed, survivor)...)
+	waitFor(t, 5*time.Second, "4 lobby members seen from every survivor", func() bool {
+		return getGroup(t, b, "lobby").Count == 4 && getGroup(t, c, "lobby").Count == 4
+	})
+
+	start := time.Now()
+	_ = dead.cmd.Process.Kill()
+	// ttl 3s, heartbeat 1s: leaves within ttl plus two heartbeats.
+	const bound = 3*time.Second + 2*time.Second + 2*time.Second
+	presenceDiffs(t, watcher, "leaves", bound, survivor, doomed...)
+	t.Logf("presence leaves of the dead instance's %d members after %s", len(doomed), time.Since(start).Round(10*time.Millisecond))
+	if took := time.Since(start); took > bound {
+		t.Fatalf("leaves took %s, want within %s", took, bound)
+	}
+	if m := presenceMembers(t, b, "room"); len(m) != 1 || m["__conn:"+survivor] == nil {
+		t.Fatalf("members after the reaping: %v, want only the survivor", m)
+	}
+	// member_ttl 3s: the dead instance's memberships stop counting.
+	waitFor(t, bound, "the dead instance's group memberships to disappear", func() bool {
+		return getGroup(t, b, "lobby").Count == 1 && getGroup(t, c, "lobby").Count == 1
+	})
+	t.Logf("group count back to 1 after %s", time.Since(start).Round(10*time.Millisecond))
+	// The survivors deliver to each other, and a freed place can be taken.
+	publish(t, b, `{"topic":"news","event":"after","data":1,"seq":false}`)
+	if !sees(onC, `"event":"after"`, 5*time.Second) {
+		t.Fatal("a publish on a survivor did not reach a client of the other survivor")
+	}
+	late := dial(t, b)
+	late.welcome()
+	late.send(`{"type":"subscribe","topic":"__group:lobby","ref":1}`)
+	if !sees(late, `{"type":"subscribed","topic":"__group:lobby","ref":1}`, 5*time.Second) {
+		t.Fatal("a new member could not join after the reaping")
+	}
 }
