@@ -1,10 +1,15 @@
 package caddytest
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
+	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -258,5 +263,207 @@ func TestFaultGatewaySIGKILLOneOfThree(t *testing.T) {
 	late.send(`{"type":"subscribe","topic":"__group:lobby","ref":1}`)
 	if !sees(late, `{"type":"subscribed","topic":"__group:lobby","ref":1}`, 5*time.Second) {
 		t.Fatal("a new member could not join after the reaping")
+	}
+}
+
+// hangingServer accepts TCP connections and never answers: an application
+// that hangs below HTTP, where no request context can end its handler.
+func hangingServer(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu    sync.Mutex
+		conns []net.Conn
+	)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		l.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return "http://" + l.Addr().String()
+}
+
+// writeEndless answers 200 and streams a body until the reader goes away.
+func writeEndless(w http.ResponseWriter, c hookReq) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	chunk := []byte(`{"id":"` + strings.Repeat("x", 64<<10))
+	for c.ctx.Err() == nil {
+		if _, err := w.Write(chunk); err != nil {
+			return
+		}
+		chunk = bytes.Repeat([]byte("x"), 64<<10)
+	}
+}
+
+// An auth hook that hangs refuses upgrades with 504 within its timeout,
+// even many at once, and the instance keeps serving.
+func TestFaultHookAuthHangs(t *testing.T) {
+	hang := hangingServer(t)
+	in := startCaddy(t, `
+	realtime {
+		api /_realtime
+		auth `+hang+`/auth {
+			timeout 500ms
+		}
+		shutdown_spread 0
+		limits {
+			upgrade_rate off
+		}
+	}`)
+	start := time.Now()
+	var wg sync.WaitGroup
+	statuses := make(chan int, 20)
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, resp, err := tryDial(in, dialOpts{origin: in.origin()})
+			switch {
+			case err == nil:
+				c.CloseNow()
+				statuses <- resp.StatusCode
+			case resp != nil:
+				statuses <- resp.StatusCode
+			default:
+				statuses <- -1
+			}
+		}()
+	}
+	wg.Wait()
+	close(statuses)
+	took := time.Since(start)
+	for s := range statuses {
+		if s != http.StatusGatewayTimeout {
+			t.Fatalf("upgrade against a hung auth hook: %d, want 504", s)
+		}
+	}
+	t.Logf("20 concurrent upgrades refused with 504 in %s (hook timeout 500ms)", took.Round(time.Millisecond))
+	if took > 3*time.Second {
+		t.Fatalf("refusing took %s with a 500ms hook timeout", took)
+	}
+	if status, _ := health(t, in); status != "ok" {
+		t.Fatalf("health %s after the hung hook", status)
+	}
+}
+
+// Garbage from the application is refused with a clear status and never
+// takes the gateway down: an auth answer of the wrong type, not JSON, too
+// large or endless gives 502; a message hook answering that way, or
+// hanging, costs only that message: the connection's later messages, its
+// subscriptions and other connections carry on.
+func TestFaultHookGarbageAnswers(t *testing.T) {
+	hugeID := `{"id":"` + strings.Repeat("x", 8<<20) + `"}`
+	app := newApp(t, func(w http.ResponseWriter, c hookReq) {
+		if c.Path == "/auth" {
+			u, _ := url.Parse(c.Header.Get("X-Forwarded-Uri"))
+			switch u.Query().Get("case") {
+			case "huge":
+				writeJSONAnswer(w, http.StatusOK, hugeID)
+			case "endless":
+				writeEndless(w, c)
+			case "number":
+				writeJSONAnswer(w, http.StatusOK, `42`)
+			case "html":
+				w.Header().Set("Content-Type", "text/html")
+				_, _ = io.WriteString(w, "<html>login</html>")
+			default:
+				writeJSONAnswer(w, http.StatusOK, `{"id":"u"}`)
+			}
+			return
+		}
+		var m msgHookBody
+		_ = json.Unmarshal(c.Body, &m)
+		switch d := *m.Data; d {
+		case "hang":
+			<-c.ctx.Done()
+		case "notjson":
+			writeJSONAnswer(w, http.StatusOK, `{oops`)
+		case "wrongtype":
+			writeJSONAnswer(w, http.StatusOK, `{"publish":"room","reply":5,"close":"now"}`)
+		case "array":
+			writeJSONAnswer(w, http.StatusOK, `[{"topic":"room"}]`)
+		case "huge":
+			writeJSONAnswer(w, http.StatusOK, `{"reply":{"topic":"me","event":"x","data":"`+strings.Repeat("x", 8<<20)+`"}}`)
+		case "endless":
+			writeEndless(w, c)
+		case "error":
+			writeJSONAnswer(w, http.StatusInternalServerError, `{"error":"boom"}`)
+		default:
+			writeJSONAnswer(w, http.StatusOK, `{"reply":{"topic":"me","event":"ack","data":"`+d+`"}}`)
+		}
+	})
+	in := startCaddy(t, `
+	realtime {
+		api /_realtime
+		auth `+app.url("/auth")+` {
+			timeout 2s
+		}
+		message_hook `+app.url("/message")+` {
+			timeout 500ms
+		}
+		shutdown_spread 0
+		limits {
+			upgrade_rate off
+		}
+	}`)
+	for _, tc := range []string{"huge", "endless", "number", "html"} {
+		start := time.Now()
+		if status, _ := dialStatus(t, in, "/ws?case="+tc, nil); status != http.StatusBadGateway {
+			t.Fatalf("auth answer %s: upgrade got %d, want 502", tc, status)
+		}
+		if took := time.Since(start); took > 2*time.Second {
+			t.Fatalf("auth answer %s took %s to refuse", tc, took)
+		}
+	}
+
+	sender := dial(t, in)
+	sender.welcome()
+	sender.send(`{"type":"subscribe","topic":"room","ref":1}`)
+	sender.expect(`{"type":"subscribed","topic":"room","ref":1}`)
+	other := dial(t, in)
+	other.welcome()
+	for _, garbage := range []string{"hang", "notjson", "wrongtype", "array", "huge", "endless", "error"} {
+		sender.send(garbage)
+		other.send("other-" + garbage)
+		other.expect(`{"topic":"me","event":"ack","data":"other-` + garbage + `"}`)
+		sender.send("after-" + garbage)
+		var got string
+		for {
+			got = sender.next(5 * time.Second)
+			if !strings.Contains(got, `"event":"x"`) { // a huge reply, if ever delivered, is not the point
+				break
+			}
+		}
+		if got != `{"topic":"me","event":"ack","data":"after-`+garbage+`"}` {
+			t.Fatalf("after a %s answer the sender got %s, want the ack of its next message", garbage, got)
+		}
+	}
+	publish(t, in, `{"topic":"room","event":"still","data":1}`)
+	sender.expect(`{"topic":"room","event":"still","data":1,"seq":1}`)
+	if status, _ := health(t, in); status != "ok" {
+		t.Fatalf("health %s after the garbage", status)
+	}
+	select {
+	case <-in.done:
+		t.Fatalf("caddy exited: %v", in.err)
+	default:
 	}
 }
