@@ -13,8 +13,6 @@ import (
 
 	"github.com/coder/websocket"
 	"go.uber.org/zap"
-
-	"github.com/caddy-realtime/realtime/extensions/wire"
 )
 
 // conn is one accepted WebSocket.
@@ -28,7 +26,8 @@ import (
 type conn struct {
 	g        *Gateway
 	ws       *websocket.Conn
-	id       string // the welcome session id, also the connection id of the API and hooks
+	cork     *corkConn // the socket under ws; nil in tests that build conns by hand
+	id       string    // the welcome session id, also the connection id of the API and hooks
 	ip       string
 	identity json.RawMessage // the auth hook's object, or {}
 	user     string          // String(identity[user_key]); "" when absent
@@ -71,7 +70,6 @@ type conn struct {
 	observing       map[string]bool   // presence topics observed through __presence:<t>
 	cursorsAttached map[string]bool   // cursor topics whose frames this connection receives
 	cursorsMoved    []string          // cursor topics this connection has an entry on
-	frame           wire.Frame
 	tokens          float64
 	refilled        time.Time
 	dropStart       time.Time
@@ -184,45 +182,88 @@ func (c *conn) writeLoop() {
 		c.queue, c.spare = c.spare[:0], nil
 		c.mu.Unlock()
 
-		s := c.g.settings()
-		var written, replayWritten int64
-		for i := range batch {
-			if i > 0 && c.isClosed() {
-				return // closing (slow consumer, shutdown): the close frame goes next
-			}
-			f := batch[i]
-			ctx, cancel := context.WithTimeout(c.g.ctx, s.WriteTimeout)
-			err := c.ws.Write(ctx, websocket.MessageText, f.b)
-			cancel()
-			if err != nil {
-				// A timed-out write closes the socket (coder/websocket#242):
-				// that is the policy for a client that stopped reading.
-				c.markClosed()
-				c.ws.CloseNow()
-				return
-			}
-			now := c.g.now()
-			c.lastWrite.Store(now.UnixNano())
-			if f.exempt {
-				replayWritten += int64(len(f.b))
-			} else {
-				written += int64(len(f.b))
-			}
-			c.g.m.framesOut.Inc()
-			c.g.m.bytesOut.Add(float64(len(f.b)))
-			if f.at != 0 {
-				c.g.m.latency.Observe(float64(now.UnixNano()-f.at) / 1e9)
-			}
+		if !c.writeBatch(batch) {
+			return
 		}
 		clear(batch)
 		c.mu.Lock()
-		c.queued -= written
-		c.replayQueued -= replayWritten
 		if c.spare == nil && cap(batch) <= 256 {
 			c.spare = batch[:0] // reuse, but never pin a burst-sized slice
 		}
 		c.mu.Unlock()
 	}
+}
+
+// writeBatch writes drained frames, corked into as few socket writes as
+// their size allows, and accounts for them. It reports false when the
+// connection is done (closed meanwhile, or a write failed).
+//
+// The library is given a context that is never done, so it arms no timer
+// per frame (with a deadline context, coder/websocket sets up and stops a
+// context.AfterFunc for every frame: a sixth of the CPU of a fan-out); the
+// corked socket write carries the write timeout instead.
+func (c *conn) writeBatch(batch []outFrame) bool {
+	s := c.g.settings()
+	if c.cork != nil {
+		c.cork.cork(s.WriteTimeout)
+	}
+	var written, replayWritten int64
+	n := 0
+	failed, stopped := false, false
+	for i := range batch {
+		if i > 0 && c.isClosed() {
+			stopped = true // closing (slow consumer, shutdown): the close frame goes next
+			break
+		}
+		f := batch[i]
+		var err error
+		if c.cork != nil {
+			err = c.ws.Write(context.Background(), websocket.MessageText, f.b)
+		} else {
+			ctx, cancel := context.WithTimeout(c.g.ctx, s.WriteTimeout)
+			err = c.ws.Write(ctx, websocket.MessageText, f.b)
+			cancel()
+		}
+		if err != nil {
+			failed = true
+			break
+		}
+		n++
+		if f.exempt {
+			replayWritten += int64(len(f.b))
+		} else {
+			written += int64(len(f.b))
+		}
+	}
+	// Uncork on every path: a close frame the library wrote meanwhile may
+	// sit in the cork buffer.
+	if c.cork != nil && c.cork.uncork() != nil {
+		failed = true
+	}
+	if failed {
+		// A failed or timed-out write: that is the policy for a client
+		// that stopped reading (coder/websocket#242 closes the socket on
+		// a timed-out write too).
+		c.markClosed()
+		c.ws.CloseNow()
+	}
+	now := c.g.now()
+	c.lastWrite.Store(now.UnixNano())
+	c.g.m.framesOut.Add(float64(n))
+	c.g.m.bytesOut.Add(float64(written + replayWritten))
+	for _, f := range batch[:n] {
+		if f.at != 0 {
+			c.g.m.latency.Observe(float64(now.UnixNano()-f.at) / 1e9)
+		}
+	}
+	if failed || stopped {
+		return false // markClosed reset the counters
+	}
+	c.mu.Lock()
+	c.queued -= written
+	c.replayQueued -= replayWritten
+	c.mu.Unlock()
+	return true
 }
 
 func (c *conn) isClosed() bool {
@@ -279,7 +320,11 @@ func (c *conn) readLoop() {
 	defer c.cleanup()
 	defer c.recoverPanic("read loop")
 	for {
-		typ, r, err := c.ws.Reader(c.g.ctx)
+		// A context that is never done: with the gateway's, the library
+		// would register a context.AfterFunc on it for every read, a few
+		// hundred bytes per idle connection. Close ends reads by closing
+		// the sockets.
+		typ, r, err := c.ws.Reader(context.Background())
 		if err != nil {
 			c.logClose(err)
 			return

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/coder/websocket"
@@ -22,6 +23,10 @@ const (
 // MaxLastSeen bounds the resume entries considered (§8).
 const MaxLastSeen = 1024
 
+// framePool holds parsed frames between uses: a frame kept per connection
+// would hold its last parse's slices for the connection's whole life.
+var framePool = sync.Pool{New: func() any { return new(wire.Frame) }}
+
 // handle processes one inbound frame on the read loop.
 func (c *conn) handle(typ websocket.MessageType, msg []byte, now time.Time) {
 	if !c.allowFrame(now) {
@@ -34,7 +39,8 @@ func (c *conn) handle(typ websocket.MessageType, msg []byte, now time.Time) {
 		}
 		return
 	}
-	f := &c.frame
+	f := framePool.Get().(*wire.Frame)
+	defer framePool.Put(f)
 	isCursor := func() bool {
 		return wire.ValidTopic(f.Topic, c.g.settings().AllowNonASCIITopics) && c.g.cursorFor(f.Topic) != nil
 	}

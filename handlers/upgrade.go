@@ -112,7 +112,8 @@ func (g *Gateway) serveUpgrade(w http.ResponseWriter, r *http.Request, s *settin
 	}
 	c := &conn{g: g, id: uuid.NewString(), ip: ip, identity: identity}
 	alive := func() { c.lastRead.Store(time.Now().UnixNano()) }
-	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+	hw := &smallHijacker{ResponseWriter: w}
+	ws, err := websocket.Accept(hw, r, &websocket.AcceptOptions{
 		InsecureSkipVerify: true, // the origin policy above already ran, with our own rules
 		OnPongReceived:     func(context.Context, []byte) { alive() },
 		OnPingReceived:     func(context.Context, []byte) bool { alive(); return true },
@@ -124,7 +125,7 @@ func (g *Gateway) serveUpgrade(w http.ResponseWriter, r *http.Request, s *settin
 		return
 	}
 	ws.SetReadLimit(s.MaxPayload)
-	c.ws = ws
+	c.ws, c.cork = ws, hw.cork
 	g.start(c, s)
 }
 
