@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 	"go.uber.org/zap"
@@ -191,6 +192,12 @@ func (p *publishItem) message(s *settings, direct bool) (bus.Message, *APIError)
 			return bus.Message{}, apiErr(http.StatusBadRequest, "BAD_JSON", "data is not valid json")
 		}
 		data = buf.Bytes()
+		// encoding/json passes invalid UTF-8 inside strings through raw; a
+		// text frame carrying it makes browsers fail the connection (RFC
+		// 6455 §8.1), every subscriber's at once (TestHostileAPIBodies).
+		if !utf8.Valid(data) {
+			return bus.Message{}, apiErr(http.StatusBadRequest, "BAD_JSON", "data is not valid UTF-8")
+		}
 	}
 	// Stamped envelopes carry at most ,"seq":9007199254740991 more.
 	if wire.EnvelopeSize(*p.Topic, *p.Event, data, 1<<53) > wire.MaxFrame {

@@ -1,0 +1,974 @@
+package caddytest
+
+import (
+	"bufio"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	"github.com/coder/websocket"
+
+	"github.com/caddy-realtime/realtime/extensions/wire"
+)
+
+// Hostile input, secrecy and slow consumers (issue 7): what a client, an
+// IP or an API caller can do to the gateway on purpose, and what must never
+// come out of it. Each test drives a real Caddy process.
+
+// metricsText returns the instance's Prometheus exposition (admin /metrics).
+func metricsText(t testing.TB, in *instance) string {
+	t.Helper()
+	resp, err := adminClient(in).Get("http://admin/metrics")
+	if err != nil {
+		t.Fatalf("GET /metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	var b strings.Builder
+	if _, err := bufio.NewReader(resp.Body).WriteTo(&b); err != nil {
+		t.Fatalf("reading /metrics: %v", err)
+	}
+	return b.String()
+}
+
+// metricSum adds the samples of metric name whose labels include every
+// entry of labels (each like `code="429"`); 0 when there is none.
+func metricSum(exposition, name string, labels ...string) float64 {
+	var sum float64
+	for _, line := range strings.Split(exposition, "\n") {
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		end := strings.IndexAny(line, "{ ")
+		if end < 0 || line[:end] != name {
+			continue
+		}
+		lbl := ""
+		if line[end] == '{' {
+			close := strings.IndexByte(line, '}')
+			if close < 0 {
+				continue
+			}
+			lbl = line[end+1 : close]
+		}
+		ok := true
+		for _, l := range labels {
+			ok = ok && strings.Contains(lbl, l)
+		}
+		if !ok {
+			continue
+		}
+		fields := strings.Fields(line[strings.LastIndexAny(line, "} ")+1:])
+		if len(fields) == 0 {
+			fields = strings.Fields(line[end:])
+		}
+		if v, err := strconv.ParseFloat(fields[len(fields)-1], 64); err == nil {
+			sum += v
+		}
+	}
+	return sum
+}
+
+func metric(t testing.TB, in *instance, name string, labels ...string) float64 {
+	t.Helper()
+	return metricSum(metricsText(t, in), name, labels...)
+}
+
+// checkFrame fails when a frame the gateway sent is not one valid UTF-8
+// JSON value free of raw control characters: whatever a client sent, the
+// gateway echoes it escaped.
+func checkFrame(t testing.TB, f string) {
+	t.Helper()
+	if !utf8.ValidString(f) || !json.Valid([]byte(f)) {
+		t.Fatalf("frame is not valid UTF-8 JSON: %q", f)
+	}
+	for i := 0; i < len(f); i++ {
+		if f[i] < 0x20 {
+			t.Fatalf("frame carries the raw control character %#x: %q", f[i], f)
+		}
+	}
+}
+
+// §2.1 check 4, §8: a burst of 200 upgrades from one client IP gets
+// exactly upgrade_rate 101s and 429 with Retry-After for the rest; a client
+// from another IP still connects, the API still answers, and once the
+// burst's connections are gone Caddy runs no more goroutines than before.
+func TestHostileUpgradeFloodFromOneIP(t *testing.T) {
+	in := startCaddyWith(t, `	servers {
+		trusted_proxies static 127.0.0.1/32
+	}`, `
+	realtime {
+		api /_realtime
+		shutdown_spread 0
+		limits {
+			upgrade_rate 20/10s
+		}
+	}`)
+	const flood, allowed = 200, 20
+	attacker := http.Header{"X-Forwarded-For": {"198.51.100.7"}}
+	// Keep-alive connections of the API and admin clients exist in both
+	// counts.
+	getStats(t, in)
+	baseline := metric(t, in, "go_goroutines")
+
+	type result struct {
+		status     int
+		retryAfter string
+		conn       *websocket.Conn
+	}
+	results := make(chan result, flood)
+	gate := make(chan struct{})
+	for range flood {
+		go func() {
+			<-gate
+			c, resp, _ := tryDial(in, dialOpts{origin: in.origin(), header: attacker})
+			r := result{conn: c}
+			if resp != nil {
+				r.status, r.retryAfter = resp.StatusCode, resp.Header.Get("Retry-After")
+			}
+			results <- r
+		}()
+	}
+	start := time.Now()
+	close(gate)
+	var accepted []*websocket.Conn
+	refused := 0
+	for range flood {
+		var r result
+		select {
+		case r = <-results:
+		case <-time.After(20 * time.Second):
+			t.Fatalf("upgrades unanswered 20s into the burst")
+		}
+		switch {
+		case r.conn != nil && r.status == http.StatusSwitchingProtocols:
+			accepted = append(accepted, r.conn)
+		case r.status == http.StatusTooManyRequests:
+			if n, err := strconv.Atoi(r.retryAfter); err != nil || n < 1 || n > 10 {
+				t.Errorf("429 with Retry-After %q, want 1..10 seconds", r.retryAfter)
+			}
+			refused++
+		default:
+			t.Errorf("upgrade answered %d, want 101 or 429", r.status)
+		}
+	}
+	t.Logf("%d upgrades from one IP answered in %s: %d accepted, %d refused", flood, time.Since(start).Round(time.Millisecond), len(accepted), refused)
+	if len(accepted) != allowed || refused != flood-allowed {
+		t.Fatalf("%d accepted and %d refused, want exactly %d accepted (upgrade_rate 20/10s)", len(accepted), refused, allowed)
+	}
+
+	// Another IP is served at once; the flooding one stays refused.
+	other := dialWith(t, in, dialOpts{origin: in.origin(), header: http.Header{"X-Forwarded-For": {"198.51.100.8"}}})
+	other.welcome()
+	other.send(`{"type":"subscribe","topic":"calm","ref":1}`)
+	other.expect(`{"type":"subscribed","topic":"calm","ref":1}`)
+	publish(t, in, `{"topic":"calm","event":"e","data":1}`)
+	other.expect(`{"topic":"calm","event":"e","data":1,"seq":1}`)
+	if _, resp, err := tryDial(in, dialOpts{origin: in.origin(), header: attacker}); err == nil || resp == nil || resp.StatusCode != http.StatusTooManyRequests {
+		t.Fatalf("the flooding IP's next upgrade was not refused with 429 (err %v)", err)
+	}
+	if got := metric(t, in, "caddy_realtime_upgrades_total", `code="429"`); got != flood-allowed+1 {
+		t.Errorf("caddy_realtime_upgrades_total{code=429} = %v, want %d", got, flood-allowed+1)
+	}
+
+	for _, c := range accepted {
+		c.CloseNow()
+	}
+	other.c.CloseNow()
+	var now float64
+	waitFor(t, 10*time.Second, "the goroutine count to return to its baseline", func() bool {
+		now = metric(t, in, "go_goroutines")
+		return now <= baseline+5
+	})
+	t.Logf("goroutines: %v before the burst, %v after", baseline, now)
+}
+
+// §3.5, §7.3, §8: 10 000 topics from one connection. In one frame (over
+// 8192 bytes) they are an application message: dropped and counted, no
+// ack. In subscribe-batch frames under the limit each topic gets exactly
+// one ack: the first 1000 (max_subscriptions) subscribed, the rest denied
+// RATE_LIMITED. The gateway's heap stays flat and the connection works.
+func TestHostileSubscribeTenThousandTopics(t *testing.T) {
+	in := startCaddy(t, site)
+	const n, capSubs, perFrame = 10000, 1000, 150
+	topic := func(i int) string { return fmt.Sprintf("topic-%05d-%s", i, strings.Repeat("x", 30)) }
+	topics := make([]string, n)
+	for i := range topics {
+		topics[i] = topic(i)
+	}
+	c := dial(t, in)
+	c.welcome()
+	current(c) // one subscription: sync:hello
+	heapBefore := metric(t, in, "go_memstats_heap_inuse_bytes")
+
+	whole, _ := json.Marshal(map[string]any{"type": "subscribe-batch", "topics": topics, "ref": 0})
+	c.send(string(whole))
+	c.quiet(300 * time.Millisecond)
+	if got := metric(t, in, "caddy_realtime_dropped_total", `reason="no_message_hook"`); got != 1 {
+		t.Fatalf("a %d-byte subscribe-batch: dropped_total{no_message_hook} = %v, want 1 (an application message)", len(whole), got)
+	}
+
+	subscribed := 0
+	for ref, from := 1, 0; from < n; ref, from = ref+1, from+perFrame {
+		batch := topics[from:min(from+perFrame, n)]
+		b, _ := json.Marshal(map[string]any{"type": "subscribe-batch", "topics": batch, "ref": ref})
+		if len(b) >= 8192 {
+			t.Fatalf("test frame of %d bytes is not a control frame", len(b))
+		}
+		c.send(string(b))
+		acked := map[string]string{}
+		for range batch {
+			var ack struct {
+				Type, Topic, Reason string
+				Ref                 int
+			}
+			raw := c.next(5 * time.Second)
+			if err := json.Unmarshal([]byte(raw), &ack); err != nil || ack.Ref != ref {
+				t.Fatalf("frame %s, want an ack with ref %d", raw, ref)
+			}
+			if _, dup := acked[ack.Topic]; dup {
+				t.Fatalf("topic %s acked twice", ack.Topic)
+			}
+			acked[ack.Topic] = ack.Type + ack.Reason
+		}
+		for i, tp := range batch {
+			want := "subscribed"
+			if from+i >= capSubs-1 { // sync:hello holds one of the 1000
+				want = "subscribe-deniedRATE_LIMITED"
+			}
+			if acked[tp] != want {
+				t.Fatalf("topic %d acked %q, want %q", from+i, acked[tp], want)
+			}
+			if want == "subscribed" {
+				subscribed++
+			}
+		}
+	}
+	c.quiet(200 * time.Millisecond)
+	if subscribed != capSubs-1 {
+		t.Fatalf("%d topics subscribed, want %d", subscribed, capSubs-1)
+	}
+	if s := getStats(t, in); s["subscriptions"] != float64(capSubs) {
+		t.Fatalf("stats: %d subscriptions, want %d", int(s["subscriptions"].(float64)), capSubs)
+	}
+	heapAfter := metric(t, in, "go_memstats_heap_inuse_bytes")
+	t.Logf("heap in use %d MB before, %d MB after %d subscribe attempts", int(heapBefore)>>20, int(heapAfter)>>20, 2*n)
+	if heapAfter-heapBefore > 32<<20 {
+		t.Fatalf("heap in use grew by %d MB", int(heapAfter-heapBefore)>>20)
+	}
+
+	// Still usable: a subscribed topic delivers, a refused one does not.
+	publish(t, in, `{"topic":"`+topic(n-1)+`","event":"e","data":0}`)
+	publish(t, in, `{"topic":"`+topic(0)+`","event":"e","data":1}`)
+	c.expect(`{"topic":"` + topic(0) + `","event":"e","data":1,"seq":1}`)
+	c.send(`{"type":"unsubscribe","topic":"` + topic(0) + `"}`)
+	c.send(`{"type":"subscribe","topic":"` + topic(n-1) + `","ref":"last"}`)
+	c.expect(`{"type":"subscribed","topic":"` + topic(n-1) + `","ref":"last"}`)
+}
+
+// hostileTopics are JSON string tokens no gateway may accept as topics
+// (§4.1, §4.3) in the default configuration.
+var hostileTopics = []struct{ name, token string }{
+	{"empty", `""`},
+	{"NUL", `"\u0000"`},
+	{"bell inside", `"a\u0007b"`},
+	{"newline", `"a\nb"`},
+	{"tab", `"a\tb"`},
+	{"ANSI escape", `"\u001b[31mred"`},
+	{"DEL", `"a\u007fb"`},
+	{"quote", `"a\"b"`},
+	{"backslash", `"a\\b"`},
+	{"backslash quote", `"\\\""`},
+	{"escaped non-ASCII", `"caf\u00e9"`},
+	{"raw non-ASCII", `"日本"`},
+	{"emoji", `"🙂"`},
+	{"line separator", `"a\u2028b"`},
+	{"lone surrogate", `"\ud800"`},
+	{"byte order mark", `"\ufeffbom"`},
+	{"257 characters", `"` + strings.Repeat("t", 257) + `"`},
+	{"7000 characters", `"` + strings.Repeat("t", 7000) + `"`},
+	{"bare __", `"__"`},
+	{"triple underscore", `"___x"`},
+	{"__proto__", `"__proto__"`},
+	{"__realtime", `"__realtime"`},
+	{"__presence of a topic without presence", `"__presence:room"`},
+	{"__replay from a current client", `"__replay:chat"`},
+	{"__group from a current client", `"__group:x"`},
+}
+
+// §4.1, §4.3, §5.4: hostile topics in subscribe, subscribe-batch, resume
+// and replay frames get exact, well-formed answers: INVALID_TOPIC echoing
+// the client's token, a denied replay end, nothing for a legacy subscribe.
+// Every frame stays valid UTF-8 JSON without raw control characters, and
+// the connection keeps working after each.
+func TestHostileTopicsOverTheWire(t *testing.T) {
+	in := startCaddy(t, site)
+	c := dial(t, in)
+	c.welcome()
+	current(c)
+	next := func() string {
+		t.Helper()
+		f := c.next(3 * time.Second)
+		checkFrame(t, f)
+		return f
+	}
+	var keys []string
+	for i, tc := range hostileTopics {
+		t.Run(tc.name, func(t *testing.T) {
+			c.send(`{"type":"subscribe","topic":` + tc.token + `,"ref":` + strconv.Itoa(i) + `}`)
+			if got, want := next(), `{"type":"subscribe-denied","topic":`+tc.token+`,"ref":`+strconv.Itoa(i)+`,"reason":"INVALID_TOPIC"}`; got != want {
+				t.Fatalf("subscribe:\n got  %.300s\n want %.300s", got, want)
+			}
+			c.send(`{"type":"subscribe-batch","topics":["fine",` + tc.token + `],"ref":"b"}`)
+			if got, want := next(), `{"type":"subscribe-denied","topic":`+tc.token+`,"ref":"b","reason":"INVALID_TOPIC"}`; got != want {
+				t.Fatalf("subscribe-batch:\n got  %.300s\n want %.300s", got, want)
+			}
+			if got := next(); got != `{"type":"subscribed","topic":"fine","ref":"b"}` {
+				t.Fatalf("subscribe-batch: the valid topic got %s", got)
+			}
+			c.send(`{"type":"replay","topic":` + tc.token + `,"since":0,"reqId":` + strconv.Itoa(i) + `}`)
+			var end struct {
+				Topic string
+				Event string
+				Data  map[string]any
+			}
+			raw := next()
+			if err := json.Unmarshal([]byte(raw), &end); err != nil || end.Event != "end" || !strings.HasPrefix(end.Topic, "__replay:") ||
+				end.Data["denied"] != true || end.Data["reqId"] != float64(i) || len(end.Data) != 2 {
+				t.Fatalf("replay: %.300s, want only a denied end on __replay:<topic>", raw)
+			}
+			if !strings.HasPrefix(tc.token, `"__`) && tc.name != "lone surrogate" {
+				var topic string
+				_ = json.Unmarshal([]byte(tc.token), &topic)
+				if end.Topic != "__replay:"+topic {
+					t.Fatalf("replay end on %q, want __replay:%q", end.Topic, topic)
+				}
+			}
+		})
+		if len(tc.token) < 1000 {
+			keys = append(keys, tc.token+`:0`)
+		}
+	}
+	// Non-string entries of a batch are denied and echoed as sent.
+	c.send(`{"type":"subscribe-batch","topics":[42,null,{"a":"\u0000"},["x"],true],"ref":1}`)
+	for _, tok := range []string{`42`, `null`, `{"a":"\u0000"}`, `["x"]`, `true`} {
+		if got, want := next(), `{"type":"subscribe-denied","topic":`+tok+`,"ref":1,"reason":"INVALID_TOPIC"}`; got != want {
+			t.Fatalf("non-string entry:\n got  %s\n want %s", got, want)
+		}
+	}
+	// A resume naming every hostile topic is acknowledged and records none.
+	c.send(`{"type":"resume","sessionId":"s","lastSeenSeqs":{` + strings.Join(keys, ",") + `}}`)
+	if got := next(); got != `{"type":"resumed"}` {
+		t.Fatalf("resume with hostile topics: %s", got)
+	}
+	// A legacy client's subscribes without ref get no answer at all.
+	l := dial(t, in)
+	l.welcome()
+	for _, tc := range hostileTopics {
+		l.send(`{"type":"subscribe","topic":` + tc.token + `}`)
+	}
+	l.quiet(300 * time.Millisecond)
+	if s := getStats(t, in); s["subscriptions"] != 2.0 { // sync:hello and fine
+		t.Fatalf("stats: %v subscriptions after hostile subscribes, want 2", s["subscriptions"])
+	}
+
+	// Printable ASCII that looks like markup is a valid topic; it comes back
+	// as sent, JSON-escaped where JSON requires it and never HTML-escaped.
+	markup := `</script><script>alert(1)</script>&amp;`
+	c.send(`{"type":"subscribe","topic":"` + markup + `","ref":"m"}`)
+	if got := next(); got != `{"type":"subscribed","topic":"`+markup+`","ref":"m"}` {
+		t.Fatalf("markup topic: %s", got)
+	}
+	publish(t, in, `{"topic":"`+markup+`","event":"e","data":"<b>"}`)
+	if got := next(); got != `{"topic":"`+markup+`","event":"e","data":"<b>","seq":1}` {
+		t.Fatalf("markup topic publish: %s", got)
+	}
+	publish(t, in, `{"topic":"fine","event":"e","data":1}`)
+	if got := next(); got != `{"topic":"fine","event":"e","data":1,"seq":1}` {
+		t.Fatalf("after every hostile frame: %s", got)
+	}
+}
+
+// §4.2: the API refuses hostile topics in bodies and query strings with 400
+// INVALID_TOPIC (events with INVALID_EVENT), as a JSON error that does not
+// quote the input, and stamps nothing.
+func TestHostileTopicsOverTheAPI(t *testing.T) {
+	in := startCaddy(t, `
+	realtime {
+		api /_realtime
+		shutdown_spread 0
+		replay *
+		presence *
+		cursor *
+	}`)
+	check := func(t *testing.T, what string, r apiResult, status int, code, input string) {
+		t.Helper()
+		if r.err != nil {
+			t.Fatalf("%s: %v", what, r.err)
+		}
+		wantAPIError(t, what, r.status, r.body, status, code)
+		if !utf8.ValidString(r.body) {
+			t.Errorf("%s: answer is not valid UTF-8: %q", what, r.body)
+		}
+		if len(input) > 1 && strings.Contains(r.body, input) {
+			t.Errorf("%s: answer %s quotes the input", what, r.body)
+		}
+	}
+	var queries []string
+	for _, tc := range hostileTopics {
+		var topic string
+		if err := json.Unmarshal([]byte(tc.token), &topic); err != nil {
+			t.Fatal(err)
+		}
+		queries = append(queries, topic)
+		t.Run(tc.name, func(t *testing.T) {
+			api := in.url("/_realtime/publish")
+			check(t, "publish", apiDo("POST", api, "", `{"topic":`+tc.token+`,"event":"e"}`), 400, "INVALID_TOPIC", tc.token)
+			check(t, "batch publish", apiDo("POST", api, "", `[{"topic":"ok","event":"e"},{"topic":`+tc.token+`,"event":"e"}]`), 400, "INVALID_TOPIC", tc.token)
+			if !wire.ValidEvent(topic) {
+				check(t, "event", apiDo("POST", api, "", `{"topic":"ok","event":`+tc.token+`}`), 400, "INVALID_EVENT", tc.token)
+			}
+			check(t, "send", apiDo("POST", in.url("/_realtime/send"), "", `{"user":"u","topic":`+tc.token+`,"event":"e"}`), 400, "INVALID_TOPIC", tc.token)
+		})
+	}
+	// Query strings can carry what JSON cannot: invalid UTF-8 and raw NUL.
+	raw := []string{"%FF", "%00", "a%C0%AFb", "%ED%A0%80"}
+	for _, q := range queries {
+		raw = append(raw, url.QueryEscape(q))
+	}
+	for _, q := range raw {
+		for _, route := range []string{"/seq", "/replay", "/presence", "/presence/count", "/cursors"} {
+			r := apiDo("GET", in.url("/_realtime"+route+"?topic="+q), "", "")
+			check(t, "GET "+route+"?topic="+q, r, 400, "INVALID_TOPIC", "")
+		}
+		r := apiDo("DELETE", in.url("/_realtime/replay?topic="+q), "", "")
+		check(t, "DELETE /replay?topic="+q, r, 400, "INVALID_TOPIC", "")
+	}
+	if got := rpSeq(t, in, "ok"); got != `{"seq":0}` {
+		t.Fatalf("seq of ok after refused batches: %s, want 0", got)
+	}
+}
+
+// §3.5, §4.3, §5.3, §5.4: what the subscribe hook refuses to one user
+// never reaches that user by another door: not by a pending resume, a
+// presence or cursor observer, a cursor snapshot, a replay request, or a
+// legacy __replay:/__presence:/__cursor: subscribe, although another user
+// is allowed the same topic at the same time.
+func TestHostileForbiddenTopicLeaksNothing(t *testing.T) {
+	app := newApp(t, func(w http.ResponseWriter, c hookReq) {
+		if authByBearer(w, c) {
+			return
+		}
+		if strings.Contains(string(c.Body), `"id":"mallory"`) {
+			writeJSONAnswer(w, http.StatusOK, `{"vault":false}`)
+			return
+		}
+		writeJSONAnswer(w, http.StatusOK, `{}`)
+	})
+	in := startCaddy(t, authSite(app, `		subscribe_hook `+app.url("/subscribe")+`
+		replay vault
+		presence vault
+		cursor vault`))
+	for i := 1; i <= 3; i++ {
+		publish(t, in, fmt.Sprintf(`{"topic":"vault","event":"e","data":"SECRET-%d"}`, i))
+	}
+	alice := dialUser(t, in, "alice")
+	alice.welcome()
+	current(alice)
+	alice.send(`{"type":"subscribe","topic":"vault","ref":1}`)
+	alice.send(`{"type":"cursor","topic":"vault","data":{"SECRET":"alice-cursor"}}`)
+	waitFor(t, 5*time.Second, "alice on vault", func() bool {
+		_, body := apiCall(t, "GET", in.url("/_realtime/presence/count?topic=vault"), "", "")
+		return body == `{"count":1}`
+	})
+
+	var seen []string
+	record := func(c *wsClient, d time.Duration) {
+		t.Helper()
+		for {
+			select {
+			case b := <-c.frames:
+				seen = append(seen, string(b))
+				checkFrame(t, string(b))
+				continue
+			case <-time.After(d):
+			}
+			return
+		}
+	}
+	m := dialUser(t, in, "mallory")
+	m.welcome()
+	current(m)
+	m.send(`{"type":"resume","sessionId":"s","lastSeenSeqs":{"vault":0}}`)
+	m.expect(`{"type":"resumed"}`)
+	for _, f := range []struct{ frame, want string }{
+		{`{"type":"subscribe","topic":"vault","ref":1}`, `{"type":"subscribe-denied","topic":"vault","ref":1,"reason":"FORBIDDEN"}`},
+		{`{"type":"subscribe","topic":"__presence:vault","ref":2}`, `{"type":"subscribe-denied","topic":"__presence:vault","ref":2,"reason":"FORBIDDEN"}`},
+		{`{"type":"subscribe","topic":"__cursor:vault","ref":3}`, `{"type":"subscribe-denied","topic":"__cursor:vault","ref":3,"reason":"FORBIDDEN"}`},
+		{`{"type":"subscribe-batch","topics":["open","vault"],"ref":4}`, `{"type":"subscribe-denied","topic":"vault","ref":4,"reason":"FORBIDDEN"}`},
+		{`{"type":"replay","topic":"vault","since":0,"reqId":5}`, `{"topic":"__replay:vault","event":"end","data":{"reqId":5,"denied":true}}`},
+	} {
+		m.send(f.frame)
+		for {
+			got := m.next(3 * time.Second)
+			seen = append(seen, got)
+			if got == f.want {
+				break
+			}
+			if !strings.HasPrefix(got, `{"type":"subscribed","topic":"open"`) {
+				t.Fatalf("after %s: %s, want %s", f.frame, got, f.want)
+			}
+		}
+	}
+	m.send(`{"type":"cursor-snapshot","topic":"vault"}`)
+	// A legacy connection of the same user tries the system-topic doors.
+	ml := dialUser(t, in, "mallory")
+	ml.welcome()
+	for _, tp := range []string{"vault", "__replay:vault", "__presence:vault", "__cursor:vault"} {
+		ml.send(`{"type":"subscribe","topic":"` + tp + `"}`)
+	}
+	ml.send(`{"type":"replay","topic":"vault","since":0}`)
+	ml.expect(`{"topic":"__replay:vault","event":"end","data":{"denied":true}}`)
+
+	// Live traffic on the topic while both wait: events, presence, cursors.
+	publish(t, in, `{"topic":"vault","event":"e","data":"SECRET-4"}`)
+	alice.send(`{"type":"cursor","topic":"vault","data":{"SECRET":"alice-moved"}}`)
+	bob := dialUser(t, in, "bob")
+	bob.welcome()
+	bob.send(`{"type":"subscribe","topic":"vault","ref":1}`)
+	waitFor(t, 5*time.Second, "bob on vault", func() bool {
+		_, body := apiCall(t, "GET", in.url("/_realtime/presence/count?topic=vault"), "", "")
+		return body == `{"count":2}`
+	})
+	// The legitimate user saw the live event: the doors were really open.
+	for {
+		if f := alice.next(3 * time.Second); strings.Contains(f, `"SECRET-4"`) {
+			break
+		}
+	}
+	record(m, 300*time.Millisecond)
+	record(ml, 10*time.Millisecond)
+	for _, f := range seen {
+		for _, leak := range []string{"SECRET", "alice", "bob", `"event":"msg"`} {
+			if strings.Contains(f, leak) {
+				t.Errorf("mallory received %s (contains %q)", f, leak)
+			}
+		}
+	}
+	if s := getStats(t, in); s["subscriptions"] != 5.0 { // alice: sync:hello, vault; mallory: sync:hello, open; bob: vault
+		t.Errorf("stats: %v subscriptions, want 5", s["subscriptions"])
+	}
+}
+
+// apiReq performs an API request with the given headers, without failing
+// the test on a transport error.
+func apiReq(method, u string, h http.Header, body string) apiResult {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, u, strings.NewReader(body))
+	if err != nil {
+		return apiResult{err: err}
+	}
+	for k, v := range h {
+		req.Header[k] = v
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return apiResult{err: err}
+	}
+	defer resp.Body.Close()
+	var b strings.Builder
+	_, err = bufio.NewReader(resp.Body).WriteTo(&b)
+	return apiResult{status: resp.StatusCode, header: resp.Header, body: strings.TrimSpace(b.String()), err: err}
+}
+
+// The API key is accepted only as "Authorization: Bearer <key>" (scheme
+// case-insensitive, RFC 9110 §11.1): other schemes, other headers and the
+// query string get 401, a wrong or partial key 403, and no answer quotes
+// the key.
+func TestHostileAPIKeyPlacement(t *testing.T) {
+	const key = "K3y-7f1e2d"
+	in := startCaddy(t, `
+	realtime {
+		api /_realtime {
+			key `+key+`
+		}
+		shutdown_spread 0
+	}`)
+	basic := base64.StdEncoding.EncodeToString([]byte("api:" + key))
+	for _, tc := range []struct {
+		name   string
+		query  string
+		header http.Header
+		status int
+	}{
+		{"no credentials", "", nil, 401},
+		{"Basic scheme", "", http.Header{"Authorization": {"Basic " + basic}}, 401},
+		{"Token scheme", "", http.Header{"Authorization": {"Token " + key}}, 401},
+		{"bare key", "", http.Header{"Authorization": {key}}, 401},
+		{"Bearer without a key", "", http.Header{"Authorization": {"Bearer"}}, 401},
+		{"Bearer and blanks", "", http.Header{"Authorization": {"Bearer   "}}, 401},
+		{"key in X-API-Key", "", http.Header{"X-Api-Key": {key}}, 401},
+		{"key in the query", "?key=" + key + "&access_token=" + key, nil, 401},
+		{"key as a cookie", "", http.Header{"Cookie": {"key=" + key}}, 401},
+		{"a prefix of the key", "", http.Header{"Authorization": {"Bearer " + key[:5]}}, 403},
+		{"the key twice", "", http.Header{"Authorization": {"Bearer " + key + key}}, 403},
+		{"the key in another case", "", http.Header{"Authorization": {"Bearer " + strings.ToUpper(key)}}, 403},
+		{"a wrong key first, the right one second", "", http.Header{"Authorization": {"Bearer nope", "Bearer " + key}}, 403},
+		{"lowercase scheme", "", http.Header{"Authorization": {"bearer " + key}}, 200},
+		{"the right key", "", http.Header{"Authorization": {"Bearer " + key}}, 200},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, route := range []string{"GET /_realtime/stats", "POST /_realtime/publish", "GET /_realtime/nope"} {
+				method, path, _ := strings.Cut(route, " ")
+				r := apiReq(method, in.url(path+tc.query), tc.header, `{"topic":"k","event":"e"}`)
+				if r.err != nil {
+					t.Fatal(r.err)
+				}
+				if strings.Contains(r.body, key[3:]) {
+					t.Errorf("%s: answer %s quotes the key", route, r.body)
+				}
+				if tc.status == 200 {
+					if path == "/_realtime/nope" {
+						wantAPIError(t, route, r.status, r.body, 404, "NOT_FOUND")
+					} else if r.status != 200 {
+						t.Errorf("%s: %d %s, want 200", route, r.status, r.body)
+					}
+					continue
+				}
+				code := map[int]string{401: "UNAUTHORIZED", 403: "FORBIDDEN"}[tc.status]
+				wantAPIError(t, route, r.status, r.body, tc.status, code)
+			}
+		})
+	}
+	if got := apiReq("GET", in.url("/_realtime/seq?topic=k"), http.Header{"Authorization": {"Bearer " + key}}, ""); got.body != `{"seq":2}` {
+		t.Fatalf("seq of k: %s, want 2 (only the two keyed publishes)", got.body)
+	}
+}
+
+// Hostile API bodies: a batch over max_body is 413 before anything is
+// stamped; a 15 000-event batch within it is published in full and reaches
+// a subscriber in batch frames of at most 256 KiB; JSON nested past the
+// decoder's depth is 400 BAD_JSON, nested within it is delivered as sent;
+// data that is not UTF-8 is refused, since a text frame carrying it would
+// make every browser subscriber fail the connection (RFC 6455 §8.1).
+func TestHostileAPIBodies(t *testing.T) {
+	in := startCaddy(t, site)
+	c := dial(t, in)
+	c.welcome()
+	current(c)
+	c.send(`{"type":"subscribe","topic":"b","ref":1}`)
+	c.expect(`{"type":"subscribed","topic":"b","ref":1}`)
+	pub := in.url("/_realtime/publish")
+
+	// Over the default max_body (4 MiB): 120 000 events of 36 bytes.
+	item := `{"topic":"b","event":"e","data":1}`
+	huge := "[" + strings.Repeat(item+",", 120000) + item + "]"
+	r := apiDo("POST", pub, "", huge)
+	wantAPIError(t, "batch over max_body", r.status, r.body, 413, "BODY_TOO_LARGE")
+	if got := rpSeq(t, in, "b"); got != `{"seq":0}` {
+		t.Fatalf("seq after a refused batch: %s", got)
+	}
+
+	// 15 000 envelopes (about 700 KB) stay under the default
+	// max_backpressure (1 MiB): one batch bigger than that closes even a
+	// client that reads at once (see the report of issue 7).
+	const n = 15000
+	r = apiDo("POST", pub, "", "["+strings.Repeat(item+",", n-1)+item+"]")
+	if r.status != 200 || !strings.HasSuffix(r.body, ","+strconv.Itoa(n)+"]}") {
+		t.Fatalf("a %d-event batch: %d %.100s", n, r.status, r.body)
+	}
+	for got := 0; got < n; {
+		f := c.next(10 * time.Second)
+		if len(f) > 256<<10 {
+			t.Fatalf("batch frame of %d bytes, over 256 KiB", len(f))
+		}
+		var b struct {
+			Type   string
+			Events []struct{ Seq int }
+		}
+		if err := json.Unmarshal([]byte(f), &b); err != nil || b.Type != "batch" {
+			t.Fatalf("after %d events: %.200s, want a batch frame", got, f)
+		}
+		for _, e := range b.Events {
+			if got++; e.Seq != got {
+				t.Fatalf("event seq %d, want %d", e.Seq, got)
+			}
+		}
+	}
+
+	deep := func(d int) string { return strings.Repeat("[", d) + strings.Repeat("]", d) }
+	for _, tc := range []struct{ name, body string }{
+		{"data nested 100 000 deep", `{"topic":"b","event":"e","data":` + deep(100000) + `}`},
+		{"a body nested 100 000 deep", deep(100000)},
+		{"an object nested 50 000 deep", strings.Repeat(`{"a":`, 50000) + "1" + strings.Repeat("}", 50000)},
+		{"data with a raw 0xFF byte", `{"topic":"b","event":"e","data":"` + "\xff" + `"}`},
+		{"data with a truncated UTF-8 sequence", `{"topic":"b","event":"e","data":{"k":"` + "\xe6\x97" + `"}}`},
+		{"data with an encoded surrogate", `{"topic":"b","event":"e","data":"` + "\xed\xa0\x80" + `"}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := apiDo("POST", pub, "", tc.body)
+			wantAPIError(t, tc.name, r.status, r.body, 400, "BAD_JSON")
+			if !utf8.ValidString(r.body) {
+				t.Errorf("answer is not valid UTF-8: %q", r.body)
+			}
+		})
+	}
+	nested := deep(5000)
+	publish(t, in, `{"topic":"b","event":"deep","data":`+nested+`}`)
+	want := fmt.Sprintf(`{"topic":"b","event":"deep","data":%s,"seq":%d}`, nested, n+1)
+	if got := c.next(5 * time.Second); got != want {
+		t.Fatalf("data nested 5000 deep arrived as %.200s", got)
+	}
+	publish(t, in, `{"topic":"b","event":"e","data":"\u00ff \ud83d\ude42"}`)
+	c.expect(fmt.Sprintf(`{"topic":"b","event":"e","data":"\u00ff \ud83d\ude42","seq":%d}`, n+2))
+}
+
+// dialNonReading connects a client that never reads, with a small socket
+// receive buffer so the gateway's queue for it fills after little data.
+func dialNonReading(t testing.TB, in *instance) *websocket.Conn {
+	t.Helper()
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		if err := rc.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 16<<10)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, _, err := websocket.Dial(ctx, "ws://"+in.addr()+"/ws", &websocket.DialOptions{
+		HTTPClient: &http.Client{Transport: &http.Transport{DialContext: d.DialContext}},
+		HTTPHeader: http.Header{"Origin": {in.origin()}},
+	})
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	c.SetReadLimit(4 << 20)
+	t.Cleanup(func() { c.CloseNow() })
+	return c
+}
+
+// floodResult is what one flood phase measured.
+type floodResult struct {
+	p99, max time.Duration
+	probes   int
+	heapMax  float64 // highest go_memstats_heap_inuse_bytes seen
+	bytes    int
+}
+
+// §8, STYLE §5 ("a broadcast never waits for a subscriber"): a client that
+// stops reading while its topic floods costs the gateway at most
+// max_backpressure, is handled by the slow_consumer policy (closed with
+// 1013 "Slow consumer", or kept and its frames dropped and counted), and a
+// reading subscriber of the same topic gets every event with a
+// publish-to-receive p99 close to the one measured without the stalled
+// client.
+func TestHostileSlowConsumer(t *testing.T) {
+	for _, policy := range []string{"close", "drop"} {
+		t.Run(policy, func(t *testing.T) { testSlowConsumer(t, policy) })
+	}
+}
+
+func testSlowConsumer(t *testing.T, policy string) {
+	in := startCaddy(t, `
+	realtime {
+		api /_realtime
+		shutdown_spread 0
+		write_timeout 60s
+		limits {
+			upgrade_rate off
+			max_backpressure 1MiB
+			slow_consumer `+policy+`
+		}
+	}`)
+	fast := dial(t, in)
+	fast.welcome()
+	fast.send(`{"type":"subscribe","topic":"flood","ref":1}`)
+	fast.expect(`{"type":"subscribed","topic":"flood","ref":1}`)
+
+	// The fast client's frames are consumed here: every envelope must come
+	// in seq order without a gap; probes are reported with their index.
+	var received atomic.Int64
+	progress := make(chan struct{}, 1)
+	probes := make(chan int, 16)
+	readerErr := make(chan error, 1)
+	stop := make(chan struct{})
+	go func() {
+		var last uint64
+		for {
+			select {
+			case b := <-fast.frames:
+				var e struct {
+					Event string
+					Data  json.RawMessage
+					Seq   uint64
+				}
+				if err := json.Unmarshal(b, &e); err != nil || e.Seq != last+1 {
+					readerErr <- fmt.Errorf("after seq %d: %.100s", last, b)
+					return
+				}
+				last = e.Seq
+				received.Add(1)
+				select {
+				case progress <- struct{}{}:
+				default:
+				}
+				if e.Event == "probe" {
+					i, _ := strconv.Atoi(string(e.Data))
+					probes <- i
+				}
+			case <-fast.closed:
+				readerErr <- fmt.Errorf("fast client closed: %v", fast.err)
+				return
+			case <-stop:
+				return
+			}
+		}
+	}()
+	defer close(stop)
+
+	const events, eventSize, perCall, window = 4000, 16 << 10, 4, 48
+	pad := strings.Repeat("f", eventSize)
+	item := `{"topic":"flood","event":"f","data":"` + pad + `"}`
+	body := "[" + strings.Repeat(item+",", perCall-1) + item + "]"
+	published := int64(0)
+	phase := func(name string) floodResult {
+		t.Helper()
+		var res floodResult
+		floodErr := make(chan error, 1)
+		var sent atomic.Int64 // events this phase publishes, probes included
+		go func() {
+			for i := 0; i < events; i += perCall {
+				// The publisher stays within window events of the reading
+				// client, so only a stalled client can overflow its queue.
+				for published+sent.Load()-received.Load() > window {
+					select {
+					case <-progress:
+					case <-time.After(10 * time.Second):
+						floodErr <- fmt.Errorf("the fast client took nothing for 10s")
+						return
+					}
+				}
+				if r := apiDo("POST", in.url("/_realtime/publish"), "", body); r.err != nil || r.status != 200 {
+					floodErr <- fmt.Errorf("flood publish: %v %d %s", r.err, r.status, r.body)
+					return
+				}
+				sent.Add(perCall)
+			}
+			floodErr <- nil
+		}()
+		var lat []time.Duration
+		heapMax := 0.0
+		done := false
+		for i := 0; !done || len(lat) < 30; i++ {
+			start := time.Now()
+			sent.Add(1)
+			publish(t, in, `{"topic":"flood","event":"probe","data":`+strconv.Itoa(i)+`}`)
+			select {
+			case got := <-probes:
+				if got != i {
+					t.Fatalf("%s: probe %d arrived, want %d", name, got, i)
+				}
+			case err := <-readerErr:
+				t.Fatalf("%s: %v", name, err)
+			case <-time.After(10 * time.Second):
+				t.Fatalf("%s: probe %d not received within 10s", name, i)
+			}
+			lat = append(lat, time.Since(start))
+			if i%5 == 0 {
+				heapMax = max(heapMax, metric(t, in, "go_memstats_heap_inuse_bytes"))
+			}
+			select {
+			case err := <-floodErr:
+				if err != nil {
+					t.Fatalf("%s: %v", name, err)
+				}
+				done = true
+			default:
+			}
+		}
+		published += sent.Load()
+		waitFor(t, 10*time.Second, "the fast client to get the whole flood", func() bool { return received.Load() == published })
+		slices.Sort(lat)
+		res.p99, res.max, res.probes = lat[len(lat)*99/100], lat[len(lat)-1], len(lat)
+		res.heapMax, res.bytes = heapMax, events*eventSize
+		return res
+	}
+
+	heapBase := metric(t, in, "go_memstats_heap_inuse_bytes")
+	base := phase("without a stalled client")
+	slow := dialNonReading(t, in)
+	if err := slow.Write(context.Background(), websocket.MessageText, []byte(`{"type":"subscribe","topic":"flood"}`)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the stalled client's subscription", func() bool { return getStats(t, in)["subscriptions"] == 2.0 })
+	stalled := phase("with a stalled client")
+	t.Logf("fast client publish-to-receive p99 %s (max %s, %d probes) alone, %s (max %s, %d probes) beside a stalled client; heap in use %d MB at rest, at most %d MB and %d MB while %d MB flooded",
+		base.p99, base.max, base.probes, stalled.p99, stalled.max, stalled.probes, int(heapBase)>>20, int(base.heapMax)>>20, int(stalled.heapMax)>>20, stalled.bytes>>20)
+	if limit := 5*base.p99 + 20*time.Millisecond; stalled.p99 > limit {
+		t.Errorf("p99 beside a stalled client %s, over 5 × %s + 20ms", stalled.p99, base.p99)
+	}
+	if grow := stalled.heapMax - max(heapBase, base.heapMax); grow > 32<<20 {
+		t.Errorf("heap in use grew by %d MB beside a stalled client while %d MB flooded: its frames are not bounded by max_backpressure", int(grow)>>20, stalled.bytes>>20)
+	}
+
+	dropped := metric(t, in, "caddy_realtime_dropped_total", `reason="slow_consumer"`)
+	switch policy {
+	case "close":
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		var err error
+		frames := 0
+		for err == nil {
+			_, _, err = slow.Read(ctx)
+			frames++
+		}
+		var ce websocket.CloseError
+		if !asClose(err, &ce) || ce.Code != websocket.StatusTryAgainLater || ce.Reason != "Slow consumer" {
+			t.Fatalf("stalled client ended with %v after %d frames, want close 1013 Slow consumer", err, frames)
+		}
+		if frames*eventSize > 8<<20 {
+			t.Errorf("the stalled client still got %d frames (%d MB) before its close", frames, frames*eventSize>>20)
+		}
+	case "drop":
+		if dropped == 0 {
+			t.Fatalf("caddy_realtime_dropped_total{reason=slow_consumer} = 0 under slow_consumer drop")
+		}
+		if s := getStats(t, in); s["connections"] != 2.0 {
+			t.Fatalf("stats: %v connections, want 2: drop keeps the stalled client", s["connections"])
+		}
+		// Reading again, it drains its bounded queue and gets live events.
+		publish(t, in, `{"topic":"flood","event":"after","data":0}`)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		frames := 0
+		for {
+			_, b, err := slow.Read(ctx)
+			if err != nil {
+				t.Fatalf("the stalled client, reading again after %d frames: %v", frames, err)
+			}
+			frames++
+			if strings.Contains(string(b), `"event":"after"`) {
+				break
+			}
+		}
+		if frames*eventSize > 8<<20 {
+			t.Errorf("the stalled client was still owed %d frames (%d MB)", frames, frames*eventSize>>20)
+		}
+	}
+	t.Logf("slow_consumer %s: dropped_total{slow_consumer} = %v", policy, dropped)
+}
