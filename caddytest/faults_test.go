@@ -2,16 +2,22 @@ package caddytest
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/coder/websocket"
 
 	"github.com/caddy-realtime/realtime/internal/testsvc"
 )
@@ -93,6 +99,7 @@ func TestFaultRedisUnreachableAtStartup(t *testing.T) {
 	if !strings.Contains(a.logs.String(), "redis unreachable at start-up") {
 		t.Fatalf("no warning about redis at start-up in the log:\n%s", a.logs.String())
 	}
+	base := takeBaseline(t, a)
 	if status, bus := health(t, a); status != "degraded" || bus != "unreachable" {
 		t.Fatalf("health %s, bus %s; want degraded, unreachable", status, bus)
 	}
@@ -131,6 +138,8 @@ func TestFaultRedisUnreachableAtStartup(t *testing.T) {
 	if e := nextEnvelope(t, ch); e.Seq != 1 {
 		t.Fatalf("seq %d on the first instance, want 1", e.Seq)
 	}
+	closeAll(c, ch)
+	base.settle(t, 10*time.Second)
 }
 
 // Postgres killed under `store postgres`: publishes to the durable topic
@@ -149,6 +158,7 @@ func TestFaultPostgresRestart(t *testing.T) {
 			size 100
 		}
 	}`)
+	base := takeBaseline(t, in)
 	c := subscribedLegacy(t, in, "chat")
 	for i := 1; i <= 3; i++ {
 		if got := publish(t, in, fmt.Sprintf(`{"topic":"chat","event":"m","data":%d}`, i)); got != fmt.Sprintf(`{"seq":%d}`, i) {
@@ -203,6 +213,8 @@ func TestFaultPostgresRestart(t *testing.T) {
 	d.expect(`{"topic":"chat","event":"m","data":3,"seq":3}`)
 	d.expect(`{"topic":"chat","event":"m","data":4,"seq":4}`)
 	d.expect(`{"type":"subscribed","topic":"chat","ref":1}`)
+	closeAll(c, n, d)
+	base.settle(t, 10*time.Second)
 }
 
 // SIGKILL of one of three instances: the others broadcast its users'
@@ -212,6 +224,7 @@ func TestFaultPostgresRestart(t *testing.T) {
 func TestFaultGatewaySIGKILLOneOfThree(t *testing.T) {
 	cl := startCluster(t, 3, clusterExtSite)
 	dead, b, c := cl.nodes[0], cl.nodes[1], cl.nodes[2]
+	baseB, baseC := takeBaseline(t, b), takeBaseline(t, c)
 	watcher := dial(t, b)
 	watcher.welcome()
 	watcher.send(`{"type":"hello","caps":["batch"]}`)
@@ -230,7 +243,7 @@ func TestFaultGatewaySIGKILLOneOfThree(t *testing.T) {
 		_, id := joinLobby(dead)
 		doomed = append(doomed, id)
 	}
-	_, survivor := joinLobby(c)
+	survivorConn, survivor := joinLobby(c)
 	presenceDiffs(t, watcher, "joins", 10*time.Second, "", append(doomed, survivor)...)
 	waitFor(t, 5*time.Second, "4 lobby members seen from every survivor", func() bool {
 		return getGroup(t, b, "lobby").Count == 4 && getGroup(t, c, "lobby").Count == 4
@@ -264,6 +277,9 @@ func TestFaultGatewaySIGKILLOneOfThree(t *testing.T) {
 	if !sees(late, `{"type":"subscribed","topic":"__group:lobby","ref":1}`, 5*time.Second) {
 		t.Fatal("a new member could not join after the reaping")
 	}
+	closeAll(watcher, onC, survivorConn, late)
+	baseB.settle(t, 10*time.Second)
+	baseC.settle(t, 10*time.Second)
 }
 
 // hangingServer accepts TCP connections and never answers: an application
@@ -328,6 +344,7 @@ func TestFaultHookAuthHangs(t *testing.T) {
 			upgrade_rate off
 		}
 	}`)
+	base := takeBaseline(t, in)
 	start := time.Now()
 	var wg sync.WaitGroup
 	statuses := make(chan int, 20)
@@ -362,6 +379,7 @@ func TestFaultHookAuthHangs(t *testing.T) {
 	if status, _ := health(t, in); status != "ok" {
 		t.Fatalf("health %s after the hung hook", status)
 	}
+	base.settle(t, 10*time.Second)
 }
 
 // Garbage from the application is refused with a clear status and never
@@ -424,6 +442,7 @@ func TestFaultHookGarbageAnswers(t *testing.T) {
 			upgrade_rate off
 		}
 	}`)
+	base := takeBaseline(t, in)
 	for _, tc := range []string{"huge", "endless", "number", "html"} {
 		start := time.Now()
 		if status, _ := dialStatus(t, in, "/ws?case="+tc, nil); status != http.StatusBadGateway {
@@ -466,4 +485,363 @@ func TestFaultHookGarbageAnswers(t *testing.T) {
 		t.Fatalf("caddy exited: %v", in.err)
 	default:
 	}
+	closeAll(sender, other)
+	base.settle(t, 10*time.Second)
+}
+
+// procMetrics reads the Caddy process's goroutine count and heap in use
+// from the admin /metrics; gc first forces a collection through the admin
+// pprof endpoint, so the heap figure is what is live.
+func procMetrics(t testing.TB, in *instance, gc bool) (goroutines, heap float64) {
+	t.Helper()
+	admin := adminClient(in)
+	if gc {
+		resp, err := admin.Get("http://admin/debug/pprof/heap?gc=1")
+		if err != nil {
+			t.Fatalf("forcing a GC: %v", err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	resp, err := admin.Get("http://admin/metrics")
+	if err != nil {
+		t.Fatalf("reading metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "go_goroutines "); ok {
+			fmt.Sscan(v, &goroutines)
+		}
+		if v, ok := strings.CutPrefix(l, "go_memstats_heap_inuse_bytes "); ok {
+			fmt.Sscan(v, &heap)
+		}
+	}
+	if goroutines == 0 || heap == 0 {
+		t.Fatal("no go_goroutines or go_memstats_heap_inuse_bytes in the admin metrics")
+	}
+	return goroutines, heap
+}
+
+// baseline is an instance's goroutine count and live heap before a fault.
+type baseline struct {
+	in               *instance
+	goroutines, heap float64
+}
+
+// takeBaseline records in's figures; call it once the instance has
+// settled, before the clients of the fault connect.
+func takeBaseline(t testing.TB, in *instance) baseline {
+	t.Helper()
+	g, h := procMetrics(t, in, true)
+	return baseline{in: in, goroutines: g, heap: h}
+}
+
+// Leak bounds: goroutines back within a handful of the baseline (idle
+// keep-alive API connections, a backend's reconnected pipe), the live heap
+// within twice the baseline plus 8 MiB (allocator caches, grown maps).
+const (
+	leakGoroutineSlack = 15
+	leakHeapFactor     = 2
+	leakHeapSlack      = 8 << 20
+)
+
+// settle waits until the instance's goroutines and heap are back near the
+// baseline once the fault's clients have left, and reports the figures.
+func (b baseline) settle(t testing.TB, within time.Duration) {
+	t.Helper()
+	http.DefaultClient.CloseIdleConnections() // ours hold server goroutines
+	var g, h float64
+	deadline := time.Now().Add(within)
+	for {
+		g, h = procMetrics(t, b.in, true)
+		if g <= b.goroutines+leakGoroutineSlack && h <= leakHeapFactor*b.heap+leakHeapSlack {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %v goroutines (baseline %v), heap %.1f MiB (baseline %.1f MiB)",
+				within, g, b.goroutines, h/(1<<20), b.heap/(1<<20))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("settled: %v goroutines (baseline %v), heap %.1f MiB (baseline %.1f MiB)", g, b.goroutines, h/(1<<20), b.heap/(1<<20))
+}
+
+// closeAll disconnects test clients and waits for their read loops.
+func closeAll(cs ...*wsClient) {
+	for _, c := range cs {
+		c.c.CloseNow()
+	}
+	for _, c := range cs {
+		<-c.closed
+	}
+}
+
+// stormClient is a light client for thousands of connections: it keeps
+// only the last seq seen on its topic and the first ordering error.
+type stormClient struct {
+	session string
+	conn    *websocket.Conn
+	last    atomic.Uint64
+	resumed atomic.Bool
+	at      atomic.Int64 // when resumed arrived, Unix nanoseconds
+	bad     atomic.Pointer[string]
+	closed  chan struct{}
+}
+
+// read consumes frames until the connection ends, checking that the
+// topic's seqs arrive contiguous: one miss or duplicate is recorded.
+func (s *stormClient) read(topic string) {
+	defer close(s.closed)
+	for {
+		_, b, err := s.conn.Read(context.Background())
+		if err != nil {
+			return
+		}
+		var f struct {
+			Type      string `json:"type"`
+			Topic     string `json:"topic"`
+			Seq       uint64 `json:"seq"`
+			SessionID string `json:"sessionId"`
+		}
+		if json.Unmarshal(b, &f) != nil {
+			continue
+		}
+		switch {
+		case f.Type == "welcome":
+			s.session = f.SessionID
+		case f.Type == "resumed":
+			s.at.Store(time.Now().UnixNano())
+			s.resumed.Store(true)
+		case f.Topic == topic && f.Seq != 0:
+			if want := s.last.Load() + 1; f.Seq != want {
+				msg := fmt.Sprintf("seq %d after %d", f.Seq, want-1)
+				s.bad.CompareAndSwap(nil, &msg)
+			}
+			s.last.Store(f.Seq)
+		}
+	}
+}
+
+// stormDial connects to in, retrying refused or reset attempts for a few
+// seconds as a real client's backoff would, sends first (the frames after
+// the welcome) and starts the reader.
+func stormDial(in *instance, topic string, first ...string) (*stormClient, error) {
+	var (
+		conn *websocket.Conn
+		err  error
+	)
+	for attempt := 0; attempt < 50; attempt++ {
+		if conn, _, err = tryDial(in, dialOpts{origin: in.origin()}); err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		return nil, err
+	}
+	s := &stormClient{conn: conn, closed: make(chan struct{})}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, f := range first {
+		if err := conn.Write(ctx, websocket.MessageText, []byte(f)); err != nil {
+			conn.CloseNow()
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// raiseFDLimit lifts the soft RLIMIT_NOFILE to n (bounded by the hard
+// limit) for the test process and the Caddy processes it starts after:
+// Go raises its own soft limit at start but restores the original one in
+// children unless the program sets it itself.
+func raiseFDLimit(t testing.TB, n uint64) {
+	t.Helper()
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	if lim.Max < n {
+		t.Skipf("the hard file descriptor limit %d is below the %d this test needs", lim.Max, n)
+	}
+	lim.Cur = max(lim.Cur, n)
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A reconnect storm: 3000 clients on one instance, which stops gracefully
+// (1001, all at once); every client reconnects at the same moment to the
+// other instance and resumes its replayed topic. All are back within the
+// bound, none misses or repeats an event published before, during or
+// after the storm, and once they leave the instance's goroutines and heap
+// return to their baseline.
+func TestFaultReconnectStorm(t *testing.T) {
+	const n = 3000
+	raiseFDLimit(t, 3*n+1000)
+	cl := startCluster(t, 2, `
+	realtime {
+		api /_realtime
+		shutdown_spread 0
+		limits {
+			upgrade_rate off
+		}
+		replay chat {
+			store redis
+			size 1000
+		}
+	}`)
+	a, b := cl.nodes[0], cl.nodes[1]
+	base := takeBaseline(t, b)
+
+	clients := make([]*stormClient, n)
+	var (
+		wg      sync.WaitGroup
+		dialErr atomic.Pointer[error]
+	)
+	sem := make(chan struct{}, 200)
+	start := time.Now()
+	for i := range clients {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			s, err := stormDial(a, "chat", `{"type":"hello","caps":[]}`, `{"type":"subscribe","topic":"chat","ref":1}`)
+			if err != nil {
+				dialErr.CompareAndSwap(nil, &err)
+				return
+			}
+			clients[i] = s
+			go s.read("chat")
+		}()
+	}
+	wg.Wait()
+	if p := dialErr.Load(); p != nil {
+		t.Fatalf("connecting %d clients: %v", n, *p)
+	}
+	t.Cleanup(func() {
+		for _, s := range clients {
+			s.conn.CloseNow()
+		}
+	})
+	waitFor(t, 30*time.Second, "every subscription", func() bool {
+		_, body := apiCall(t, http.MethodGet, a.url("/_realtime/stats"), "", "")
+		return strings.Contains(body, fmt.Sprintf(`"subscriptions":%d`, n))
+	})
+	t.Logf("%d clients connected and subscribed in %s", n, time.Since(start).Round(time.Millisecond))
+
+	var seq atomic.Uint64
+	pub := func(in *instance) {
+		code, body := apiCall(t, http.MethodPost, in.url("/_realtime/publish"), "", `{"topic":"chat","event":"m","data":1}`)
+		var r struct{ Seq uint64 }
+		if code != http.StatusOK || json.Unmarshal([]byte(body), &r) != nil {
+			t.Errorf("publish: %d %s", code, body)
+			return
+		}
+		seq.Store(r.Seq)
+	}
+	for i := 0; i < 5; i++ {
+		pub(a)
+	}
+	waitFor(t, 20*time.Second, "every client to see the first events", func() bool {
+		for _, s := range clients {
+			if s.last.Load() != seq.Load() {
+				return false
+			}
+		}
+		return true
+	})
+
+	// During the storm, events keep coming through the surviving instance.
+	stop := make(chan struct{})
+	pubDone := make(chan struct{})
+	go func() {
+		defer close(pubDone)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			pub(b)
+		}
+	}()
+	stormStart := time.Now()
+	// Each client reconnects the moment its connection ends.
+	moved := make([]*stormClient, n)
+	for i, s := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-s.closed
+			resume := fmt.Sprintf(`{"type":"resume","sessionId":%q,"lastSeenSeqs":{"chat":%d}}`, s.session, s.last.Load())
+			r, err := stormDial(b, "chat", `{"type":"hello","caps":[]}`, resume, `{"type":"subscribe-batch","topics":["chat"],"ref":1}`)
+			if err != nil {
+				dialErr.CompareAndSwap(nil, &err)
+				return
+			}
+			r.last.Store(s.last.Load())
+			if p := s.bad.Load(); p != nil {
+				r.bad.Store(p)
+			}
+			moved[i] = r
+			go r.read("chat")
+		}()
+	}
+	go a.stop(15 * time.Second)
+	wg.Wait()
+	if p := dialErr.Load(); p != nil {
+		t.Fatalf("reconnecting: %v", *p)
+	}
+	t.Cleanup(func() {
+		for _, s := range moved {
+			s.conn.CloseNow()
+		}
+	})
+	waitFor(t, 20*time.Second, "every client resumed on the other instance", func() bool {
+		for _, s := range moved {
+			if !s.resumed.Load() {
+				return false
+			}
+		}
+		return true
+	})
+	took := make([]time.Duration, n)
+	for i, s := range moved {
+		took[i] = time.Unix(0, s.at.Load()).Sub(stormStart)
+	}
+	slices.Sort(took)
+	t.Logf("%d clients reconnected and resumed: p50 %s, p99 %s, last %s after the stop began", n,
+		took[n/2].Round(time.Millisecond), took[n*99/100].Round(time.Millisecond), took[n-1].Round(time.Millisecond))
+	close(stop)
+	<-pubDone
+	pub(b) // after the storm
+	final := seq.Load()
+	waitFor(t, 20*time.Second, fmt.Sprintf("every client to reach seq %d", final), func() bool {
+		for _, s := range moved {
+			if s.last.Load() < final {
+				return false
+			}
+		}
+		return true
+	})
+	for i, s := range moved {
+		if p := s.bad.Load(); p != nil {
+			t.Fatalf("client %d: %s", i, *p)
+		}
+		if s.last.Load() != final {
+			t.Fatalf("client %d ended at seq %d, want %d", i, s.last.Load(), final)
+		}
+	}
+	t.Logf("%d events, none missed or repeated by any client", final)
+
+	for _, s := range moved {
+		s.conn.CloseNow()
+	}
+	for _, s := range moved {
+		<-s.closed
+	}
+	base.settle(t, 15*time.Second)
 }
