@@ -217,17 +217,23 @@ func TestNotifyReachesClients(t *testing.T) {
 	}
 }
 
-// triggerSQL is the README's trigger example, in the test's schema.
+// triggerSQL is the README's trigger example, in the test's schema (%[1]s)
+// and on the test's channel (%[2]s).
 const triggerSQL = `
 CREATE TABLE %[1]s.todos (id serial PRIMARY KEY, title text NOT NULL, done boolean NOT NULL DEFAULT false);
 
 CREATE FUNCTION %[1]s.todos_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+  r       %[1]s.todos := CASE TG_OP WHEN 'DELETE' THEN OLD ELSE NEW END;
+  event   text  := CASE TG_OP WHEN 'INSERT' THEN 'created' WHEN 'UPDATE' THEN 'updated' ELSE 'deleted' END;
+  payload text  := json_build_object('topic', 'todos', 'event', event, 'data', row_to_json(r))::text;
 BEGIN
-  PERFORM pg_notify('%[2]s', json_build_object(
-    'topic', 'todos',
-    'event', CASE TG_OP WHEN 'INSERT' THEN 'created' WHEN 'UPDATE' THEN 'updated' ELSE 'deleted' END,
-    'data',  CASE TG_OP WHEN 'DELETE' THEN row_to_json(OLD) ELSE row_to_json(NEW) END
-  )::text);
+  IF octet_length(payload) >= 8000 THEN
+    -- Too large for NOTIFY: send the id; the client refetches the row.
+    payload := json_build_object('topic', 'todos', 'event', event,
+                                 'data', json_build_object('id', r.id, 'partial', true))::text;
+  END IF;
+  PERFORM pg_notify('%[2]s', payload);
   RETURN NULL;
 END $$;
 
@@ -237,7 +243,7 @@ CREATE TRIGGER todos_notify AFTER INSERT OR UPDATE OR DELETE ON %[1]s.todos
 
 // A real trigger: INSERT, UPDATE and DELETE reach a client as the created,
 // updated and deleted events a crud() store applies, in commit order; a
-// rolled-back write sends nothing.
+// rolled-back write sends nothing; a row too large for NOTIFY sends its id.
 func TestNotifyTrigger(t *testing.T) {
 	pool, schema := testsvc.Postgres(t)
 	channel := notifyChannel()
@@ -279,11 +285,15 @@ func TestNotifyTrigger(t *testing.T) {
 	if _, err := pool.Exec(ctx, "INSERT INTO "+table+" (title) VALUES ('eggs')"); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := pool.Exec(ctx, "INSERT INTO "+table+" (title) VALUES (repeat('x', 9000))"); err != nil {
+		t.Fatal(err)
+	}
 	c.expect(`{"topic":"todos","event":"created","data":{"id":1,"title":"milk","done":false},"seq":1}`)
 	c.expect(`{"topic":"todos","event":"updated","data":{"id":1,"title":"milk","done":true},"seq":2}`)
 	c.expect(`{"topic":"todos","event":"deleted","data":{"id":1,"title":"milk","done":true},"seq":3}`)
 	// id 2 went with the rollback; its notification never left.
 	c.expect(`{"topic":"todos","event":"created","data":{"id":3,"title":"eggs","done":false},"seq":4}`)
+	c.expect(`{"topic":"todos","event":"created","data":{"id":4,"partial":true},"seq":5}`)
 }
 
 // After pg_terminate_backend of the LISTEN connection the listener
