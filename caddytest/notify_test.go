@@ -40,7 +40,7 @@ func pgGlobal(redisAddr string) string {
 
 // startNotifyCluster starts a throwaway redis-server and n Caddy instances
 // sharing it and the test PostgreSQL, each serving site.
-func startNotifyCluster(t *testing.T, n int, site string) []*instance {
+func startNotifyCluster(t testing.TB, n int, site string) []*instance {
 	t.Helper()
 	if caddyBin == "" {
 		t.Skip("integration tests need the Caddy binary; skipped in -short mode")
