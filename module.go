@@ -15,7 +15,9 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -807,21 +809,24 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 	}
 	// The Redis client is part of the gateway's identity: another Redis
-	// means another bus.
-	h.key += ":" + app.redisKey
+	// means another bus. So are the key prefix and channel, which the
+	// backends and the bus are built with.
+	h.key += ":" + app.redisIdentity()
+	options := h.optionsJSON()
 	v, loaded, err := gateways.LoadOrNew(h.key, func() (caddy.Destructor, error) {
 		// Not ctx: the gateway outlives this config (caddy-go.md pitfall 2).
 		gw, err := handlers.New(cfg, opts)
 		if err != nil {
 			return nil, err
 		}
-		return pooledGateway{gw}, nil
+		return newPooledGateway(gw, cfg.Name, h.identity(app), options, logger), nil
 	})
 	if err != nil {
 		h.key = ""
 		return fmt.Errorf("starting gateway %q: %w", cfg.Name, err)
 	}
-	h.gw = v.(pooledGateway).Gateway
+	pooled := v.(*pooledGateway)
+	h.gw = pooled.Gateway
 	// On process exit, start closing WebSockets as soon as Caddy begins to
 	// stop rather than after the HTTP servers' grace period: hijacked
 	// connections are invisible to that grace period (caddy-go.md §3.5).
@@ -834,6 +839,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if err := h.gw.Reconfigure(cfg); err != nil {
 			return fmt.Errorf("reconfiguring gateway %q: %w", cfg.Name, err)
 		}
+		pooled.logReconfigured(options)
 	}
 	return nil
 }
@@ -1047,12 +1053,148 @@ func (d drainOnExit) Handle(context.Context, caddy.Event) error {
 	return nil
 }
 
-// pooledGateway adapts a gateway to caddy.Destructor.
-type pooledGateway struct{ *handlers.Gateway }
+// identity lists what the gateway's pool key is made of, part by part
+// (see Provision), so that a reload that replaces the gateway can say
+// which part changed. Values are fingerprints, never secrets.
+func (h *Handler) identity(app *App) map[string]string {
+	hash := func(v any) string {
+		b, _ := json.Marshal(v)
+		sum := sha256.Sum256(b)
+		return hex.EncodeToString(sum[:8])
+	}
+	return map[string]string{
+		"replay rules":   hash(h.Replay),
+		"presence rules": hash(h.Presence),
+		"cursor rules":   hash(h.Cursors),
+		"groups":         hash(h.Groups),
+		"rate_limit":     hash(h.RateLimit),
+		"notify":         hash([]any{h.Notify, app.notifyDSN}),
+		"postgres":       app.pgKey,
+		"redis":          app.redisIdentity(),
+	}
+}
+
+// redisIdentity is what of the redis option a gateway is built with: the
+// client (redisKey) and the key prefix and channel. Empty without Redis.
+func (a *App) redisIdentity() string {
+	if a.Redis == nil {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(a.Redis.KeyPrefix + "\x00" + a.Redis.Channel))
+	return a.redisKey + ":" + hex.EncodeToString(sum[:8])
+}
+
+// optionsJSON is the handler's configuration by top-level JSON field, for
+// telling which options a live reload changed.
+func (h *Handler) optionsJSON() map[string]string {
+	b, _ := json.Marshal(h)
+	var m map[string]json.RawMessage
+	_ = json.Unmarshal(b, &m)
+	out := make(map[string]string, len(m))
+	for k, v := range m {
+		out[k] = string(v)
+	}
+	return out
+}
+
+// liveGateways lists, by gateway name, the pooled gateways alive, oldest
+// first: when one is destructed while another of its name lives, a
+// reload replaced it, and the difference of their identities says why.
+var (
+	liveGatewaysMu sync.Mutex
+	liveGateways   = map[string][]*pooledGateway{}
+)
+
+// pooledGateway adapts a gateway to caddy.Destructor and remembers what it
+// was built from, to log what a reload does to it (issue 7).
+type pooledGateway struct {
+	*handlers.Gateway
+	name     string
+	identity map[string]string
+	logger   *zap.Logger
+
+	mu      sync.Mutex
+	options map[string]string // the configuration last applied
+}
+
+func newPooledGateway(gw *handlers.Gateway, name string, identity, options map[string]string, logger *zap.Logger) *pooledGateway {
+	p := &pooledGateway{Gateway: gw, name: name, identity: identity, options: options, logger: logger}
+	liveGatewaysMu.Lock()
+	liveGateways[name] = append(liveGateways[name], p)
+	liveGatewaysMu.Unlock()
+	return p
+}
+
+// logReconfigured logs a reload that kept the gateway: which options it
+// applied live, with no connection closed.
+func (p *pooledGateway) logReconfigured(options map[string]string) {
+	p.mu.Lock()
+	changed := changedKeys(p.options, options)
+	p.options = options
+	p.mu.Unlock()
+	if len(changed) == 0 {
+		p.logger.Debug("reload kept the gateway unchanged", zap.String("gateway", p.name))
+		return
+	}
+	p.logger.Info("reload applied new options to the live gateway; no connection closed",
+		zap.String("gateway", p.name), zap.Strings("changed", changed), zap.Int("connections", p.Stats().Connections))
+}
+
+// changedKeys lists, sorted, the keys whose values differ between a and b.
+func changedKeys(a, b map[string]string) []string {
+	var out []string
+	for k, v := range a {
+		if w, ok := b[k]; !ok || w != v {
+			out = append(out, k)
+		}
+	}
+	for k := range b {
+		if _, ok := a[k]; !ok {
+			out = append(out, k)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
 
 // Destruct closes every connection with 1001 and waits for the gateway's
-// goroutines, bounded so Caddy's exit never hangs.
-func (p pooledGateway) Destruct() error {
+// goroutines, bounded so Caddy's exit never hangs. It first logs why: a
+// reload that replaced the gateway (and which part of the configuration
+// made it necessary), the gateway leaving the configuration, or Caddy
+// stopping. Each connection then logs its id at debug as it closes.
+func (p *pooledGateway) Destruct() error {
+	liveGatewaysMu.Lock()
+	newest := slices.Index(liveGateways[p.name], p) == len(liveGateways[p.name])-1
+	live := slices.DeleteFunc(liveGateways[p.name], func(q *pooledGateway) bool { return q == p })
+	if len(live) == 0 {
+		delete(liveGateways, p.name)
+	} else {
+		liveGateways[p.name] = live
+	}
+	liveGatewaysMu.Unlock()
+	n := p.Stats().Connections
+	level := zap.WarnLevel
+	if n == 0 {
+		level = zap.InfoLevel
+	}
+	fields := []zap.Field{zap.String("gateway", p.name), zap.Int("connections", n)}
+	switch {
+	case len(live) > 0 && newest:
+		// An older gateway of this name outlives it: the config that
+		// built it failed to load, or its reload was rolled back.
+		p.logger.Log(level, "a configuration that was not applied built this gateway: closing it", fields...)
+	case len(live) > 0:
+		var reasons []string
+		for _, part := range changedKeys(p.identity, live[len(live)-1].identity) {
+			reasons = append(reasons, part+" changed")
+		}
+		p.logger.Log(level, "reload replaced the gateway: closing its connections with 1001 so that clients reconnect and resume",
+			append(fields, zap.String("reason", strings.Join(reasons, ", ")))...)
+	case caddy.Exiting():
+		p.logger.Info("Caddy is stopping: closing the gateway's connections with 1001", fields...)
+	default:
+		p.logger.Log(level, "the gateway left the configuration: closing its connections with 1001", fields...)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), p.ShutdownBudget())
 	defer cancel()
 	return p.Close(ctx)
@@ -1066,5 +1208,5 @@ var (
 	_ caddy.Provisioner           = (*Handler)(nil)
 	_ caddy.CleanerUpper          = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
-	_ caddy.Destructor            = pooledGateway{}
+	_ caddy.Destructor            = (*pooledGateway)(nil)
 )

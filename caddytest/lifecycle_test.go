@@ -3,6 +3,8 @@ package caddytest
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -72,7 +74,12 @@ func TestLifecycleReloadKeepsConnections(t *testing.T) {
 	c.expect(`{"type":"subscribe-denied","topic":"b","ref":1,"reason":"RATE_LIMITED"}`)
 
 	cfg := currentCaddyfile(t, in)
-	reload(t, in, cfg+"\n# unchanged, but a new load\n")
+	if !strings.Contains(cfg, "grace_period 3s") {
+		t.Fatal("the harness's Caddyfile no longer sets grace_period 3s")
+	}
+	// A new load whose realtime configuration is the same (Caddy skips a
+	// load whose JSON did not change at all).
+	reload(t, in, strings.Replace(cfg, "grace_period 3s", "grace_period 4s", 1))
 	publish(t, in, `{"topic":"a","event":"after-reload","data":1}`)
 	c.expect(`{"topic":"a","event":"after-reload","data":1,"seq":1}`)
 
@@ -81,6 +88,37 @@ func TestLifecycleReloadKeepsConnections(t *testing.T) {
 	c.expect(`{"type":"subscribed","topic":"b","ref":2}`)
 	publish(t, in, `{"topic":"a","event":"still-here","data":2}`)
 	c.expect(`{"topic":"a","event":"still-here","data":2,"seq":2}`)
+
+	// The log says what each reload did, and that nobody was closed.
+	unchanged := logLine(t, in, "reload kept the gateway unchanged")
+	if unchanged["level"] != "debug" {
+		t.Errorf("unchanged reload logged at %v", unchanged["level"])
+	}
+	applied := logLine(t, in, "reload applied new options to the live gateway; no connection closed")
+	if applied["level"] != "info" || fmt.Sprint(applied["changed"]) != "[limits]" || applied["connections"] != 1.0 {
+		t.Errorf("live reload logged %v, want info, changed [limits], 1 connection", applied)
+	}
+	if strings.Contains(in.logs.String(), "closing its connections") {
+		t.Error("a reload that kept the gateway logged closing connections")
+	}
+}
+
+// logLine waits for the first JSON log line of in whose msg is msg and
+// returns its fields.
+func logLine(t *testing.T, in *instance, msg string) map[string]any {
+	t.Helper()
+	var found map[string]any
+	waitFor(t, 5*time.Second, "the log line "+msg, func() bool {
+		for _, l := range strings.Split(in.logs.String(), "\n") {
+			var m map[string]any
+			if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == msg {
+				found = m
+				return true
+			}
+		}
+		return false
+	})
+	return found
 }
 
 // Changing an extension's configuration starts a fresh gateway: the old
@@ -92,7 +130,7 @@ func TestLifecycleReloadWithNewExtensionsClosesWith1001(t *testing.T) {
 		replay chat
 	}`)
 	c := dial(t, in)
-	c.welcome()
+	id := c.welcome()
 	cfg := currentCaddyfile(t, in)
 	reload(t, in, strings.Replace(cfg, "replay chat", "replay chat {\n\t\t\tsize 10\n\t\t}", 1))
 	if code := c.closeStatus(10 * time.Second); code != 1001 {
@@ -100,6 +138,17 @@ func TestLifecycleReloadWithNewExtensionsClosesWith1001(t *testing.T) {
 	}
 	d := dial(t, in)
 	d.welcome()
+
+	// The log says how many connections the reload closed and why, then
+	// names each at debug.
+	replaced := logLine(t, in, "reload replaced the gateway: closing its connections with 1001 so that clients reconnect and resume")
+	if replaced["level"] != "warn" || replaced["connections"] != 1.0 || replaced["reason"] != "replay rules changed" {
+		t.Errorf("replacing reload logged %v, want warn, 1 connection, reason \"replay rules changed\"", replaced)
+	}
+	closed := logLine(t, in, "connection closed")
+	if closed["connection"] != id || closed["level"] != "debug" {
+		t.Errorf("closed connection logged %v, want its id %s at debug", closed, id)
+	}
 }
 
 // The gateway's metrics are in Caddy's registry, served by the admin API.
