@@ -13,6 +13,8 @@ import (
 
 	"github.com/coder/websocket"
 	"go.uber.org/zap"
+
+	"github.com/caddy-realtime/realtime/extensions/wire"
 )
 
 // conn is one accepted WebSocket.
@@ -210,30 +212,38 @@ func (c *conn) writeBatch(batch []outFrame) bool {
 	var written, replayWritten int64
 	n := 0
 	failed, stopped := false, false
-	for i := range batch {
+	coalesce := c.batchCap.Load() && len(batch) > 1
+	for i := 0; i < len(batch); {
 		if i > 0 && c.isClosed() {
 			stopped = true // closing (slow consumer, shutdown): the close frame goes next
 			break
 		}
-		f := batch[i]
+		b, k, buf := batch[i].b, 1, (*[]byte)(nil)
+		if coalesce {
+			b, k, buf = coalesceEnvelopes(batch[i:])
+		}
 		var err error
 		if c.cork != nil {
-			err = c.ws.Write(context.Background(), websocket.MessageText, f.b)
+			err = c.ws.Write(context.Background(), websocket.MessageText, b)
 		} else {
 			ctx, cancel := context.WithTimeout(c.g.ctx, s.WriteTimeout)
-			err = c.ws.Write(ctx, websocket.MessageText, f.b)
+			err = c.ws.Write(ctx, websocket.MessageText, b)
 			cancel()
 		}
+		putBatchBuf(buf, b)
 		if err != nil {
 			failed = true
 			break
 		}
-		n++
-		if f.exempt {
-			replayWritten += int64(len(f.b))
-		} else {
-			written += int64(len(f.b))
+		for _, f := range batch[i : i+k] {
+			if f.exempt {
+				replayWritten += int64(len(f.b))
+			} else {
+				written += int64(len(f.b))
+			}
 		}
+		n += k
+		i += k
 	}
 	// Uncork on every path: a close frame the library wrote meanwhile may
 	// sit in the cork buffer.
@@ -264,6 +274,55 @@ func (c *conn) writeBatch(batch []outFrame) bool {
 	c.replayQueued -= replayWritten
 	c.mu.Unlock()
 	return true
+}
+
+// batchBufs recycles the buffers coalesceEnvelopes builds frames in.
+var batchBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+
+// isEnvelope tells an event envelope from a control frame (§3.4): only
+// envelopes may go into a batch frame (§7.2).
+func isEnvelope(b []byte) bool { return bytes.HasPrefix(b, envelopePrefix) }
+
+var envelopePrefix = []byte(`{"topic":`)
+
+// coalesceEnvelopes returns the frame to write for the head of frames: when
+// it starts a run of two or more envelopes, one batch frame holding as many
+// of them as fit in wire.MaxBatchFrame, built in buf (from batchBufs), else
+// the first frame as it is (buf nil). k is how many frames it covers. A
+// client with the batch cap handles the elements as separate frames, in
+// order (§7.2), and the gateway frames and copies once for the lot: when
+// queues build up under load, that is most of a delivery's cost.
+func coalesceEnvelopes(frames []outFrame) (b []byte, k int, buf *[]byte) {
+	if len(frames) < 2 || !isEnvelope(frames[0].b) || !isEnvelope(frames[1].b) {
+		return frames[0].b, 1, nil
+	}
+	size := len(wire.BatchOpen) + len(wire.BatchClose) + len(frames[0].b)
+	k = 1
+	for k < len(frames) && isEnvelope(frames[k].b) && size+1+len(frames[k].b) <= wire.MaxBatchFrame {
+		size += 1 + len(frames[k].b)
+		k++
+	}
+	if k == 1 {
+		return frames[0].b, 1, nil
+	}
+	buf = batchBufs.Get().(*[]byte)
+	b = append((*buf)[:0], wire.BatchOpen...)
+	for j, f := range frames[:k] {
+		if j > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, f.b...)
+	}
+	b = append(b, wire.BatchClose...)
+	return b, k, buf
+}
+
+// putBatchBuf returns a coalescing buffer, grown to b, to the pool.
+func putBatchBuf(buf *[]byte, b []byte) {
+	if buf != nil && cap(b) <= wire.MaxBatchFrame+4096 {
+		*buf = b[:0]
+		batchBufs.Put(buf)
+	}
 }
 
 func (c *conn) isClosed() bool {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -437,5 +438,52 @@ func TestConnRequest(t *testing.T) {
 				t.Fatalf("%d requests still pending after the request returned", pending)
 			}
 		})
+	}
+}
+
+// A client with the batch cap gets a run of queued envelopes as batch
+// frames (§7.2): in order, never with a control frame inside, never over
+// MaxBatchFrame, and a lone envelope stays plain.
+func TestCoalesceEnvelopes(t *testing.T) {
+	env := func(i int, size int) outFrame {
+		data := strings.Repeat("x", size)
+		return outFrame{b: wire.AppendEnvelope(nil, "t", "e", []byte(`"`+data+`"`), uint64(i))}
+	}
+	ctl := outFrame{b: []byte(`{"type":"subscribed","topic":"t","ref":1}`)}
+	frames := []outFrame{env(1, 10), env(2, 10), env(3, 10), ctl, env(4, 10), ctl, env(5, 10)}
+
+	var got []string
+	for i := 0; i < len(frames); {
+		b, k, buf := coalesceEnvelopes(frames[i:])
+		got = append(got, string(b))
+		putBatchBuf(buf, b)
+		i += k
+	}
+	want := []string{
+		`{"type":"batch","events":[` + string(frames[0].b) + "," + string(frames[1].b) + "," + string(frames[2].b) + `]}`,
+		string(ctl.b), string(frames[4].b), string(ctl.b), string(frames[6].b),
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("frames:\n got  %q\n want %q", got, want)
+	}
+
+	// 100 KiB envelopes: two fit in one 256 KiB batch frame, the fifth
+	// goes alone and plain.
+	big := make([]outFrame, 5)
+	for i := range big {
+		big[i] = env(i+1, 100<<10)
+	}
+	var sizes []int
+	for i := 0; i < len(big); {
+		b, k, buf := coalesceEnvelopes(big[i:])
+		if len(b) > wire.MaxBatchFrame {
+			t.Fatalf("batch frame of %d bytes", len(b))
+		}
+		sizes = append(sizes, k)
+		putBatchBuf(buf, b)
+		i += k
+	}
+	if !slices.Equal(sizes, []int{2, 2, 1}) {
+		t.Fatalf("frames per write %v, want [2 2 1]", sizes)
 	}
 }
