@@ -21,6 +21,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/caddy-realtime/realtime/extensions/wire"
+	"github.com/caddy-realtime/realtime/internal/testsvc"
 )
 
 // Hostile input, secrecy and slow consumers (issue 7): what a client, an
@@ -985,4 +986,259 @@ func testSlowConsumer(t *testing.T, policy string) {
 		}
 	}
 	t.Logf("slow_consumer %s: dropped_total{slow_consumer} = %v", policy, dropped)
+}
+
+// Issue 7, README Operations ("keys, identities and hook bodies are never
+// logged"): no secret reaches a log line (Caddy at debug level, access log
+// on) or a client frame or API answer: not the Redis or Postgres password,
+// the API key, the upgrade's credential or cookie, the Set-Cookie the auth
+// hook hands out, or tokens in the identity, nested ones included, while
+// clients connect, use presence (select and default projections) and
+// cursors, publish through Redis and Postgres stores, and hit API and hook
+// errors. Instances with a wrong Redis password and an unreachable
+// Postgres fail without quoting theirs.
+func TestHostileSecretsNeverLeak(t *testing.T) {
+	const (
+		redisPW     = "RedisPw-5e1f9a0b"
+		pgPW        = "PgPw-77ab10c3"
+		apiKey      = "ApiKey-c0ffee42"
+		credential  = "UpgradeCred-8e8e8e"
+		reqCookie   = "ReqCookie-2b2b2b"
+		setCookie   = "SetCookie-4f4f4f"
+		token       = "IdToken-9d8c7b6a"
+		nestedToken = "NestedTok-1a2b3c"
+		wrongRedis  = "WrongRedisPw-3c3c3c"
+		unreachPG   = "UnreachPgPw-6d6d6d"
+	)
+	secrets := []string{redisPW, pgPW, apiKey, credential, reqCookie, setCookie, token, nestedToken, wrongRedis, unreachPG}
+
+	rs := testsvc.StartRedisWithPassword(t, redisPW)
+	_, schema := testsvc.Postgres(t)
+	pgURL := func(password, hostport string) string {
+		u, err := url.Parse(testsvc.PostgresURL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		u.User = url.UserPassword(u.User.Username(), password)
+		if hostport != "" {
+			u.Host = hostport
+		}
+		return u.String()
+	}
+	app := newApp(t, func(w http.ResponseWriter, c hookReq) {
+		switch c.Path {
+		case "/auth":
+			user, ok := strings.CutPrefix(c.Header.Get("Authorization"), "Bearer "+credential+"-")
+			if !ok {
+				writeJSONAnswer(w, http.StatusUnauthorized, `{}`)
+				return
+			}
+			w.Header().Add("Set-Cookie", "sid="+setCookie+"-"+user+"; HttpOnly; Path=/")
+			writeJSONAnswer(w, http.StatusOK, `{"id":"`+user+`","name":"N-`+user+`","token":"`+token+`","password":"`+token+`",`+
+				`"profile":{"city":"Oslo","apiToken":"`+nestedToken+`","links":[{"jwt":"`+nestedToken+`","href":"/u"}]}}`)
+		case "/subscribe":
+			writeJSONAnswer(w, http.StatusOK, `{"denied":false}`)
+		default:
+			w.WriteHeader(http.StatusInternalServerError)
+		}
+	})
+	site := fmt.Sprintf(`
+	log
+	realtime {
+		api /_realtime {
+			key %s
+		}
+		auth %s
+		subscribe_hook %s
+		message_hook %s
+		shutdown_spread 0
+		limits {
+			upgrade_rate off
+		}
+		replay chat {
+			store postgres
+			table %s.replay
+		}
+		replay news {
+			store redis
+		}
+		presence room {
+			select id name profile
+		}
+		presence lobby
+		cursor canvas
+	}`, apiKey, app.url("/auth"), app.url("/subscribe"), app.url("/message"), schema)
+	global := func(redisPassword, pg string) string {
+		return fmt.Sprintf("\trealtime {\n\t\tredis redis://:%s@%s {\n\t\t\tkey_prefix hostile:\n\t\t}\n\t\tpostgres %s\n\t}", redisPassword, rs.Addr(), pg)
+	}
+	in := startCaddyWith(t, global(redisPW, pgURL(pgPW, "")), site)
+
+	var seen []string // every frame and API answer a client got
+	dialAs := func(user string) *wsClient {
+		t.Helper()
+		c, resp, err := tryDial(in, dialOpts{origin: in.origin(), header: http.Header{
+			"Authorization": {"Bearer " + credential + "-" + user},
+			"Cookie":        {"sid=" + reqCookie},
+		}})
+		if err != nil {
+			t.Fatalf("dial %s: %v", user, err)
+		}
+		// The auth hook's cookie goes to its own client on the 101, by design.
+		if got := resp.Header.Get("Set-Cookie"); !strings.Contains(got, setCookie+"-"+user) {
+			t.Fatalf("101 Set-Cookie %q, want the hook's cookie", got)
+		}
+		c.CloseNow()
+		w := dialWith(t, in, dialOpts{origin: in.origin(), header: http.Header{
+			"Authorization": {"Bearer " + credential + "-" + user},
+			"Cookie":        {"sid=" + reqCookie},
+		}})
+		w.welcome()
+		return w
+	}
+	read := func(c *wsClient, until string) {
+		t.Helper()
+		for {
+			var f string
+			select {
+			case b := <-c.frames:
+				f = string(b)
+			case <-time.After(5 * time.Second):
+				t.Fatalf("no frame with %s within 5s; frames so far:\n%s", until, strings.Join(seen, "\n"))
+			}
+			seen = append(seen, f)
+			if strings.Contains(f, until) {
+				return
+			}
+		}
+	}
+	call := func(method, path, key, body string) apiResult {
+		t.Helper()
+		h := http.Header{}
+		if key != "" {
+			h.Set("Authorization", "Bearer "+key)
+		}
+		r := apiReq(method, in.url("/_realtime"+path), h, body)
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		seen = append(seen, r.body)
+		return r
+	}
+
+	u1 := dialAs("u1")
+	current(u1)
+	u1.send(`{"type":"subscribe-batch","topics":["room","lobby","chat","news","denied"],"ref":1}`)
+	read(u1, `"topic":"news","ref":1`)
+	u1.send(`{"type":"cursor-snapshot","topic":"canvas"}`)
+	read(u1, `"event":"snapshot"`)
+	u2 := dialAs("u2") // legacy vocabulary
+	for _, tp := range []string{"room", "lobby", "__cursor:canvas"} {
+		u2.send(`{"type":"subscribe","topic":"` + tp + `"}`)
+	}
+	read(u2, `"event":"list"`)
+	read(u1, `"u2":{"id":"u2"`)
+	u1.send(`{"type":"cursor","topic":"canvas","data":{"x":1}}`)
+	read(u2, `"key":`)
+	u1.send(`an application message the hook refuses`)
+
+	for _, tp := range []string{"chat", "news"} {
+		if r := call("POST", "/publish", apiKey, `{"topic":"`+tp+`","event":"e","data":{"n":1}}`); r.status != 200 {
+			t.Fatalf("publish to %s: %d %s", tp, r.status, r.body)
+		}
+		read(u1, `"topic":"`+tp+`","event":"e"`)
+	}
+	for _, r := range []apiResult{
+		call("GET", "/presence?topic=room", apiKey, ""),
+		call("GET", "/presence?topic=lobby", apiKey, ""),
+		call("GET", "/cursors?topic=canvas", apiKey, ""),
+		call("GET", "/health", apiKey, ""),
+	} {
+		if r.status != 200 {
+			t.Fatalf("API answered %d %s", r.status, r.body)
+		}
+	}
+	call("GET", "/stats", "", "")
+	call("GET", "/stats", "wrong-"+apiKey[:4], "")
+	call("POST", "/publish", apiKey, `{"topic":"chat","event":"e","data":`)
+	call("POST", "/publish", apiKey, `{"topic":"__x","event":"e"}`)
+	call("POST", "/disconnect", apiKey, `{"user":"u2","code":4401}`)
+	if code := u2.closeStatus(5 * time.Second); code != 4401 {
+		t.Fatalf("u2 closed with %d, want 4401", code)
+	}
+	if st, _ := dialStatus(t, in, "/ws", http.Header{"Authorization": {"Bearer " + credential}}); st != http.StatusUnauthorized {
+		t.Fatalf("an upgrade with a bad credential: %d, want 401", st)
+	}
+	// The data really went through the projections: public fields are
+	// there, the rest of the identity is not.
+	all := strings.Join(seen, "\n")
+	for _, want := range []string{`"city":"Oslo"`, `"name":"N-u2"`, `"href":"/u"`, `"user":{"id":"u1"`} {
+		if !strings.Contains(all, want) {
+			t.Errorf("no frame or answer shows %s: the projections were not exercised", want)
+		}
+	}
+
+	// A second instance with a wrong Redis password, a third whose
+	// Postgres is unreachable: their errors must not quote the password.
+	bad, err := tryStartCaddy(t, global(wrongRedis, pgURL(pgPW, "")), `
+	realtime {
+		shutdown_spread 0
+		replay news {
+			store redis
+		}
+	}`)
+	if err == nil {
+		waitFor(t, 10*time.Second, "the wrong Redis password to be reported", func() bool {
+			return strings.Contains(strings.ToLower(bad.logs.String()), "wrongpass")
+		})
+	}
+	t.Logf("Caddy with a wrong Redis password: start error %v", err)
+	unreach, err := tryStartCaddy(t, fmt.Sprintf("\trealtime {\n\t\tpostgres %s\n\t}", pgURL(unreachPG, "127.0.0.1:1")), `
+	realtime {
+		api /_realtime
+		shutdown_spread 0
+		replay chat {
+			store postgres
+		}
+	}`)
+	if err == nil { // started: the first use fails instead
+		if r := apiDo("POST", unreach.url("/_realtime/publish"), "", `{"topic":"chat","event":"e"}`); r.status == 200 {
+			t.Fatalf("publish to an unreachable Postgres store answered 200 %s", r.body)
+		} else {
+			seen = append(seen, r.body)
+		}
+	}
+	t.Logf("Caddy with an unreachable Postgres: start error %v", err)
+	if !strings.Contains(unreach.logs.String(), "127.0.0.1:1") {
+		t.Fatalf("the unreachable Postgres was never reported: the check would prove nothing")
+	}
+
+	for _, c := range []*wsClient{u1, u2} {
+		for len(c.frames) > 0 {
+			seen = append(seen, string(<-c.frames))
+		}
+	}
+	in.stop(10 * time.Second)
+	bad.stop(10 * time.Second)
+	unreach.stop(10 * time.Second)
+	logs := map[string]string{"main": in.logs.String(), "wrong redis password": bad.logs.String(), "unreachable postgres": unreach.logs.String()}
+	if !strings.Contains(logs["main"], `"level":"debug"`) || !strings.Contains(logs["main"], `"logger":"http.log.access`) {
+		t.Fatalf("the main instance logged no debug or access lines: the check would prove nothing")
+	}
+	for _, s := range secrets {
+		for name, l := range logs {
+			if i := strings.Index(l, s); i >= 0 {
+				line := l[strings.LastIndexByte(l[:i], '\n')+1:]
+				if j := strings.IndexByte(line, '\n'); j >= 0 {
+					line = line[:j]
+				}
+				t.Errorf("the %s instance logged the secret %s: %s", name, s, line)
+			}
+		}
+		for _, f := range seen {
+			if strings.Contains(f, s) {
+				t.Errorf("a client got the secret %s: %.300s", s, f)
+			}
+		}
+	}
+	t.Logf("checked %d frames and answers and %d bytes of logs for %d secrets", len(seen), len(logs["main"])+len(logs["wrong redis password"])+len(logs["unreachable postgres"]), len(secrets))
 }

@@ -22,7 +22,10 @@ func isSecretKey(k string) bool {
 
 // project returns the public projection of an identity object: the
 // selected top-level fields in the order given, or, without a selection,
-// the identity with secret keys removed at every depth. Members that would
+// the identity with secret keys removed at every depth. A selected field
+// is shown even if its own name looks secret (the operator named it), but
+// secret keys nested inside it are removed: selecting "profile" must not
+// publish profile.apiToken (TestHostileSecretsNeverLeak). Members that would
 // push it past 2 KiB are left out, in order, so the projection stays a
 // valid object.
 func project(identity json.RawMessage, selectFields []string) json.RawMessage {
@@ -54,7 +57,7 @@ func project(identity json.RawMessage, selectFields []string) json.RawMessage {
 		})
 		for _, f := range selectFields {
 			if v, ok := fields[f]; ok {
-				add(keys[f], v) // a missing field is simply absent
+				add(keys[f], stripSecrets(v)) // a missing field is simply absent
 			}
 		}
 	} else {
