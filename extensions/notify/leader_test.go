@@ -134,8 +134,8 @@ func TestLeaderOnlyOneOfThreeReceives(t *testing.T) {
 	pool, channel, ms := startMembers(t, 3)
 	leader := awaitOneLeader(t, pool, channel, ms)
 	for _, m := range ms {
-		if m != leader && m.l.State() != StateStandby {
-			t.Fatalf("a follower is %s, want standby", m.l.State())
+		if m != leader {
+			waitCond(t, "a follower to stand by", func() bool { return m.l.State() == StateStandby })
 		}
 	}
 	sendAndCount(t, pool, channel, ms, leader, 20)
