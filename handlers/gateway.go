@@ -336,7 +336,12 @@ func (g *Gateway) drain(ctx context.Context) error {
 			closers.Wait()
 			g.presence.stop()
 			g.cursors.stop()
-			g.cancel() // ends the sweeper and any socket still reading
+			g.cancel() // ends the sweeper
+			// Read loops end when their socket closes; closeWith closed
+			// every socket above, this catches any that slipped past.
+			for _, c := range g.conns.all() {
+				c.ws.CloseNow()
+			}
 			g.wg.Wait()
 			close(done)
 		}()

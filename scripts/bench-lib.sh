@@ -87,6 +87,7 @@ EOF
 
 bench_cleanup() {
 	stop_server
+	stop_cluster
 }
 
 stop_server() {
@@ -120,6 +121,42 @@ start_centrifugo() {
 	"$CENTRIFUGO" -c "$BENCH_DIR/centrifugo.json" >>"$BENCH_DIR/centrifugo.log" 2>&1 &
 	SERVER_PID=$!
 	wait_http "http://127.0.0.1:$CF_INTERNAL_PORT/metrics"
+}
+
+# start_cluster: two fresh gateways (A on RT_PORT, B on RT_PORT+2) sharing
+# a throwaway redis-server on BENCH_REDIS_PORT.
+: "${BENCH_REDIS_PORT:=16379}"
+start_cluster() {
+	stop_server
+	stop_cluster
+	redis-server --port "$BENCH_REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
+		>>"$BENCH_DIR/redis.log" 2>&1 &
+	REDIS_PID=$!
+	for i in 0 2; do
+		sed -e "s/admin localhost:$RT_ADMIN_PORT/admin localhost:$((RT_ADMIN_PORT - i))/" \
+			-e "s/http:\/\/:$RT_PORT/http:\/\/:$((RT_PORT + i))/" \
+			-e "s/^\tauto_https off/\tauto_https off\n\trealtime {\n\t\tredis redis:\/\/127.0.0.1:$BENCH_REDIS_PORT\n\t}/" \
+			-e "s/replay replay:\* {/replay replay:* {\n\t\t\tstore redis/" \
+			"$BENCH_DIR/Caddyfile" >"$BENCH_DIR/Caddyfile.$i"
+		"$CADDY" run --config "$BENCH_DIR/Caddyfile.$i" --adapter caddyfile >>"$BENCH_DIR/caddy-$i.log" 2>&1 &
+		CLUSTER_PIDS+=($!)
+		wait_http "http://127.0.0.1:$((RT_PORT + i))/_realtime/health"
+	done
+}
+CLUSTER_PIDS=()
+stop_cluster() {
+	for p in "${CLUSTER_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+	for p in "${CLUSTER_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+	CLUSTER_PIDS=()
+	if [[ -n ${REDIS_PID:-} ]]; then
+		kill "$REDIS_PID" 2>/dev/null || true
+		wait "$REDIS_PID" 2>/dev/null || true
+		REDIS_PID=""
+	fi
+}
+cluster_args() {
+	echo -target "ws://127.0.0.1:$((RT_PORT + 2))/ws" -admin "http://localhost:$((RT_ADMIN_PORT - 2))" \
+		-pid "${CLUSTER_PIDS[1]}" -publish-via "http://127.0.0.1:$RT_PORT/_realtime" -source-ips "$SOURCE_IPS"
 }
 
 # Load-tool arguments for each server.

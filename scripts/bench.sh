@@ -8,7 +8,10 @@
 # Scenarios: idle (5k and 10k connections), idle-presence (10k, 3 topics,
 # one with presence), fanout (1 topic × 2k and 10k subscribers, 100-byte
 # payloads, rate ramped until p99 > 50 ms, then a closed-loop max step),
-# connect (10k), reconnect (10k with resume).
+# connect (10k), reconnect (10k with resume), cluster (1k subscribers on
+# one of two instances sharing a throwaway redis-server, publishes through
+# the other: closed-loop peak, then latency at half of it; not in the
+# default set, run `./scripts/bench.sh cluster`).
 #
 # Each scenario gets a fresh Caddy built from ./cmd/caddy (or CADDY_BIN), on loopback
 # ports 18080 (admin 12999); JSON reports and profiles land in $BENCH_DIR
@@ -23,6 +26,7 @@ source scripts/bench-lib.sh
 : "${FANOUT_N:=2000 10000}"
 : "${CONNECT_N:=10000}"
 : "${RECONNECT_N:=10000}"
+: "${CLUSTER_N:=1000}"
 : "${RAMP_FACTOR:=1.3}"
 : "${STEP:=5s}"
 : "${PROFILE:=}"
@@ -118,8 +122,23 @@ for s in "${scenarios[@]}"; do
 			bench reconnect -n "$n" -concurrency 256 -events 5 -missed 5 $(ours_args) -o "$BENCH_DIR/reconnect-$n.json"
 		done
 		;;
+	cluster)
+		# Two instances sharing a throwaway redis-server: subscribers on the
+		# second, publishes through the first's API, so every delivery
+		# crosses Redis. First the closed-loop peak, then a fixed rate at
+		# half of it for the latency figures.
+		for n in $CLUSTER_N; do
+			say "cluster: 1 topic × $n subscribers on instance B, publishes through instance A and Redis"
+			start_cluster
+			bench fanout -n "$n" -size 100 -rate max -window 2 -duration 10s -warmup 2s $(cluster_args) -o "$BENCH_DIR/cluster-max-$n.json"
+			peak=$(python3 -c "import json,sys; s=json.load(open(sys.argv[1]))['steps'][-1]; print(max(1, round(s['published_per_s']/2)))" "$BENCH_DIR/cluster-max-$n.json")
+			say "cluster: $n subscribers at half of the peak: $peak publishes/s"
+			bench fanout -n "$n" -size 100 -rate "$peak" -duration 10s -warmup 2s $(cluster_args) -o "$BENCH_DIR/cluster-half-$n.json"
+			stop_cluster
+		done
+		;;
 	*)
-		echo "unknown scenario $s (idle, idle-presence, fanout, connect, reconnect)" >&2
+		echo "unknown scenario $s (idle, idle-presence, fanout, connect, reconnect, cluster)" >&2
 		exit 2
 		;;
 	esac
