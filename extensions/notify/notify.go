@@ -31,6 +31,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -426,6 +427,12 @@ func (l *Listener) redact(err error) error {
 func (l *Listener) parse(payload string) (Notification, string) {
 	if len(payload) >= MaxPayload {
 		return Notification{}, ReasonTooLarge
+	}
+	// A SQL_ASCII database passes any bytes through; invalid UTF-8 in a
+	// text frame makes browsers drop the connection (RFC 6455 §8.1), and
+	// encoding/json would not refuse it.
+	if !utf8.ValidString(payload) {
+		return Notification{}, ReasonInvalid
 	}
 	var obj map[string]json.RawMessage
 	if err := json.Unmarshal([]byte(payload), &obj); err != nil || obj == nil {

@@ -168,6 +168,11 @@ func TestInvalidPayloadsAreDroppedAndCounted(t *testing.T) {
 		t.Fatalf("an invalid payload was delivered: %+v", n)
 	default:
 	}
+	// A SQL_ASCII database can send bytes that are not UTF-8 (this test
+	// database is UTF8 and refuses them, so parse is asked directly).
+	if _, reason := f.l.parse("{\"topic\":\"t\",\"event\":\"e\",\"data\":\"\xff\"}"); reason != ReasonInvalid {
+		t.Errorf("parse gave %q for a payload that is not UTF-8, want %q", reason, ReasonInvalid)
+	}
 }
 
 func TestReconnectAfterBackendTerminated(t *testing.T) {
