@@ -124,34 +124,51 @@ func (c *conn) sendReplay(frames [][]byte) {
 }
 
 func (c *conn) enqueueFrame(b []byte, at time.Time, exempt bool) bool {
+	return c.enqueueFrames([][]byte{b}, at, exempt) == 1
+}
+
+// enqueueAll queues the frames of one publish (a batch publish split into
+// several frames) as a unit: the backpressure check treats them like one
+// frame, so a publish bigger than max_backpressure reaches a client whose
+// queue is empty instead of closing it halfway. It returns how many were
+// queued: all or none.
+func (c *conn) enqueueAll(bs [][]byte, at time.Time) int { return c.enqueueFrames(bs, at, false) }
+
+func (c *conn) enqueueFrames(bs [][]byte, at time.Time, exempt bool) int {
+	size := int64(0)
+	for _, b := range bs {
+		size += int64(len(b))
+	}
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		return false
+		return 0
 	}
 	s := c.g.settings()
-	if !exempt && c.queued > 0 && c.queued+int64(len(b)) > s.MaxBackpressure {
+	if !exempt && c.queued > 0 && c.queued+size > s.MaxBackpressure {
 		if s.DropSlow {
 			c.mu.Unlock()
-			c.g.m.dropSlow.Inc()
-			return false
+			c.g.m.dropSlow.Add(float64(len(bs)))
+			return 0
 		}
 		c.closed = true
 		c.queue, c.queued = nil, 0
 		c.mu.Unlock()
 		c.g.m.dropSlow.Inc()
 		c.closeAsync(websocket.StatusTryAgainLater, "Slow consumer")
-		return false
+		return 0
 	}
 	var ts int64
 	if !at.IsZero() {
 		ts = at.UnixNano()
 	}
-	c.queue = append(c.queue, outFrame{b: b, at: ts, exempt: exempt})
+	for _, b := range bs {
+		c.queue = append(c.queue, outFrame{b: b, at: ts, exempt: exempt})
+	}
 	if exempt {
-		c.replayQueued += int64(len(b))
+		c.replayQueued += size
 	} else {
-		c.queued += int64(len(b))
+		c.queued += size
 	}
 	start := !c.writing
 	c.writing = true
@@ -160,7 +177,7 @@ func (c *conn) enqueueFrame(b []byte, at time.Time, exempt bool) bool {
 		c.g.wg.Add(1)
 		go c.writeLoop()
 	}
-	return true
+	return len(bs)
 }
 
 // send queues a control frame or direct envelope.

@@ -487,3 +487,40 @@ func TestCoalesceEnvelopes(t *testing.T) {
 		t.Fatalf("frames per write %v, want [2 2 1]", sizes)
 	}
 }
+
+// A batch publish larger than max_backpressure reaches a client whose queue
+// was empty, whole: its frames are queued as one unit (as one frame would
+// be), not cut off halfway with a 1013 to a client that reads at once.
+func TestConnBatchPublishLargerThanBackpressure(t *testing.T) {
+	cfg := testConfig()
+	cfg.MaxBackpressure = 64 << 10
+	g, srv := newTestGateway(t, cfg)
+	current, legacy := dialClient(t, srv, "batch"), dialClient(t, srv)
+	current.subscribe("big")
+	legacy.subscribe("big")
+
+	data := []byte(`"` + strings.Repeat("x", 4<<10) + `"`)
+	msgs := make([]bus.Message, 300) // ~1.2 MiB: five batch frames, or 300 envelopes
+	for i := range msgs {
+		msgs[i] = bus.Message{Topic: "big", Event: "e", Data: data}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := g.Publish(ctx, msgs); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*testClient{current, legacy} {
+		for got := 0; got < len(msgs); {
+			fs, err := c.tryRead(ctx)
+			if err != nil {
+				t.Fatalf("after %d of %d events: %v", got, len(msgs), err)
+			}
+			for _, f := range fs {
+				got++
+				if f.Seq != uint64(got) {
+					t.Fatalf("event %d has seq %d", got, f.Seq)
+				}
+			}
+		}
+	}
+}

@@ -249,18 +249,10 @@ func (h *hub) deliverBatch(msgs []bus.Message, envs [][]byte, names []string, lo
 				continue
 			}
 			if c.batchCap.Load() {
-				for _, b := range batches {
-					if c.enqueue(b, now) {
-						n++
-					}
-				}
+				n += c.enqueueAll(batches, now)
 				continue
 			}
-			for _, e := range envs {
-				if c.enqueue(e, now) {
-					n++
-				}
-			}
+			n += c.enqueueAll(envs, now)
 		}
 		return n, nil
 	}
@@ -308,11 +300,7 @@ func (h *hub) deliverBatch(msgs []bus.Message, envs [][]byte, names []string, lo
 			batches = splitBatches(sub)
 			cache[key] = batches
 		}
-		for _, b := range batches {
-			if c.enqueue(b, now) {
-				n++
-			}
-		}
+		n += c.enqueueAll(batches, now)
 	}
 	return n, nil
 }
