@@ -217,6 +217,78 @@ func TestFaultPostgresRestart(t *testing.T) {
 	base.settle(t, 10*time.Second)
 }
 
+// Postgres unreachable when Caddy starts, under `store postgres`: Caddy
+// starts anyway (the store creates its tables on first use), publishes to
+// the durable topic answer 503 BACKEND_UNAVAILABLE promptly while other
+// topics work, and once Postgres answers the durable topic's seqs start at
+// 1 with nothing counted for the refused publishes.
+func TestFaultPostgresUnreachableAtStartup(t *testing.T) {
+	pg := testsvc.StartPostgres(t)
+	pg.Kill()
+	global := fmt.Sprintf("\trealtime {\n\t\tpostgres %s\n\t}", pg.URL())
+	// A table name that is no identifier still refuses the start: it is
+	// checked without the database.
+	bad, err := tryStartCaddy(t, global, `
+	realtime {
+		replay chat {
+			store postgres
+			table chat-log
+		}
+	}`)
+	if err == nil {
+		t.Fatal("Caddy started with the replay table chat-log")
+	}
+	if !strings.Contains(bad.logs.String(), "is not an identifier") {
+		t.Fatalf("the start error does not name the table:\n%s", bad.logs.String())
+	}
+	in := startCaddyWith(t, global, `
+	realtime {
+		api /_realtime
+		shutdown_spread 0
+		replay chat {
+			store postgres
+		}
+	}`)
+	base := takeBaseline(t, in)
+	c := subscribedLegacy(t, in, "chat")
+	for i := 0; i < 3; i++ {
+		start := time.Now()
+		code, body := apiCall(t, http.MethodPost, in.url("/_realtime/publish"), "", `{"topic":"chat","event":"m","data":"refused"}`)
+		took := time.Since(start)
+		wantAPIError(t, "publish with postgres unreachable since start-up", code, body, http.StatusServiceUnavailable, "BACKEND_UNAVAILABLE")
+		if took > 3*time.Second {
+			t.Fatalf("publish with postgres unreachable took %s", took)
+		}
+	}
+	n := subscribedLegacy(t, in, "news")
+	publish(t, in, `{"topic":"news","event":"e","data":1}`)
+	n.expect(`{"topic":"news","event":"e","data":1,"seq":1}`)
+	c.quiet(200 * time.Millisecond) // nothing of the refused publishes
+
+	pg.Restart()
+	var seq uint64
+	waitFor(t, 20*time.Second, "a publish to succeed once postgres answers", func() bool {
+		code, body := apiCall(t, http.MethodPost, in.url("/_realtime/publish"), "", `{"topic":"chat","event":"m","data":1}`)
+		if code != http.StatusOK {
+			return false
+		}
+		var r struct{ Seq uint64 }
+		_ = json.Unmarshal([]byte(body), &r)
+		seq = r.Seq
+		return true
+	})
+	if seq != 1 {
+		t.Fatalf("first seq once postgres answers %d, want 1", seq)
+	}
+	c.expect(`{"topic":"chat","event":"m","data":1,"seq":1}`)
+	if got := publish(t, in, `{"topic":"chat","event":"m","data":2}`); got != `{"seq":2}` {
+		t.Fatalf("second publish answered %s", got)
+	}
+	c.expect(`{"topic":"chat","event":"m","data":2,"seq":2}`)
+	closeAll(c, n)
+	base.settle(t, 10*time.Second)
+}
+
 // SIGKILL of one of three instances: the others broadcast its users'
 // presence leaves within ttl plus a margin, its group memberships stop
 // counting on the others within member_ttl plus a margin, and the

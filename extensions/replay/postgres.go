@@ -9,7 +9,8 @@ import (
 	"math"
 	"regexp"
 	"strings"
-	"time"
+	"sync"
+	"sync/atomic"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -31,8 +32,10 @@ type PostgresConfig struct {
 	// Default: DefaultPostgresTable.
 	Table string
 
-	// AutoMigrate creates the tables and index when missing, in
-	// NewPostgres. Default: true.
+	// AutoMigrate creates the tables and index when missing, on the first
+	// call that needs the database (not in NewPostgres, which sends
+	// nothing); a failed migration is tried again on the next call.
+	// Default: true.
 	AutoMigrate *bool
 }
 
@@ -56,20 +59,42 @@ type PostgresConfig struct {
 //
 // Every call runs with the caller's ctx and no other deadline. The store
 // starts no goroutine and closes nothing; the caller owns the pool.
+//
+// With AutoMigrate, the store needs no database until its first call, so a
+// gateway starts while PostgreSQL is down: each call first makes sure the
+// tables exist (one atomic load once they do). Until a migration has
+// succeeded, every call fails with an error naming the migration, and the
+// next call tries again.
 type Postgres struct {
 	pool  *pgxpool.Pool
+	table string
 	size  int64
 	ttlUS int64 // TTL in microseconds, 0: none
 
 	appendSQL, headSQL, sinceSQL, clearSQL, clearAllSQL, cleanupSQL string
+
+	// migrateStmts are the statements of the migration; nil without
+	// AutoMigrate.
+	migrateStmts []string
+	migrated     atomic.Bool
+	mu           sync.Mutex
+	running      *migration // the migration in flight, or nil; guarded by mu
+}
+
+// migration is one attempt to create the tables; callers arriving while
+// it runs wait for its outcome instead of starting another.
+type migration struct {
+	done chan struct{} // closed when err is set
+	err  error
 }
 
 var identRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
 // NewPostgres returns a store on pool configured by cfg (zero fields take
-// their defaults). With AutoMigrate it creates the tables if missing, under
-// a transaction-scoped advisory lock so instances starting together do not
-// collide, within 30 seconds; otherwise it sends nothing.
+// their defaults). It checks the table's name and sends nothing, so it
+// succeeds while the database is unreachable. With AutoMigrate, the first
+// call creates the tables if missing, under a transaction-scoped advisory
+// lock so instances starting together do not collide.
 func NewPostgres(pool *pgxpool.Pool, cfg PostgresConfig) (*Postgres, error) {
 	if pool == nil {
 		return nil, errors.New("replay: no PostgreSQL pool")
@@ -94,7 +119,7 @@ func NewPostgres(pool *pgxpool.Pool, cfg PostgresConfig) (*Postgres, error) {
 		}
 	}
 	c := cfg.Config.WithDefaults()
-	s := &Postgres{pool: pool, size: int64(c.Size)}
+	s := &Postgres{pool: pool, table: table, size: int64(c.Size)}
 	if c.TTL > 0 {
 		s.ttlUS = max(1, c.TTL.Microseconds())
 	}
@@ -163,28 +188,7 @@ ORDER BY e.seq`
 WHERE c.last_append < now() - $1::bigint * interval '1 microsecond' AND e.topic = c.topic`
 
 	if cfg.AutoMigrate == nil || *cfg.AutoMigrate {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := migrate(ctx, pool, table, entries, counters, idleIndex); err != nil {
-			return nil, fmt.Errorf("replay: creating the tables of %q: %w", table, err)
-		}
-	}
-	return s, nil
-}
-
-// migrate creates the tables and index if missing. CREATE ... IF NOT
-// EXISTS alone races (two sessions may both try, and one fails on the
-// catalog's unique index), so a transaction-scoped advisory lock keyed by
-// the table's name serializes the instances.
-func migrate(ctx context.Context, pool *pgxpool.Pool, table, entries, counters, idleIndex string) error {
-	h := fnv.New64a()
-	h.Write([]byte("caddy-realtime replay migration " + table))
-	key := int64(h.Sum64() & math.MaxInt64)
-	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, key); err != nil {
-			return err
-		}
-		for _, stmt := range []string{
+		s.migrateStmts = []string{
 			`CREATE TABLE IF NOT EXISTS ` + entries + ` (
 	topic text NOT NULL,
 	seq bigint NOT NULL,
@@ -200,7 +204,67 @@ func migrate(ctx context.Context, pool *pgxpool.Pool, table, entries, counters, 
 	expired_through bigint NOT NULL DEFAULT 0
 )`,
 			`CREATE INDEX IF NOT EXISTS ` + idleIndex + ` ON ` + counters + ` (last_append)`,
-		} {
+		}
+	} else {
+		s.migrated.Store(true)
+	}
+	return s, nil
+}
+
+// ready makes sure the tables exist before a call uses them. Once a
+// migration has succeeded it is one atomic load. Otherwise one caller runs
+// the migration with its ctx while the others wait for that attempt's
+// outcome (or their own ctx), so at most one migration of this store is in
+// flight; after a failure, the next call tries again.
+func (s *Postgres) ready(ctx context.Context) error {
+	if s.migrated.Load() {
+		return nil
+	}
+	s.mu.Lock()
+	if s.migrated.Load() {
+		s.mu.Unlock()
+		return nil
+	}
+	m := s.running
+	if m != nil {
+		s.mu.Unlock()
+		select {
+		case <-m.done:
+			return m.err
+		case <-ctx.Done():
+			return fmt.Errorf("replay: waiting for the tables of %q to be created: %w", s.table, ctx.Err())
+		}
+	}
+	m = &migration{done: make(chan struct{})}
+	s.running = m
+	s.mu.Unlock()
+
+	if err := s.migrate(ctx); err != nil {
+		m.err = fmt.Errorf("replay: creating the tables of %q (tried again on the next call): %w", s.table, err)
+	}
+	s.mu.Lock()
+	s.running = nil
+	if m.err == nil {
+		s.migrated.Store(true)
+	}
+	s.mu.Unlock()
+	close(m.done)
+	return m.err
+}
+
+// migrate creates the tables and index if missing. CREATE ... IF NOT
+// EXISTS alone races (two sessions may both try, and one fails on the
+// catalog's unique index), so a transaction-scoped advisory lock keyed by
+// the table's name serializes the instances.
+func (s *Postgres) migrate(ctx context.Context) error {
+	h := fnv.New64a()
+	h.Write([]byte("caddy-realtime replay migration " + s.table))
+	key := int64(h.Sum64() & math.MaxInt64)
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, key); err != nil {
+			return err
+		}
+		for _, stmt := range s.migrateStmts {
 			if _, err := tx.Exec(ctx, stmt); err != nil {
 				return err
 			}
@@ -212,6 +276,9 @@ func migrate(ctx context.Context, pool *pgxpool.Pool, table, entries, counters, 
 // Append implements Store with one statement.
 func (s *Postgres) Append(ctx context.Context, topic, event string, data json.RawMessage) (uint64, error) {
 	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	if err := s.ready(ctx); err != nil {
 		return 0, err
 	}
 	var d *string // nil data is stored as NULL
@@ -231,6 +298,9 @@ func (s *Postgres) Head(ctx context.Context, topic string) (uint64, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
+	if err := s.ready(ctx); err != nil {
+		return 0, err
+	}
 	var seq int64
 	err := s.pool.QueryRow(ctx, s.headSQL, topic).Scan(&seq)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -245,6 +315,9 @@ func (s *Postgres) Head(ctx context.Context, topic string) (uint64, error) {
 // Since implements Store with one statement, so one snapshot.
 func (s *Postgres) Since(ctx context.Context, topic string, after uint64) (Range, error) {
 	if err := ctx.Err(); err != nil {
+		return Range{}, err
+	}
+	if err := s.ready(ctx); err != nil {
 		return Range{}, err
 	}
 	a := int64(min(after, math.MaxInt64))
@@ -292,6 +365,9 @@ func (s *Postgres) Clear(ctx context.Context, topic string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	if err := s.ready(ctx); err != nil {
+		return err
+	}
 	if _, err := s.pool.Exec(ctx, s.clearSQL, topic); err != nil {
 		return fmt.Errorf("replay: clear %q: %w", topic, err)
 	}
@@ -301,6 +377,9 @@ func (s *Postgres) Clear(ctx context.Context, topic string) error {
 // ClearAll implements Store: it truncates both tables.
 func (s *Postgres) ClearAll(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := s.ready(ctx); err != nil {
 		return err
 	}
 	if _, err := s.pool.Exec(ctx, s.clearAllSQL); err != nil {
@@ -319,6 +398,9 @@ func (s *Postgres) Cleanup(ctx context.Context) (int64, error) {
 	}
 	if s.ttlUS == 0 {
 		return 0, nil
+	}
+	if err := s.ready(ctx); err != nil {
+		return 0, err
 	}
 	tag, err := s.pool.Exec(ctx, s.cleanupSQL, s.ttlUS)
 	if err != nil {

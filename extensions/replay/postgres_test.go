@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -116,30 +117,100 @@ func TestPostgresFreshInstancesMigrateTogether(t *testing.T) {
 	table := schema + ".together"
 	const n = 4
 	stores := make([]*Postgres, n)
+	for i := range n {
+		p := pool
+		if i%2 == 1 {
+			p = pool2
+		}
+		s, err := NewPostgres(p, PostgresConfig{Table: table})
+		if err != nil {
+			t.Fatalf("NewPostgres #%d: %v", i, err)
+		}
+		stores[i] = s
+	}
+	// Each store migrates on its first call, so these first appends race
+	// their migrations across two pools.
+	topic := uniqueTopic("together")
+	seqs := make([]uint64, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i, s := range stores {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			seqs[i], errs[i] = s.Append(context.Background(), topic, "e", nil)
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("first Append of store %d: %v", i, err)
+		}
+	}
+	slices.Sort(seqs)
+	if !slices.Equal(seqs, []uint64{1, 2, 3, 4}) {
+		t.Fatalf("first appends got seqs %v, want 1 to 4", seqs)
+	}
+}
+
+// A store built while PostgreSQL is down fails each call with an error
+// naming the migration, and migrates once the server answers, however
+// many calls arrive together.
+func TestPostgresMigratesOnFirstCallAfterStartingUnreachable(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a PostgreSQL server")
+	}
+	srv := testsvc.StartPostgres(t)
+	srv.Kill()
+	pool, err := pgxpool.New(context.Background(), srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	start := time.Now()
+	s, err := NewPostgres(pool, PostgresConfig{})
+	if err != nil {
+		t.Fatalf("NewPostgres with the server down: %v", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("NewPostgres took %v with the server down; it must send nothing", d)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for range 2 { // a failure is not remembered: the second call tries again
+		if _, err := s.Append(ctx, "t", "e", nil); err == nil || !strings.Contains(err.Error(), "creating the tables") {
+			t.Fatalf("Append with the server down: %v; want an error naming the migration", err)
+		}
+	}
+	if _, err := s.Since(ctx, "t", 0); err == nil {
+		t.Fatal("Since succeeded with the server down")
+	}
+	srv.Restart()
+	const n = 8
+	seqs := make([]uint64, n)
 	errs := make([]error, n)
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			p := pool
-			if i%2 == 1 {
-				p = pool2
-			}
-			stores[i], errs[i] = NewPostgres(p, PostgresConfig{Table: table})
+			seqs[i], errs[i] = s.Append(ctx, "t", "e", json.RawMessage(`1`))
 		}()
 	}
 	wg.Wait()
 	for i, err := range errs {
 		if err != nil {
-			t.Fatalf("NewPostgres #%d: %v", i, err)
+			t.Fatalf("Append #%d after the restart: %v", i, err)
 		}
 	}
-	topic := uniqueTopic("together")
-	for i, s := range stores {
-		if seq := mustAppend(t, s, topic, "e", nil); seq != uint64(i+1) {
-			t.Fatalf("store %d appended seq %d, want %d", i, seq, i+1)
+	slices.Sort(seqs)
+	for i, seq := range seqs {
+		if seq != uint64(i+1) {
+			t.Fatalf("seqs after the restart: %v, want 1 to %d", seqs, n)
 		}
+	}
+	if rg := mustSince(t, s, "t", 0); rg.Head != n || len(rg.Entries) != n {
+		t.Fatalf("Since(0): head %d, %d entries; want %d and %d", rg.Head, len(rg.Entries), n, n)
 	}
 }
 
