@@ -194,3 +194,50 @@ func TestLifecycleMetrics(t *testing.T) {
 	})
 	_ = body
 }
+
+// A graceful stop removes the instance's presence entries and group
+// memberships at once, with the leaves broadcast to the other instances:
+// with a ttl of a minute, the leave and the lower group count must arrive
+// within seconds, so they come from the stop, not from the expiry.
+func TestLifecycleGracefulStopRemovesEntriesAtOnce(t *testing.T) {
+	cl := startCluster(t, 2, `
+	realtime {
+		api /_realtime
+		shutdown_spread 0
+		presence room {
+			ttl 60s
+			heartbeat 20s
+		}
+		group lobby {
+			member_ttl 60s
+		}
+	}`)
+	stopping, survivor := cl.nodes[0], cl.nodes[1]
+	watcher := dial(t, survivor)
+	watcher.welcome()
+	watcher.send(`{"type":"hello","caps":["batch"]}`)
+	watcher.send(`{"type":"subscribe","topic":"__presence:room","ref":1}`)
+
+	var leaving []string
+	for i := 0; i < 3; i++ {
+		w := dial(t, stopping)
+		leaving = append(leaving, w.welcome())
+		w.send(`{"type":"subscribe","topic":"room","ref":1}`)
+		w.send(`{"type":"subscribe","topic":"__group:lobby","ref":2}`)
+	}
+	presenceDiffs(t, watcher, "joins", 10*time.Second, "", leaving...)
+	waitFor(t, 5*time.Second, "3 lobby members seen from the survivor", func() bool {
+		return getGroup(t, survivor, "lobby").Count == 3
+	})
+
+	start := time.Now()
+	stopping.stop(15 * time.Second)
+	presenceDiffs(t, watcher, "leaves", 5*time.Second, "", leaving...)
+	waitFor(t, 5*time.Second, "the stopped instance's group memberships to disappear", func() bool {
+		return getGroup(t, survivor, "lobby").Count == 0
+	})
+	t.Logf("leaves and group count 0 on the survivor %s after the stop began", time.Since(start).Round(10*time.Millisecond))
+	if m := presenceMembers(t, survivor, "room"); len(m) != 0 {
+		t.Fatalf("members left after the stop: %v", m)
+	}
+}
