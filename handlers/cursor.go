@@ -25,7 +25,7 @@ func newCursorRules(cfgs []CursorConfig, b Backends, now func() time.Time, onExp
 	for _, c := range cfgs {
 		tr, err := b.cursor(cursor.Config{Throttle: c.TopicThrottle, TTL: c.TTL, Now: now, OnExpire: onExpire})
 		if err != nil {
-			return nil, fmt.Errorf("cursor %q: %w", c.Topics, err)
+			return rules, fmt.Errorf("cursor %q: %w", c.Topics, err)
 		}
 		rules = append(rules, &cursorRule{pattern: wire.Pattern(c.Topics), cfg: c, tracker: tr})
 	}

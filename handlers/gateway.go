@@ -129,26 +129,28 @@ func (e *extensions) sweep(now time.Time) {
 	}
 }
 
+// newExtensions builds the extensions' backends. Each builder returns
+// the backends it built before failing, so one close releases them all.
 func newExtensions(cfg Config, b Backends, g *Gateway) (*extensions, error) {
 	e := &extensions{}
 	var err error
-	if e.replay, err = newReplayRules(cfg.Replay, cfg.Now); err != nil {
-		return nil, err
+	e.replay, err = newReplayRules(cfg.Replay, cfg.Now)
+	if err == nil {
+		e.presence, err = newPresenceRules(cfg.Presence, b, cfg.Now, g.presenceRemote)
 	}
-	if e.presence, err = newPresenceRules(cfg.Presence, b, cfg.Now, g.presenceRemote); err != nil {
-		e.close(context.Background())
-		return nil, err
+	if err == nil {
+		e.cursors, err = newCursorRules(cfg.Cursors, b, cfg.Now, g.cursorExpired)
 	}
-	if e.cursors, err = newCursorRules(cfg.Cursors, b, cfg.Now, g.cursorExpired); err != nil {
-		e.close(context.Background())
-		return nil, err
+	if err == nil {
+		e.groups, err = newGroups(cfg.Groups, b, cfg.Now)
 	}
-	if e.groups, err = newGroups(cfg.Groups, b, cfg.Now); err != nil {
-		e.close(context.Background())
-		return nil, err
+	if err == nil {
+		e.rate, err = newRateRule(cfg.RateLimit, b, cfg.Now)
 	}
-	if e.rate, err = newRateRule(cfg.RateLimit, b, cfg.Now); err != nil {
-		e.close(context.Background())
+	if err != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		e.close(ctx)
 		return nil, err
 	}
 	for _, r := range e.replay {
@@ -191,18 +193,33 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 	g.conns.init()
 	g.closed = make(chan struct{})
 	g.cfg.Store(newSettings(cfg))
-	ext, err := newExtensions(cfg, opts.Backends, g)
-	if err != nil {
-		return nil, err
-	}
-	g.ext = ext
-	if g.notify, err = g.newNotify(cfg.Notify, cfg.AllowNonASCIITopics); err != nil {
-		ext.close(context.Background())
-		return nil, err
-	}
+	// Before the extensions: their loops may call back into the hub as
+	// soon as they exist.
 	g.hub = newHub(g.stamp)
 	g.presence.g, g.cursors.g, g.events.g = g, g, g
 	g.ctx, g.cancel = context.WithCancel(context.Background())
+	// fail releases, newest first, whatever this call has built (the
+	// extensions' loops and connections, the notify listeners, which are
+	// not started yet), so a failed New leaves nothing running.
+	fail := func(err error) (*Gateway, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		g.cancel()
+		closeNotify(ctx, g.notify)
+		if g.ext != nil {
+			g.ext.close(ctx)
+		}
+		g.client.CloseIdleConnections()
+		return nil, err
+	}
+	ext, err := newExtensions(cfg, opts.Backends, g)
+	if err != nil {
+		return fail(err) // newExtensions released its own
+	}
+	g.ext = ext
+	if g.notify, err = g.newNotify(cfg.Notify, cfg.AllowNonASCIITopics); err != nil {
+		return fail(err) // newNotify released its own
+	}
 	newBus := opts.NewBus
 	g.busName = opts.BusName
 	if newBus == nil {
@@ -214,9 +231,7 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 	g.healthy.Store(true)
 	b, err := newBus(g.deliverRemote, g.setHealth)
 	if err != nil {
-		g.cancel()
-		closeNotify(context.Background(), g.notify) // never started: returns at once
-		return nil, err
+		return fail(err)
 	}
 	g.bus = b
 	g.wg.Add(1)

@@ -36,7 +36,7 @@ func newGroups(cfgs []GroupConfig, b Backends, now func() time.Time) (map[string
 	for _, c := range cfgs {
 		reg, err := b.groups(groups.Config{TTL: c.MemberTTL, Now: now})
 		if err != nil {
-			return nil, fmt.Errorf("group %q: %w", c.Name, err)
+			return out, fmt.Errorf("group %q: %w", c.Name, err)
 		}
 		gr := &group{cfg: c, frame: wire.GroupPrefix + c.Name, members: make(map[*conn]groups.Role), reg: reg}
 		for _, p := range c.JoinOn {

@@ -89,7 +89,7 @@ func newPresenceRules(cfgs []PresenceConfig, b Backends, now func() time.Time, o
 		}
 		tr, err := b.presence(presence.Config{TTL: c.TTL, Heartbeat: min(hb, c.TTL/3), Now: now, OnChange: onChange})
 		if err != nil {
-			return nil, fmt.Errorf("presence %q: %w", c.Topics, err)
+			return rules, fmt.Errorf("presence %q: %w", c.Topics, err)
 		}
 		rules = append(rules, &presenceRule{pattern: wire.Pattern(c.Topics), cfg: c, tracker: tr})
 	}

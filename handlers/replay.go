@@ -33,7 +33,7 @@ func newReplayRules(cfgs []ReplayConfig, now func() time.Time) ([]*replayRule, e
 		if c.NewStore != nil {
 			var err error
 			if store, err = c.NewStore(rc); err != nil {
-				return nil, fmt.Errorf("replay %q: %w", c.Topics, err)
+				return rules, fmt.Errorf("replay %q: %w", c.Topics, err)
 			}
 		}
 		rules = append(rules, &replayRule{pattern: wire.Pattern(c.Topics), cfg: c, store: store})
