@@ -217,10 +217,12 @@ func (c *conn) writeLoop() {
 // their size allows, and accounts for them. It reports false when the
 // connection is done (closed meanwhile, or a write failed).
 //
-// The library is given a context that is never done, so it arms no timer
-// per frame (with a deadline context, coder/websocket sets up and stops a
-// context.AfterFunc for every frame: a sixth of the CPU of a fan-out); the
-// corked socket write carries the write timeout instead.
+// Data frames are framed by corkConn itself, not written through
+// coder/websocket: the library arms a context.AfterFunc per write when its
+// context has a deadline and takes two channel locks per message, together
+// a third of a fan-out's CPU; the corked socket write carries the write
+// timeout instead. (Connections built without a corkConn, in tests, still
+// write through the library.)
 func (c *conn) writeBatch(batch []outFrame) bool {
 	s := c.g.settings()
 	if c.cork != nil {
@@ -231,7 +233,7 @@ func (c *conn) writeBatch(batch []outFrame) bool {
 	failed, stopped := false, false
 	coalesce := c.batchCap.Load() && len(batch) > 1
 	for i := 0; i < len(batch); {
-		if i > 0 && c.isClosed() {
+		if i > 0 && c.cork == nil && c.isClosed() { // (writeText checks it itself)
 			stopped = true // closing (slow consumer, shutdown): the close frame goes next
 			break
 		}
@@ -239,18 +241,22 @@ func (c *conn) writeBatch(batch []outFrame) bool {
 		if coalesce {
 			b, k, buf = coalesceEnvelopes(batch[i:])
 		}
-		var err error
 		if c.cork != nil {
-			err = c.ws.Write(context.Background(), websocket.MessageText, b)
+			ok := c.cork.writeText(b)
+			putBatchBuf(buf, b)
+			if !ok {
+				stopped = true // closing, or the write failed: uncork tells
+				break
+			}
 		} else {
 			ctx, cancel := context.WithTimeout(c.g.ctx, s.WriteTimeout)
-			err = c.ws.Write(ctx, websocket.MessageText, b)
+			err := c.ws.Write(ctx, websocket.MessageText, b)
 			cancel()
-		}
-		putBatchBuf(buf, b)
-		if err != nil {
-			failed = true
-			break
+			putBatchBuf(buf, b)
+			if err != nil {
+				failed = true
+				break
+			}
 		}
 		for _, f := range batch[i : i+k] {
 			if f.exempt {
@@ -353,6 +359,9 @@ func (c *conn) markClosed() {
 	c.closed = true
 	c.queue, c.queued, c.replayQueued = nil, 0, 0
 	c.mu.Unlock()
+	if c.cork != nil {
+		c.cork.closeData()
+	}
 }
 
 // closeWith closes the connection with a code and reason, once. It blocks

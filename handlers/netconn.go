@@ -17,9 +17,10 @@ import (
 //   - readBufSize holds the frames clients send (subscribe, pings, short
 //     messages) in one read; a bigger frame is read straight into its
 //     destination by bufio once the buffer is empty.
-//   - writeBufSize holds a control frame (at most 125 bytes of payload and
-//     a 14-byte header, rounded up to a size class) so pongs and close
-//     frames, written outside a cork, go out in one write.
+//   - writeBufSize holds any control frame (at most 125 bytes of payload
+//     and a 2-byte header from a server), so each frame the library writes
+//     reaches corkConn.Write whole, in one call: corkConn interleaves its
+//     own data frames with the library's frames at frame boundaries only.
 const (
 	readBufSize  = 256
 	writeBufSize = 160
@@ -34,34 +35,50 @@ const corkFlushAt = 64 << 10
 // only while its write loop runs.
 var corkBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
 
-// corkConn is the net.Conn under a WebSocket. While corked (a write loop is
-// draining the connection's queue) writes are collected in memory and go
-// out in one write when the drain ends: one syscall for a whole batch of
-// frames instead of one per frame, under one write deadline instead of one
-// timer per frame. Writes while not corked (the library's pongs, pings and
-// close frames) go straight through.
+// corkConn is the net.Conn under a WebSocket, and the gateway's own writer
+// of data frames.
 //
-// coder/websocket serializes its own writes; mu orders them against
-// uncork, which runs on the write loop outside the library.
+// While corked (a write loop is draining the connection's queue) the write
+// loop appends whole text frames, framed here, to a buffer, and uncork
+// writes the lot in one syscall. coder/websocket's per-message path (two
+// channel locks, a select each, a bufio copy: a fifth of a fan-out's CPU)
+// is left to control frames: the library's pongs, pings and close frames
+// go through Write, straight to the socket, or into the buffer when they
+// come during a drain.
+//
+// Deadlines: a write that blocks longer than the write timeout fails and
+// the connection is dropped. Setting a deadline costs a timer update, so
+// one stays set and is moved forward only when less than half of the
+// timeout is left: a blocked write fails after between half and all of it.
+//
+// Once closing is set (the connection's close began) no data frame is
+// added, so none can follow the close frame (RFC 6455 §5.5.1).
 type corkConn struct {
 	net.Conn
 
-	mu     sync.Mutex
-	corked bool
-	buf    *[]byte // from corkBufs while corked
-	err    error   // a corked write failed: the connection is done
-	dl     time.Duration
+	mu       sync.Mutex
+	corked   bool
+	buf      *[]byte // from corkBufs while corked
+	err      error   // a write failed: the connection is done
+	timeout  time.Duration
+	deadline time.Time // the write deadline set on Conn
+	closing  bool
 }
 
 // Write implements io.Writer for the library's bufio.Writer.
 func (c *corkConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !c.corked {
-		return c.Conn.Write(p)
-	}
 	if c.err != nil {
 		return 0, c.err
+	}
+	if !c.corked {
+		c.armLocked()
+		n, err := c.Conn.Write(p)
+		if err != nil {
+			c.err = err
+		}
+		return n, err
 	}
 	*c.buf = append(*c.buf, p...)
 	if len(*c.buf) >= corkFlushAt {
@@ -72,15 +89,46 @@ func (c *corkConn) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// cork starts collecting writes; a write of the collected bytes may take
-// up to timeout before the connection counts as dead.
+// cork starts collecting writes, with timeout as the write timeout.
 func (c *corkConn) cork(timeout time.Duration) {
 	c.mu.Lock()
 	c.corked = true
-	c.dl = timeout
+	c.timeout = timeout
 	if c.buf == nil {
 		c.buf = corkBufs.Get().(*[]byte)
 	}
+	c.mu.Unlock()
+}
+
+// writeText adds one text message, as a single unmasked frame, to the
+// corked buffer. It reports false, writing nothing, once the connection
+// is closing or a write failed.
+func (c *corkConn) writeText(p []byte) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing || c.err != nil || !c.corked {
+		return false
+	}
+	b := *c.buf
+	switch n := len(p); {
+	case n < 126:
+		b = append(b, 0x81, byte(n))
+	case n < 1<<16:
+		b = append(b, 0x81, 126, byte(n>>8), byte(n))
+	default:
+		b = append(b, 0x81, 127, 0, 0, 0, 0, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+	}
+	*c.buf = append(b, p...)
+	if len(*c.buf) >= corkFlushAt {
+		return c.flushLocked() == nil
+	}
+	return true
+}
+
+// closeData stops data frames for good: the close frame may follow.
+func (c *corkConn) closeData() {
+	c.mu.Lock()
+	c.closing = true
 	c.mu.Unlock()
 }
 
@@ -108,16 +156,27 @@ func (c *corkConn) flushLocked() error {
 	if c.buf == nil || len(*c.buf) == 0 {
 		return nil
 	}
-	// A deadline for this write only: the library bounds its own direct
-	// writes with contexts, and a deadline left set would fail them later.
-	_ = c.Conn.SetWriteDeadline(time.Now().Add(c.dl))
+	c.armLocked()
 	_, err := c.Conn.Write(*c.buf)
-	_ = c.Conn.SetWriteDeadline(time.Time{})
 	*c.buf = (*c.buf)[:0]
 	if err != nil {
 		c.err = err
 	}
 	return err
+}
+
+// armLocked moves the write deadline forward when less than half of the
+// timeout is left. Before the first cork there is no timeout, and the
+// library bounds its own writes with contexts.
+func (c *corkConn) armLocked() {
+	if c.timeout <= 0 {
+		return
+	}
+	now := time.Now()
+	if c.deadline.Sub(now) < c.timeout/2 {
+		c.deadline = now.Add(c.timeout)
+		_ = c.Conn.SetWriteDeadline(c.deadline)
+	}
 }
 
 // smallHijacker wraps the ResponseWriter given to websocket.Accept so that
