@@ -801,9 +801,28 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			},
 		}
 		for i := range cfg.Replay {
-			if h.Replay[i].Store == "redis" {
+			switch h.Replay[i].Store {
+			case "redis":
 				cfg.Replay[i].NewStore = func(c replay.Config) (replay.Store, error) {
 					return replay.NewRedis(client, replay.RedisConfig{Config: c, KeyPrefix: rc.KeyPrefix, Channel: channel})
+				}
+			case "postgres":
+				// In a cluster a Postgres buffer publishes its events on the
+				// bus from inside the append's transaction, so every
+				// instance gets them in seq order (replay.PostgresOnBus).
+				newPG := cfg.Replay[i].NewStore
+				cfg.Replay[i].NewStore = func(c replay.Config) (replay.Store, error) {
+					st, err := newPG(c)
+					if err != nil {
+						return nil, err
+					}
+					pg, ok := st.(*replay.Postgres)
+					if !ok {
+						return st, nil
+					}
+					return replay.NewPostgresOnBus(pg, func(ctx context.Context, env []byte) error {
+						return client.Do(ctx, client.B().Publish().Channel(channel).Message(rueidis.BinaryString(env)).Build()).Error()
+					}), nil
 				}
 			}
 		}

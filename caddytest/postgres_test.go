@@ -2,7 +2,9 @@ package caddytest
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -63,4 +65,73 @@ func TestPostgresReplaySurvivesRestart(t *testing.T) {
 	if n != 6 {
 		t.Fatalf("%d rows in %s, want 6", n, table)
 	}
+}
+
+// Issue 6: with `store postgres` in a cluster, two instances publishing 50
+// events each at once to one topic get seqs 1..100, each once; a client on
+// a third instance receives all 100 once, in seq order; and a client that
+// resumes on another instance gets what it missed from Postgres.
+func TestPostgresClusterSeqsAndResume(t *testing.T) {
+	if caddyBin == "" {
+		t.Skip("integration tests need the Caddy binary; skipped in -short mode")
+	}
+	_, schema := testsvc.Postgres(t)
+	rs := testsvc.StartRedis(t)
+	global := fmt.Sprintf("\trealtime {\n\t\tredis redis://%s {\n\t\t\tkey_prefix t:\n\t\t}\n\t\tpostgres %s\n\t}", rs.Addr(), testsvc.PostgresURL())
+	site := fmt.Sprintf(`
+	realtime {
+		api /_realtime
+		shutdown_spread 0
+		replay chat {
+			store postgres
+			table %s.replay
+			size 1000
+		}
+	}`, schema)
+	a, b, c := startCaddyWith(t, global, site), startCaddyWith(t, global, site), startCaddyWith(t, global, site)
+	watcher := subscribedLegacy(t, c, "chat")
+
+	var (
+		mu   sync.Mutex
+		seqs = map[int]int{}
+		wg   sync.WaitGroup
+	)
+	for _, in := range []*instance{a, b} {
+		for i := 0; i < 50; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var r struct{ Seq int }
+				_ = json.Unmarshal([]byte(publish(t, in, `{"topic":"chat","event":"m","data":1}`)), &r)
+				mu.Lock()
+				seqs[r.Seq]++
+				mu.Unlock()
+			}()
+		}
+	}
+	wg.Wait()
+	for s := 1; s <= 100; s++ {
+		if seqs[s] != 1 {
+			t.Fatalf("seq %d given %d times (all: %v)", s, seqs[s], seqs)
+		}
+	}
+	for want := 1; want <= 100; want++ {
+		var e envelope
+		raw := watcher.next(5 * time.Second)
+		if err := json.Unmarshal([]byte(raw), &e); err != nil || e.Seq != uint64(want) {
+			t.Fatalf("the client on the third instance got %s, want seq %d next", raw, want)
+		}
+	}
+	watcher.quiet(200 * time.Millisecond)
+
+	d := dial(t, b)
+	d.welcome()
+	d.send(`{"type":"hello","caps":[]}`)
+	d.send(`{"type":"resume","sessionId":"s","lastSeenSeqs":{"chat":90}}`)
+	d.send(`{"type":"subscribe-batch","topics":["chat"],"ref":1}`)
+	d.expect(`{"type":"resumed"}`)
+	for s := 91; s <= 100; s++ {
+		d.expect(fmt.Sprintf(`{"topic":"chat","event":"m","data":1,"seq":%d}`, s))
+	}
+	d.expect(`{"type":"subscribed","topic":"chat","ref":1}`)
 }

@@ -8,12 +8,15 @@ import (
 	"hash/fnv"
 	"math"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/caddy-realtime/realtime/extensions/wire"
 )
 
 // DefaultPostgresTable is the default PostgresConfig.Table.
@@ -293,6 +296,92 @@ func (s *Postgres) Append(ctx context.Context, topic, event string, data json.Ra
 	return uint64(seq), nil
 }
 
+// AppendThen appends like Append, in a transaction that runs then with the
+// new seq before it commits. The append statement locks the topic's counter
+// row until the commit, so no other append of the topic, on any instance,
+// gets its seq before then has returned: what then does (publish the event
+// on a bus) happens in seq order. If then fails, the transaction rolls back
+// and the seq is not used. If the commit itself fails after then succeeded
+// (the connection died at that moment), the event went out without being
+// stored and its seq will be given again: the one case where AppendThen
+// cannot keep its promise.
+func (s *Postgres) AppendThen(ctx context.Context, topic, event string, data json.RawMessage, then func(seq uint64) error) (uint64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	if err := s.ready(ctx); err != nil {
+		return 0, err
+	}
+	var d *string // nil data is stored as NULL
+	if data != nil {
+		str := string(data)
+		d = &str
+	}
+	var seq int64
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if err := tx.QueryRow(ctx, s.appendSQL, topic, event, d, s.size, s.ttlUS).Scan(&seq); err != nil {
+			return fmt.Errorf("replay: append to %q: %w", topic, err)
+		}
+		return then(uint64(seq))
+	})
+	if err != nil {
+		return 0, err
+	}
+	return uint64(seq), nil
+}
+
+// PostgresOnBus is a Postgres store whose appends are also published on a
+// bus, in seq order, from inside the append's transaction (see
+// AppendThen): every instance, the appending one included, then receives a
+// topic's events in seq order, as with the Redis store's one script.
+// Without it two instances appending at once relay their events in either
+// order.
+type PostgresOnBus struct {
+	*Postgres
+	publish func(ctx context.Context, envelope []byte) error
+}
+
+// NewPostgresOnBus wraps store so that AppendAndPublish hands publish the
+// envelope {"instanceId":"replay","topic":T,"event":E,"data":D,"seq":N}
+// (StoreEnvelope); publish must send it on the bus channel and return once
+// the bus has taken it.
+func NewPostgresOnBus(store *Postgres, publish func(ctx context.Context, envelope []byte) error) *PostgresOnBus {
+	return &PostgresOnBus{Postgres: store, publish: publish}
+}
+
+// AppendAndPublish implements BusAppender. topic and event must be valid on
+// the wire (they are spliced unescaped) and data valid JSON.
+func (s *PostgresOnBus) AppendAndPublish(ctx context.Context, topic, event string, data json.RawMessage) (uint64, error) {
+	if !wire.ValidTopic(topic, true) || !wire.ValidEvent(event) {
+		return 0, fmt.Errorf("replay: publishing to %q: topic or event not valid on the wire", topic)
+	}
+	return s.AppendThen(ctx, topic, event, data, func(seq uint64) error {
+		if err := s.publish(ctx, StoreEnvelope(topic, event, data, seq)); err != nil {
+			return fmt.Errorf("replay: publishing %q on the bus: %w", topic, err)
+		}
+		return nil
+	})
+}
+
+// StoreEnvelope is the bus envelope of a stored event, as the Redis store's
+// script and PostgresOnBus publish it: instanceId "replay", which every
+// Redis bus delivers on every instance.
+func StoreEnvelope(topic, event string, data json.RawMessage, seq uint64) []byte {
+	if len(data) == 0 {
+		data = json.RawMessage("null")
+	}
+	b := make([]byte, 0, 64+len(topic)+len(event)+len(data))
+	b = append(b, `{"instanceId":"`+storeInstanceID+`","topic":"`...)
+	b = append(b, topic...)
+	b = append(b, `","event":"`...)
+	b = append(b, event...)
+	b = append(b, `","data":`...)
+	b = append(b, data...)
+	b = append(b, `,"seq":`...)
+	b = strconv.AppendUint(b, seq, 10)
+	return append(b, '}')
+}
+
 // Head implements Store.
 func (s *Postgres) Head(ctx context.Context, topic string) (uint64, error) {
 	if err := ctx.Err(); err != nil {
@@ -409,4 +498,7 @@ func (s *Postgres) Cleanup(ctx context.Context) (int64, error) {
 	return tag.RowsAffected(), nil
 }
 
-var _ Store = (*Postgres)(nil)
+var (
+	_ Store       = (*Postgres)(nil)
+	_ BusAppender = (*PostgresOnBus)(nil)
+)

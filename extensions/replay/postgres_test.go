@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -286,5 +289,63 @@ func TestPostgresExpiredEntriesStayExpired(t *testing.T) {
 	mustAppend(t, s, topic, eventFor(3), dataFor(3))
 	if rg := mustSince(t, s, topic, 0); time.Since(start) < ttl/2 {
 		expectRange(t, rg, 3, true, 3, 3)
+	}
+}
+
+// PostgresOnBus publishes from inside the append's transaction: with many
+// appends of one topic at once, the bus receives them in seq order (what
+// lets every instance deliver a topic's events in order), and an append
+// whose publish fails takes no seq.
+func TestPostgresOnBusPublishesInSeqOrder(t *testing.T) {
+	store, _, _ := newPostgresStore(t, PostgresConfig{})
+	var (
+		mu   sync.Mutex
+		got  []uint64
+		fail atomic.Bool
+	)
+	s := NewPostgresOnBus(store, func(ctx context.Context, env []byte) error {
+		if fail.Load() {
+			return errors.New("bus down")
+		}
+		var e struct {
+			InstanceID string `json:"instanceId"`
+			Seq        uint64 `json:"seq"`
+		}
+		if err := json.Unmarshal(env, &e); err != nil || e.InstanceID != "replay" {
+			return fmt.Errorf("envelope %s", env)
+		}
+		mu.Lock()
+		got = append(got, e.Seq)
+		mu.Unlock()
+		return nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	for i := 0; i < 40; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := s.AppendAndPublish(ctx, "t", "e", json.RawMessage(`{"i":1}`)); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	for i, seq := range got {
+		if seq != uint64(i+1) {
+			t.Fatalf("the bus got seqs %v, want 1..40 in order", got)
+		}
+	}
+	fail.Store(true)
+	if _, err := s.AppendAndPublish(ctx, "t", "e", nil); err == nil {
+		t.Fatal("an append whose publish failed succeeded")
+	}
+	fail.Store(false)
+	if seq, err := s.AppendAndPublish(ctx, "t", "e", nil); err != nil || seq != 41 {
+		t.Fatalf("after a failed publish: seq %d, %v; want 41 (the failed append took none)", seq, err)
+	}
+	if r, err := s.Since(ctx, "t", 39); err != nil || len(r.Entries) != 2 || r.Entries[1].Seq != 41 {
+		t.Fatalf("Since(39) = %+v, %v; want seqs 40 and 41", r, err)
 	}
 }
