@@ -278,22 +278,7 @@ func (s *Postgres) migrate(ctx context.Context) error {
 
 // Append implements Store with one statement.
 func (s *Postgres) Append(ctx context.Context, topic, event string, data json.RawMessage) (uint64, error) {
-	if err := ctx.Err(); err != nil {
-		return 0, err
-	}
-	if err := s.ready(ctx); err != nil {
-		return 0, err
-	}
-	var d *string // nil data is stored as NULL
-	if data != nil {
-		str := string(data)
-		d = &str
-	}
-	var seq int64
-	if err := s.pool.QueryRow(ctx, s.appendSQL, topic, event, d, s.size, s.ttlUS).Scan(&seq); err != nil {
-		return 0, fmt.Errorf("replay: append to %q: %w", topic, err)
-	}
-	return uint64(seq), nil
+	return s.append(ctx, s.pool, topic, event, data)
 }
 
 // AppendThen appends like Append, in a transaction that runs then with the
@@ -306,6 +291,27 @@ func (s *Postgres) Append(ctx context.Context, topic, event string, data json.Ra
 // stored and its seq will be given again: the one case where AppendThen
 // cannot keep its promise.
 func (s *Postgres) AppendThen(ctx context.Context, topic, event string, data json.RawMessage, then func(seq uint64) error) (uint64, error) {
+	if err := s.ready(ctx); err != nil { // before BEGIN: the migration takes its own connection
+		return 0, err
+	}
+	var seq uint64
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var err error
+		if seq, err = s.append(ctx, tx, topic, event, data); err != nil {
+			return err
+		}
+		return then(seq)
+	})
+	if err != nil {
+		return 0, err
+	}
+	return seq, nil
+}
+
+// append runs the append statement on q (the pool, or a transaction).
+func (s *Postgres) append(ctx context.Context, q interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}, topic, event string, data json.RawMessage) (uint64, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
@@ -318,14 +324,8 @@ func (s *Postgres) AppendThen(ctx context.Context, topic, event string, data jso
 		d = &str
 	}
 	var seq int64
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if err := tx.QueryRow(ctx, s.appendSQL, topic, event, d, s.size, s.ttlUS).Scan(&seq); err != nil {
-			return fmt.Errorf("replay: append to %q: %w", topic, err)
-		}
-		return then(uint64(seq))
-	})
-	if err != nil {
-		return 0, err
+	if err := q.QueryRow(ctx, s.appendSQL, topic, event, d, s.size, s.ttlUS).Scan(&seq); err != nil {
+		return 0, fmt.Errorf("replay: append to %q: %w", topic, err)
 	}
 	return uint64(seq), nil
 }
