@@ -28,7 +28,7 @@ import (
 type conn struct {
 	g        *Gateway
 	ws       *websocket.Conn
-	cork     *corkConn // the socket under ws; nil in tests that build conns by hand
+	cork     *corkConn // the socket under ws, which data frames are written to; nil in socketless test conns
 	id       string    // the welcome session id, also the connection id of the API and hooks
 	ip       string
 	identity json.RawMessage // the auth hook's object, or {}
@@ -221,42 +221,25 @@ func (c *conn) writeLoop() {
 // coder/websocket: the library arms a context.AfterFunc per write when its
 // context has a deadline and takes two channel locks per message, together
 // a third of a fan-out's CPU; the corked socket write carries the write
-// timeout instead. (Connections built without a corkConn, in tests, still
-// write through the library.)
+// timeout instead.
 func (c *conn) writeBatch(batch []outFrame) bool {
-	s := c.g.settings()
-	if c.cork != nil {
-		c.cork.cork(s.WriteTimeout)
-	}
+	c.cork.cork(c.g.settings().WriteTimeout)
 	var written, replayWritten int64
 	n := 0
 	failed, stopped := false, false
 	coalesce := c.batchCap.Load() && len(batch) > 1
 	for i := 0; i < len(batch); {
-		if i > 0 && c.cork == nil && c.isClosed() { // (writeText checks it itself)
-			stopped = true // closing (slow consumer, shutdown): the close frame goes next
-			break
-		}
 		b, k, buf := batch[i].b, 1, (*[]byte)(nil)
 		if coalesce {
 			b, k, buf = coalesceEnvelopes(batch[i:])
 		}
-		if c.cork != nil {
-			ok := c.cork.writeText(b)
-			putBatchBuf(buf, b)
-			if !ok {
-				stopped = true // closing, or the write failed: uncork tells
-				break
-			}
-		} else {
-			ctx, cancel := context.WithTimeout(c.g.ctx, s.WriteTimeout)
-			err := c.ws.Write(ctx, websocket.MessageText, b)
-			cancel()
-			putBatchBuf(buf, b)
-			if err != nil {
-				failed = true
-				break
-			}
+		ok := c.cork.writeText(b)
+		putBatchBuf(buf, b)
+		if !ok {
+			// Closing (slow consumer, shutdown: the close frame goes
+			// next), or a write failed, which uncork reports.
+			stopped = true
+			break
 		}
 		for _, f := range batch[i : i+k] {
 			if f.exempt {
@@ -270,7 +253,7 @@ func (c *conn) writeBatch(batch []outFrame) bool {
 	}
 	// Uncork on every path: a close frame the library wrote meanwhile may
 	// sit in the cork buffer.
-	if c.cork != nil && c.cork.uncork() != nil {
+	if c.cork.uncork() != nil {
 		failed = true
 	}
 	if failed {
@@ -348,18 +331,12 @@ func putBatchBuf(buf *[]byte, b []byte) {
 	}
 }
 
-func (c *conn) isClosed() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.closed
-}
-
 func (c *conn) markClosed() {
 	c.mu.Lock()
 	c.closed = true
 	c.queue, c.queued, c.replayQueued = nil, 0, 0
 	c.mu.Unlock()
-	if c.cork != nil {
+	if c.cork != nil { // nil in tests' socketless connections
 		c.cork.closeData()
 	}
 }
