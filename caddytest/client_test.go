@@ -90,8 +90,9 @@ func (w *wsClient) send(s string) {
 	}
 }
 
-// next returns the next frame, failing after timeout.
-func (w *wsClient) next(timeout time.Duration) string {
+// nextRaw returns the next frame as the gateway sent it, failing after
+// timeout.
+func (w *wsClient) nextRaw(timeout time.Duration) string {
 	w.t.Helper()
 	if len(w.pending) > 0 {
 		f := w.pending[0]
@@ -115,21 +116,39 @@ func (w *wsClient) next(timeout time.Duration) string {
 	return ""
 }
 
-// expect asserts the next frame is exactly want. The gateway may put
-// envelopes queued together for a client with the batch cap into one batch
-// frame (PROTOCOL §7.2), so when a plain envelope is wanted and a batch
-// frame came, its elements count as frames of their own.
+// next returns the next frame, a batch frame's envelopes one by one: the
+// gateway may put envelopes queued together for a client with the batch
+// cap into one batch frame (PROTOCOL §7.2), and a client handles each
+// element as a frame of its own. Tests of batch framing itself use nextRaw.
+func (w *wsClient) next(timeout time.Duration) string {
+	w.t.Helper()
+	es := elements([]byte(w.nextRaw(timeout)))
+	w.pending = append(w.pending, es[1:]...)
+	return es[0]
+}
+
+// elements returns a batch frame's envelopes, or the frame itself.
+func elements(raw []byte) []string {
+	var b struct{ Events []json.RawMessage }
+	if !strings.HasPrefix(string(raw), `{"type":"batch","events":[`) || json.Unmarshal(raw, &b) != nil || len(b.Events) == 0 {
+		return []string{string(raw)}
+	}
+	out := make([]string, len(b.Events))
+	for i, e := range b.Events {
+		out[i] = string(e)
+	}
+	return out
+}
+
+// expect asserts the next frame is exactly want: a batch frame when want
+// is one, else the next frame or batch element (see next).
 func (w *wsClient) expect(want string) {
 	w.t.Helper()
-	got := w.next(3 * time.Second)
-	if got != want && strings.HasPrefix(got, `{"type":"batch","events":[`) && !strings.HasPrefix(want, `{"type":"batch"`) {
-		var b struct{ Events []json.RawMessage }
-		if err := json.Unmarshal([]byte(got), &b); err == nil && len(b.Events) > 1 {
-			for _, e := range b.Events[1:] {
-				w.pending = append(w.pending, string(e))
-			}
-			got = string(b.Events[0])
-		}
+	var got string
+	if strings.HasPrefix(want, `{"type":"batch"`) {
+		got = w.nextRaw(3 * time.Second)
+	} else {
+		got = w.next(3 * time.Second)
 	}
 	if got != want {
 		w.t.Fatalf("frame:\n got  %s\n want %s", got, want)

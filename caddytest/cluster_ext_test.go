@@ -134,15 +134,17 @@ func noLeave(t *testing.T, c *wsClient, key string, d time.Duration) {
 	for {
 		select {
 		case raw := <-c.frames:
-			var f struct {
-				Event string `json:"event"`
-				Data  struct {
-					Leaves map[string]json.RawMessage `json:"leaves"`
-				} `json:"data"`
-			}
-			if json.Unmarshal(raw, &f) == nil && f.Event == "presence_diff" {
-				if _, ok := f.Data.Leaves[key]; ok {
-					t.Fatalf("unexpected leave of %q: %s", key, raw)
+			for _, e := range elements(raw) {
+				var f struct {
+					Event string `json:"event"`
+					Data  struct {
+						Leaves map[string]json.RawMessage `json:"leaves"`
+					} `json:"data"`
+				}
+				if json.Unmarshal([]byte(e), &f) == nil && f.Event == "presence_diff" {
+					if _, ok := f.Data.Leaves[key]; ok {
+						t.Fatalf("unexpected leave of %q: %s", key, raw)
+					}
 				}
 			}
 		case <-deadline:

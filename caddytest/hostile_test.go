@@ -691,7 +691,7 @@ func TestHostileAPIBodies(t *testing.T) {
 		t.Fatalf("a %d-event batch: %d %.100s", n, r.status, r.body)
 	}
 	for got := 0; got < n; {
-		f := c.next(10 * time.Second)
+		f := c.nextRaw(10 * time.Second)
 		if len(f) > 256<<10 {
 			t.Fatalf("batch frame of %d bytes, over 256 KiB", len(f))
 		}

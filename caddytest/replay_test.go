@@ -909,7 +909,7 @@ func TestReplayLargeBufferDoesNotCloseFastClient(t *testing.T) {
 				Events []json.RawMessage `json:"events"`
 				Seq    int               `json:"seq"`
 			}
-			raw := c.next(5 * time.Second)
+			raw := c.nextRaw(5 * time.Second)
 			if err := json.Unmarshal([]byte(raw), &f); err != nil || f.Type != "batch" {
 				t.Fatalf("after %d events: frame %.200s, want a batch frame", got, raw)
 			}
@@ -1016,7 +1016,7 @@ func TestReplayResumeGapFillSplitsBatches(t *testing.T) {
 	c.expect(`{"type":"resumed"}`)
 	next, frames := 1, 0
 	for next <= 300 {
-		raw := c.next(3 * time.Second)
+		raw := c.nextRaw(3 * time.Second)
 		if len(raw) > 256<<10 {
 			t.Fatalf("batch frame of %d bytes, over 256 KiB", len(raw))
 		}
