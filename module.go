@@ -310,6 +310,36 @@ func (p pooledPG) Destruct() error {
 	return nil
 }
 
+// holdClients takes one more reference to the shared Redis client and
+// Postgres pool the app loaded, for a gateway to keep until it has closed;
+// release gives them back.
+func (a *App) holdClients() (release func(), err error) {
+	type ref struct {
+		pool *caddy.UsagePool
+		key  string
+	}
+	var held []ref
+	release = func() {
+		for _, r := range held {
+			_, _ = r.pool.Delete(r.key)
+		}
+	}
+	gone := func() (caddy.Destructor, error) {
+		return nil, errors.New("a shared client was released before its gateway started")
+	}
+	for _, r := range []ref{{redisClients, a.redisKey}, {pgPools, a.pgKey}} {
+		if r.key == "" {
+			continue
+		}
+		if _, _, err := r.pool.LoadOrNew(r.key, gone); err != nil {
+			release()
+			return nil, err
+		}
+		held = append(held, r)
+	}
+	return release, nil
+}
+
 // Cleanup releases this config's references to the shared clients.
 func (a *App) Cleanup() error {
 	var err error
@@ -833,12 +863,23 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.key += ":" + app.redisIdentity()
 	options := h.optionsJSON()
 	v, loaded, err := gateways.LoadOrNew(h.key, func() (caddy.Destructor, error) {
-		// Not ctx: the gateway outlives this config (caddy-go.md pitfall 2).
-		gw, err := handlers.New(cfg, opts)
+		// The gateway holds its own references to the shared Redis client
+		// and Postgres pool: Caddy may clean the app up before the
+		// handler, and a draining gateway still needs them (leaves,
+		// group memberships and replay reads of closing connections).
+		release, err := app.holdClients()
 		if err != nil {
 			return nil, err
 		}
-		return newPooledGateway(gw, cfg.Name, h.identity(app), options, logger), nil
+		// Not ctx: the gateway outlives this config (caddy-go.md pitfall 2).
+		gw, err := handlers.New(cfg, opts)
+		if err != nil {
+			release()
+			return nil, err
+		}
+		p := newPooledGateway(gw, cfg.Name, h.identity(app), options, logger)
+		p.release = release
+		return p, nil
 	})
 	if err != nil {
 		h.key = ""
@@ -1131,6 +1172,7 @@ type pooledGateway struct {
 	name     string
 	identity map[string]string
 	logger   *zap.Logger
+	release  func() // drops the gateway's references to the shared clients
 
 	mu      sync.Mutex
 	options map[string]string // the configuration last applied
@@ -1216,7 +1258,11 @@ func (p *pooledGateway) Destruct() error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), p.ShutdownBudget())
 	defer cancel()
-	return p.Close(ctx)
+	err := p.Close(ctx)
+	if p.release != nil {
+		p.release()
+	}
+	return err
 }
 
 // Interface guards
