@@ -361,19 +361,22 @@ export async function pointAt(page, fx, fy) {
  * replay ran. Each as {seq, event, data, via}.
  */
 export function deliveries(frames, topic) {
-	const replayed = frames.some((f) => f && f.topic === `__replay:${topic}`);
+	// A batch frame's elements count as frames of their own (§7.2): the
+	// gateway may put any envelopes queued together into one, replay
+	// answers included.
+	const envs = frames
+		.filter((f) => f && typeof f === 'object')
+		.flatMap((f) => (f.type === 'batch' && Array.isArray(f.events) ? f.events : [f]));
+	const replayed = envs.some((e) => e.topic === `__replay:${topic}`);
 	let live = !replayed;
 	const out = [];
-	for (const f of frames) {
-		if (!f || typeof f !== 'object') continue;
-		if (f.topic === `__replay:${topic}`) {
-			if (f.event === 'msg') out.push({ seq: f.data.seq, event: f.data.event, data: f.data.data, via: 'replay' });
-			else if (f.event === 'end') live = true;
+	for (const e of envs) {
+		if (e.topic === `__replay:${topic}`) {
+			if (e.event === 'msg') out.push({ seq: e.data.seq, event: e.data.event, data: e.data.data, via: 'replay' });
+			else if (e.event === 'end') live = true;
 			continue;
 		}
-		for (const e of f.type === 'batch' ? f.events : [f]) {
-			if (live && e.topic === topic && e.event !== undefined) out.push({ seq: e.seq, event: e.event, data: e.data, via: 'live' });
-		}
+		if (live && e.topic === topic && e.event !== undefined) out.push({ seq: e.seq, event: e.event, data: e.data, via: 'live' });
 	}
 	return out;
 }
