@@ -84,13 +84,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
-	seen := make(map[string]bool)
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		opt := d.Val()
-		if seen[opt] {
-			return d.Errf("%s already specified", opt)
-		}
-		seen[opt] = true
+	return eachOption(d, nil, func(opt string) error {
 		switch opt {
 		case "instance_id":
 			v, err := singleArg(d)
@@ -113,8 +107,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		default:
 			return d.Errf("unrecognized subdirective: %s", opt)
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 // parseRedis reads `redis <url> { … }` of the global option.
@@ -131,13 +125,7 @@ func parseRedis(d *caddyfile.Dispenser) (*RedisConfig, error) {
 		// Never quote the value: it may carry a password.
 		return nil, d.Errf("redis url must start with redis://, rediss:// or unix:// (or be a placeholder)")
 	}
-	seen := make(map[string]bool)
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		opt := d.Val()
-		if seen[opt] {
-			return nil, d.Errf("%s already specified", opt)
-		}
-		seen[opt] = true
+	if err := eachOption(d, nil, func(opt string) error {
 		var err error
 		switch opt {
 		case "key_prefix":
@@ -156,15 +144,15 @@ func parseRedis(d *caddyfile.Dispenser) (*RedisConfig, error) {
 			r.DB = &n
 		case "tls":
 			if d.NextArg() {
-				return nil, d.ArgErr()
+				return d.ArgErr()
 			}
 			r.TLS = true
 		default:
-			return nil, d.Errf("unrecognized redis subdirective: %s", opt)
+			return d.Errf("unrecognized redis subdirective: %s", opt)
 		}
-		if err != nil {
-			return nil, err
-		}
+		return err
+	}); err != nil {
+		return nil, err
 	}
 	return r, nil
 }
@@ -179,22 +167,16 @@ func parsePostgres(d *caddyfile.Dispenser) (*PostgresConfig, error) {
 	if d.NextArg() {
 		return nil, d.ArgErr()
 	}
-	seen := make(map[string]bool)
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		opt := d.Val()
-		if seen[opt] {
-			return nil, d.Errf("%s already specified", opt)
-		}
-		seen[opt] = true
+	if err := eachOption(d, nil, func(opt string) error {
 		var err error
 		switch opt {
 		case "notify_dsn":
 			if !d.NextArg() {
-				return nil, d.ArgErr()
+				return d.ArgErr()
 			}
 			p.NotifyDSN = d.Val()
 			if d.NextArg() {
-				return nil, d.ArgErr()
+				return d.ArgErr()
 			}
 			err = noBlock(d, opt)
 		case "max_conns":
@@ -206,11 +188,11 @@ func parsePostgres(d *caddyfile.Dispenser) (*PostgresConfig, error) {
 			n, err = intArg(d, 0)
 			p.MinConns = int32(min(n, math.MaxInt32))
 		default:
-			return nil, d.Errf("unrecognized postgres subdirective: %s", opt)
+			return d.Errf("unrecognized postgres subdirective: %s", opt)
 		}
-		if err != nil {
-			return nil, err
-		}
+		return err
+	}); err != nil {
+		return nil, err
 	}
 	return p, nil
 }
@@ -333,13 +315,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
-	seen := make(map[string]bool)
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		opt := d.Val()
-		if seen[opt] && !repeatable[opt] {
-			return d.Errf("%s already specified", opt)
-		}
-		seen[opt] = true
+	return eachOption(d, repeatable, func(opt string) error {
 		var err error
 		switch opt {
 		case "name":
@@ -417,11 +393,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		default:
 			return d.Errf("unrecognized subdirective: %s", opt)
 		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+		return err
+	})
 }
 
 // repeatable lists the handler options that may appear more than once, each
@@ -441,13 +414,7 @@ func parseAPI(d *caddyfile.Dispenser) (*APIConfig, error) {
 		return nil, d.Errf("api path must start with '/', got '%s'", p)
 	}
 	api := &APIConfig{Path: p}
-	seen := make(map[string]bool)
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		opt := d.Val()
-		if seen[opt] {
-			return nil, d.Errf("%s already specified", opt)
-		}
-		seen[opt] = true
+	if err := eachOption(d, nil, func(opt string) error {
 		var err error
 		switch opt {
 		case "key":
@@ -455,11 +422,11 @@ func parseAPI(d *caddyfile.Dispenser) (*APIConfig, error) {
 		case "max_body":
 			api.MaxBody, err = sizeArg(d)
 		default:
-			return nil, d.Errf("unrecognized api subdirective: %s", opt)
+			return d.Errf("unrecognized api subdirective: %s", opt)
 		}
-		if err != nil {
-			return nil, err
-		}
+		return err
+	}); err != nil {
+		return nil, err
 	}
 	return api, nil
 }
@@ -507,13 +474,7 @@ func parseHook(d *caddyfile.Dispenser) (*HookConfig, error) {
 		return nil, d.Errf("bad %s url '%s': want http://host[:port]/path or https://…", kind, raw)
 	}
 	hook := &HookConfig{URL: raw}
-	seen := make(map[string]bool)
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		opt := d.Val()
-		if seen[opt] {
-			return nil, d.Errf("%s already specified", opt)
-		}
-		seen[opt] = true
+	if err := eachOption(d, nil, func(opt string) error {
 		var err error
 		switch opt {
 		case "timeout":
@@ -522,25 +483,25 @@ func parseHook(d *caddyfile.Dispenser) (*HookConfig, error) {
 			hook.MaxInFlight, err = intArg(d, 1)
 		case "headers":
 			if kind != "auth" {
-				return nil, d.Errf("headers is only valid in auth, not in %s", kind)
+				return d.Errf("headers is only valid in auth, not in %s", kind)
 			}
 			hook.Headers, err = listArg(d)
 			for _, name := range hook.Headers {
 				if !httpguts.ValidHeaderFieldName(name) {
-					return nil, d.Errf("bad header name '%s'", name)
+					return d.Errf("bad header name '%s'", name)
 				}
 			}
 		case "queue":
 			if kind != "message_hook" {
-				return nil, d.Errf("queue is only valid in message_hook, not in %s", kind)
+				return d.Errf("queue is only valid in message_hook, not in %s", kind)
 			}
 			hook.Queue, err = intArg(d, 1)
 		default:
-			return nil, d.Errf("unrecognized %s subdirective: %s", kind, opt)
+			return d.Errf("unrecognized %s subdirective: %s", kind, opt)
 		}
-		if err != nil {
-			return nil, err
-		}
+		return err
+	}); err != nil {
+		return nil, err
 	}
 	return hook, nil
 }
@@ -551,13 +512,7 @@ func parseLimits(d *caddyfile.Dispenser) (*LimitsConfig, error) {
 		return nil, d.ArgErr()
 	}
 	lim := new(LimitsConfig)
-	seen := make(map[string]bool)
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		opt := d.Val()
-		if seen[opt] {
-			return nil, d.Errf("%s already specified", opt)
-		}
-		seen[opt] = true
+	if err := eachOption(d, nil, func(opt string) error {
 		var err error
 		switch opt {
 		case "max_payload":
@@ -567,16 +522,16 @@ func parseLimits(d *caddyfile.Dispenser) (*LimitsConfig, error) {
 		case "slow_consumer":
 			var v string
 			if v, err = singleArg(d); err != nil {
-				return nil, err
+				return err
 			}
 			if v != "close" && v != "drop" {
-				return nil, d.Errf("unknown slow_consumer policy '%s': want close or drop", v)
+				return d.Errf("unknown slow_consumer policy '%s': want close or drop", v)
 			}
 			lim.SlowConsumer = v
 		case "upgrade_rate":
 			var v string
 			if v, err = singleArg(d); err != nil {
-				return nil, err
+				return err
 			}
 			if v == "off" {
 				lim.UpgradeRate = -1
@@ -584,7 +539,7 @@ func parseLimits(d *caddyfile.Dispenser) (*LimitsConfig, error) {
 			}
 			n, window, ok := parseRate(v)
 			if !ok {
-				return nil, d.Errf("bad upgrade_rate value '%s': want <n>/<duration> such as 30/10s, or off", v)
+				return d.Errf("bad upgrade_rate value '%s': want <n>/<duration> such as 30/10s, or off", v)
 			}
 			lim.UpgradeRate, lim.UpgradeWindow = n, caddy.Duration(window)
 		case "max_connections":
@@ -594,7 +549,7 @@ func parseLimits(d *caddyfile.Dispenser) (*LimitsConfig, error) {
 		case "inbound_rate":
 			var v string
 			if v, err = singleArg(d); err != nil {
-				return nil, err
+				return err
 			}
 			if v == "off" {
 				lim.InboundRate = -1
@@ -606,7 +561,7 @@ func parseLimits(d *caddyfile.Dispenser) (*LimitsConfig, error) {
 			}
 			n, window, ok := parseRate(rate)
 			if !ok || window != time.Second {
-				return nil, d.Errf("bad inbound_rate value '%s': want <n>/s, <n> (per second) or off", v)
+				return d.Errf("bad inbound_rate value '%s': want <n>/s, <n> (per second) or off", v)
 			}
 			lim.InboundRate = n
 		case "inbound_burst":
@@ -614,7 +569,7 @@ func parseLimits(d *caddyfile.Dispenser) (*LimitsConfig, error) {
 		case "rate_limit_close":
 			var v string
 			if v, err = singleArg(d); err != nil {
-				return nil, err
+				return err
 			}
 			if v == "off" {
 				lim.RateLimitClose = -1
@@ -622,11 +577,11 @@ func parseLimits(d *caddyfile.Dispenser) (*LimitsConfig, error) {
 			}
 			lim.RateLimitClose, err = checkInt(d, opt, v, 1)
 		default:
-			return nil, d.Errf("unrecognized limits subdirective: %s", opt)
+			return d.Errf("unrecognized limits subdirective: %s", opt)
 		}
-		if err != nil {
-			return nil, err
-		}
+		return err
+	}); err != nil {
+		return nil, err
 	}
 	return lim, nil
 }
@@ -644,22 +599,16 @@ func parseReplay(d *caddyfile.Dispenser, declared []ReplayConfig) (ReplayConfig,
 		return ReplayConfig{}, d.Errf("replay pattern '%s' already declared", topics)
 	}
 	r := ReplayConfig{Topics: topics}
-	seen := make(map[string]bool)
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		opt := d.Val()
-		if seen[opt] {
-			return ReplayConfig{}, d.Errf("%s already specified", opt)
-		}
-		seen[opt] = true
+	if err := eachOption(d, nil, func(opt string) error {
 		var err error
 		switch opt {
 		case "store":
 			var v string
 			if v, err = singleArg(d); err != nil {
-				return ReplayConfig{}, err
+				return err
 			}
 			if v != "memory" && v != "redis" && v != "postgres" {
-				return ReplayConfig{}, d.Errf("unknown replay store '%s': want memory, redis or postgres", v)
+				return d.Errf("unknown replay store '%s': want memory, redis or postgres", v)
 			}
 			r.Store = v
 		case "table":
@@ -673,11 +622,11 @@ func parseReplay(d *caddyfile.Dispenser, declared []ReplayConfig) (ReplayConfig,
 			on, err = onOffArg(d)
 			r.TruncationNotice = &on
 		default:
-			return ReplayConfig{}, d.Errf("unrecognized replay subdirective: %s", opt)
+			return d.Errf("unrecognized replay subdirective: %s", opt)
 		}
-		if err != nil {
-			return ReplayConfig{}, err
-		}
+		return err
+	}); err != nil {
+		return ReplayConfig{}, err
 	}
 	return r, nil
 }
@@ -693,13 +642,7 @@ func parsePresence(d *caddyfile.Dispenser, declared []PresenceConfig) (PresenceC
 		return PresenceConfig{}, d.Errf("presence pattern '%s' already declared", topics)
 	}
 	p := PresenceConfig{Topics: topics}
-	seen := make(map[string]bool)
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		opt := d.Val()
-		if seen[opt] {
-			return PresenceConfig{}, d.Errf("%s already specified", opt)
-		}
-		seen[opt] = true
+	if err := eachOption(d, nil, func(opt string) error {
 		var err error
 		switch opt {
 		case "key":
@@ -711,11 +654,11 @@ func parsePresence(d *caddyfile.Dispenser, declared []PresenceConfig) (PresenceC
 		case "ttl":
 			p.TTL, err = durationArg(d, false)
 		default:
-			return PresenceConfig{}, d.Errf("unrecognized presence subdirective: %s", opt)
+			return d.Errf("unrecognized presence subdirective: %s", opt)
 		}
-		if err != nil {
-			return PresenceConfig{}, err
-		}
+		return err
+	}); err != nil {
+		return PresenceConfig{}, err
 	}
 	return p, nil
 }
@@ -730,13 +673,7 @@ func parseCursor(d *caddyfile.Dispenser, declared []CursorConfig) (CursorConfig,
 		return CursorConfig{}, d.Errf("cursor pattern '%s' already declared", topics)
 	}
 	c := CursorConfig{Topics: topics}
-	seen := make(map[string]bool)
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		opt := d.Val()
-		if seen[opt] {
-			return CursorConfig{}, d.Errf("%s already specified", opt)
-		}
-		seen[opt] = true
+	if err := eachOption(d, nil, func(opt string) error {
 		var err error
 		switch opt {
 		case "throttle":
@@ -744,7 +681,7 @@ func parseCursor(d *caddyfile.Dispenser, declared []CursorConfig) (CursorConfig,
 		case "topic_throttle":
 			c.TopicThrottle, err = durationArg(d, false)
 			if tt := time.Duration(c.TopicThrottle); err == nil && tt < minTopicThrottle {
-				return CursorConfig{}, d.Errf("topic_throttle must be at least %s, got '%s'", minTopicThrottle, tt)
+				return d.Errf("topic_throttle must be at least %s, got '%s'", minTopicThrottle, tt)
 			}
 		case "ttl":
 			c.TTL, err = durationArg(d, false)
@@ -753,15 +690,15 @@ func parseCursor(d *caddyfile.Dispenser, declared []CursorConfig) (CursorConfig,
 		case "max_data":
 			var n int64
 			if n, err = sizeArg(d); err == nil && n > math.MaxInt {
-				return CursorConfig{}, d.Errf("bad size value '%s' for max_data: too large", d.Val())
+				return d.Errf("bad size value '%s' for max_data: too large", d.Val())
 			}
 			c.MaxData = int(n)
 		default:
-			return CursorConfig{}, d.Errf("unrecognized cursor subdirective: %s", opt)
+			return d.Errf("unrecognized cursor subdirective: %s", opt)
 		}
-		if err != nil {
-			return CursorConfig{}, err
-		}
+		return err
+	}); err != nil {
+		return CursorConfig{}, err
 	}
 	return c, nil
 }
@@ -784,13 +721,7 @@ func parseGroup(d *caddyfile.Dispenser, declared []GroupConfig) (GroupConfig, er
 	g := GroupConfig{Name: name}
 	var meta []byte
 	metaKeys := make(map[string]bool)
-	seen := make(map[string]bool)
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		opt := d.Val()
-		if seen[opt] && opt != "meta" {
-			return GroupConfig{}, d.Errf("%s already specified", opt)
-		}
-		seen[opt] = true
+	if err := eachOption(d, map[string]bool{"meta": true}, func(opt string) error {
 		var err error
 		switch opt {
 		case "max_members":
@@ -798,18 +729,18 @@ func parseGroup(d *caddyfile.Dispenser, declared []GroupConfig) (GroupConfig, er
 		case "meta":
 			args := d.RemainingArgs()
 			if len(args) != 2 {
-				return GroupConfig{}, d.ArgErr()
+				return d.ArgErr()
 			}
 			key, value := args[0], args[1]
 			if key == "" {
-				return GroupConfig{}, d.Err("meta key must not be empty")
+				return d.Err("meta key must not be empty")
 			}
 			if metaKeys[key] {
-				return GroupConfig{}, d.Errf("meta key '%s' already declared", key)
+				return d.Errf("meta key '%s' already declared", key)
 			}
 			metaKeys[key] = true
 			if meta, err = appendMeta(meta, key, value); err != nil {
-				return GroupConfig{}, d.Errf("meta key '%s': %v", key, err)
+				return d.Errf("meta key '%s': %v", key, err)
 			}
 			err = noBlock(d, opt)
 		case "member_ttl":
@@ -818,19 +749,19 @@ func parseGroup(d *caddyfile.Dispenser, declared []GroupConfig) (GroupConfig, er
 			g.RoleFrom, err = singleArg(d)
 		case "join_on":
 			if g.JoinOn, err = listArg(d); err != nil {
-				return GroupConfig{}, err
+				return err
 			}
 			for _, p := range g.JoinOn {
 				if !validPattern(p) {
-					return GroupConfig{}, badPattern(d, opt, p)
+					return badPattern(d, opt, p)
 				}
 			}
 		default:
-			return GroupConfig{}, d.Errf("unrecognized group subdirective: %s", opt)
+			return d.Errf("unrecognized group subdirective: %s", opt)
 		}
-		if err != nil {
-			return GroupConfig{}, err
-		}
+		return err
+	}); err != nil {
+		return GroupConfig{}, err
 	}
 	if meta != nil {
 		g.Meta = json.RawMessage(append(meta, '}'))
@@ -867,14 +798,8 @@ func parseRateLimit(d *caddyfile.Dispenser) (*RateLimitConfig, error) {
 	}
 	rl := new(RateLimitConfig)
 	opened := false
-	seen := make(map[string]bool)
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
+	if err := eachOption(d, nil, func(opt string) error {
 		opened = true
-		opt := d.Val()
-		if seen[opt] {
-			return nil, d.Errf("%s already specified", opt)
-		}
-		seen[opt] = true
 		var err error
 		switch opt {
 		case "points":
@@ -888,33 +813,33 @@ func parseRateLimit(d *caddyfile.Dispenser) (*RateLimitConfig, error) {
 		case "action":
 			var v string
 			if v, err = singleArg(d); err != nil {
-				return nil, err
+				return err
 			}
 			if v != "drop" && v != "close" {
-				return nil, d.Errf("unknown rate_limit action '%s': want drop or close", v)
+				return d.Errf("unknown rate_limit action '%s': want drop or close", v)
 			}
 			rl.Action = v
 		case "on_error":
 			var v string
 			if v, err = singleArg(d); err != nil {
-				return nil, err
+				return err
 			}
 			if v != "allow" && v != "deny" {
-				return nil, d.Errf("unknown rate_limit on_error policy '%s': want allow or deny", v)
+				return d.Errf("unknown rate_limit on_error policy '%s': want allow or deny", v)
 			}
 			rl.OnError = v
 		case "subscribes":
 			if d.NextArg() {
-				return nil, d.ArgErr()
+				return d.ArgErr()
 			}
 			err = noBlock(d, opt)
 			rl.Subscribes = true
 		default:
-			return nil, d.Errf("unrecognized rate_limit subdirective: %s", opt)
+			return d.Errf("unrecognized rate_limit subdirective: %s", opt)
 		}
-		if err != nil {
-			return nil, err
-		}
+		return err
+	}); err != nil {
+		return nil, err
 	}
 	// Without a block NextBlock leaves the cursor on "rate_limit"; an empty
 	// block leaves it on the closing brace.
@@ -943,18 +868,12 @@ func parseNotify(d *caddyfile.Dispenser, declared []NotifyConfig) (NotifyConfig,
 	if slices.ContainsFunc(declared, func(o NotifyConfig) bool { return o.Channel == n.Channel }) {
 		return NotifyConfig{}, d.Errf("notify channel '%s' already declared", n.Channel)
 	}
-	seen := make(map[string]bool)
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		opt := d.Val()
-		if seen[opt] {
-			return NotifyConfig{}, d.Errf("%s already specified", opt)
-		}
-		seen[opt] = true
+	if err := eachOption(d, nil, func(opt string) error {
 		var err error
 		switch opt {
 		case "mode":
 			if n.Mode, err = singleArg(d); err == nil && n.Mode != "all" && n.Mode != "leader" {
-				return NotifyConfig{}, d.Errf("unknown notify mode '%s': want all or leader", n.Mode)
+				return d.Errf("unknown notify mode '%s': want all or leader", n.Mode)
 			}
 		case "topic_field":
 			n.TopicField, err = singleArg(d)
@@ -966,14 +885,14 @@ func parseNotify(d *caddyfile.Dispenser, declared []NotifyConfig) (NotifyConfig,
 			n.PollInterval, err = durationArg(d, false)
 		case "resync":
 			if n.Resync, err = singleArg(d); err == nil && (wire.IsSystem(n.Resync) || !wire.ValidTopic(n.Resync, true)) {
-				return NotifyConfig{}, d.Errf("bad resync topic '%s': want a topic not starting with __", n.Resync)
+				return d.Errf("bad resync topic '%s': want a topic not starting with __", n.Resync)
 			}
 		default:
-			return NotifyConfig{}, d.Errf("unrecognized notify subdirective: %s", opt)
+			return d.Errf("unrecognized notify subdirective: %s", opt)
 		}
-		if err != nil {
-			return NotifyConfig{}, err
-		}
+		return err
+	}); err != nil {
+		return NotifyConfig{}, err
 	}
 	return n, nil
 }
@@ -1179,6 +1098,24 @@ func sizeArg(d *caddyfile.Dispenser) (int64, error) {
 func noBlock(d *caddyfile.Dispenser, opt string) error {
 	if d.NextBlock(d.Nesting()) {
 		return d.Errf("%s does not take a block", opt)
+	}
+	return nil
+}
+
+// eachOption calls fn for each subdirective of the block the dispenser is
+// at, in order, refusing one given twice unless mayRepeat lists it (nil:
+// none may repeat). It stops at the first error.
+func eachOption(d *caddyfile.Dispenser, mayRepeat map[string]bool, fn func(opt string) error) error {
+	seen := make(map[string]bool)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if seen[opt] && !mayRepeat[opt] {
+			return d.Errf("%s already specified", opt)
+		}
+		seen[opt] = true
+		if err := fn(opt); err != nil {
+			return err
+		}
 	}
 	return nil
 }
