@@ -554,9 +554,13 @@ func (g *Gateway) relaySystemTo(topic, event string, frame []byte, role string) 
 	data := envelopeData(frame)
 	m := bus.Message{Topic: topic, Event: event, Data: data}
 	if role != "" {
-		// The bus has no role field: a role-filtered group frame travels
-		// as a "direct send" to the pseudo-user role:<role>, which
-		// deliverRemote recognizes on __group: topics only.
+		// A role-filtered group frame travels as a "direct send" to the
+		// pseudo-user role:<role>, which deliverSystem recognizes on
+		// __group: topics only. On purpose, not a role field of its own:
+		// a node of the reference package on the same channel delivers a
+		// direct send to that user (nobody), where it would deliver an
+		// envelope with an unknown field to every subscriber of the topic
+		// and leak the frame to the other roles.
 		m.User = "role:" + role
 	}
 	ctx, cancel := context.WithTimeout(g.ctx, storeTimeout)
