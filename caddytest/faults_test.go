@@ -42,6 +42,24 @@ func health(t testing.TB, in *instance) (status, bus string) {
 	return h.Status, h.Bus.State
 }
 
+// publishOnceUp retries a publish until the gateway accepts it (a backend
+// coming back) and returns its seq.
+func publishOnceUp(t *testing.T, in *instance, body, what string) uint64 {
+	t.Helper()
+	var seq uint64
+	waitFor(t, 20*time.Second, what, func() bool {
+		code, resp := apiCall(t, http.MethodPost, in.url("/_realtime/publish"), "", body)
+		if code != http.StatusOK {
+			return false
+		}
+		var r struct{ Seq uint64 }
+		_ = json.Unmarshal([]byte(resp), &r)
+		seq = r.Seq
+		return true
+	})
+	return seq
+}
+
 // sees reports whether c receives a frame containing want within d,
 // skipping others.
 func sees(c *wsClient, want string, d time.Duration) bool {
@@ -191,17 +209,7 @@ func TestFaultPostgresRestart(t *testing.T) {
 	c.quiet(200 * time.Millisecond) // still connected, nothing half-published
 
 	pg.Restart()
-	var seq uint64
-	waitFor(t, 20*time.Second, "a publish to succeed after the restart", func() bool {
-		code, body := apiCall(t, http.MethodPost, in.url("/_realtime/publish"), "", `{"topic":"chat","event":"m","data":4}`)
-		if code != http.StatusOK {
-			return false
-		}
-		var r struct{ Seq uint64 }
-		_ = json.Unmarshal([]byte(body), &r)
-		seq = r.Seq
-		return true
-	})
+	seq := publishOnceUp(t, in, `{"topic":"chat","event":"m","data":4}`, "a publish to succeed after the restart")
 	if seq != 4 {
 		t.Fatalf("first seq after the restart %d, want 4 (no gap, never backwards)", seq)
 	}
@@ -273,17 +281,7 @@ func TestFaultPostgresUnreachableAtStartup(t *testing.T) {
 	c.quiet(200 * time.Millisecond) // nothing of the refused publishes
 
 	pg.Restart()
-	var seq uint64
-	waitFor(t, 20*time.Second, "a publish to succeed once postgres answers", func() bool {
-		code, body := apiCall(t, http.MethodPost, in.url("/_realtime/publish"), "", `{"topic":"chat","event":"m","data":1}`)
-		if code != http.StatusOK {
-			return false
-		}
-		var r struct{ Seq uint64 }
-		_ = json.Unmarshal([]byte(body), &r)
-		seq = r.Seq
-		return true
-	})
+	seq := publishOnceUp(t, in, `{"topic":"chat","event":"m","data":1}`, "a publish to succeed once postgres answers")
 	if seq != 1 {
 		t.Fatalf("first seq once postgres answers %d, want 1", seq)
 	}

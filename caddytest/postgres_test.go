@@ -44,12 +44,7 @@ func TestPostgresReplaySurvivesRestart(t *testing.T) {
 	if got := publish(t, in2, `{"topic":"chat","event":"m","data":6}`); got != `{"seq":6}` {
 		t.Fatalf("first publish after the restart answered %s, want seq 6", got)
 	}
-	d := dial(t, in2)
-	d.welcome()
-	d.send(`{"type":"hello","caps":[]}`)
-	d.send(`{"type":"resume","sessionId":"s","lastSeenSeqs":{"chat":3}}`)
-	d.send(`{"type":"subscribe-batch","topics":["chat"],"ref":1}`)
-	d.expect(`{"type":"resumed"}`)
+	d := resumeChat(t, in2, 3)
 	for i := 4; i <= 6; i++ {
 		d.expect(fmt.Sprintf(`{"topic":"chat","event":"m","data":%d,"seq":%d}`, i, i))
 	}
@@ -124,14 +119,22 @@ func TestPostgresClusterSeqsAndResume(t *testing.T) {
 	}
 	watcher.quiet(200 * time.Millisecond)
 
-	d := dial(t, b)
-	d.welcome()
-	d.send(`{"type":"hello","caps":[]}`)
-	d.send(`{"type":"resume","sessionId":"s","lastSeenSeqs":{"chat":90}}`)
-	d.send(`{"type":"subscribe-batch","topics":["chat"],"ref":1}`)
-	d.expect(`{"type":"resumed"}`)
+	d := resumeChat(t, b, 90)
 	for s := 91; s <= 100; s++ {
 		d.expect(fmt.Sprintf(`{"topic":"chat","event":"m","data":1,"seq":%d}`, s))
 	}
 	d.expect(`{"type":"subscribed","topic":"chat","ref":1}`)
+}
+
+// resumeChat connects a current client to in that resumes chat from last
+// seen seq and subscribes to it; the gap fill and the ack are the test's.
+func resumeChat(t *testing.T, in *instance, last int) *wsClient {
+	t.Helper()
+	d := dial(t, in)
+	d.welcome()
+	d.send(`{"type":"hello","caps":[]}`)
+	d.send(fmt.Sprintf(`{"type":"resume","sessionId":"s","lastSeenSeqs":{"chat":%d}}`, last))
+	d.send(`{"type":"subscribe-batch","topics":["chat"],"ref":1}`)
+	d.expect(`{"type":"resumed"}`)
+	return d
 }
