@@ -802,10 +802,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			channel = "uws:pubsub"
 		}
 		opts.BusName = "redis"
-		opts.NewBus = func(h bus.Handler, onHealth func(bool)) (bus.Bus, error) {
+		opts.NewBus = func(hooks handlers.BusHooks) (bus.Bus, error) {
 			// StartUnreachable: a gateway starts (or reloads) during a Redis
 			// outage, degraded, rather than failing Caddy's start.
-			return bus.NewRedis(client, bus.RedisConfig{Channel: channel, InstanceID: app.InstanceID, Handler: h, OnHealth: onHealth, StartUnreachable: true,
+			return bus.NewRedis(client, bus.RedisConfig{Channel: channel, InstanceID: app.InstanceID, Handler: hooks.Handler, OnHealth: hooks.OnHealth, OnResync: hooks.OnResync, StartUnreachable: true,
 				// Instances relay cursor and group frames to each other.
 				EnvelopeOptions: bus.EnvelopeOptions{SystemTopics: wire.Patterns{wire.CursorPrefix + "*", wire.GroupPrefix + "*"}}})
 		}

@@ -58,11 +58,10 @@ type conn struct {
 
 	nsubs atomic.Int32 // len(topics), readable from other goroutines
 
-	// floors holds, per topic, the last seq a resume gap fill sent when the
-	// topic's events arrive through the bus: events up to it may still be
-	// in flight and must not be delivered twice. Guarded by mu.
-	floors    map[string]uint64
-	hasFloors atomic.Bool
+	// filters holds the topics whose live frames are held or floored
+	// (hold.go); filtered is set while it is non-empty. Guarded by mu.
+	filters  map[string]*topicFilter
+	filtered atomic.Bool
 
 	// Read-loop state.
 	topics  map[string]struct{}
@@ -510,36 +509,3 @@ func (c *conn) cleanup() {
 }
 
 func (c *conn) subscriptionCount() int { return int(c.nsubs.Load()) }
-
-// setFloor records that t's events up to seq were sent by a gap fill.
-func (c *conn) setFloor(t string, seq uint64) {
-	c.mu.Lock()
-	if c.floors == nil {
-		c.floors = make(map[string]uint64)
-	}
-	c.floors[t] = seq
-	c.hasFloors.Store(true)
-	c.mu.Unlock()
-}
-
-// passFloor reports whether a live event of t with seq is new to c; the
-// first one above the floor lifts it.
-func (c *conn) passFloor(t string, seq uint64) bool {
-	if seq == 0 || !c.hasFloors.Load() {
-		return true
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	f, ok := c.floors[t]
-	if !ok {
-		return true
-	}
-	if seq <= f {
-		return false
-	}
-	delete(c.floors, t)
-	if len(c.floors) == 0 {
-		c.hasFloors.Store(false)
-	}
-	return true
-}

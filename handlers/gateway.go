@@ -14,6 +14,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"net/http"
+	"runtime/debug"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -45,16 +46,34 @@ type Options struct {
 	InstanceID string
 
 	// NewBus builds the bus that relays publishes to other instances,
-	// delivering theirs to h and reporting its health changes to onHealth
-	// (both must not block). Default: an in-memory bus alone on this
-	// instance (nothing to relay).
-	NewBus func(h bus.Handler, onHealth func(healthy bool)) (bus.Bus, error)
+	// wired to the gateway's BusHooks. Default: an in-memory bus alone on
+	// this instance (nothing to relay).
+	NewBus func(hooks BusHooks) (bus.Bus, error)
 
 	// BusName names the bus backend in GET /health. Default: memory.
 	BusName string
 
 	// Backends builds the extensions' state. Default: memory backends.
 	Backends Backends
+}
+
+// logPanic logs a panic recovered in one of the gateway's goroutines, with
+// its stack; the goroutine's work goes on or ends, never the process.
+func (g *Gateway) logPanic(where string, p any) {
+	g.logger.Error("panic in a gateway goroutine (recovered)",
+		zap.String("where", where), zap.Any("panic", p), zap.ByteString("stack", debug.Stack()))
+}
+
+// BusHooks are the gateway's callbacks a bus calls; none may block.
+type BusHooks struct {
+	// Handler receives the units other instances published.
+	Handler bus.Handler
+	// OnHealth reports the bus's health changes.
+	OnHealth func(healthy bool)
+	// OnResync reports that units may have been missed (a resubscription,
+	// a dropped unit): the gateway then fills the replayed topics it
+	// delivers from their stores.
+	OnResync func()
 }
 
 // Gateway is one realtime endpoint: its connections, topic index, HTTP API
@@ -89,18 +108,32 @@ type Gateway struct {
 	cursors  cursorTopics
 	events   eventPoster
 	notify   []*notifyBridge // PostgreSQL NOTIFY channels (notify.go); fixed for the gateway's life
+
+	fillSem   chan struct{} // bounds the live fills reading stores at once (order.go)
+	resyncSig chan struct{} // the bus may have missed units (order.go)
 }
 
 // extensions holds the gateway's extension state. It is built once: a
 // config that changes extensions gets a new gateway (the pool key covers
 // them), because their state cannot be carried over piecemeal.
 type extensions struct {
-	replay    []*replayRule
-	busStores bool // some replay store publishes through the bus itself
-	presence  []*presenceRule
-	cursors   []*cursorRule
-	groups    map[string]*group
-	rate      *rateRule
+	replay   []*replayRule
+	shared   bool // some replay store is shared (not in memory): publishViaStores appends to it
+	presence []*presenceRule
+	cursors  []*cursorRule
+	groups   map[string]*group
+	rate     *rateRule
+}
+
+// observerFor returns topic's store as a replay.Observer, if it is one.
+func (e *extensions) observerFor(topic string) (replay.Observer, bool) {
+	for _, r := range e.replay {
+		if r.pattern.Match(topic) {
+			o, ok := r.store.(replay.Observer)
+			return o, ok
+		}
+	}
+	return nil, false
 }
 
 // sweeper is implemented by memory backends that free idle state when
@@ -154,8 +187,8 @@ func newExtensions(cfg Config, b Backends, g *Gateway) (*extensions, error) {
 		return nil, err
 	}
 	for _, r := range e.replay {
-		if _, ok := r.store.(replay.BusAppender); ok {
-			e.busStores = true
+		if !r.local {
+			e.shared = true
 		}
 	}
 	return e, nil
@@ -195,7 +228,9 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 	g.cfg.Store(newSettings(cfg))
 	// Before the extensions: their loops may call back into the hub as
 	// soon as they exist.
-	g.hub = newHub(g.stamp)
+	g.hub = newHub(g.stamp, func(t string) bool { return g.orderedRule(t) != nil })
+	g.fillSem = make(chan struct{}, fillConcurrency)
+	g.resyncSig = make(chan struct{}, 1)
 	g.presence.g, g.cursors.g, g.events.g = g, g, g
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	// fail releases, newest first, whatever this call has built (the
@@ -224,18 +259,19 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 	g.busName = opts.BusName
 	if newBus == nil {
 		g.busName = "memory"
-		newBus = func(h bus.Handler, _ func(bool)) (bus.Bus, error) {
-			return bus.NewMemory(bus.MemoryConfig{Handler: h}), nil
+		newBus = func(h BusHooks) (bus.Bus, error) {
+			return bus.NewMemory(bus.MemoryConfig{Handler: h.Handler}), nil
 		}
 	}
 	g.healthy.Store(true)
-	b, err := newBus(g.deliverRemote, g.setHealth)
+	b, err := newBus(BusHooks{Handler: g.deliverRemote, OnHealth: g.setHealth, OnResync: g.resync})
 	if err != nil {
 		return fail(err)
 	}
 	g.bus = b
-	g.wg.Add(1)
+	g.wg.Add(2)
 	go g.sweeper()
+	go g.resyncLoop()
 	// Last: a notification publishes through the hub, stores and bus.
 	for _, nb := range g.notify {
 		nb.l.Start()

@@ -63,7 +63,7 @@ func TestNewReleasesBackendsWhenABuildStepFails(t *testing.T) {
 				},
 			}}
 			if tc.busFails {
-				opts.NewBus = func(bus.Handler, func(bool)) (bus.Bus, error) { return nil, errBuild }
+				opts.NewBus = func(BusHooks) (bus.Bus, error) { return nil, errBuild }
 			}
 			cfg := testConfig()
 			cfg.Name = fmt.Sprintf("test-%d", gatewaySerial.Add(1))

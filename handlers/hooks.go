@@ -354,20 +354,28 @@ func (c *conn) postMessage(m appMessage) {
 }
 
 // deliverRemote delivers messages another instance published. It runs on
-// the bus's goroutine and must not block: the hub only enqueues.
+// the bus's goroutine and must not block: the hub only enqueues, and
+// events of shared replay stores go through the ordered path, whose fills
+// run on goroutines of their own (order.go).
 func (g *Gateway) deliverRemote(msgs []bus.Message) {
 	now := g.now()
 	var topics []bus.Message
-	for _, m := range msgs {
+	for i := range msgs {
+		m := &msgs[i]
 		if wire.IsSystem(m.Topic) {
-			g.deliverSystem(m)
+			g.deliverSystem(*m)
 			continue
 		}
 		if m.User != "" {
 			g.sendUser(m.User, wire.AppendEnvelope(nil, m.Topic, m.Event, m.Data, 0))
 			continue
 		}
-		topics = append(topics, m)
+		if m.Seq > 0 && g.orderedRule(m.Topic) != nil {
+			g.m.published("bus", 1)
+			g.deliverOrdered(m, now)
+			continue
+		}
+		topics = append(topics, *m)
 	}
 	if len(topics) > 0 {
 		g.m.published("bus", len(topics))

@@ -25,10 +25,15 @@ type hub struct {
 	seed   maphash.Seed
 	shards [hubShards]hubShard
 
-	// stamp assigns the seq of a message on a buffered topic (its replay
-	// store's counter); handled false leaves it to the topic's own counter.
-	// It runs under the topic lock, so stamping and enqueueing stay one step.
+	// stamp assigns the seq of a message on a topic buffered in memory
+	// (its replay store's counter); handled false leaves it to the topic's
+	// own counter. It runs under the topic lock, so stamping and enqueueing
+	// stay one step; it must do no network I/O.
 	stamp func(m *bus.Message) (handled bool, err error)
+
+	// ordered reports whether a topic's seqs come from a shared store
+	// (order.go): its deliveries are put in seq order and gaps filled.
+	ordered func(topic string) bool
 }
 
 type hubShard struct {
@@ -45,13 +50,18 @@ type topic struct {
 	seq     uint64
 	lastPub time.Time
 	dead    bool // removed from the index; holders must look up again
+
+	order order // ordered topics only: what was delivered, what waits
 }
 
-func newHub(stamp func(m *bus.Message) (bool, error)) *hub {
+func newHub(stamp func(m *bus.Message) (bool, error), ordered func(string) bool) *hub {
 	if stamp == nil {
 		stamp = func(*bus.Message) (bool, error) { return false, nil }
 	}
-	h := &hub{seed: maphash.MakeSeed(), stamp: stamp}
+	if ordered == nil {
+		ordered = func(string) bool { return false }
+	}
+	h := &hub{seed: maphash.MakeSeed(), stamp: stamp, ordered: ordered}
 	for i := range h.shards {
 		h.shards[i].topics = make(map[string]*topic)
 	}
@@ -74,6 +84,7 @@ func (h *hub) lookup(name string, create bool) *topic {
 	s.mu.Lock()
 	if t = s.topics[name]; t == nil {
 		t = &topic{name: name, subs: make(map[*conn]struct{})}
+		t.order.on = h.ordered(name)
 		s.topics[name] = t
 	}
 	s.mu.Unlock()
@@ -94,9 +105,9 @@ func (h *hub) lockLive(name string) *topic {
 }
 
 // subscribe adds c to name's subscribers; it reports false if c already was.
-// fill runs under the topic lock after c is attached, so nothing published
-// to the topic can reach c before what fill enqueues (resume gap fill).
-func (h *hub) subscribe(name string, c *conn, fill func()) bool {
+// then, if set, runs under the topic lock after c is attached, so no frame
+// of the topic reaches c before it took effect (a resume's hold).
+func (h *hub) subscribe(name string, c *conn, then func()) bool {
 	t := h.lockLive(name)
 	defer t.mu.Unlock()
 	if _, ok := t.subs[c]; ok {
@@ -104,8 +115,8 @@ func (h *hub) subscribe(name string, c *conn, fill func()) bool {
 	}
 	t.subs[c] = struct{}{}
 	t.list = nil
-	if fill != nil {
-		fill()
+	if then != nil {
+		then()
 	}
 	return true
 }
@@ -123,13 +134,13 @@ func (h *hub) unsubscribe(name string, c *conn) {
 	t.mu.Unlock()
 }
 
-// locked runs fn under name's topic lock: nothing is published to the
-// topic meanwhile, so fn can read a replay store and enqueue its entries
-// knowing later publishes queue behind them (PROTOCOL.md §5.3, §5.4).
-func (h *hub) locked(name string, fn func()) {
+// locked runs fn under name's topic lock: nothing is delivered on the
+// topic meanwhile, so what fn enqueues precedes every later frame of it
+// (PROTOCOL.md §5.3, §5.4). fn must not block: no store or network call.
+func (h *hub) locked(name string, fn func(t *topic)) {
 	t := h.lockLive(name)
 	defer t.mu.Unlock()
-	fn()
+	fn(t)
 }
 
 // head returns the last seq stamped on name by this instance.
@@ -167,18 +178,25 @@ func (h *hub) publish(msgs []bus.Message, stamp bool, unstamped []bool, now time
 				return 0, err
 			}
 		}
-		t.lastPub = now
-		frame := wire.AppendEnvelope(make([]byte, 0, wire.EnvelopeSize(m.Topic, m.Event, m.Data, m.Seq)), m.Topic, m.Event, m.Data, m.Seq)
-		n := 0
-		for _, c := range t.snapshot() {
-			if c.passFloor(m.Topic, m.Seq) && c.enqueue(frame, now) {
-				n++
-			}
-		}
+		n := t.deliverLocked(m, now)
 		t.mu.Unlock()
 		return n, nil
 	}
 	return h.publishBatch(msgs, stamp, unstamped, now)
+}
+
+// deliverLocked encodes m once and enqueues it to every subscriber; t is
+// locked. It returns the number of enqueued frames.
+func (t *topic) deliverLocked(m *bus.Message, now time.Time) int {
+	t.lastPub = now
+	frame := wire.AppendEnvelope(make([]byte, 0, wire.EnvelopeSize(m.Topic, m.Event, m.Data, m.Seq)), m.Topic, m.Event, m.Data, m.Seq)
+	n := 0
+	for _, c := range t.snapshot() {
+		if c.admit(m.Topic, m.Seq, frame) && c.enqueue(frame, now) {
+			n++
+		}
+	}
+	return n
 }
 
 // stampOne gives m its seq: from its replay store when the topic has one
@@ -244,7 +262,7 @@ func (h *hub) deliverBatch(msgs []bus.Message, envs [][]byte, names []string, lo
 		batches := splitBatches(envs)
 		n := 0
 		for _, c := range locked[names[0]].snapshot() {
-			if c.hasFloors.Load() {
+			if c.filtered.Load() {
 				n += c.enqueueAbove(msgs, envs, nil, now)
 				continue
 			}
@@ -278,7 +296,7 @@ func (h *hub) deliverBatch(msgs []bus.Message, envs [][]byte, names []string, lo
 	n := 0
 	for _, c := range order {
 		w := perConn[c]
-		if c.hasFloors.Load() {
+		if c.filtered.Load() {
 			n += c.enqueueAbove(msgs, envs, w.idx, now)
 			continue
 		}
@@ -386,7 +404,7 @@ func (h *hub) sweep(now time.Time, idle time.Duration) {
 		s.mu.Lock()
 		for name, t := range s.topics {
 			t.mu.Lock()
-			if len(t.subs) == 0 && now.Sub(t.lastPub) > idle {
+			if len(t.subs) == 0 && !t.order.busy() && now.Sub(t.lastPub) > idle {
 				t.dead = true
 				delete(s.topics, name)
 			}
@@ -415,12 +433,12 @@ func (h *hub) topicCount() int {
 }
 
 // enqueueAbove enqueues, one by one, the envelopes (all, or those at idx)
-// that pass c's resume floors. It is the rare path of a connection that
-// just resumed a topic delivered through the bus.
+// that c admits (hold.go). It is the rare path of a connection that is
+// resuming or replaying a topic.
 func (c *conn) enqueueAbove(msgs []bus.Message, envs [][]byte, idx []int, now time.Time) int {
 	n := 0
 	send := func(i int) {
-		if c.passFloor(msgs[i].Topic, msgs[i].Seq) && c.enqueue(envs[i], now) {
+		if c.admit(msgs[i].Topic, msgs[i].Seq, envs[i]) && c.enqueue(envs[i], now) {
 			n++
 		}
 	}

@@ -327,7 +327,7 @@ func TestHubSubscribeChurnDuringPublish(t *testing.T) {
 // topic's lock: sweep and topicCount take the shard lock first, then topic
 // locks (hub.go's lock order).
 func TestHubBatchPublishDoesNotDeadlockWithIndexScans(t *testing.T) {
-	h := newHub(nil)
+	h := newHub(nil, nil)
 	// Two names in one shard, a sorting first so the batch locks it first.
 	a, b := "a", ""
 	for i := 0; b == ""; i++ {

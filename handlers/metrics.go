@@ -40,7 +40,7 @@ var (
 	}, []string{"gateway"})
 	metricDropped = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "realtime", Name: "dropped_total",
-		Help: "Frames dropped, by reason: slow_consumer, rate_limited, no_message_hook, hook_queue_full, hook_busy, oversized, cursor.",
+		Help: "Frames dropped, by reason: slow_consumer, rate_limited, no_message_hook, hook_queue_full, hook_busy, oversized, cursor, duplicate (an event of a replayed topic a live fill had delivered already).",
 	}, []string{"gateway", "reason"})
 	metricClosed = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "realtime", Name: "closes_total",
@@ -64,6 +64,18 @@ var (
 		Namespace: "caddy", Subsystem: "realtime", Name: "hook_errors_total",
 		Help: "Failed hook calls, by hook and cause (timeout, unreachable, status, invalid, busy).",
 	}, []string{"gateway", "hook", "cause"})
+	metricFills = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "realtime", Name: "live_fills_total",
+		Help: "Live gap fills of replayed topics, by cause: gap (a seq skipped), resync (the bus resubscribed or dropped a unit).",
+	}, []string{"gateway", "cause"})
+	metricFilled = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "realtime", Name: "live_filled_events_total",
+		Help: "Events delivered by live gap fills, read from the store or released after the gap closed.",
+	}, []string{"gateway"})
+	metricTruncated = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "realtime", Name: "truncated_total",
+		Help: "Gaps the replay store could not fill, by path: live (subscribers were told truncated), resume, replay.",
+	}, []string{"gateway", "path"})
 	metricNotifyReceived = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "realtime", Name: "notify_received_total",
 		Help: "Valid notifications received on a PostgreSQL NOTIFY channel.",
@@ -78,6 +90,7 @@ var allMetrics = []prometheus.Collector{
 	metricConnections, metricSubscriptions, metricUpgrades, metricFramesIn, metricBytesIn,
 	metricFramesOut, metricBytesOut, metricDropped, metricClosed, metricPublished,
 	metricDeliveryLatency, metricHookDuration, metricHookErrors, metricNotifyReceived, metricNotifyDropped,
+	metricFills, metricFilled, metricTruncated,
 }
 
 // RegisterMetrics adds the gateway metrics to reg, tolerating collectors
@@ -102,6 +115,7 @@ type gatewayMetrics struct {
 	dropSlow, dropRate, dropNoHook prometheus.Counter
 	dropHookQueue, dropHookBusy    prometheus.Counter
 	dropOversized, dropCursor      prometheus.Counter
+	dropDuplicate, filled          prometheus.Counter
 	latency                        prometheus.Observer
 	name                           string
 }
@@ -121,6 +135,8 @@ func newGatewayMetrics(name string) *gatewayMetrics {
 		dropHookBusy:  metricDropped.WithLabelValues(name, "hook_busy"),
 		dropOversized: metricDropped.WithLabelValues(name, "oversized"),
 		dropCursor:    metricDropped.WithLabelValues(name, "cursor"),
+		dropDuplicate: metricDropped.WithLabelValues(name, "duplicate"),
+		filled:        metricFilled.WithLabelValues(name),
 		latency:       metricDeliveryLatency.WithLabelValues(name),
 	}
 }

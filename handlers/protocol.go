@@ -251,11 +251,13 @@ func (c *conn) attach(t string, now time.Time) {
 	}
 	c.topics[t] = struct{}{}
 	c.nsubs.Store(int32(len(c.topics)))
-	var fill func()
 	if after, ok := c.takeResume(t, now); ok {
-		fill = c.gapFill(t, after)
+		c.g.hub.subscribe(t, c, func() { c.hold(t) })
+		c.fillResume(t, after)
+	} else {
+		c.g.baseline(t)
+		c.g.hub.subscribe(t, c, nil)
 	}
-	c.g.hub.subscribe(t, c, fill)
 	c.g.m.subscriptions.Inc()
 	c.g.presenceJoin(c, t)
 }

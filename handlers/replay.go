@@ -2,10 +2,13 @@ package handlers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
 	"time"
+
+	"go.uber.org/zap"
 
 	"github.com/caddy-realtime/realtime/extensions/bus"
 	"github.com/caddy-realtime/realtime/extensions/replay"
@@ -17,6 +20,10 @@ type replayRule struct {
 	pattern wire.Pattern
 	cfg     ReplayConfig
 	store   replay.Store
+	// local: the store is in this process (memory), stamped under the
+	// topic lock; otherwise its seqs come from a shared store and the hub
+	// orders and fills their delivery (order.go).
+	local bool
 }
 
 // storeTimeout bounds each replay store call made on a client's behalf.
@@ -36,24 +43,10 @@ func newReplayRules(cfgs []ReplayConfig, now func() time.Time) ([]*replayRule, e
 				return rules, fmt.Errorf("replay %q: %w", c.Topics, err)
 			}
 		}
-		rules = append(rules, &replayRule{pattern: wire.Pattern(c.Topics), cfg: c, store: store})
+		_, local := store.(*replay.Memory)
+		rules = append(rules, &replayRule{pattern: wire.Pattern(c.Topics), cfg: c, store: store, local: local})
 	}
 	return rules, nil
-}
-
-// busAppender returns the topic's store when it publishes through the bus
-// itself (replay.BusAppender): then every instance, this one included,
-// delivers the topic's events from the bus, in seq order.
-func (g *Gateway) busAppender(topic string) (replay.BusAppender, *replayRule) {
-	r := g.replayFor(topic)
-	if r == nil {
-		return nil, nil
-	}
-	ba, ok := r.store.(replay.BusAppender)
-	if !ok {
-		return nil, nil
-	}
-	return ba, r
 }
 
 // replayFor returns the first replay rule matching topic, or nil.
@@ -66,11 +59,13 @@ func (g *Gateway) replayFor(topic string) *replayRule {
 	return nil
 }
 
-// stamp is the hub's seq source for buffered topics: the store appends the
-// event and returns its cluster-wide seq (§5.1 rule 2).
+// stamp is the hub's seq source for topics buffered in memory: the store
+// appends the event and returns its seq (§5.1 rule 2). Shared stores are
+// appended to before the hub is involved (publishViaStores), as their
+// round trip must not run under the topic lock.
 func (g *Gateway) stamp(m *bus.Message) (bool, error) {
 	r := g.replayFor(m.Topic)
-	if r == nil {
+	if r == nil || !r.local {
 		return false, nil
 	}
 	ctx, cancel := context.WithTimeout(g.ctx, storeTimeout)
@@ -133,28 +128,34 @@ func (c *conn) takeResume(t string, now time.Time) (uint64, bool) {
 	return p.after, now.Before(p.expires)
 }
 
-// gapFill returns the function the hub runs under t's lock while attaching
-// c: it sends what c missed after `after` (§5.3 step 3), so only seq > head
-// follows live.
-func (c *conn) gapFill(t string, after uint64) func() {
+// fillResume sends what c missed on t after `after` (§5.3 step 3), c
+// having just been attached with t held (hold.go): it reads the store
+// without any hub lock, then, under t's lock, queues the notice and the
+// stored entries, and releases the held live frames above them, so only
+// seq > head follows live. A store that cannot be read gets the truncated
+// notice: the client is told it may have missed events, never nothing.
+func (c *conn) fillResume(t string, after uint64) {
 	r := c.g.replayFor(t)
-	return func() {
-		ctx, cancel := context.WithTimeout(c.g.ctx, storeTimeout)
-		defer cancel()
-		rng, err := r.store.Since(ctx, t, after)
-		if err != nil {
-			c.g.logger.Warn("resume: reading the replay store failed; the client resumes with a gap")
-			return
-		}
+	ctx, cancel := context.WithTimeout(c.g.ctx, storeTimeout)
+	rng, err := r.store.Since(ctx, t, after)
+	cancel()
+	if err != nil {
+		c.g.logger.Warn("resume: reading the replay store failed; the client is told truncated", zap.String("topic", t), zap.Error(err))
+		rng = replay.Range{Head: after, Truncated: true}
+	}
+	if rng.Truncated {
+		metricTruncated.WithLabelValues(c.g.m.name, "resume").Inc()
+	}
+	c.g.hub.locked(t, func(tp *topic) {
 		if rng.Truncated && r.cfg.TruncationNotice {
 			c.send(wire.AppendEnvelope(nil, t, "truncated", nil, 0))
 		}
 		c.sendEntries(t, rng.Entries)
-		if _, ok := r.store.(replay.BusAppender); ok {
-			// Events up to head may still be on their way through the bus.
-			c.setFloor(t, rng.Head)
+		c.release(t, max(after, rng.Head))
+		if o := &tp.order; o.on && !o.known && err == nil {
+			o.delivered, o.known = rng.Head, true
 		}
-	}
+	})
 }
 
 // sendEntries queues stored events as ordinary envelopes with their
@@ -174,8 +175,7 @@ func (c *conn) sendEntries(t string, entries []replay.Entry) {
 }
 
 // replay answers a replay request (§5.4): msg frames, then one end, on
-// __replay:<t>, never subscribing. It runs under the topic lock so live
-// events above the last replayed seq queue behind the end.
+// __replay:<t>, never subscribing.
 func (c *conn) replay(f *wire.Frame) {
 	s := c.g.settings()
 	since, sinceOK := wire.NonNegInt(f.Since)
@@ -198,40 +198,66 @@ func (c *conn) replay(f *wire.Frame) {
 		c.replayEnd(f, "")
 		return
 	}
-	c.g.hub.locked(f.Topic, func() {
-		ctx, cancel := context.WithTimeout(c.g.ctx, storeTimeout)
-		defer cancel()
-		rng, err := r.store.Since(ctx, f.Topic, since)
-		if err != nil || since >= rng.Head {
+	// Live frames of a subscribed topic wait while the store is read, so
+	// none above the last replayed seq precedes the end (§5.4).
+	_, subscribed := c.topics[f.Topic]
+	if subscribed {
+		c.g.hub.locked(f.Topic, func(*topic) { c.hold(f.Topic) })
+	}
+	ctx, cancel := context.WithTimeout(c.g.ctx, storeTimeout)
+	rng, err := r.store.Since(ctx, f.Topic, since)
+	cancel()
+	answer := func() {
+		switch {
+		case err != nil:
+			c.g.logger.Warn("replay: reading the replay store failed; the request ends truncated", zap.String("topic", f.Topic), zap.Error(err))
+			metricTruncated.WithLabelValues(c.g.m.name, "replay").Inc()
+			c.replayEnd(f, `,"truncated":true`)
+			return
+		case since == rng.Head:
 			c.replayEnd(f, "")
 			return
 		}
-		topic := wire.ReplayPrefix + f.Topic
-		frames := make([][]byte, 0, len(rng.Entries))
-		for _, e := range rng.Entries {
-			data := make([]byte, 0, 48+len(f.ReqID)+len(e.Event)+len(e.Data))
-			data = append(data, '{')
-			if f.ReqID != nil {
-				data = append(append(append(data, `"reqId":`...), f.ReqID...), ',')
-			}
-			data = append(data, `"seq":`...)
-			data = strconv.AppendUint(data, e.Seq, 10)
-			data = append(append(append(data, `,"event":"`...), e.Event...), `","data":`...)
-			if len(e.Data) == 0 {
-				data = append(data, "null"...)
-			} else {
-				data = append(data, e.Data...)
-			}
-			data = append(data, '}')
-			frames = append(frames, wire.AppendEnvelope(nil, topic, "msg", data, 0))
-		}
-		c.sendReplay(frames)
+		c.sendReplay(replayMsgFrames(f, rng.Entries))
 		if rng.Truncated {
+			metricTruncated.WithLabelValues(c.g.m.name, "replay").Inc()
 			c.replayEnd(f, `,"truncated":true`)
 		} else {
 			c.replayEnd(f, "")
 		}
+	}
+	if !subscribed {
+		answer()
+		return
+	}
+	c.g.hub.locked(f.Topic, func(*topic) {
+		answer()
+		c.release(f.Topic, 0)
 	})
+}
+
+// replayMsgFrames encodes entries as msg frames on __replay:<t> (§5.4).
+func replayMsgFrames(f *wire.Frame, entries []replay.Entry) [][]byte {
+	topic := wire.ReplayPrefix + f.Topic
+	frames := make([][]byte, 0, len(entries))
+	for _, e := range entries {
+		data := make([]byte, 0, 48+len(f.ReqID)+len(e.Event)+len(e.Data))
+		data = append(data, '{')
+		if f.ReqID != nil {
+			data = append(append(append(data, `"reqId":`...), f.ReqID...), ',')
+		}
+		data = append(data, `"seq":`...)
+		data = strconv.AppendUint(data, e.Seq, 10)
+		data = append(append(append(data, `,"event":"`...), e.Event...), `","data":`...)
+		if len(e.Data) == 0 {
+			data = append(data, "null"...)
+		} else {
+			data = append(data, e.Data...)
+		}
+		data = append(data, '}')
+		frames = append(frames, wire.AppendEnvelope(nil, topic, "msg", data, 0))
+	}
+	return frames
 }
 
 // apiReplay serves GET /replay?topic=T&since=N and DELETE /replay[?topic=T].
@@ -303,29 +329,54 @@ func (r rawOrNil) MarshalJSON() ([]byte, error) {
 	return r, nil
 }
 
-// publishViaStores sends the events of topics whose store publishes
-// through the bus (replay.BusAppender) by that store, stamping their seq in
-// msgs. It returns the other events for local delivery and relay, with
-// their positions in msgs. Events sent by a store reach this instance's
-// subscribers back through the bus, in seq order.
+// publishViaStores appends the events of topics with a shared replay store
+// (order.go), outside every lock, stamping their seq in msgs. A store that
+// publishes on the bus itself (replay.BusAppender) sends each event to
+// every instance, this one included; the other events are delivered here in
+// seq order and relayed. It returns the remaining events (no store, or a
+// memory store) for the hub, with their positions in msgs. On a store
+// error the events before the failing one are out; the rest are not.
 func (g *Gateway) publishViaStores(ctx context.Context, msgs []bus.Message, unstamped []bool) (rest []bus.Message, restUnstamped []bool, pos []int, err error) {
-	if !g.ext.busStores {
+	if !g.ext.shared {
 		return msgs, unstamped, nil, nil
 	}
+	var relay []bus.Message
+	defer func() {
+		if len(relay) > 0 {
+			if rerr := g.bus.Publish(ctx, relay); rerr != nil {
+				g.logger.Warn("relaying a publish to other instances failed; local subscribers got it", zap.Error(rerr))
+			}
+		}
+	}()
 	for i := range msgs {
 		m := &msgs[i]
-		ba, _ := g.busAppender(m.Topic)
-		if ba == nil {
+		r := g.orderedRule(m.Topic)
+		if r == nil {
 			rest = append(rest, *m)
 			restUnstamped = append(restUnstamped, noSeq(unstamped, i))
 			pos = append(pos, i)
 			continue
 		}
-		seq, aerr := ba.AppendAndPublish(ctx, m.Topic, m.Event, m.Data)
+		if ba, ok := r.store.(replay.BusAppender); ok {
+			seq, aerr := ba.AppendAndPublish(ctx, m.Topic, m.Event, m.Data)
+			if aerr != nil && !(seq > 0 && errors.Is(aerr, replay.ErrUnpublished)) {
+				return rest, restUnstamped, pos, aerr
+			}
+			if aerr != nil {
+				// Stored: the instances fill it from the store when the
+				// bus is back (order.go), so the publish succeeded.
+				g.logger.Warn("publish: the event is stored but the bus did not take it; subscribers get it once the bus is back", zap.String("topic", m.Topic), zap.Error(aerr))
+			}
+			m.Seq = seq
+			continue
+		}
+		seq, aerr := r.store.Append(ctx, m.Topic, m.Event, m.Data)
 		if aerr != nil {
 			return rest, restUnstamped, pos, aerr
 		}
 		m.Seq = seq
+		g.deliverOrdered(m, g.now())
+		relay = append(relay, *m)
 	}
 	return rest, restUnstamped, pos, nil
 }

@@ -108,6 +108,16 @@ type RedisConfig struct {
 	// not block. Default: nil.
 	OnHealth func(healthy bool)
 
+	// OnResync is called when units may have been missed: each time the
+	// subscription is confirmed (the first time too: a bus started
+	// unreachable may already have subscribers to serve), after a
+	// reconnection or a restart,
+	// and when a received unit was dropped because the Handler fell
+	// behind. Units published in between are lost for this instance; a
+	// gateway compares the topics it delivers with their replay stores
+	// then (PROTOCOL.md §5.1 rule 7). It must not block. Default: nil.
+	OnResync func()
+
 	// StartUnreachable makes NewRedis return a bus whose first subscription
 	// was not confirmed within Timeout instead of failing: it starts
 	// unhealthy (OnHealth(false) is called before NewRedis returns) and
@@ -171,6 +181,7 @@ type Redis struct {
 	opts         EnvelopeOptions
 	handler      Handler
 	onHealth     func(bool)
+	onResync     func()
 	onError      func(error)
 	queueSize    int
 	queueBytes   int
@@ -241,6 +252,7 @@ func NewRedis(client rueidis.Client, cfg RedisConfig) (*Redis, error) {
 		opts:       cfg.EnvelopeOptions,
 		handler:    cfg.Handler,
 		onHealth:   cfg.OnHealth,
+		onResync:   cfg.OnResync,
 		onError:    cfg.OnError,
 		queueSize:  positiveOr(cfg.QueueSize, DefaultQueueSize),
 		queueBytes: positiveOr(cfg.QueueBytes, DefaultQueueBytes),
@@ -259,6 +271,9 @@ func NewRedis(client rueidis.Client, cfg RedisConfig) (*Redis, error) {
 	}
 	if r.onError == nil {
 		r.onError = func(error) {}
+	}
+	if r.onResync == nil {
+		r.onResync = func() {}
 	}
 	r.probeChannel = r.channel + ":probe:" + r.id
 	r.ownPrefix = string(append(appendString([]byte(`{"instanceId":`), r.id), ','))
@@ -483,6 +498,7 @@ func (r *Redis) restartSubscription() {
 func (r *Redis) onSubscription(s rueidis.PubSubSubscription) {
 	if s.Kind == "subscribe" && s.Channel == r.channel {
 		r.subscribed.Add(1)
+		r.onResync()
 		r.subOnce.Do(func() { close(r.firstSub) })
 	}
 }
@@ -526,6 +542,7 @@ func (r *Redis) onMessage(m rueidis.PubSubMessage) {
 	case r.deliveries <- msgs:
 	default:
 		r.dropped.Add(1)
+		r.onResync()
 	}
 }
 

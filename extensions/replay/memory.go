@@ -16,9 +16,10 @@ import (
 const memoryShards = 64
 
 // Memory is the in-process Store, for a gateway running alone: counters
-// live and die with the process, so seqs start again at 1 after a restart,
-// which clients see as a reset of every counter (PROTOCOL.md §5.1 rule 6
-// holds for the life of the store).
+// live and die with the process. A restarted gateway gives the new store a
+// Config.Base above every seq of the last one (ClockBase), so seqs never go
+// backwards across the restart; clients resuming are told their history was
+// truncated (PROTOCOL.md §5.2).
 //
 // Each topic has a ring of at most Config.Size entries: once full, an
 // Append overwrites the oldest slot, so it allocates nothing but its copy
@@ -35,6 +36,7 @@ const memoryShards = 64
 // must not modify them (the gateway only encodes them into frames).
 type Memory struct {
 	size  int
+	base  uint64
 	ttl   time.Duration
 	now   func() time.Time
 	epoch time.Time // times are kept as offsets from it, 8 bytes each
@@ -65,7 +67,7 @@ var _ Store = (*Memory)(nil)
 // construction and on every Append and Since when cfg.TTL is set.
 func NewMemory(cfg Config) *Memory {
 	cfg = cfg.WithDefaults()
-	m := &Memory{size: cfg.Size, ttl: cfg.TTL, now: cfg.Now, epoch: cfg.Now(), seed: maphash.MakeSeed()}
+	m := &Memory{size: cfg.Size, base: cfg.Base, ttl: cfg.TTL, now: cfg.Now, epoch: cfg.Now(), seed: maphash.MakeSeed()}
 	for i := range m.shards {
 		m.shards[i].topics = make(map[string]*ring)
 	}
@@ -99,7 +101,7 @@ func (m *Memory) Append(ctx context.Context, topic, event string, data json.RawM
 	defer sh.mu.Unlock()
 	r := sh.topics[topic]
 	if r == nil {
-		r = new(ring)
+		r = &ring{head: m.base}
 		// The map holds the key as long as the store lives: a topic sliced
 		// from a larger string must not pin that string.
 		sh.topics[strings.Clone(topic)] = r
@@ -142,7 +144,7 @@ func (m *Memory) Since(ctx context.Context, topic string, after uint64) (Range, 
 	defer sh.mu.RUnlock()
 	r := sh.topics[topic]
 	if r == nil {
-		return Range{}, nil
+		return Range{Truncated: !Covers(after, 0, 0)}, nil
 	}
 	entries := r.entries
 	if r.expired(now, m.ttl) {

@@ -331,11 +331,13 @@ func (s *Postgres) append(ctx context.Context, q interface {
 }
 
 // PostgresOnBus is a Postgres store whose appends are also published on a
-// bus, in seq order, from inside the append's transaction (see
-// AppendThen): every instance, the appending one included, then receives a
-// topic's events in seq order, as with the Redis store's one script.
-// Without it two instances appending at once relay their events in either
-// order.
+// bus: every instance, the appending one included, then receives a topic's
+// events from the bus. It publishes after the commit, so the bus never
+// carries an event the store does not hold (a commit that fails after a
+// publish would have sent a seq that is then given to another event).
+// Concurrent appends of one topic may reach the bus out of seq order; the
+// receiving gateway puts them back in order and fills what it did not
+// receive from the store (PROTOCOL.md §5.1 rule 7).
 type PostgresOnBus struct {
 	*Postgres
 	publish func(ctx context.Context, envelope []byte) error
@@ -350,17 +352,21 @@ func NewPostgresOnBus(store *Postgres, publish func(ctx context.Context, envelop
 }
 
 // AppendAndPublish implements BusAppender. topic and event must be valid on
-// the wire (they are spliced unescaped) and data valid JSON.
+// the wire (they are spliced unescaped) and data valid JSON. When the
+// event is stored but the publish fails, it returns the seq with an error
+// wrapping ErrUnpublished.
 func (s *PostgresOnBus) AppendAndPublish(ctx context.Context, topic, event string, data json.RawMessage) (uint64, error) {
 	if !wire.ValidTopic(topic, true) || !wire.ValidEvent(event) {
 		return 0, fmt.Errorf("replay: publishing to %q: topic or event not valid on the wire", topic)
 	}
-	return s.AppendThen(ctx, topic, event, data, func(seq uint64) error {
-		if err := s.publish(ctx, StoreEnvelope(topic, event, data, seq)); err != nil {
-			return fmt.Errorf("replay: publishing %q on the bus: %w", topic, err)
-		}
-		return nil
-	})
+	seq, err := s.Append(ctx, topic, event, data)
+	if err != nil {
+		return 0, err
+	}
+	if err := s.publish(ctx, StoreEnvelope(topic, event, data, seq)); err != nil {
+		return seq, fmt.Errorf("replay: publishing %q seq %d on the bus: %w: %w", topic, seq, ErrUnpublished, err)
+	}
+	return seq, nil
 }
 
 // StoreEnvelope is the bus envelope of a stored event, as the Redis store's

@@ -292,18 +292,20 @@ func TestPostgresExpiredEntriesStayExpired(t *testing.T) {
 	}
 }
 
-// PostgresOnBus publishes from inside the append's transaction: with many
-// appends of one topic at once, the bus receives them in seq order (what
-// lets every instance deliver a topic's events in order), and an append
-// whose publish fails takes no seq.
-func TestPostgresOnBusPublishesInSeqOrder(t *testing.T) {
+// PostgresOnBus publishes after the commit: the bus never carries an
+// event the store does not hold, each seq goes out once, and an append
+// whose publish fails keeps its seq and says so with ErrUnpublished (the
+// gateways fill it from the store once the bus is back).
+func TestPostgresOnBusPublishesOnlyStoredEvents(t *testing.T) {
 	store, _, _ := newPostgresStore(t, PostgresConfig{})
 	var (
-		mu   sync.Mutex
-		got  []uint64
-		fail atomic.Bool
+		mu       sync.Mutex
+		got      []uint64
+		fail     atomic.Bool
+		unstored atomic.Int32
 	)
-	s := NewPostgresOnBus(store, func(ctx context.Context, env []byte) error {
+	var s *PostgresOnBus
+	s = NewPostgresOnBus(store, func(ctx context.Context, env []byte) error {
 		if fail.Load() {
 			return errors.New("bus down")
 		}
@@ -313,6 +315,9 @@ func TestPostgresOnBusPublishesInSeqOrder(t *testing.T) {
 		}
 		if err := json.Unmarshal(env, &e); err != nil || e.InstanceID != "replay" {
 			return fmt.Errorf("envelope %s", env)
+		}
+		if h, err := s.Head(ctx, "t"); err != nil || h < e.Seq {
+			unstored.Add(1)
 		}
 		mu.Lock()
 		got = append(got, e.Seq)
@@ -332,20 +337,25 @@ func TestPostgresOnBusPublishesInSeqOrder(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	slices.Sort(got)
 	for i, seq := range got {
-		if seq != uint64(i+1) {
-			t.Fatalf("the bus got seqs %v, want 1..40 in order", got)
+		if seq != uint64(i+1) || len(got) != 40 {
+			t.Fatalf("the bus got seqs %v, want 1..40 once each", got)
 		}
 	}
+	if n := unstored.Load(); n > 0 {
+		t.Fatalf("%d events reached the bus before the store held them", n)
+	}
 	fail.Store(true)
-	if _, err := s.AppendAndPublish(ctx, "t", "e", nil); err == nil {
-		t.Fatal("an append whose publish failed succeeded")
+	seq, err := s.AppendAndPublish(ctx, "t", "e", nil)
+	if !errors.Is(err, ErrUnpublished) || seq != 41 {
+		t.Fatalf("an append whose publish failed: seq %d, %v; want 41 and ErrUnpublished", seq, err)
 	}
 	fail.Store(false)
-	if seq, err := s.AppendAndPublish(ctx, "t", "e", nil); err != nil || seq != 41 {
-		t.Fatalf("after a failed publish: seq %d, %v; want 41 (the failed append took none)", seq, err)
+	if seq, err := s.AppendAndPublish(ctx, "t", "e", nil); err != nil || seq != 42 {
+		t.Fatalf("after a failed publish: seq %d, %v; want 42", seq, err)
 	}
-	if r, err := s.Since(ctx, "t", 39); err != nil || len(r.Entries) != 2 || r.Entries[1].Seq != 41 {
-		t.Fatalf("Since(39) = %+v, %v; want seqs 40 and 41", r, err)
+	if r, err := s.Since(ctx, "t", 40); err != nil || len(r.Entries) != 2 || r.Entries[0].Seq != 41 || r.Entries[1].Seq != 42 {
+		t.Fatalf("Since(40) = %+v, %v; want seqs 41 and 42", r, err)
 	}
 }

@@ -56,8 +56,12 @@ type RedisConfig struct {
 // Redis is the Store shared by every instance of a cluster, on one Redis
 // server or Redis Cluster. A topic has two keys sharing a hash slot:
 //
-//	<prefix>replay:{<topic>}:seq  the counter, a string; it never expires
-//	<prefix>replay:{<topic>}:buf  the buffer, a sorted set scored by seq
+//	<prefix>rt:replay:{<topic>}:seq  the counter, a string; it never expires
+//	<prefix>rt:replay:{<topic>}:buf  the buffer, a sorted set scored by seq
+//
+// The keys stay out of the reference package's replay:* pattern, which its
+// clear() deletes: a Node app of that package sharing the server must not
+// wipe the gateway's counters.
 //
 // Each buffer member is "<seq> <len(event)> <event><data>", unique per seq,
 // from which event and data come back byte for byte. One Lua script
@@ -65,7 +69,9 @@ type RedisConfig struct {
 // AppendAndPublish, PUBLISH), so an Append is one round trip and atomic;
 // one read-only script reads Since's snapshot. The counter outlives the
 // buffer's TTL and Clear, so a resume across them is reported truncated
-// (Covers).
+// (Covers). The store remembers the highest seq it saw per topic (its
+// appends and Observe) and passes it to the script, which continues above
+// it, by LossMargin, when the counter is behind: the server lost data.
 //
 // Every call sends one or a few commands with the caller's ctx and no
 // other deadline: callers must give ctx a deadline, or a call made during
@@ -77,6 +83,7 @@ type Redis struct {
 	size    string // ARGV of the append script
 	ttl     string
 	channel string
+	seen    *seen
 }
 
 // NewRedis returns a store on client configured by cfg (zero fields take
@@ -103,6 +110,7 @@ func NewRedis(client rueidis.Client, cfg RedisConfig) (*Redis, error) {
 		size:    strconv.Itoa(c.Size),
 		ttl:     strconv.FormatInt(ttl, 10),
 		channel: cfg.Channel,
+		seen:    newSeen(),
 	}, nil
 }
 
@@ -111,7 +119,7 @@ func NewRedis(client rueidis.Client, cfg RedisConfig) (*Redis, error) {
 // both, so they still share it. Keys of distinct topics never collide: the
 // topic is followed by "}:seq" or "}:buf" in every key.
 func (s *Redis) keys(topic string) []string {
-	base := s.prefix + "replay:{" + topic + "}:"
+	base := s.prefix + "rt:replay:{" + topic + "}:"
 	return []string{base + "seq", base + "buf"}
 }
 
@@ -160,12 +168,19 @@ func (s *Redis) append(ctx context.Context, topic, event string, data json.RawMe
 	// is safe even if rueidis writes the command after ctx ended.
 	seq, err := appendScript.Exec(ctx, s.client, s.keys(topic), []string{
 		s.size, s.ttl, rueidis.BinaryString(member), strconv.Itoa(dataAt), channel, head,
+		strconv.FormatUint(s.seen.get(topic), 10), lossMargin,
 	}).AsUint64()
 	if err != nil {
 		return 0, fmt.Errorf("replay: appending to %q: %w", topic, err)
 	}
+	s.seen.note(topic, seq)
 	return seq, nil
 }
+
+var lossMargin = strconv.Itoa(LossMargin)
+
+// Observe implements Observer.
+func (s *Redis) Observe(topic string, seq uint64) { s.seen.note(topic, seq) }
 
 // Head implements Store with one GET of the counter.
 func (s *Redis) Head(ctx context.Context, topic string) (uint64, error) {
@@ -277,15 +292,18 @@ func (s *Redis) Clear(ctx context.Context, topic string) error {
 	return nil
 }
 
-// ClearAll implements Store: it SCANs every node for keys under
-// <prefix>replay: and unlinks them, one pipelined round trip per SCAN page
+// ClearAll implements Store, and forgets the seqs this store saw, so its
+// counters start again at 1. Other instances that saw a topic's seqs
+// continue above them on their next append, as after any loss. It SCANs every node for keys under
+// <prefix>rt:replay: and unlinks them, one pipelined round trip per SCAN page
 // and one UNLINK per key, so no command spans two Cluster slots. It is not
 // atomic: an Append running meanwhile may survive it.
 func (s *Redis) ClearAll(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	match := escapeGlob(s.prefix) + "replay:*"
+	s.seen.reset()
+	match := escapeGlob(s.prefix) + "rt:replay:*"
 	for addr, node := range s.client.Nodes() {
 		var cursor uint64
 		for {
@@ -332,4 +350,5 @@ func escapeGlob(s string) string {
 var (
 	_ Store       = (*Redis)(nil)
 	_ BusAppender = (*Redis)(nil)
+	_ Observer    = (*Redis)(nil)
 )

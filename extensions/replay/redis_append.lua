@@ -7,7 +7,24 @@
 -- ARGV[4] where data starts in ARGV[3], 1-based
 -- ARGV[5] the bus channel to publish the event on; "": do not publish
 -- ARGV[6] the bus envelope up to its data: {"instanceId":"replay",...,"data":
+-- ARGV[7] the highest seq the caller saw issued for the topic; 0: none
+-- ARGV[8] the loss margin
 -- Returns the seq.
+local seen = tonumber(ARGV[7])
+if seen > 0 then
+	local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+	if cur < seen then
+		-- The counter is behind a seq that was issued: the server lost data
+		-- (a restart without persistence, a flush, a failover to a replica
+		-- that lagged, a deleted key). Continue above every seq issued
+		-- before, with a margin for those the caller has not seen, and drop
+		-- what the buffer holds of the counter's second life: those seqs
+		-- name other events than the clients saw.
+		cur = seen + tonumber(ARGV[8])
+		redis.call('SET', KEYS[1], string.format('%d', cur))
+		redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', cur)
+	end
+end
 local seq = redis.call('INCR', KEYS[1])
 -- %d: concatenating the number itself would print 1e+14 from 10^14 on.
 local s = string.format('%d', seq)

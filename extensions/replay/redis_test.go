@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"path"
 	"slices"
 	"sync"
 	"testing"
@@ -53,7 +54,7 @@ func TestNewRedisRefusesBadConfig(t *testing.T) {
 
 func TestRedisKeysShareTheTopicsHashTag(t *testing.T) {
 	s := &Redis{prefix: "p:"}
-	if got, want := s.keys("chat:1"), []string{"p:replay:{chat:1}:seq", "p:replay:{chat:1}:buf"}; !slices.Equal(got, want) {
+	if got, want := s.keys("chat:1"), []string{"p:rt:replay:{chat:1}:seq", "p:rt:replay:{chat:1}:buf"}; !slices.Equal(got, want) {
 		t.Fatalf("keys = %q, want %q", got, want)
 	}
 }
@@ -368,5 +369,74 @@ func BenchmarkRedisAppend(b *testing.B) {
 			})
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "appends/s")
 		})
+	}
+}
+
+// A Redis that lost its data (restarted without persistence, flushed,
+// failed over to a replica that lagged) must not issue a seq a second time:
+// an instance that saw seq 5 continues above it, and a reader asking after
+// 5 is told it was truncated (PROTOCOL.md §5.2).
+func TestRedisSeqsSurviveALossOfTheData(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		lose func(t *testing.T, client rueidis.Client, keys []string)
+	}{
+		{"the keys are gone", func(t *testing.T, client rueidis.Client, keys []string) {
+			if err := client.Do(context.Background(), client.B().Del().Key(keys...).Build()).Error(); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"the counter went back", func(t *testing.T, client rueidis.Client, keys []string) {
+			if err := client.Do(context.Background(), client.B().Set().Key(keys[0]).Value("3").Build()).Error(); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s1, client, prefix := newRedisStore(t, RedisConfig{})
+			// Another instance on its own client, which only received seq 5
+			// on the bus.
+			s2, err := NewRedis(testsvc.Connect(t, testsvc.RedisAddr()), RedisConfig{KeyPrefix: prefix})
+			if err != nil {
+				t.Fatal(err)
+			}
+			topic := uniqueTopic("loss")
+			appendN(t, s1, topic, 5)
+			s2.Observe(topic, 5)
+			tc.lose(t, client, s1.keys(topic))
+
+			first := mustAppend(t, s2, topic, "e", dataFor(6))
+			if want := uint64(5 + LossMargin + 1); first != want {
+				t.Fatalf("first seq after the loss = %d, want %d (5 + LossMargin + 1)", first, want)
+			}
+			if seq := mustAppend(t, s1, topic, "e", dataFor(7)); seq != first+1 {
+				t.Fatalf("next seq = %d, want %d", seq, first+1)
+			}
+			rg := mustSince(t, s1, topic, 5)
+			if !rg.Truncated || rg.Head != first+1 || len(rg.Entries) != 2 || rg.Entries[0].Seq != first {
+				t.Fatalf("Since(5) after the loss = %+v, want truncated, head %d, the two new entries", rg, first+1)
+			}
+			// A store that never saw the topic follows the raised counter.
+			s3, err := NewRedis(testsvc.Connect(t, testsvc.RedisAddr()), RedisConfig{KeyPrefix: prefix})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if seq := mustAppend(t, s3, topic, "e", dataFor(8)); seq != first+2 {
+				t.Fatalf("seq from a fresh instance = %d, want %d", seq, first+2)
+			}
+		})
+	}
+}
+
+// The reference Node package's replay.clear() deletes replay:* keys: the
+// gateway's keys must not match that pattern, prefix or not.
+func TestRedisKeysAreOutOfTheReferencePackagesPattern(t *testing.T) {
+	for _, prefix := range []string{"", "app:"} {
+		s := &Redis{prefix: prefix}
+		for _, k := range s.keys("chat") {
+			if ok, _ := path.Match("replay:*", k); ok {
+				t.Errorf("key %q matches replay:*", k)
+			}
+		}
 	}
 }

@@ -18,21 +18,23 @@
 //
 // # Backends
 //
-// Planned beside this file: memory (one instance; counters live and die
-// with the process), Redis (a sorted set and a counter per topic, written
-// by one Lua script) and Postgres (durable rows, written by one
-// statement). Each will run one conformance suite.
+// Beside this file: memory (one instance; counters live with the process),
+// Redis (a sorted set and a counter per topic, written by one Lua script)
+// and Postgres (durable rows, written by one statement). Each runs the
+// conformance suite of replay_test.go.
 //
 // # Errors
 //
-// Every error is a backend failure (unreachable, timed out, or ctx's). No
-// sentinel is exported because callers do not branch: whatever fails, the
-// gateway keeps live delivery going and answers the API with 503.
+// Every error is a backend failure (unreachable, timed out, or ctx's):
+// whatever fails, the gateway keeps live delivery going and answers the
+// API with 503. The one sentinel, ErrUnpublished, marks an event that was
+// stored although its publish failed.
 package replay
 
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"time"
 )
 
@@ -65,14 +67,19 @@ type Range struct {
 
 // Covers reports whether a buffer whose oldest retained seq is oldest (0:
 // empty) covers the gap (after, head], as PROTOCOL.md §5.2 defines it: when
-// head ≤ after, or when the buffer is non-empty and oldest ≤ after+1.
+// head = after, or when the buffer is non-empty and oldest ≤ after+1.
 // Otherwise the gap is truncated. An empty buffer behind an advanced
 // counter does not cover, the case where the reference package lost
-// messages silently (extensions-study.md L-17). Every backend decides
-// Range.Truncated with it, so they agree.
+// messages silently (extensions-study.md L-17). Neither does a head below
+// after: a client can only hold a seq the store never reached if the store
+// lost its history, and what it missed since is unknown. Every backend
+// decides Range.Truncated with it, so they agree.
 func Covers(after, head, oldest uint64) bool {
-	if head <= after {
+	switch {
+	case head == after:
 		return true
+	case head < after:
+		return false
 	}
 	return oldest != 0 && oldest <= after+1
 }
@@ -95,7 +102,7 @@ type Store interface {
 
 	// Since returns the buffered entries with seq > after, with the head
 	// and the truncation flag of the same snapshot. after ≥ head returns no
-	// entries and is never truncated.
+	// entries; after > head is truncated (Covers).
 	Since(ctx context.Context, topic string, after uint64) (Range, error)
 
 	// Clear drops the topic's buffered entries but keeps its counter, so
@@ -110,13 +117,42 @@ type Store interface {
 	ClearAll(ctx context.Context) error
 }
 
-// BusAppender is implemented by stores that publish the event to the bus in the same atomic step that
-// assigns its seq, so every instance receives a buffered topic's events in seq order (PROTOCOL.md §5.1 rule 6)
-// no matter how instances interleave. The event then reaches every instance, the appending one included,
-// through the bus only: the caller must not deliver it locally.
+// BusAppender is implemented by stores that publish each appended event on
+// the bus themselves: every instance, the appending one included, then
+// receives a buffered topic's events from the bus only, and the caller
+// must not deliver them locally. The Redis store stores and publishes in
+// one atomic script, so the bus carries a topic's events in seq order; a
+// Postgres store publishes after its commit, so concurrent appends may
+// arrive out of order. Either way a receiver that sees a seq skip fills
+// it from the store (PROTOCOL.md §5.1 rule 7). An error wrapping
+// ErrUnpublished comes with the seq of an event that was stored.
 type BusAppender interface {
 	AppendAndPublish(ctx context.Context, topic, event string, data json.RawMessage) (uint64, error)
 }
+
+// Observer is implemented by shared stores (Redis, Postgres) that remember
+// the seqs they have seen issued, so that their counters survive a loss of
+// the store's data: after a restart without persistence, a flush, a
+// failover to a replica that lagged or a deleted key, the next Append
+// continues LossMargin above the highest seq this process saw instead of
+// issuing seqs a second time (PROTOCOL.md §5.2). A store sees its own
+// Appends; the gateway reports through Observe the seqs that other
+// instances appended and it received on the bus. Observe never blocks.
+type Observer interface {
+	Observe(topic string, seq uint64)
+}
+
+// LossMargin is how far above the highest seq it saw a shared store's
+// counter continues after a loss of its data. Other instances may have
+// issued seqs this process had not received yet when the data was lost;
+// the margin keeps the new seqs above them. The skipped seqs never name an
+// event: readers report them truncated.
+const LossMargin = 1000
+
+// ErrUnpublished means AppendAndPublish stored the event under the seq it
+// returned but could not publish it on the bus. The event is not lost: the
+// gateways fill it from the store when the bus is back.
+var ErrUnpublished = errors.New("stored but not published")
 
 // DefaultSize is the default Config.Size (PROTOCOL.md §8).
 const DefaultSize = 1000
@@ -134,10 +170,34 @@ type Config struct {
 	// truncated. Default: 0, entries never expire.
 	TTL time.Duration
 
+	// Base is where a memory store's counters start: a topic's first seq
+	// is Base+1. A gateway restarted on the same machine passes ClockBase,
+	// so the seqs of its new life stay above those of its last one
+	// (PROTOCOL.md §5.2). Redis and Postgres ignore it: their counters
+	// outlive the process. Default: 0.
+	Base uint64
+
 	// Now is the clock for TTL in the memory backend; Redis and Postgres
 	// use the server's clock so instances with skewed clocks agree.
 	// Default: time.Now.
 	Now func() time.Time
+}
+
+// clockEpoch is where ClockBase counts from.
+var clockEpoch = time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// ClockBase is a counter base derived from the clock: the microseconds
+// since 2024-01-01 UTC. Counters restarted from it continue above every seq
+// issued since an earlier ClockBase, as long as a topic averaged fewer than
+// a million appends per second in between (the Redis store does about
+// 130 000 a second on one core). It stays below 2^53 − 1, the largest
+// integer a JavaScript client holds exactly, until the year 2309.
+func ClockBase(now time.Time) uint64 {
+	d := now.Sub(clockEpoch)
+	if d <= 0 {
+		return 0
+	}
+	return uint64(d / time.Microsecond)
 }
 
 // WithDefaults returns c with every zero field set to its default.

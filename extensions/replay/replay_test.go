@@ -23,7 +23,7 @@ func TestCovers(t *testing.T) {
 	}{
 		{"nothing published yet", 0, 0, 0, true},
 		{"the client is at the head", 5, 5, 3, true},
-		{"the client is ahead of the head", 9, 5, 3, true},
+		{"the client is ahead of the head: the store lost its history", 9, 5, 3, false},
 		{"the client is at the head of a cleared buffer", 5, 5, 0, true},
 		{"the whole history is buffered", 0, 5, 1, true},
 		{"the next seq is the oldest buffered", 4, 9, 5, true},
@@ -73,7 +73,9 @@ func testStore(t *testing.T, newStore storeFactory) {
 			t.Fatalf("Head = %d, want 0", h)
 		}
 		expectRange(t, mustSince(t, s, topic, 0), 0, false, 1, 0)
-		expectRange(t, mustSince(t, s, topic, 7), 0, false, 1, 0)
+		// A client holding seq 7 of a topic the store has no head for saw
+		// history the store lost (PROTOCOL.md §5.2).
+		expectRange(t, mustSince(t, s, topic, 7), 0, true, 1, 0)
 	})
 
 	t.Run("seqs start at 1 and are contiguous", func(t *testing.T) {
@@ -190,7 +192,8 @@ func testStore(t *testing.T, newStore storeFactory) {
 		topic := uniqueTopic("since")
 		appendN(t, s, topic, 10)
 		for after := uint64(0); after <= 12; after++ {
-			expectRange(t, mustSince(t, s, topic, after), 10, false, after+1, 10)
+			// Beyond the head is truncated: the store lost what the client saw.
+			expectRange(t, mustSince(t, s, topic, after), 10, after > 10, after+1, 10)
 		}
 	})
 
@@ -211,7 +214,7 @@ func testStore(t *testing.T, newStore storeFactory) {
 			{"the gap starts inside the buffer", 5, 12, 8, 9, 12, 12, false},
 			{"one entry missed", 5, 12, 11, 12, 12, 12, false},
 			{"the client is at the head", 5, 12, 12, 13, 12, 12, false},
-			{"the client is ahead of the head", 5, 12, 30, 31, 12, 12, false},
+			{"the client is ahead of the head: the store lost its history", 5, 12, 30, 31, 12, 12, true},
 			{"a buffer of one keeps the newest", 1, 3, 0, 3, 3, 3, true},
 			{"a buffer of one covers the seq before its entry", 1, 3, 2, 3, 3, 3, false},
 			{"the default Size keeps 1000", 0, 1003, 3, 4, 1003, 1003, false},
