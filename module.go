@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -794,7 +795,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		sum := sha256.Sum256([]byte(app.notifyDSN))
 		h.key += ":" + hex.EncodeToString(sum[:8])
 	}
-	opts := handlers.Options{Logger: logger, InstanceID: app.InstanceID}
+	opts := handlers.Options{Logger: logger, InstanceID: app.InstanceID, StateDir: filepath.Join(caddy.AppDataDir(), "realtime")}
 	if app.redis != nil {
 		client, rc := app.redis, app.Redis
 		channel := rc.Channel

@@ -50,6 +50,12 @@ type Options struct {
 	// this instance (nothing to relay).
 	NewBus func(hooks BusHooks) (bus.Bus, error)
 
+	// StateDir is where the gateway keeps what it must remember across a
+	// restart of the process: a marker that tells a memory replay store's
+	// restart from its first start (see memoryBase). Default: "", memory
+	// stores count from 1 on every start.
+	StateDir string
+
 	// BusName names the bus backend in GET /health. Default: memory.
 	BusName string
 
@@ -109,6 +115,8 @@ type Gateway struct {
 	events   eventPoster
 	notify   []*notifyBridge // PostgreSQL NOTIFY channels (notify.go); fixed for the gateway's life
 
+	memoryBase uint64 // where memory replay stores count from (memoryBase)
+
 	fillSem   chan struct{} // bounds the live fills reading stores at once (order.go)
 	resyncSig chan struct{} // the bus may have missed units (order.go)
 }
@@ -167,7 +175,7 @@ func (e *extensions) sweep(now time.Time) {
 func newExtensions(cfg Config, b Backends, g *Gateway) (*extensions, error) {
 	e := &extensions{}
 	var err error
-	e.replay, err = newReplayRules(cfg.Replay, cfg.Now)
+	e.replay, err = newReplayRules(cfg.Replay, cfg.Now, g.memoryBase)
 	if err == nil {
 		e.presence, err = newPresenceRules(cfg.Presence, b, cfg.Now, g.presenceRemote)
 	}
@@ -224,6 +232,9 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 		started:  cfg.Now(),
 	}
 	g.conns.init()
+	if hasMemoryReplay(cfg.Replay) {
+		g.memoryBase = memoryBase(opts.StateDir, cfg.Name, time.Now())
+	}
 	g.closed = make(chan struct{})
 	g.cfg.Store(newSettings(cfg))
 	// Before the extensions: their loops may call back into the hub as

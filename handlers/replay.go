@@ -3,6 +3,9 @@ package handlers
 import (
 	"context"
 	"errors"
+	"net/url"
+	"os"
+	"path/filepath"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -26,16 +29,37 @@ type replayRule struct {
 	local bool
 }
 
+// memoryBase is where this start's memory replay stores count from
+// (replay.Config.Base): 0 on a gateway's first start in stateDir, so a new
+// deployment's seqs start at 1, and replay.ClockBase on every later start,
+// so a restarted gateway never issues a seq its clients saw from the last
+// one (PROTOCOL.md §5.2). The marker is one empty file per gateway name.
+// Without a stateDir, or when the marker cannot be written, it is the
+// clock base: the safe side.
+func memoryBase(stateDir, name string, now time.Time) uint64 {
+	if stateDir == "" {
+		return 0
+	}
+	marker := filepath.Join(stateDir, "started-"+url.PathEscape(name))
+	if _, err := os.Stat(marker); err == nil {
+		return replay.ClockBase(now)
+	}
+	if os.MkdirAll(stateDir, 0o700) != nil || os.WriteFile(marker, nil, 0o600) != nil {
+		return replay.ClockBase(now)
+	}
+	return 0
+}
+
 // storeTimeout bounds each replay store call made on a client's behalf.
 const storeTimeout = 5 * time.Second
 
 // pendingResumeTTL is how long a resume entry waits for its subscribe (§8).
 const pendingResumeTTL = 10 * time.Second
 
-func newReplayRules(cfgs []ReplayConfig, now func() time.Time) ([]*replayRule, error) {
+func newReplayRules(cfgs []ReplayConfig, now func() time.Time, memoryBase uint64) ([]*replayRule, error) {
 	rules := make([]*replayRule, 0, len(cfgs))
 	for _, c := range cfgs {
-		rc := replay.Config{Size: c.Size, TTL: c.TTL, Now: now}
+		rc := replay.Config{Size: c.Size, TTL: c.TTL, Now: now, Base: memoryBase}
 		var store replay.Store = replay.NewMemory(rc)
 		if c.NewStore != nil {
 			var err error
@@ -379,4 +403,14 @@ func (g *Gateway) publishViaStores(ctx context.Context, msgs []bus.Message, unst
 		relay = append(relay, *m)
 	}
 	return rest, restUnstamped, pos, nil
+}
+
+// hasMemoryReplay reports whether a replay rule keeps its buffer in memory.
+func hasMemoryReplay(cfgs []ReplayConfig) bool {
+	for _, c := range cfgs {
+		if c.NewStore == nil {
+			return true
+		}
+	}
+	return false
 }
