@@ -73,6 +73,7 @@ type Postgres struct {
 	table string
 	size  int64
 	ttlUS int64 // TTL in microseconds, 0: none
+	seen  *seen // the highest seq seen per topic (Observer)
 
 	appendSQL, headSQL, sinceSQL, clearSQL, clearAllSQL, cleanupSQL string
 
@@ -122,7 +123,7 @@ func NewPostgres(pool *pgxpool.Pool, cfg PostgresConfig) (*Postgres, error) {
 		}
 	}
 	c := cfg.Config.WithDefaults()
-	s := &Postgres{pool: pool, table: table, size: int64(c.Size)}
+	s := &Postgres{pool: pool, table: table, size: int64(c.Size), seen: newSeen()}
 	if c.TTL > 0 {
 		s.ttlUS = max(1, c.TTL.Microseconds())
 	}
@@ -139,7 +140,9 @@ func NewPostgres(pool *pgxpool.Pool, cfg PostgresConfig) (*Postgres, error) {
 	idleIndex := pgx.Identifier{name + "_seq_idle"}.Sanitize()
 
 	// $1 topic, $2 event, $3 data (NULL for nil), $4 size, $5 TTL in µs (0:
-	// none). The counter update locks the topic's row until commit, so the
+	// none), $6 the highest seq this process saw issued (0: none), $7
+	// LossMargin. A counter missing or behind $6 lost data (a restore from
+	// an old backup, a truncated table): it continues $7 above $6. The counter update locks the topic's row until commit, so the
 	// appends of a topic commit one after another in seq order. When the
 	// topic had been idle beyond TTL, its entries up to the previous seq
 	// become expired_through and are never returned again. The trim sees
@@ -147,11 +150,13 @@ func NewPostgres(pool *pgxpool.Pool, cfg PostgresConfig) (*Postgres, error) {
 	// it until the next append; Since bounds its result by Size anyway.
 	s.appendSQL = `WITH c AS (
 	INSERT INTO ` + counters + ` AS c (topic, seq, last_append, expired_through)
-	VALUES ($1, 1, now(), 0)
+	VALUES ($1, CASE WHEN $6::bigint > 0 THEN $6::bigint + $7::bigint + 1 ELSE 1 END, now(),
+		CASE WHEN $6::bigint > 0 THEN $6::bigint + $7::bigint ELSE 0 END)
 	ON CONFLICT (topic) DO UPDATE SET
-		seq = c.seq + 1,
+		seq = CASE WHEN c.seq < $6::bigint THEN $6::bigint + $7::bigint + 1 ELSE c.seq + 1 END,
 		last_append = now(),
 		expired_through = CASE
+			WHEN c.seq < $6::bigint THEN $6::bigint + $7::bigint
 			WHEN $5::bigint > 0 AND c.last_append < now() - $5::bigint * interval '1 microsecond' THEN c.seq
 			ELSE c.expired_through END
 	RETURNING c.seq, c.expired_through
@@ -324,9 +329,11 @@ func (s *Postgres) append(ctx context.Context, q interface {
 		d = &str
 	}
 	var seq int64
-	if err := q.QueryRow(ctx, s.appendSQL, topic, event, d, s.size, s.ttlUS).Scan(&seq); err != nil {
+	seen := int64(min(s.seen.get(topic), math.MaxInt64-LossMargin-1))
+	if err := q.QueryRow(ctx, s.appendSQL, topic, event, d, s.size, s.ttlUS, seen, LossMargin).Scan(&seq); err != nil {
 		return 0, fmt.Errorf("replay: append to %q: %w", topic, err)
 	}
+	s.seen.note(topic, uint64(seq))
 	return uint64(seq), nil
 }
 
@@ -387,6 +394,9 @@ func StoreEnvelope(topic, event string, data json.RawMessage, seq uint64) []byte
 	b = strconv.AppendUint(b, seq, 10)
 	return append(b, '}')
 }
+
+// Observe implements Observer.
+func (s *Postgres) Observe(topic string, seq uint64) { s.seen.note(topic, seq) }
 
 // Head implements Store.
 func (s *Postgres) Head(ctx context.Context, topic string) (uint64, error) {
@@ -480,6 +490,7 @@ func (s *Postgres) ClearAll(ctx context.Context) error {
 	if _, err := s.pool.Exec(ctx, s.clearAllSQL); err != nil {
 		return fmt.Errorf("replay: clear all: %w", err)
 	}
+	s.seen.reset()
 	return nil
 }
 
@@ -507,4 +518,5 @@ func (s *Postgres) Cleanup(ctx context.Context) (int64, error) {
 var (
 	_ Store       = (*Postgres)(nil)
 	_ BusAppender = (*PostgresOnBus)(nil)
+	_ Observer    = (*Postgres)(nil)
 )

@@ -359,3 +359,20 @@ func TestPostgresOnBusPublishesOnlyStoredEvents(t *testing.T) {
 		t.Fatalf("Since(40) = %+v, %v; want seqs 41 and 42", r, err)
 	}
 }
+
+// A counter row lost (a restore from an older backup, a truncated table)
+// must not make the store issue a seq a second time (PROTOCOL.md §5.2).
+func TestPostgresSeqsSurviveALostCounter(t *testing.T) {
+	s, pool, schema := newPostgresStore(t, PostgresConfig{Config: Config{Size: 5000}})
+	ctx := context.Background()
+	appendN(t, s, "lost", 5)
+	if _, err := pool.Exec(ctx, `DELETE FROM `+schema+`.`+DefaultPostgresTable+`_seq WHERE topic = 'lost'`); err != nil {
+		t.Fatal(err)
+	}
+	if seq := mustAppend(t, s, "lost", "e", dataFor(6)); seq != 5+LossMargin+1 {
+		t.Fatalf("first seq after the loss = %d, want %d", seq, 5+LossMargin+1)
+	}
+	if rg := mustSince(t, s, "lost", 5); !rg.Truncated {
+		t.Fatalf("Since(5) after the loss = %+v, want truncated", rg)
+	}
+}
