@@ -25,7 +25,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-realtime/realtime/extensions/bus"
-	"github.com/caddy-realtime/realtime/extensions/replay"
 	"github.com/caddy-realtime/realtime/extensions/wire"
 )
 
@@ -131,17 +130,6 @@ type extensions struct {
 	cursors  []*cursorRule
 	groups   map[string]*group
 	rate     *rateRule
-}
-
-// observerFor returns topic's store as a replay.Observer, if it is one.
-func (e *extensions) observerFor(topic string) (replay.Observer, bool) {
-	for _, r := range e.replay {
-		if r.pattern.Match(topic) {
-			o, ok := r.store.(replay.Observer)
-			return o, ok
-		}
-	}
-	return nil, false
 }
 
 // sweeper is implemented by memory backends that free idle state when

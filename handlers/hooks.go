@@ -370,9 +370,9 @@ func (g *Gateway) deliverRemote(msgs []bus.Message) {
 			g.sendUser(m.User, wire.AppendEnvelope(nil, m.Topic, m.Event, m.Data, 0))
 			continue
 		}
-		if m.Seq > 0 && g.orderedRule(m.Topic) != nil {
+		if r := g.orderedRule(m.Topic); r != nil && m.Seq > 0 {
 			g.m.published("bus", 1)
-			g.deliverOrdered(m, now)
+			g.deliverOrdered(r, m, now)
 			continue
 		}
 		topics = append(topics, *m)

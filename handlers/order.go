@@ -62,10 +62,10 @@ func (g *Gateway) orderedRule(topic string) *replayRule {
 	return r
 }
 
-// deliverOrdered delivers m, stamped by a shared store, to this instance's
-// subscribers in seq order. It never waits on the store.
-func (g *Gateway) deliverOrdered(m *bus.Message, now time.Time) {
-	if o, ok := g.ext.observerFor(m.Topic); ok {
+// deliverOrdered delivers m, stamped by r's shared store, to this
+// instance's subscribers in seq order. It never waits on the store.
+func (g *Gateway) deliverOrdered(r *replayRule, m *bus.Message, now time.Time) {
+	if o, ok := r.store.(replay.Observer); ok {
 		o.Observe(m.Topic, m.Seq)
 	}
 	t := g.hub.lockLive(m.Topic)

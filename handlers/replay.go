@@ -399,7 +399,7 @@ func (g *Gateway) publishViaStores(ctx context.Context, msgs []bus.Message, unst
 			return rest, restUnstamped, pos, aerr
 		}
 		m.Seq = seq
-		g.deliverOrdered(m, g.now())
+		g.deliverOrdered(r, m, g.now())
 		relay = append(relay, *m)
 	}
 	return rest, restUnstamped, pos, nil
