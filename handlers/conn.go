@@ -360,6 +360,7 @@ func (c *conn) closeAsync(code websocket.StatusCode, reason string) {
 	c.g.wg.Add(1)
 	go func() {
 		defer c.g.wg.Done()
+		defer c.recoverPanic("close")
 		c.closeWith(code, reason)
 	}()
 }

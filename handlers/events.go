@@ -51,6 +51,14 @@ func (p *eventPoster) post(typ string, fields map[string]any) {
 
 func (p *eventPoster) run() {
 	defer p.g.wg.Done()
+	defer func() {
+		if r := recover(); r != nil {
+			p.g.logPanic("events poster", r)
+			p.mu.Lock()
+			p.queue, p.running = nil, false
+			p.mu.Unlock()
+		}
+	}()
 	for {
 		p.mu.Lock()
 		if len(p.queue) == 0 || p.g.ctx.Err() != nil {

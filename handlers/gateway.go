@@ -378,6 +378,7 @@ func (g *Gateway) drain(ctx context.Context) error {
 			go func() {
 				defer closers.Done()
 				defer func() { <-sem }()
+				defer c.recoverPanic("shutdown close")
 				c.closeWith(websocket.StatusGoingAway, "Server shutting down")
 			}()
 		}
@@ -465,6 +466,7 @@ func (g *Gateway) sweepConns(s *settings, now time.Time) {
 // A missing pong is caught by the idle check, not here.
 func (g *Gateway) ping(c *conn, timeout time.Duration) {
 	defer g.wg.Done()
+	defer c.recoverPanic("ping")
 	ctx, cancel := context.WithTimeout(g.ctx, timeout)
 	defer cancel()
 	_ = c.ws.Ping(ctx)

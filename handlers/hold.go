@@ -64,7 +64,11 @@ func (c *conn) hold(t string) {
 	if c.filters == nil {
 		c.filters = make(map[string]*topicFilter)
 	}
-	c.filters[t] = &topicFilter{holding: true}
+	floor := uint64(0)
+	if f := c.filters[t]; f != nil {
+		floor = f.floor // a resume's floor still applies to what is held
+	}
+	c.filters[t] = &topicFilter{holding: true, floor: floor}
 	c.filtered.Store(true)
 }
 
@@ -82,6 +86,7 @@ func (c *conn) release(t string, above uint64) {
 	}
 	var out [][]byte
 	top := uint64(0)
+	above = max(above, f.floor)
 	for _, h := range f.held {
 		if h.seq == 0 || h.seq > above {
 			out = append(out, h.b)
