@@ -3,11 +3,11 @@ package handlers
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
-	"fmt"
-	"net/http"
 	"strconv"
 	"time"
 
