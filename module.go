@@ -819,7 +819,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 		opts.Backends = handlers.Backends{
 			Presence: func(c presence.Config) (presence.Tracker, error) {
-				return presence.NewRedis(client, presence.RedisConfig{Config: c, KeyPrefix: prefix, InstanceID: backendID("p")})
+				// StartUnreachable, as the bus: Caddy starts during a Redis
+				// outage and presence joins once Redis is back.
+				return presence.NewRedis(client, presence.RedisConfig{Config: c, KeyPrefix: prefix, InstanceID: backendID("p"), StartUnreachable: true})
 			},
 			Cursor: func(c cursor.Config) (cursor.Tracker, error) {
 				return cursor.NewRedis(client, cursor.RedisConfig{Config: c, KeyPrefix: prefix, InstanceID: backendID("c")})

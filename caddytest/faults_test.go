@@ -167,6 +167,60 @@ func TestFaultRedisUnreachableAtStartup(t *testing.T) {
 	base.settle(t, 10*time.Second)
 }
 
+// Redis down when Caddy starts with every Redis-backed rule (presence,
+// cursors, groups, rate limits, replay): Caddy starts, /health names the
+// backends it cannot reach, a member who subscribes meanwhile stays
+// subscribed, and once Redis appears the member is joined and listed on
+// another instance, without a restart.
+func TestFaultRedisUnreachableAtStartupWithEveryRule(t *testing.T) {
+	srv := testsvc.StartRedis(t)
+	srv.Kill()
+	global := fmt.Sprintf("\trealtime {\n\t\tredis redis://%s\n\t}", srv.Addr())
+	a, err := tryStartCaddy(t, global, clusterExtSite)
+	if err != nil {
+		t.Fatalf("Caddy did not start with redis down and every rule: %v\n%s", err, a.logs.String())
+	}
+	h := healthBody(t, a)
+	if h.Status != "degraded" || h.Bus.State != "unreachable" || !slices.Contains(h.Unreachable, "presence room*") {
+		t.Fatalf("health with redis down: %+v; want degraded, the bus and presence room* unreachable", h)
+	}
+	m := dial(t, a)
+	m.welcome()
+	current(m)
+	m.send(`{"type":"subscribe","topic":"room1","ref":1}`)
+	m.expect(`{"type":"subscribed","topic":"room1","ref":1}`)
+
+	srv.Restart()
+	waitFor(t, 15*time.Second, "health ok once redis is up", func() bool {
+		h := healthBody(t, a)
+		return h.Status == "ok" && len(h.Unreachable) == 0
+	})
+	b := startCaddyWith(t, global, clusterExtSite)
+	waitFor(t, 15*time.Second, "the member who subscribed during the outage, listed on the other instance", func() bool {
+		return len(presenceMembers(t, b, "room1")) == 1
+	})
+	// And the member itself is told it is present.
+	if !sees(m, `"topic":"__presence:room1","event":"presence_state"`, 5*time.Second) {
+		t.Fatal("the member got no presence_state once joined")
+	}
+}
+
+// healthBody reads GET /health.
+func healthBody(t testing.TB, in *instance) (h struct {
+	Status string `json:"status"`
+	Bus    struct {
+		State string `json:"state"`
+	} `json:"bus"`
+	Unreachable []string `json:"unreachable"`
+}) {
+	t.Helper()
+	code, body := apiCall(t, http.MethodGet, in.url("/_realtime/health"), "", "")
+	if err := json.Unmarshal([]byte(body), &h); err != nil {
+		t.Fatalf("health: %d %s: %v", code, body, err)
+	}
+	return h
+}
+
 // Postgres killed under `store postgres`: publishes to the durable topic
 // answer 503 BACKEND_UNAVAILABLE promptly instead of hanging, clients stay
 // connected, and after the restart publishes succeed with seqs that

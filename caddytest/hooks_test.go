@@ -898,3 +898,70 @@ func TestHookRedirectsAreNotFollowed(t *testing.T) {
 		}
 	})
 }
+
+// A client that sends and goes away loses nothing it sent: with a slow
+// message hook the messages queue, the connection closes (the client's own
+// close, the rate limit's 4429, Caddy stopping), and every accepted message
+// still reaches the app, in order; the frames the rate limit refused never do.
+func TestHookMessagesOutliveTheirConnection(t *testing.T) {
+	slow := func(w http.ResponseWriter, c hookReq) {
+		select {
+		case <-time.After(150 * time.Millisecond):
+		case <-c.ctx.Done():
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}
+	seq := func(prefix string, n int) []string {
+		out := make([]string, n)
+		for i := range out {
+			out[i] = fmt.Sprintf("%s%d", prefix, i+1)
+		}
+		return out
+	}
+
+	t.Run("rate limit close", func(t *testing.T) {
+		app := newApp(t, slow)
+		in := startCaddy(t, rlSite(app, false, `			points 5
+			interval 10s
+			key connection
+			action close`))
+		c := dial(t, in)
+		c.welcome()
+		rlSendAll(c, seq("m", 8)...)
+		if code := c.closeStatus(5 * time.Second); code != 4429 {
+			t.Fatalf("close code %d, want 4429", code)
+		}
+		d := dial(t, in)
+		d.welcome()
+		rlWantMessages(t, app, d, false, false, seq("m", 5)...)
+	})
+
+	t.Run("client closes", func(t *testing.T) {
+		app := newApp(t, slow)
+		in := startCaddy(t, rlSite(app, false, `			points 100
+			interval 10s`))
+		c := dial(t, in)
+		c.welcome()
+		rlSendAll(c, seq("n", 6)...)
+		c.c.Close(websocket.StatusNormalClosure, "navigating away")
+		d := dial(t, in)
+		d.welcome()
+		rlWantMessages(t, app, d, false, false, seq("n", 6)...)
+	})
+
+	t.Run("caddy stops", func(t *testing.T) {
+		app := newApp(t, slow)
+		in := startCaddy(t, rlSite(app, false, `			points 100
+			interval 10s`))
+		c := dial(t, in)
+		c.welcome()
+		rlSendAll(c, seq("s", 6)...)
+		// The read loop has the six once a later control frame is answered.
+		c.send(`{"type":"subscribe","topic":"sync","ref":1}`)
+		c.expect(`{"type":"subscribed","topic":"sync","ref":1}`)
+		in.stop(20 * time.Second)
+		if got := rlMessages(t, app, false); strings.Join(got, ",") != strings.Join(seq("s", 6), ",") {
+			t.Fatalf("message hook got %q before Caddy exited, want s1..s6", got)
+		}
+	})
+}

@@ -209,13 +209,13 @@ func TestReplaySeqFromBuffer(t *testing.T) {
 	if a.Events != want || a.Truncated || a.Seq != 4 {
 		t.Fatalf("GET /replay?topic=chat: %+v, want events %s, not truncated, seq 4", a, want)
 	}
-	// The counter is the buffer's: clearing every buffer restarts it at 1,
-	// while an unbuffered topic's counter goes on.
+	// Clearing every buffer keeps the counters: the stream goes on with 5,
+	// and an unbuffered topic's counter goes on too.
 	if status, body := apiCall(t, http.MethodDelete, in.url("/_realtime/replay"), "", ""); status != http.StatusOK {
 		t.Fatalf("DELETE /replay: %d %s", status, body)
 	}
-	rpPublish(t, in, `{"topic":"chat","event":"again","data":null}`, `{"seq":1}`)
-	c.expect(`{"topic":"chat","event":"again","data":null,"seq":1}`)
+	rpPublish(t, in, `{"topic":"chat","event":"again","data":null}`, `{"seq":5}`)
+	c.expect(`{"topic":"chat","event":"again","data":null,"seq":5}`)
 	rpPublish(t, in, `{"topic":"news","event":"n","data":7}`, `{"seq":2}`)
 	c.expect(`{"topic":"news","event":"n","data":7,"seq":2}`)
 	c.quiet(200 * time.Millisecond)
@@ -423,8 +423,9 @@ func TestReplayRequestFrames(t *testing.T) {
 	// since >= head: end at once.
 	c.send(`{"type":"replay","topic":"chat","since":7,"reqId":3}`)
 	c.expect(rpEnd("chat", `{"reqId":3}`))
+	// since > head: the client holds a seq the store lost, truncated.
 	c.send(`{"type":"replay","topic":"chat","since":100,"reqId":4}`)
-	c.expect(rpEnd("chat", `{"reqId":4}`))
+	c.expect(rpEnd("chat", `{"reqId":4,"truncated":true}`))
 	// since 5.0 is the integer 5 (§5.4: Number.isInteger).
 	c.send(`{"type":"replay","topic":"chat","since":6.0,"reqId":5}`)
 	rpExpectAll(c, rpMsg("chat", "5", 7, "e", `{"id":7}`), rpEnd("chat", `{"reqId":5}`))
@@ -797,7 +798,7 @@ func TestReplayAPI(t *testing.T) {
 		{"0", rpAnswer{rpEvents(rpEvent(1, "e", `{"id":1}`), rpEvent(2, "e", `{"id":2}`), rpEvent(3, "e", `{"id":3}`), rpEvent(4, "e", `{"id":4}`)), false, 4}},
 		{"2", rpAnswer{rpEvents(rpEvent(3, "e", `{"id":3}`), rpEvent(4, "e", `{"id":4}`)), false, 4}},
 		{"4", rpAnswer{"[]", false, 4}},
-		{"99", rpAnswer{"[]", false, 4}},
+		{"99", rpAnswer{"[]", true, 4}}, // above the head: the store lost it
 	} {
 		if got := rpGetReplay(t, in, "chat", tc.since); got != tc.want {
 			t.Errorf("GET /replay?topic=chat&since=%s: %+v, want %+v", tc.since, got, tc.want)
@@ -858,22 +859,23 @@ func TestReplayAPI(t *testing.T) {
 	c.send(`{"type":"subscribe","topic":"chat","ref":1}`)
 	rpExpectAll(c, `{"type":"resumed"}`, rpTruncated("chat"), rpIDEnv("chat", 5), `{"type":"subscribed","topic":"chat","ref":1}`)
 
-	// DELETE /replay clears every buffer and counter: seqs restart at 1.
+	// DELETE /replay clears every buffer; counters stay, so the live
+	// stream goes on gap-free and seqs never repeat.
 	status, body = apiCall(t, http.MethodDelete, in.url("/_realtime/replay"), "", "")
 	if status != http.StatusOK || body != `{}` {
 		t.Fatalf("DELETE /replay: %d %s", status, body)
 	}
-	for _, topic := range []string{"chat", "chat-2"} {
-		if got := rpSeq(t, in, topic); got != `{"seq":0}` {
-			t.Errorf("GET /seq?topic=%s after DELETE /replay: %s, want 0", topic, got)
+	for topic, head := range map[string]int{"chat": 5, "chat-2": 2} {
+		if got, want := rpSeq(t, in, topic), fmt.Sprintf(`{"seq":%d}`, head); got != want {
+			t.Errorf("GET /seq?topic=%s after DELETE /replay: %s, want %s", topic, got, want)
 		}
-		if a := rpGetReplay(t, in, topic, "0"); a != (rpAnswer{"[]", false, 0}) {
+		if a := rpGetReplay(t, in, topic, "0"); a != (rpAnswer{"[]", true, uint64(head)}) {
 			t.Errorf("GET /replay?topic=%s after DELETE /replay: %+v", topic, a)
 		}
 	}
-	rpPublish(t, in, `{"topic":"chat","event":"e","data":{"id":1}}`, `{"seq":1}`)
-	c.expect(rpIDEnv("chat", 1))
-	rpPublish(t, in, `{"topic":"chat-2","event":"e","data":{"id":1}}`, `{"seq":1}`)
+	rpPublish(t, in, `{"topic":"chat","event":"e","data":{"id":6}}`, `{"seq":6}`)
+	c.expect(rpIDEnv("chat", 6))
+	rpPublish(t, in, `{"topic":"chat-2","event":"e","data":{"id":3}}`, `{"seq":3}`)
 	c.quiet(200 * time.Millisecond)
 }
 

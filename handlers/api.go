@@ -548,13 +548,18 @@ func (g *Gateway) apiStats(w http.ResponseWriter, r *http.Request, s *settings) 
 }
 
 // apiHealth reports the gateway's state: 200 "ok"; 200 "degraded" while
-// the bus's backend is unreachable (local delivery still works, so a load
-// balancer should keep the instance); 503 "draining" during shutdown.
+// the bus's backend or another backend is unreachable (local delivery
+// still works, so a load balancer should keep the instance), with the
+// unreachable ones listed; 503 "draining" during shutdown.
 func (g *Gateway) apiHealth(w http.ResponseWriter, r *http.Request, s *settings) {
 	status, code := "ok", http.StatusOK
 	busState := "ok"
 	if !g.healthy.Load() {
 		status, busState = "degraded", "unreachable"
+	}
+	unreachable := g.ext.unreachable()
+	if len(unreachable) > 0 {
+		status = "degraded"
 	}
 	if g.draining.Load() {
 		status, code = "draining", http.StatusServiceUnavailable
@@ -567,8 +572,9 @@ func (g *Gateway) apiHealth(w http.ResponseWriter, r *http.Request, s *settings)
 		bus["dropped"] = c.Dropped()
 	}
 	writeJSON(w, code, map[string]any{
-		"status":   status,
-		"instance": g.instanceID,
-		"bus":      bus,
+		"status":      status,
+		"instance":    g.instanceID,
+		"bus":         bus,
+		"unreachable": unreachable,
 	})
 }

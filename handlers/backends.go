@@ -48,6 +48,40 @@ func (b Backends) rateLimit(cfg ratelimit.Config) (ratelimit.Limiter, error) {
 	return b.RateLimit(cfg)
 }
 
+// Reachability is implemented by backends that know whether their server
+// answers: presence.Redis (its change subscription) and replay.Postgres
+// (its last call). /health lists the rules whose backend does not.
+type Reachability interface {
+	Reachable() bool
+}
+
+// unreachable names the rules whose backend says it is unreachable, as
+// "<kind> <pattern>", in configuration order; never nil.
+func (e *extensions) unreachable() []string {
+	out := []string{}
+	add := func(kind, pattern string, b any) {
+		if r, ok := b.(Reachability); ok && !r.Reachable() {
+			out = append(out, kind+" "+pattern)
+		}
+	}
+	for _, r := range e.replay {
+		add("replay", string(r.pattern), r.store)
+	}
+	for _, r := range e.presence {
+		add("presence", string(r.pattern), r.tracker)
+	}
+	for _, r := range e.cursors {
+		add("cursor", string(r.pattern), r.tracker)
+	}
+	for _, gr := range e.groups {
+		add("group", gr.cfg.Name, gr.reg)
+	}
+	if e.rate != nil {
+		add("rate_limit", "", e.rate.limiter)
+	}
+	return out
+}
+
 // closer is implemented by backends that hold goroutines or connections.
 type closer interface {
 	Close(ctx context.Context) error

@@ -502,9 +502,8 @@ func (c *conn) cleanup() {
 		delete(c.pending, ref)
 	}
 	c.reqMu.Unlock()
-	c.hookMu.Lock()
-	c.hookQ = nil
-	c.hookMu.Unlock()
+	// The hook queue stays: what the client sent before it went away is
+	// the app's, and the worker posts it in order within the hook timeout.
 	c.g.unregister(c)
 	c.ws.CloseNow()
 }

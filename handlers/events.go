@@ -61,7 +61,7 @@ func (p *eventPoster) run() {
 	}()
 	for {
 		p.mu.Lock()
-		if len(p.queue) == 0 || p.g.ctx.Err() != nil {
+		if len(p.queue) == 0 || p.g.posting.Err() != nil {
 			p.queue, p.running = nil, false
 			p.mu.Unlock()
 			return
@@ -74,7 +74,7 @@ func (p *eventPoster) run() {
 		if h == nil {
 			continue
 		}
-		ctx, cancel := context.WithTimeout(p.g.ctx, h.Timeout)
+		ctx, cancel := context.WithTimeout(p.g.posting, h.Timeout)
 		req, err := http.NewRequest(http.MethodPost, h.URL, bytes.NewReader(b))
 		if err == nil {
 			req.Header.Set("Content-Type", "application/json")

@@ -97,7 +97,12 @@ type Gateway struct {
 
 	ctx    context.Context // ends when the gateway closes; parent of every socket operation
 	cancel context.CancelFunc
-	wg     sync.WaitGroup // read loops, write loops, hook workers, the sweeper
+	// posting outlives ctx: messages a client sent before it went away and
+	// queued events are still posted to the app while Close drains, until
+	// Close runs out of its budget.
+	posting     context.Context
+	stopPosting context.CancelFunc
+	wg          sync.WaitGroup // read loops, write loops, hook workers, the sweeper
 
 	draining  atomic.Bool
 	closed    chan struct{} // closed when Close has finished draining
@@ -232,6 +237,7 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 	g.resyncSig = make(chan struct{}, 1)
 	g.presence.g, g.cursors.g, g.events.g = g, g, g
 	g.ctx, g.cancel = context.WithCancel(context.Background())
+	g.posting, g.stopPosting = context.WithCancel(context.Background())
 	// fail releases, newest first, whatever this call has built (the
 	// extensions' loops and connections, the notify listeners, which are
 	// not started yet), so a failed New leaves nothing running.
@@ -239,6 +245,7 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		g.cancel()
+		g.stopPosting()
 		closeNotify(ctx, g.notify)
 		if g.ext != nil {
 			g.ext.close(ctx)
@@ -268,8 +275,9 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 		return fail(err)
 	}
 	g.bus = b
-	g.wg.Add(2)
+	g.wg.Add(3)
 	go g.sweeper()
+	go g.backendLoop()
 	go g.resyncLoop()
 	// Last: a notification publishes through the hub, stores and bus.
 	for _, nb := range g.notify {
@@ -400,11 +408,13 @@ func (g *Gateway) drain(ctx context.Context) error {
 		case <-done:
 		case <-ctx.Done():
 			g.cancel()
+			g.stopPosting()
 			for _, c := range g.conns.all() {
 				c.ws.CloseNow()
 			}
 			err = ctx.Err()
 		}
+		g.stopPosting()
 		g.ext.close(ctx)
 		if cl, ok := g.bus.(interface{ Close(context.Context) error }); ok {
 			if e := cl.Close(ctx); e != nil && err == nil {
@@ -416,8 +426,9 @@ func (g *Gateway) drain(ctx context.Context) error {
 	return err
 }
 
-// sweeper is the gateway's one clock: keep-alive heartbeats, pings, idle
-// drops and topic-index trimming, so no connection holds a timer.
+// sweeper is the connections' one clock: keep-alive heartbeats, pings,
+// idle drops and topic-index trimming, so no connection holds a timer. It
+// does no network I/O, so a slow backend never delays a keep-alive.
 func (g *Gateway) sweeper() {
 	defer g.wg.Done()
 	tick := time.NewTicker(time.Second)
@@ -429,17 +440,54 @@ func (g *Gateway) sweeper() {
 			return
 		case <-tick.C:
 		}
-		s := g.settings()
-		now := s.Now()
-		g.sweepConns(s, now)
-		g.upgrades.trim(now, s.UpgradeWindow)
-		g.presenceHeartbeat(now)
-		if now.Sub(lastTrim) > time.Minute {
-			g.hub.sweep(now, 10*time.Minute)
-			g.ext.sweep(now)
-			lastTrim = now
-		}
+		g.safely("sweeper", func() {
+			s := g.settings()
+			now := s.Now()
+			g.sweepConns(s, now)
+			g.upgrades.trim(now, s.UpgradeWindow)
+			if now.Sub(lastTrim) > time.Minute {
+				g.hub.sweep(now, 10*time.Minute)
+				lastTrim = now
+			}
+		})
 	}
+}
+
+// backendLoop is the clock of the work that waits on backends: presence
+// heartbeat frames, presence joins that failed during an outage, and the
+// stores' expiry sweeps. Its calls run without any topic lock.
+func (g *Gateway) backendLoop() {
+	defer g.wg.Done()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	lastSweep := time.Now()
+	for {
+		select {
+		case <-g.ctx.Done():
+			return
+		case <-tick.C:
+		}
+		g.safely("backend loop", func() {
+			now := g.settings().Now()
+			g.presenceHeartbeat(now)
+			g.presence.retryJoins(now)
+			if now.Sub(lastSweep) > time.Minute {
+				g.ext.sweep(now)
+				lastSweep = now
+			}
+		})
+	}
+}
+
+// safely runs one round of a long-lived loop: a panic is logged and the
+// loop goes on with its next round.
+func (g *Gateway) safely(where string, f func()) {
+	defer func() {
+		if r := recover(); r != nil {
+			g.logPanic(where, r)
+		}
+	}()
+	f()
 }
 
 func (g *Gateway) sweepConns(s *settings, now time.Time) {

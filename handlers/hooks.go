@@ -286,7 +286,7 @@ func (c *conn) postMessage(m appMessage) {
 		c.g.m.dropNoHook.Inc()
 		return
 	}
-	ctx, cancel := context.WithTimeout(c.g.ctx, h.Timeout)
+	ctx, cancel := context.WithTimeout(c.g.posting, h.Timeout)
 	defer cancel()
 	select {
 	case s.msgSem <- struct{}{}:

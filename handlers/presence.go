@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -51,6 +52,11 @@ type presenceRule struct {
 type presenceTopics struct {
 	g *Gateway
 	topicIndex[*presTopic]
+
+	retryMu sync.Mutex
+	retries map[joinRef]pendingJoin
+	retryAt time.Time
+	backoff time.Duration
 }
 
 const (
@@ -69,7 +75,8 @@ type presTopic struct {
 	topicState
 	recipients map[*conn]uint8
 	pending    map[string]*presChange
-	order      []string // keys of pending, in first-change order
+	order      []string           // keys of pending, in first-change order
+	held       map[*conn][][]byte // frames for recipients still waiting for their state
 	timer      *time.Timer
 	lastBeat   time.Time
 }
@@ -151,32 +158,53 @@ func (c *conn) presenceKey(r *presenceRule, data json.RawMessage) string {
 
 // presenceJoin runs the presence join effect of an authorized subscribe
 // to t (§6.1): the joiner gets the state, everyone the merged diff.
+//
+// No Redis call runs under the topic's lock, which the tracker's change
+// callback and every flush need: the joiner is attached first with its
+// frames held, the join and the list run unlocked, and the state goes
+// out before what was held. A diff held meanwhile may repeat a change
+// the state already shows; applying it again changes nothing.
 func (g *Gateway) presenceJoin(c *conn, t string) {
 	r := g.presenceFor(t)
 	if r == nil {
 		return
 	}
-	pt := g.presence.lock(t, r)
-	defer pt.mu.Unlock()
-	ctx, cancel := context.WithTimeout(g.ctx, storeTimeout)
-	defer cancel()
 	data := project(c.identity, r.cfg.Select)
 	key := c.presenceKey(r, data)
-	ch, err := r.tracker.Join(ctx, t, key, c.id, data)
-	if err != nil {
-		g.logger.Warn("presence join failed; the connection is subscribed without presence", zap.String("topic", t), zap.Error(err))
-		return
-	}
 	if c.presence == nil {
 		c.presence = make(map[string]string)
 	}
 	c.presence[t] = key
+	pt := g.presence.lock(t, r)
 	pt.recipients[c] |= roleMember
-	g.sendPresenceState(ctx, pt, c)
+	pt.hold(c)
+	pt.mu.Unlock()
+
+	ctx, cancel := context.WithTimeout(g.ctx, storeTimeout)
+	defer cancel()
+	ch, err := r.tracker.Join(ctx, t, key, c.id, data)
+	if err != nil {
+		// The connection stays subscribed and receives the topic's diffs;
+		// the presence loop joins it once the backend answers again.
+		g.logger.Warn("presence join failed; retrying in the background", zap.String("topic", t), zap.Error(err))
+		g.presence.retryLater(pendingJoin{c: c, topic: t, key: key, data: data})
+	}
+	members, lerr := r.tracker.List(ctx, t)
+
+	pt = g.presence.lock(t, r)
+	defer pt.mu.Unlock()
+	g.sendPresenceState(pt, c, members, lerr)
+	if err == nil {
+		g.presenceJoined(pt, c, key, data, ch)
+	}
+}
+
+// presenceJoined records a successful join's change. Called with pt.mu held.
+func (g *Gateway) presenceJoined(pt *presTopic, c *conn, key string, data json.RawMessage, ch presence.Change) {
 	switch ch.Kind {
 	case presence.Joined:
 		pt.record(key, presence.Joined, data, c)
-		g.events.post("presence.join", map[string]any{"topic": t, "key": key, "data": data})
+		g.events.post("presence.join", map[string]any{"topic": pt.name, "key": key, "data": data})
 	case presence.Updated:
 		pt.record(key, presence.Updated, data, nil)
 	}
@@ -190,15 +218,20 @@ func (g *Gateway) presenceLeave(c *conn, t string) {
 		return
 	}
 	delete(c.presence, t)
+	g.presence.forget(c, t)
 	r := g.presenceFor(t)
 	pt := g.presence.lock(t, r)
-	defer pt.mu.Unlock()
 	if pt.recipients[c] &^= roleMember; pt.recipients[c] == 0 {
 		delete(pt.recipients, c)
 	}
+	pt.mu.Unlock()
+
 	ctx, cancel := context.WithTimeout(g.ctx, storeTimeout)
 	defer cancel()
 	ch, err := r.tracker.Leave(ctx, t, key, c.id)
+
+	pt = g.presence.lock(t, r)
+	defer pt.mu.Unlock()
 	if err != nil {
 		g.logger.Warn("presence leave failed; the entry expires after the presence ttl", zap.String("topic", t), zap.Error(err))
 	} else if ch.Kind == presence.Left {
@@ -216,18 +249,44 @@ func (g *Gateway) presenceObserve(c *conn, t string, on bool) {
 		return
 	}
 	pt := g.presence.lock(t, r)
-	defer pt.mu.Unlock()
-	if on {
-		pt.recipients[c] |= roleObserver
-		ctx, cancel := context.WithTimeout(g.ctx, storeTimeout)
-		defer cancel()
-		g.sendPresenceState(ctx, pt, c)
+	if !on {
+		if pt.recipients[c] &^= roleObserver; pt.recipients[c] == 0 {
+			delete(pt.recipients, c)
+		}
+		g.presence.release(pt)
+		pt.mu.Unlock()
 		return
 	}
-	if pt.recipients[c] &^= roleObserver; pt.recipients[c] == 0 {
-		delete(pt.recipients, c)
+	pt.recipients[c] |= roleObserver
+	pt.hold(c)
+	pt.mu.Unlock()
+	ctx, cancel := context.WithTimeout(g.ctx, storeTimeout)
+	members, err := r.tracker.List(ctx, t)
+	cancel()
+	pt = g.presence.lock(t, r)
+	g.sendPresenceState(pt, c, members, err)
+	pt.mu.Unlock()
+}
+
+// hold starts holding c's frames of the topic until its state is sent.
+// Called with pt.mu held.
+func (pt *presTopic) hold(c *conn) {
+	if pt.held == nil {
+		pt.held = make(map[*conn][][]byte)
 	}
-	g.presence.release(pt)
+	if _, ok := pt.held[c]; !ok {
+		pt.held[c] = nil
+	}
+}
+
+// deliver sends f to c, or holds it while c waits for its state. Called
+// with pt.mu held.
+func (pt *presTopic) deliver(c *conn, f []byte) {
+	if q, ok := pt.held[c]; ok {
+		pt.held[c] = append(q, f)
+		return
+	}
+	c.send(f)
 }
 
 // record merges a change into the pending diff: the latest change per key
@@ -258,19 +317,26 @@ func (g *Gateway) schedulePresence(pt *presTopic) {
 	pt.timer = time.AfterFunc(presenceFlushWindow, func() { g.flushPresence(pt) })
 }
 
-// sendPresenceState sends the full membership to one connection in its
-// vocabulary: presence_state or list, split when too large (§6.1).
-func (g *Gateway) sendPresenceState(ctx context.Context, pt *presTopic, c *conn) {
-	members, err := pt.rule.tracker.List(ctx, pt.name)
+// sendPresenceState sends the full membership, read by the caller, to one
+// connection in its vocabulary (presence_state or list, split when too
+// large, §6.1), then the frames held for it since it was attached. A
+// failed read sends no state: the held diffs still go. Called with pt.mu
+// held.
+func (g *Gateway) sendPresenceState(pt *presTopic, c *conn, members []presence.Member, err error) {
+	held := pt.held[c]
+	delete(pt.held, c)
 	if err != nil {
 		g.logger.Warn("presence list failed", zap.String("topic", pt.name), zap.Error(err))
-		return
+	} else {
+		event, current := "list", c.vocab() == vocabCurrent
+		if current {
+			event = "presence_state"
+		}
+		for _, f := range packMembers(pt.frame, event, members, current) {
+			c.send(f)
+		}
 	}
-	event, current := "list", c.vocab() == vocabCurrent
-	if current {
-		event = "presence_state"
-	}
-	for _, f := range packMembers(pt.frame, event, members, current) {
+	for _, f := range held {
 		c.send(f)
 	}
 }
@@ -353,14 +419,31 @@ func packMembers(topic, event string, members []presence.Member, current bool) [
 
 // flushPresence sends the merged changes of one window: presence_diff to
 // current recipients; leave, join and (for data changes) list frames to
-// legacy ones (§6.1).
+// legacy ones (§6.1). The list a legacy data change needs is read before
+// the topic is locked: a list newer than the diff is still right, as the
+// diffs that follow it repeat what it shows.
 func (g *Gateway) flushPresence(pt *presTopic) {
-	pt.mu.Lock()
+	var list [][]byte
+	for listed := false; ; listed = true {
+		pt.mu.Lock()
+		if len(pt.pending) == 0 || g.ctx.Err() != nil {
+			pt.timer = nil
+			pt.mu.Unlock()
+			return
+		}
+		if listed || !pt.needsList() {
+			break
+		}
+		pt.mu.Unlock()
+		ctx, cancel := context.WithTimeout(g.ctx, storeTimeout)
+		members, err := pt.rule.tracker.List(ctx, pt.name)
+		cancel()
+		if err == nil {
+			list = packMembers(pt.frame, "list", members, false)
+		}
+	}
 	defer pt.mu.Unlock()
 	pt.timer = nil
-	if len(pt.pending) == 0 || g.ctx.Err() != nil {
-		return
-	}
 	var joins, leaves bytes.Buffer
 	var legacyLeaves, legacyJoins [][]byte
 	var joiners []*conn
@@ -393,44 +476,57 @@ func (g *Gateway) flushPresence(pt *presTopic) {
 	}
 	clear(pt.pending)
 	pt.order = pt.order[:0]
+	if !updated {
+		list = nil
+	}
 
 	diff := make([]byte, 0, joins.Len()+leaves.Len()+24)
 	diff = append(diff, `{"joins":{`...)
 	diff = append(append(diff, joins.Bytes()...), `},"leaves":{`...)
 	diff = append(append(diff, leaves.Bytes()...), `}}`...)
 	diffFrame := wire.AppendEnvelope(nil, pt.frame, "presence_diff", diff, 0)
-	var list [][]byte
-	if updated {
-		// 0.3.4 ignores join for a known key: a data change goes as a list.
-		ctx, cancel := context.WithTimeout(g.ctx, storeTimeout)
-		members, err := pt.rule.tracker.List(ctx, pt.name)
-		cancel()
-		if err == nil {
-			list = packMembers(pt.frame, "list", members, false)
-		}
-	}
 	for c := range pt.recipients {
 		if c.vocab() == vocabCurrent {
-			c.send(diffFrame)
+			pt.deliver(c, diffFrame)
 			continue
 		}
 		for _, f := range legacyLeaves {
-			c.send(f)
+			pt.deliver(c, f)
 		}
 		for i, f := range legacyJoins {
 			if joiners[i] != c {
-				c.send(f)
+				pt.deliver(c, f)
 			}
 		}
 		for _, f := range list {
-			c.send(f)
+			pt.deliver(c, f)
 		}
 	}
 	g.presence.release(pt)
 }
 
-// presenceHeartbeat sends each presence topic's heartbeat (the present
-// keys) when due. It runs on the sweeper.
+// needsList reports whether the pending changes hold a data change that
+// a legacy recipient must get as a list. Called with pt.mu held.
+func (pt *presTopic) needsList() bool {
+	legacy := false
+	for c := range pt.recipients {
+		if c.vocab() != vocabCurrent {
+			legacy = true
+			break
+		}
+	}
+	if !legacy {
+		return false
+	}
+	for _, p := range pt.pending {
+		if p.kind == presence.Updated {
+			return true
+		}
+	}
+	return false
+}
+
+// presenceHeartbeat sends each presence topic's heartbeat when due.
 func (g *Gateway) presenceHeartbeat(now time.Time) {
 	for _, pt := range g.presence.all() {
 		hb := pt.rule.cfg.Heartbeat
@@ -438,27 +534,121 @@ func (g *Gateway) presenceHeartbeat(now time.Time) {
 			continue
 		}
 		pt.mu.Lock()
-		if now.Sub(pt.lastBeat) >= hb && len(pt.recipients) > 0 {
+		due := !pt.dead && now.Sub(pt.lastBeat) >= hb && len(pt.recipients) > 0
+		if due {
 			pt.lastBeat = now
-			ctx, cancel := context.WithTimeout(g.ctx, storeTimeout)
-			members, err := pt.rule.tracker.List(ctx, pt.name)
-			cancel()
-			if err == nil {
-				keys := []byte{'['}
-				for i, m := range members {
-					if i > 0 {
-						keys = append(keys, ',')
-					}
-					keys = appendJSONString(keys, m.Key)
-				}
-				frame := wire.AppendEnvelope(nil, pt.frame, "heartbeat", append(keys, ']'), 0)
-				for c := range pt.recipients {
-					c.send(frame)
-				}
+		}
+		pt.mu.Unlock()
+		if !due {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(g.ctx, storeTimeout)
+		members, err := pt.rule.tracker.List(ctx, pt.name)
+		cancel()
+		if err != nil {
+			continue
+		}
+		keys := []byte{'['}
+		for i, m := range members {
+			if i > 0 {
+				keys = append(keys, ',')
 			}
+			keys = appendJSONString(keys, m.Key)
+		}
+		frame := wire.AppendEnvelope(nil, pt.frame, "heartbeat", append(keys, ']'), 0)
+		pt.mu.Lock()
+		for c := range pt.recipients {
+			pt.deliver(c, frame)
 		}
 		pt.mu.Unlock()
 	}
+}
+
+// pendingJoin is a join the backend refused (an outage): the connection
+// is subscribed, and the presence loop joins it when the backend answers.
+type pendingJoin struct {
+	c     *conn
+	topic string
+	key   string
+	data  json.RawMessage
+}
+
+type joinRef struct {
+	c     *conn
+	topic string
+}
+
+// retryLater queues a failed join.
+func (p *presenceTopics) retryLater(j pendingJoin) {
+	p.retryMu.Lock()
+	defer p.retryMu.Unlock()
+	if p.retries == nil {
+		p.retries = make(map[joinRef]pendingJoin)
+	}
+	p.retries[joinRef{j.c, j.topic}] = j
+}
+
+// forget drops c's queued join of topic: it left.
+func (p *presenceTopics) forget(c *conn, topic string) {
+	p.retryMu.Lock()
+	delete(p.retries, joinRef{c, topic})
+	p.retryMu.Unlock()
+}
+
+// retryJoins tries the queued joins again, at most once a second and
+// backing off to every 5 s while they keep failing. A connection that
+// left while its join was in flight is left again at once.
+func (p *presenceTopics) retryJoins(now time.Time) {
+	g := p.g
+	p.retryMu.Lock()
+	if len(p.retries) == 0 || now.Before(p.retryAt) {
+		p.retryMu.Unlock()
+		return
+	}
+	todo := make([]pendingJoin, 0, len(p.retries))
+	for _, j := range p.retries {
+		todo = append(todo, j)
+	}
+	p.retryMu.Unlock()
+	failed := false
+	for _, j := range todo {
+		r := g.presenceFor(j.topic)
+		ctx, cancel := context.WithTimeout(g.ctx, storeTimeout)
+		ch, err := r.tracker.Join(ctx, j.topic, j.key, j.c.id, j.data)
+		var members []presence.Member
+		var lerr error
+		if err == nil {
+			members, lerr = r.tracker.List(ctx, j.topic)
+		}
+		cancel()
+		if err != nil {
+			failed = true
+			continue
+		}
+		p.retryMu.Lock()
+		_, wanted := p.retries[joinRef{j.c, j.topic}]
+		delete(p.retries, joinRef{j.c, j.topic})
+		p.retryMu.Unlock()
+		if !wanted {
+			ctx, cancel := context.WithTimeout(g.ctx, storeTimeout)
+			_, _ = r.tracker.Leave(ctx, j.topic, j.key, j.c.id)
+			cancel()
+			continue
+		}
+		g.logger.Info("presence joined after the backend came back", zap.String("topic", j.topic))
+		pt := p.lock(j.topic, r)
+		g.sendPresenceState(pt, j.c, members, lerr)
+		g.presenceJoined(pt, j.c, j.key, j.data, ch)
+		pt.mu.Unlock()
+	}
+	p.retryMu.Lock()
+	if failed {
+		p.backoff = min(max(2*p.backoff, time.Second), 5*time.Second)
+	} else {
+		p.backoff = 0
+	}
+	p.retryAt = now.Add(p.backoff)
+	p.retryMu.Unlock()
 }
 
 // stop cancels pending flush timers at Close.

@@ -33,6 +33,15 @@ const (
 	maxBackoff = time.Second
 )
 
+// Key names. Every key starts with keyRoot (after KeyPrefix), outside the
+// reference Node package's "presence:*" keys, so an app of that package
+// clearing its own keys on the same Redis leaves this Tracker's alone.
+const (
+	keyRoot = "rt:presence:"
+	// DefaultRedisChannel is the default RedisConfig.Channel, after KeyPrefix.
+	DefaultRedisChannel = keyRoot + "events"
+)
+
 // ErrClosed means the Tracker was closed: it records nothing any more.
 var ErrClosed = errors.New("presence: tracker closed")
 
@@ -74,7 +83,7 @@ type RedisConfig struct {
 	// Channel is the Redis channel change events are published and
 	// received on. Every Tracker on it receives every other's changes,
 	// whatever their topics: Trackers of different rules need distinct
-	// channels (or prefixes). Default: KeyPrefix + "presence:events".
+	// channels (or prefixes). Default: KeyPrefix + DefaultRedisChannel.
 	Channel string
 
 	// Timeout is the deadline of the Tracker's own Redis calls (a
@@ -82,6 +91,14 @@ type RedisConfig struct {
 	// subscription. Join, Leave, List and Count use the caller's ctx.
 	// Default: DefaultRedisTimeout.
 	Timeout time.Duration
+
+	// StartUnreachable makes NewRedis return a working Tracker when Redis
+	// does not confirm the subscription within Timeout, instead of an
+	// error: the subscription keeps retrying with backoff, Reachable
+	// reports false until it is confirmed, and changes published
+	// meanwhile are missed (as after any resubscription). A gateway uses
+	// it so that Caddy starts during a Redis outage.
+	StartUnreachable bool
 
 	// OnError is called with every failure the caller cannot see: a
 	// failed heartbeat, an ended subscription, an undecodable event, a
@@ -99,10 +116,10 @@ type RedisConfig struct {
 //
 // A topic t has these keys, with p the KeyPrefix:
 //
-//	p presence:{t}:members       hash key → data, the member's latest (raw JSON; "" is null)
-//	p presence:{t}:counts        hash key → its live connections, over every instance
-//	p presence:{t}:leases        hash instance id → lease expiry, ms by the Redis clock
-//	p presence:{t}:conns:<inst>  hash, one per instance: "<len(connID)>:<connID><key>" → join token
+//	p rt:presence:{t}:members       hash key → data, the member's latest (raw JSON; "" is null)
+//	p rt:presence:{t}:counts        hash key → its live connections, over every instance
+//	p rt:presence:{t}:leases        hash instance id → lease expiry, ms by the Redis clock
+//	p rt:presence:{t}:conns:<inst>  hash, one per instance: "<len(connID)>:<connID><key>" → join token
 //
 // A member is in members exactly while its count is positive, so List is
 // one HGETALL and Count one HLEN. A connection is one field of its
@@ -185,6 +202,7 @@ type Redis struct {
 	firstSub   chan struct{} // closed at the first confirmed subscription
 	subOnce    sync.Once
 	subscribed atomic.Uint64 // confirmed subscriptions, counting re-subscriptions
+	receiving  atomic.Bool   // a confirmed subscription is running now
 
 	mu      sync.Mutex // guards topics, repairs, tokens, touches and closed
 	topics  map[string]*topicState
@@ -264,7 +282,7 @@ func NewRedis(client rueidis.Client, cfg RedisConfig) (*Redis, error) {
 		wake:      make(chan struct{}, 1),
 	}
 	if r.channel == "" {
-		r.channel = r.prefix + "presence:events"
+		r.channel = r.prefix + DefaultRedisChannel
 	}
 	if r.timeout == 0 {
 		r.timeout = DefaultRedisTimeout
@@ -296,6 +314,10 @@ func NewRedis(client rueidis.Client, cfg RedisConfig) (*Redis, error) {
 		return r, nil
 	case <-t.C:
 	}
+	if cfg.StartUnreachable {
+		r.onError(fmt.Errorf("presence: redis did not confirm the subscription to %q within %s; retrying in the background", r.channel, r.timeout))
+		return r, nil
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
 	defer cancel()
 	_ = r.Close(ctx)
@@ -312,7 +334,7 @@ func jsonString(s string) string {
 // shortens the tag equally in all. Keys of distinct topics never collide,
 // as an instance id holds no '}'.
 func (r *Redis) keys(topic string) []string {
-	base := r.prefix + "presence:{" + topic + "}:"
+	base := r.prefix + keyRoot + "{" + topic + "}:"
 	return []string{base + "members", base + "counts", base + "leases", base + "conns:" + r.id}
 }
 
@@ -542,7 +564,7 @@ func (r *Redis) see(ctx context.Context, topic string) error {
 }
 
 func (r *Redis) sweepArgs(topic, mode string) []string {
-	return []string{r.id, mode, r.ttl, r.channel, r.head(topic, true), r.prefix + "presence:{" + topic + "}:conns:"}
+	return []string{r.id, mode, r.ttl, r.channel, r.head(topic, true), r.prefix + keyRoot + "{" + topic + "}:conns:"}
 }
 
 // heartbeatLoop runs a heartbeat every r.heartbeat until Close.
@@ -737,6 +759,7 @@ func (r *Redis) subscribeLoop() {
 		before := r.subscribed.Load()
 		err := r.client.Receive(rueidis.WithOnSubscriptionHook(r.ctx, r.onSubscription),
 			r.client.B().Subscribe().Channel(r.channel).Build(), r.onMessage)
+		r.receiving.Store(false)
 		if r.ctx.Err() != nil {
 			return
 		}
@@ -761,6 +784,7 @@ func (r *Redis) subscribeLoop() {
 // onSubscription runs on rueidis's connection reader: it must not block.
 func (r *Redis) onSubscription(s rueidis.PubSubSubscription) {
 	if s.Kind == "subscribe" && s.Channel == r.channel {
+		r.receiving.Store(true)
 		r.subscribed.Add(1)
 		r.subOnce.Do(func() { close(r.firstSub) })
 	}
@@ -930,6 +954,11 @@ func (r *Redis) Close(ctx context.Context) error {
 // Dropped reports how many change events were dropped because
 // maxQueuedChanges were already waiting for OnChange.
 func (r *Redis) Dropped() uint64 { return r.dropped.Load() }
+
+// Reachable reports whether the change subscription is confirmed and
+// running: while it is not, changes made on other instances are missed.
+// Without an OnChange there is no subscription, and it reports true.
+func (r *Redis) Reachable() bool { return r.onChange == nil || r.receiving.Load() }
 
 // Invalid reports how many received events could not be decoded.
 func (r *Redis) Invalid() uint64 { return r.invalid.Load() }

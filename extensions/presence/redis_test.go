@@ -145,6 +145,67 @@ func TestNewRedisFailsWithoutASubscription(t *testing.T) {
 	}
 }
 
+// With StartUnreachable a Tracker starts while Redis is down, says it is
+// unreachable, and works once Redis appears: its subscription confirmed,
+// joins and other instances' changes going through.
+func TestRedisStartsUnreachable(t *testing.T) {
+	srv := testsvc.StartRedis(t)
+	client := testsvc.Connect(t, srv.Addr())
+	srv.Kill()
+	rec := &recorder{}
+	r, err := NewRedis(client, RedisConfig{InstanceID: "a", Timeout: 200 * time.Millisecond, StartUnreachable: true,
+		Config: Config{OnChange: rec.onChange}, OnError: logErrors(t)})
+	if err != nil {
+		t.Fatalf("NewRedis with Redis down and StartUnreachable: %v", err)
+	}
+	t.Cleanup(func() { _ = r.Close(context.Background()) })
+	if r.Reachable() {
+		t.Fatal("Reachable with Redis down")
+	}
+	if _, err := r.Join(context.Background(), "room", "k", "c1", nil); err == nil {
+		t.Fatal("Join succeeded with Redis down")
+	}
+	srv.Restart()
+	waitFor(t, 10*time.Second, "the subscription after Redis came back", r.Reachable)
+	b := newRedisTracker(t, testsvc.Connect(t, srv.Addr()), "", Config{})
+	mustJoin(t, r, "room", "alice", "c1", `{"n":1}`)
+	mustJoin(t, b, "room", "bob", "c2", `{"n":2}`)
+	waitFor(t, 5*time.Second, "bob's join from the other instance", func() bool { return len(rec.on("room")) == 1 })
+	expectChanges(t, rec, "room", `joined bob {"n":2}`)
+}
+
+// The reference Node package's clear() deletes "presence:*" on its Redis:
+// a gateway sharing that Redis keeps its members.
+func TestRedisKeysSurviveTheReferencePackagesClear(t *testing.T) {
+	client, _ := testsvc.Redis(t)
+	tr := newRedisTracker(t, client, "", Config{})
+	topic := "clear-" + uuid.NewString()
+	mustJoin(t, tr, topic, "alice", "c1", `{}`)
+	ctx := context.Background()
+	keys, err := client.Do(ctx, client.B().Keys().Pattern("*"+topic+"*").Build()).AsStrSlice()
+	if err != nil || len(keys) == 0 {
+		t.Fatalf("keys of %s: %v %v", topic, keys, err)
+	}
+	for _, k := range keys {
+		if strings.HasPrefix(k, "presence:") {
+			t.Errorf("key %q is under the reference package's presence:*", k)
+		}
+	}
+	stale, err := client.Do(ctx, client.B().Keys().Pattern("presence:*").Build()).AsStrSlice()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range stale {
+		_ = client.Do(ctx, client.B().Del().Key(k).Build()).Error()
+	}
+	if ms, err := tr.List(ctx, topic); err != nil || len(ms) != 1 || ms[0].Key != "alice" {
+		t.Fatalf("after deleting presence:*, List = %v, %v; want alice", ms, err)
+	}
+	if got := DefaultRedisChannel; strings.HasPrefix(got, "presence:") {
+		t.Errorf("default channel %q is the reference package's", got)
+	}
+}
+
 // recorder collects the changes an OnChange receives.
 type recorder struct {
 	mu      sync.Mutex
@@ -347,7 +408,7 @@ func TestRedisReapedInstanceJoinsAgain(t *testing.T) {
 	mustJoin(t, a, "room", "u1", "c1", `{"v":1}`)
 	mustJoin(t, a, "room", "u2", "c2", `{}`)
 	mustJoin(t, b, "room", "u2", "c3", `{}`)
-	leases := prefix + "presence:{room}:leases"
+	leases := prefix + "rt:presence:{room}:leases"
 	if err := ca.Do(context.Background(), ca.B().Hset().Key(leases).FieldValue().FieldValue(a.id, "0").Build()).Error(); err != nil {
 		t.Fatal(err)
 	}

@@ -191,7 +191,9 @@ func (m *Memory) ClearAll(ctx context.Context) error {
 	for i := range m.shards {
 		sh := &m.shards[i]
 		sh.mu.Lock()
-		sh.topics = make(map[string]*ring)
+		for _, r := range sh.topics {
+			r.drop()
+		}
 		sh.mu.Unlock()
 	}
 	return nil

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/caddy-realtime/realtime/extensions/wire"
@@ -81,6 +82,7 @@ type Postgres struct {
 	// AutoMigrate.
 	migrateStmts []string
 	migrated     atomic.Bool
+	failing      atomic.Bool // the last call failed without an answer from the server
 	mu           sync.Mutex
 	running      *migration // the migration in flight, or nil; guarded by mu
 }
@@ -189,7 +191,7 @@ FROM h LEFT JOIN LATERAL (
 ) e ON true
 ORDER BY e.seq`
 	s.clearSQL = `DELETE FROM ` + entries + ` WHERE topic = $1`
-	s.clearAllSQL = `TRUNCATE ` + entries + `, ` + counters
+	s.clearAllSQL = `TRUNCATE ` + entries // counters stay: no seq is issued twice
 	// $1 TTL in µs. The index on last_append finds the idle topics; the
 	// primary key, their rows.
 	s.cleanupSQL = `DELETE FROM ` + entries + ` e USING ` + counters + ` c
@@ -281,8 +283,21 @@ func (s *Postgres) migrate(ctx context.Context) error {
 	})
 }
 
+// note records whether a call reached the server: an error Postgres
+// answered (a constraint, a bad query) still means it is reachable; a
+// failed dial, a dropped connection or a timeout do not.
+func (s *Postgres) note(err error) {
+	var pgErr *pgconn.PgError
+	s.failing.Store(err != nil && !errors.As(err, &pgErr) && !errors.Is(err, context.Canceled))
+}
+
+// Reachable reports whether the last call reached the server. Nothing is
+// probed: it reflects the traffic, which is what clients live by.
+func (s *Postgres) Reachable() bool { return !s.failing.Load() }
+
 // Append implements Store with one statement.
-func (s *Postgres) Append(ctx context.Context, topic, event string, data json.RawMessage) (uint64, error) {
+func (s *Postgres) Append(ctx context.Context, topic, event string, data json.RawMessage) (seq uint64, err error) {
+	defer func() { s.note(err) }()
 	return s.append(ctx, s.pool, topic, event, data)
 }
 
@@ -295,12 +310,12 @@ func (s *Postgres) Append(ctx context.Context, topic, event string, data json.Ra
 // (the connection died at that moment), the event went out without being
 // stored and its seq will be given again: the one case where AppendThen
 // cannot keep its promise.
-func (s *Postgres) AppendThen(ctx context.Context, topic, event string, data json.RawMessage, then func(seq uint64) error) (uint64, error) {
+func (s *Postgres) AppendThen(ctx context.Context, topic, event string, data json.RawMessage, then func(seq uint64) error) (seq uint64, err error) {
+	defer func() { s.note(err) }()
 	if err := s.ready(ctx); err != nil { // before BEGIN: the migration takes its own connection
 		return 0, err
 	}
-	var seq uint64
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		var err error
 		if seq, err = s.append(ctx, tx, topic, event, data); err != nil {
 			return err
@@ -399,7 +414,8 @@ func StoreEnvelope(topic, event string, data json.RawMessage, seq uint64) []byte
 func (s *Postgres) Observe(topic string, seq uint64) { s.seen.note(topic, seq) }
 
 // Head implements Store.
-func (s *Postgres) Head(ctx context.Context, topic string) (uint64, error) {
+func (s *Postgres) Head(ctx context.Context, topic string) (head uint64, err error) {
+	defer func() { s.note(err) }()
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
@@ -407,7 +423,7 @@ func (s *Postgres) Head(ctx context.Context, topic string) (uint64, error) {
 		return 0, err
 	}
 	var seq int64
-	err := s.pool.QueryRow(ctx, s.headSQL, topic).Scan(&seq)
+	err = s.pool.QueryRow(ctx, s.headSQL, topic).Scan(&seq)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return 0, nil
 	}
@@ -418,7 +434,8 @@ func (s *Postgres) Head(ctx context.Context, topic string) (uint64, error) {
 }
 
 // Since implements Store with one statement, so one snapshot.
-func (s *Postgres) Since(ctx context.Context, topic string, after uint64) (Range, error) {
+func (s *Postgres) Since(ctx context.Context, topic string, after uint64) (r Range, err error) {
+	defer func() { s.note(err) }()
 	if err := ctx.Err(); err != nil {
 		return Range{}, err
 	}
@@ -490,7 +507,6 @@ func (s *Postgres) ClearAll(ctx context.Context) error {
 	if _, err := s.pool.Exec(ctx, s.clearAllSQL); err != nil {
 		return fmt.Errorf("replay: clear all: %w", err)
 	}
-	s.seen.reset()
 	return nil
 }
 

@@ -302,8 +302,8 @@ func (s *Redis) ClearAll(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	s.seen.reset()
-	match := escapeGlob(s.prefix) + "rt:replay:*"
+	// Only the buffers: a counter survives, so no seq is ever issued twice.
+	match := escapeGlob(s.prefix) + "rt:replay:*:buf"
 	for addr, node := range s.client.Nodes() {
 		var cursor uint64
 		for {

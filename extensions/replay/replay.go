@@ -111,9 +111,10 @@ type Store interface {
 	// truncated instead of silently missing events.
 	Clear(ctx context.Context, topic string) error
 
-	// ClearAll drops every topic's entries and counters, ending the life of
-	// the store's seqs: they start again at 1, as after a memory store's
-	// restart. It is an administrative reset (the API's DELETE /replay).
+	// ClearAll drops every topic's entries, as Clear does one topic's: the
+	// counters stay, so subscribers on every instance keep a gap-free
+	// stream and a resume across it is truncated. It is the API's
+	// DELETE /replay.
 	ClearAll(ctx context.Context) error
 }
 

@@ -75,13 +75,3 @@ func (s *seen) get(topic string) uint64 {
 	defer sh.mu.Unlock()
 	return sh.seqs[topic]
 }
-
-// reset forgets every topic.
-func (s *seen) reset() {
-	for i := range s.shards {
-		sh := &s.shards[i]
-		sh.mu.Lock()
-		clear(sh.seqs)
-		sh.mu.Unlock()
-	}
-}
