@@ -7,6 +7,7 @@ import (
 	"github.com/caddy-realtime/realtime/extensions/groups"
 	"github.com/caddy-realtime/realtime/extensions/presence"
 	"github.com/caddy-realtime/realtime/extensions/ratelimit"
+	"github.com/caddy-realtime/realtime/extensions/replay"
 )
 
 // Backends builds the extensions' shared state. A nil field means the
@@ -54,6 +55,11 @@ func (b Backends) rateLimit(cfg ratelimit.Config) (ratelimit.Limiter, error) {
 type Reachability interface {
 	Reachable() bool
 }
+
+var (
+	_ Reachability = (*presence.Redis)(nil)
+	_ Reachability = (*replay.Postgres)(nil)
+)
 
 // unreachable names the rules whose backend says it is unreachable, as
 // "<kind> <pattern>", in configuration order; never nil.

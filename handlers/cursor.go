@@ -61,6 +61,22 @@ type curTopic struct {
 	flushTh  cursor.Throttle
 	timer    *time.Timer
 	stopped  bool
+
+	held     map[*conn][][]byte // frames for connections still waiting for their snapshot
+	outbox   []cursorWrite      // the tracker writes and relays of sent frames, in order
+	inflight *cursorWrite       // the write the writer runs now
+	writing  bool               // a writer goroutine drains outbox
+}
+
+// cursorWrite is what follows a frame sent to the local connections: the
+// tracker write (entries to store, or a key to remove) and the relay of
+// the frame to the other instances. Writes of a topic run in order on one
+// goroutine, never under the topic's lock.
+type cursorWrite struct {
+	entries []cursor.Entry
+	remove  string
+	event   string
+	frame   []byte
 }
 
 // mover is one connection's cursor on one topic.
@@ -83,7 +99,7 @@ func (ct *cursorTopics) lock(t string, r *cursorRule) *curTopic {
 // release forgets x when nobody is attached, moving or pending. Called
 // with x.mu held.
 func (ct *cursorTopics) release(x *curTopic) {
-	if len(x.attached) > 0 || len(x.movers) > 0 || len(x.dirty) > 0 {
+	if len(x.attached) > 0 || len(x.movers) > 0 || len(x.dirty) > 0 || x.writing {
 		return
 	}
 	ct.drop(x.name, x)
@@ -118,29 +134,166 @@ func appendEntries(dst []byte, es []cursor.Entry) []byte {
 }
 
 // cursorAttach attaches c to t: by cursor-snapshot (snapshot reply) or by a
-// legacy __cursor:<t> subscribe (current entries as one bulk, if any).
+// legacy __cursor:<t> subscribe (current entries as one bulk, if any). The
+// tracker is read without the topic's lock: c's frames are held meanwhile
+// and follow the snapshot.
 func (g *Gateway) cursorAttach(c *conn, t string, snapshot bool) {
 	r := g.cursorFor(t)
 	x := g.cursors.lock(t, r)
-	defer x.mu.Unlock()
 	x.attached[c] = struct{}{}
 	if c.cursorsAttached == nil {
 		c.cursorsAttached = make(map[string]bool)
 	}
 	c.cursorsAttached[t] = true
+	if x.held == nil {
+		x.held = make(map[*conn][][]byte)
+	}
+	if _, ok := x.held[c]; !ok {
+		x.held[c] = nil
+	}
+	x.mu.Unlock()
+
 	ctx, cancel := context.WithTimeout(g.ctx, storeTimeout)
-	defer cancel()
 	entries, err := r.tracker.List(ctx, t)
-	if err != nil {
-		g.logger.Warn("cursor list failed", zap.String("topic", t), zap.Error(err))
-		return
+	cancel()
+
+	x = g.cursors.lock(t, r)
+	defer x.mu.Unlock()
+	held := x.held[c]
+	delete(x.held, c)
+	if err == nil {
+		entries = x.overlay(entries)
 	}
 	switch {
+	case err != nil:
+		g.logger.Warn("cursor list failed", zap.String("topic", t), zap.Error(err))
 	case snapshot:
 		c.send(wire.AppendEnvelope(nil, x.frame, "snapshot", appendEntries(nil, entries), 0))
 	case len(entries) > 0:
 		c.send(wire.AppendEnvelope(nil, x.frame, "bulk", appendEntries(nil, entries), 0))
 	}
+	for _, f := range held {
+		c.send(f)
+	}
+}
+
+// deliver sends f to every attached connection, holding it for those that
+// wait for their snapshot. Called with x.mu held.
+func (x *curTopic) deliver(f []byte) {
+	for c := range x.attached {
+		if q, ok := x.held[c]; ok {
+			x.held[c] = append(q, f)
+			continue
+		}
+		c.send(f)
+	}
+}
+
+// cursorWriteLater queues w for the topic's writer, starting it if needed. Called
+// with x.mu held.
+func (g *Gateway) cursorWriteLater(x *curTopic, w cursorWrite) {
+	x.outbox = append(x.outbox, w)
+	if x.writing {
+		return
+	}
+	x.writing = true
+	g.wg.Add(1)
+	go g.cursorWriter(x)
+}
+
+// cursorWriter runs the topic's queued writes in order until none is left.
+func (g *Gateway) cursorWriter(x *curTopic) {
+	defer g.wg.Done()
+	for {
+		x.mu.Lock()
+		if len(x.outbox) == 0 {
+			x.writing = false
+			x.outbox = nil
+			g.cursors.release(x)
+			x.mu.Unlock()
+			return
+		}
+		w := x.outbox[0]
+		x.outbox = x.outbox[1:]
+		x.inflight = &w
+		x.mu.Unlock()
+		g.safely("cursor writer", func() { g.cursorWrite(x, w) })
+		x.mu.Lock()
+		x.inflight = nil
+		x.mu.Unlock()
+	}
+}
+
+// overlay applies the writes not yet stored to entries read from the
+// tracker, so a snapshot agrees with the frames already sent: no cursor
+// shown after its remove, none older than its last update. Only this
+// instance writes the keys of its own connections, so its pending writes
+// are their latest state. Called with x.mu held.
+func (x *curTopic) overlay(entries []cursor.Entry) []cursor.Entry {
+	if x.inflight == nil && len(x.outbox) == 0 {
+		return entries
+	}
+	pending := x.outbox
+	if x.inflight != nil {
+		pending = append([]cursorWrite{*x.inflight}, pending...)
+	}
+	at := make(map[string]int, len(entries))
+	for i, e := range entries {
+		at[e.Key] = i
+	}
+	gone := make(map[string]bool)
+	for _, w := range pending {
+		if w.remove != "" {
+			gone[w.remove] = true
+			continue
+		}
+		for _, e := range w.entries {
+			delete(gone, e.Key)
+			if i, ok := at[e.Key]; ok {
+				entries[i] = e
+			} else {
+				at[e.Key] = len(entries)
+				entries = append(entries, e)
+			}
+		}
+	}
+	if len(gone) == 0 {
+		return entries
+	}
+	kept := entries[:0]
+	for _, e := range entries {
+		if !gone[e.Key] {
+			kept = append(kept, e)
+		}
+	}
+	return kept
+}
+
+func (g *Gateway) cursorWrite(x *curTopic, w cursorWrite) {
+	ctx, cancel := context.WithTimeout(g.ctx, storeTimeout)
+	defer cancel()
+	tr := x.rule.tracker
+	var err error
+	switch {
+	case w.remove != "":
+		if err = tr.Remove(ctx, x.name, w.remove); err != nil {
+			g.logger.Warn("cursor remove failed; the entry expires after the cursor ttl", zap.String("topic", x.name), zap.Error(err))
+		}
+	case len(w.entries) > 0:
+		if many, ok := tr.(cursor.ManyUpdater); ok {
+			err = many.UpdateMany(ctx, x.name, w.entries)
+		} else {
+			for _, e := range w.entries {
+				if err = tr.Update(ctx, x.name, e); err != nil {
+					break
+				}
+			}
+		}
+		if err != nil {
+			g.logger.Warn("cursor update failed; the frame still went out", zap.String("topic", x.name), zap.Error(err))
+		}
+	}
+	g.relaySystem(x.frame, w.event, w.frame)
 }
 
 // cursorDetach stops delivery to c; its own entry stays until close.
@@ -220,10 +373,10 @@ func (g *Gateway) cursorStore(x *curTopic, c *conn, m *mover, now time.Time) {
 }
 
 // cursorFlush sends the changed entries: one as update, several as one
-// bulk frame (§6.2). Called with x.mu held.
-// The entries are stored in one tracker round trip when the backend can
-// (cursor.Tracker UpdateMany), and the frame is relayed to the other
-// instances once.
+// bulk frame (§6.2), to the local connections at once; the tracker write
+// (one round trip when the backend is a cursor.ManyUpdater) and the relay
+// to the other instances follow on the topic's writer. Called with x.mu
+// held.
 func (g *Gateway) cursorFlush(x *curTopic) {
 	if len(x.dirty) == 0 {
 		return
@@ -234,23 +387,6 @@ func (g *Gateway) cursorFlush(x *curTopic) {
 	}
 	clear(x.dirty)
 	x.order = x.order[:0]
-	ctx, cancel := context.WithTimeout(g.ctx, storeTimeout)
-	var err error
-	if many, ok := x.rule.tracker.(interface {
-		UpdateMany(context.Context, string, []cursor.Entry) error
-	}); ok {
-		err = many.UpdateMany(ctx, x.name, es)
-	} else {
-		for _, e := range es {
-			if err = x.rule.tracker.Update(ctx, x.name, e); err != nil {
-				break
-			}
-		}
-	}
-	cancel()
-	if err != nil {
-		g.logger.Warn("cursor update failed; the frame still goes out", zap.String("topic", x.name), zap.Error(err))
-	}
 	event, data := "update", []byte(nil)
 	if len(es) == 1 {
 		data = appendEntry(nil, es[0])
@@ -258,10 +394,8 @@ func (g *Gateway) cursorFlush(x *curTopic) {
 		event, data = "bulk", appendEntries(nil, es)
 	}
 	frame := wire.AppendEnvelope(nil, x.frame, event, data, 0)
-	for c := range x.attached {
-		c.send(frame)
-	}
-	g.relaySystem(x.frame, event, frame)
+	x.deliver(frame)
+	g.cursorWriteLater(x, cursorWrite{entries: es, event: event, frame: frame})
 }
 
 // cursorRemove runs at close for every topic c moved on: the entry goes
@@ -290,19 +424,11 @@ func (g *Gateway) cursorRemove(c *conn, t string) {
 		}
 	}
 	// A mover whose only move is still held for the flush sends remove as
-	// well: harmless for clients that never saw it, and no update follows.
-	{
-		ctx, cancel := context.WithTimeout(g.ctx, storeTimeout)
-		if err := r.tracker.Remove(ctx, t, c.id); err != nil {
-			g.logger.Warn("cursor remove failed; the entry expires after the cursor ttl", zap.String("topic", t), zap.Error(err))
-		}
-		cancel()
-		frame := wire.AppendEnvelope(nil, x.frame, "remove", append(appendJSONString([]byte(`{"key":`), c.id), '}'), 0)
-		for a := range x.attached {
-			a.send(frame)
-		}
-		g.relaySystem(x.frame, "remove", frame)
-	}
+	// well: harmless for clients that never saw it, and no update follows
+	// (the writer runs the topic's writes in order).
+	frame := wire.AppendEnvelope(nil, x.frame, "remove", append(appendJSONString([]byte(`{"key":`), c.id), '}'), 0)
+	x.deliver(frame)
+	g.cursorWriteLater(x, cursorWrite{remove: c.id, event: "remove", frame: frame})
 	g.cursors.release(x)
 }
 
@@ -365,7 +491,5 @@ func (g *Gateway) cursorDeliverLocal(t string, frame []byte) {
 	}
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	for c := range x.attached {
-		c.send(frame)
-	}
+	x.deliver(frame)
 }

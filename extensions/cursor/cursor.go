@@ -63,6 +63,14 @@ type Tracker interface {
 	List(ctx context.Context, topic string) ([]Entry, error)
 }
 
+// ManyUpdater is implemented by Trackers that store several entries of a
+// topic in one round trip (Redis: one script run); the gateway uses it for
+// a flush that changed several cursors.
+type ManyUpdater interface {
+	// UpdateMany sets every entry of es on topic, as Update does each.
+	UpdateMany(ctx context.Context, topic string, es []Entry) error
+}
+
 // Defaults and limits of Config (PROTOCOL.md §6.2, §8).
 const (
 	DefaultThrottle = 50 * time.Millisecond

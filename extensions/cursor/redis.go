@@ -207,6 +207,8 @@ func (r *Redis) keys(topic string) []string {
 	return []string{base, base + ":leases"}
 }
 
+var _ ManyUpdater = (*Redis)(nil)
+
 // Update implements Tracker with one script run, like UpdateMany.
 func (r *Redis) Update(ctx context.Context, topic string, e Entry) error {
 	return r.UpdateMany(ctx, topic, []Entry{e})
