@@ -340,11 +340,13 @@ func (g *Gateway) cursorMove(c *conn, t string, data []byte, now time.Time) {
 		g.cursorStore(x, c, m, now)
 	case !fireAt.IsZero():
 		m.timer = time.AfterFunc(fireAt.Sub(now), func() {
-			x.mu.Lock()
-			defer x.mu.Unlock()
-			if x.movers[c] == m && m.th.Fired(g.now()) && !x.stopped {
-				g.cursorStore(x, c, m, g.now())
-			}
+			g.safely("cursor throttle", func() {
+				x.mu.Lock()
+				defer x.mu.Unlock()
+				if x.movers[c] == m && m.th.Fired(g.now()) && !x.stopped {
+					g.cursorStore(x, c, m, g.now())
+				}
+			})
 		})
 	}
 }
@@ -363,11 +365,13 @@ func (g *Gateway) cursorStore(x *curTopic, c *conn, m *mover, now time.Time) {
 		g.cursorFlush(x)
 	case !fireAt.IsZero():
 		x.timer = time.AfterFunc(fireAt.Sub(now), func() {
-			x.mu.Lock()
-			defer x.mu.Unlock()
-			if x.flushTh.Fired(g.now()) && !x.stopped {
-				g.cursorFlush(x)
-			}
+			g.safely("cursor flush", func() {
+				x.mu.Lock()
+				defer x.mu.Unlock()
+				if x.flushTh.Fired(g.now()) && !x.stopped {
+					g.cursorFlush(x)
+				}
+			})
 		})
 	}
 }

@@ -76,7 +76,7 @@ func (g *Gateway) newNotify(cfgs []NotifyConfig, allowNonASCII bool) ([]*notifyB
 			TopicField:          c.TopicField,
 			EventField:          c.EventField,
 			DataField:           c.DataField,
-			Handler:             b.handle,
+			Handler:             func(n notify.Notification) { g.safely("notify handler", func() { b.handle(n) }) },
 			OnDrop:              b.drop,
 			OnError:             b.onError,
 			OnListen:            b.onListen,

@@ -314,7 +314,9 @@ func (g *Gateway) schedulePresence(pt *presTopic) {
 	if pt.timer != nil || len(pt.pending) == 0 {
 		return
 	}
-	pt.timer = time.AfterFunc(presenceFlushWindow, func() { g.flushPresence(pt) })
+	pt.timer = time.AfterFunc(presenceFlushWindow, func() {
+		g.safely("presence flush", func() { g.flushPresence(pt) })
+	})
 }
 
 // sendPresenceState sends the full membership, read by the caller, to one
