@@ -89,7 +89,7 @@ go test -race $short -count=1 -timeout 20m ./...
 # ---- browser tier (begin) ------------------------------------------------
 # Headless Chromium drives the demo (Caddyfile.example) against a Caddy built
 # from ./cmd/caddy, with both client generations: e2e/e2e.test.mjs. It needs
-# Node.js >= 18 and Debian's Chromium (/usr/bin/chromium, or $CHROMIUM_PATH),
+# Node.js >= 20 and Debian's Chromium (/usr/bin/chromium, or $CHROMIUM_PATH),
 # installed from Debian packages when missing and this runs as root; the node
 # packages (playwright-core, esbuild, svelte-adapter-uws 0.3.4) come from npm
 # (npm install from e2e/package-lock.json). Where Chromium or Node.js cannot be had, the tier is
@@ -106,9 +106,9 @@ browser_tier() {
 		apt_install nodejs npm || true
 	fi
 	if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-		why="Node.js >= 18 and npm (Debian: apt-get install nodejs npm)"
-	elif (( $(node -p 'parseInt(process.versions.node)') < 18 )); then
-		why="Node.js >= 18 (found $(node --version))"
+		why="Node.js >= 20 and npm (Debian: apt-get install nodejs npm)"
+	elif (( $(node -p 'parseInt(process.versions.node)') < 20 )); then
+		why="Node.js >= 20 (found $(node --version))"
 	elif [[ ! -x $chromium ]]; then
 		apt_install chromium || true
 		[[ -x $chromium ]] || why="Chromium at $chromium (Debian: apt-get install chromium, as root)"
