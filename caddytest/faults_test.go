@@ -22,7 +22,7 @@ import (
 	"github.com/caddy-realtime/realtime/internal/testsvc"
 )
 
-// Fault tests (issue 7): each drives real processes into one fault and
+// Fault tests: each drives real processes into one fault and
 // asserts what a user relies on through it. The README's fault matrix
 // lists them.
 

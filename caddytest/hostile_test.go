@@ -24,7 +24,7 @@ import (
 	"github.com/caddy-realtime/realtime/internal/testsvc"
 )
 
-// Hostile input, secrecy and slow consumers (issue 7): what a client, an
+// Hostile input, secrecy and slow consumers: what a client, an
 // IP or an API caller can do to the gateway on purpose, and what must never
 // come out of it. Each test drives a real Caddy process.
 
@@ -992,7 +992,7 @@ func testSlowConsumer(t *testing.T, policy string) {
 	t.Logf("slow_consumer %s: dropped_total{slow_consumer} = %v", policy, dropped)
 }
 
-// Issue 7, README Operations ("keys, identities and hook bodies are never
+// docs/operations.md ("keys, identities and hook bodies are never
 // logged"): no secret reaches a log line (Caddy at debug level, access log
 // on) or a client frame or API answer: not the Redis or Postgres password,
 // the API key, the upgrade's credential or cookie, the Set-Cookie the auth

@@ -62,7 +62,7 @@ func TestPostgresReplaySurvivesRestart(t *testing.T) {
 	}
 }
 
-// Issue 6: with `store postgres` in a cluster, two instances publishing 50
+// With `store postgres` in a cluster, two instances publishing 50
 // events each at once to one topic get seqs 1..100, each once; a client on
 // a third instance receives all 100 once, in seq order; and a client that
 // resumes on another instance gets what it missed from Postgres.

@@ -27,7 +27,7 @@
 //     Publish does nothing. Several Memory buses on one Network form an
 //     in-process cluster, for tests and for Go programs embedding several
 //     gateways.
-//   - Redis (planned): PUBLISH/SUBSCRIBE on one channel, "uws:pubsub" by
+//   - Redis: PUBLISH/SUBSCRIBE on one channel, "uws:pubsub" by
 //     default, in the envelope format below, so instances interoperate with
 //     Node servers running the reference package,
 //     svelte-adapter-uws-extensions.

@@ -122,7 +122,7 @@ type RedisConfig struct {
 	// was not confirmed within Timeout instead of failing: it starts
 	// unhealthy (OnHealth(false) is called before NewRedis returns) and
 	// recovers as after an outage once Redis answers. A gateway sets it to
-	// start, or reload, while Redis is down (issue 7). Default: false.
+	// start, or reload, while Redis is down. Default: false.
 	StartUnreachable bool
 
 	// OnError is called with every failure: a Redis call that failed, a

@@ -1,6 +1,6 @@
 // Package lazyredis is a rueidis.Client that can exist before its Redis
-// does: Caddy must start, and serve locally, while Redis is unreachable
-// (issue 7), but rueidis.NewClient fails when it cannot dial. A Client
+// does: Caddy must start, and serve locally, while Redis is unreachable,
+// but rueidis.NewClient fails when it cannot dial. A Client
 // tries rueidis.NewClient once in New; if that fails it answers every
 // command with ErrNotConnected while one goroutine retries with a capped
 // backoff, and from the first success on it delegates every call to the
