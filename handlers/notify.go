@@ -104,7 +104,9 @@ func (g *Gateway) newNotify(cfgs []NotifyConfig, allowNonASCII bool) ([]*notifyB
 // with its connection.
 func closeNotify(ctx context.Context, bridges []*notifyBridge) {
 	for _, b := range bridges {
-		_ = b.l.Close(ctx)
+		if err := b.l.Close(ctx); err != nil {
+			b.logger.Warn("closing the notify listener failed", zap.Error(err))
+		}
 	}
 }
 
