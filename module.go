@@ -54,7 +54,8 @@ func init() {
 var gateways = caddy.NewUsagePool()
 
 // App is the `realtime` app: state shared by every realtime handler of one
-// Caddy instance. Redis and Postgres backends join it in later versions.
+// Caddy instance: its instance id and the Redis client and Postgres pool
+// every handler shares.
 type App struct {
 	// InstanceID names this Caddy instance among the gateways sharing a
 	// backend. Default: a random UUID per process start.
@@ -1266,7 +1267,7 @@ var (
 )
 
 // pooledGateway adapts a gateway to caddy.Destructor and remembers what it
-// was built from, to log what a reload does to it (issue 7).
+// was built from, to log what a reload does to it.
 type pooledGateway struct {
 	*handlers.Gateway
 	name     string

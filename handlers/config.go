@@ -297,57 +297,34 @@ const (
 // idempotent: applying it again changes nothing, so an explicit "off"
 // (a negative duration) stays off however many layers default the config.
 func (c Config) WithDefaults() Config {
-	setStr := func(p *string, v string) {
-		if *p == "" {
-			*p = v
-		}
-	}
-	setDur := func(p *time.Duration, v time.Duration) {
-		if *p == 0 {
-			*p = v
-		}
-	}
-	setInt := func(p *int, v int) {
-		if *p == 0 {
-			*p = v
-		}
-	}
-	setStr(&c.Path, DefaultPath)
-	setStr(&c.Name, c.Path)
-	setStr(&c.UserKey, DefaultUserKey)
+	setDefault(&c.Path, DefaultPath)
+	setDefault(&c.Name, c.Path)
+	setDefault(&c.UserKey, DefaultUserKey)
 	c.APIPath = NormalizeAPIPath(c.APIPath)
-	if c.APIMaxBody == 0 {
-		c.APIMaxBody = DefaultAPIMaxBody
-	}
+	setDefault(&c.APIMaxBody, DefaultAPIMaxBody)
 	if len(c.Origins) == 0 {
 		c.Origins = []string{"same-origin"}
 	}
-	setDur(&c.KeepAlive, DefaultKeepAlive)
-	setDur(&c.PingInterval, DefaultPingInterval)
-	setDur(&c.IdleTimeout, DefaultIdleTimeout)
-	setDur(&c.WriteTimeout, DefaultWriteTimeout)
-	setDur(&c.RequestTimeout, DefaultRequestTimeout)
-	setDur(&c.ShutdownSpread, DefaultShutdownSpread)
-	if c.MaxPayload == 0 {
-		c.MaxPayload = DefaultMaxPayload
-	}
-	if c.MaxBackpressure == 0 {
-		c.MaxBackpressure = DefaultMaxBackpressure
-	}
-	if c.SlowConsumer == "" {
-		c.SlowConsumer = SlowConsumerClose
-	}
-	setInt(&c.UpgradeRate, DefaultUpgradeRate)
-	setDur(&c.UpgradeWindow, DefaultUpgradeWindow)
-	setInt(&c.MaxSubscriptions, DefaultMaxSubscriptions)
-	setInt(&c.InboundRate, DefaultInboundRate)
-	setInt(&c.InboundBurst, DefaultInboundBurst)
-	setInt(&c.RateLimitClose, DefaultRateLimitClose)
+	setDefault(&c.KeepAlive, DefaultKeepAlive)
+	setDefault(&c.PingInterval, DefaultPingInterval)
+	setDefault(&c.IdleTimeout, DefaultIdleTimeout)
+	setDefault(&c.WriteTimeout, DefaultWriteTimeout)
+	setDefault(&c.RequestTimeout, DefaultRequestTimeout)
+	setDefault(&c.ShutdownSpread, DefaultShutdownSpread)
+	setDefault(&c.MaxPayload, DefaultMaxPayload)
+	setDefault(&c.MaxBackpressure, DefaultMaxBackpressure)
+	setDefault(&c.SlowConsumer, SlowConsumerClose)
+	setDefault(&c.UpgradeRate, DefaultUpgradeRate)
+	setDefault(&c.UpgradeWindow, DefaultUpgradeWindow)
+	setDefault(&c.MaxSubscriptions, DefaultMaxSubscriptions)
+	setDefault(&c.InboundRate, DefaultInboundRate)
+	setDefault(&c.InboundBurst, DefaultInboundBurst)
+	setDefault(&c.RateLimitClose, DefaultRateLimitClose)
 	c.Auth = c.Auth.withDefaults(DefaultAuthTimeout, DefaultAuthInFlight)
 	c.SubscribeHook = c.SubscribeHook.withDefaults(DefaultHookTimeout, DefaultHookInFlight)
 	c.MessageHook = c.MessageHook.withDefaults(DefaultHookTimeout, DefaultHookInFlight)
-	if c.MessageHook != nil && c.MessageHook.Queue == 0 {
-		c.MessageHook.Queue = DefaultHookQueue
+	if c.MessageHook != nil {
+		setDefault(&c.MessageHook.Queue, DefaultHookQueue)
 	}
 	c.EventsHook = c.EventsHook.withDefaults(DefaultHookTimeout, DefaultHookInFlight)
 	// The slices are copied before their elements are defaulted: the
@@ -355,9 +332,7 @@ func (c Config) WithDefaults() Config {
 	c.Replay = slices.Clone(c.Replay)
 	for i := range c.Replay {
 		r := &c.Replay[i]
-		if r.Store == "" {
-			r.Store = ReplayStoreMemory
-		}
+		setDefault(&r.Store, ReplayStoreMemory)
 		if r.Size <= 0 {
 			r.Size = replay.DefaultSize
 		}
@@ -365,41 +340,34 @@ func (c Config) WithDefaults() Config {
 	c.Presence = slices.Clone(c.Presence)
 	for i := range c.Presence {
 		p := &c.Presence[i]
-		setStr(&p.Key, presence.DefaultKey)
-		setDur(&p.Heartbeat, presence.DefaultHeartbeat)
-		setDur(&p.TTL, presence.DefaultTTL)
+		setDefault(&p.Key, presence.DefaultKey)
+		setDefault(&p.Heartbeat, presence.DefaultHeartbeat)
+		setDefault(&p.TTL, presence.DefaultTTL)
 	}
 	c.Cursors = slices.Clone(c.Cursors)
 	for i := range c.Cursors {
 		cu := &c.Cursors[i]
-		setDur(&cu.Throttle, cursor.DefaultThrottle)
-		setDur(&cu.TopicThrottle, cursor.DefaultTopicThrottle)
-		setDur(&cu.TTL, cursor.DefaultTTL)
-		setInt(&cu.MaxData, cursor.DefaultMaxData)
+		setDefault(&cu.Throttle, cursor.DefaultThrottle)
+		setDefault(&cu.TopicThrottle, cursor.DefaultTopicThrottle)
+		setDefault(&cu.TTL, cursor.DefaultTTL)
+		setDefault(&cu.MaxData, cursor.DefaultMaxData)
 	}
 	c.Groups = slices.Clone(c.Groups)
 	for i := range c.Groups {
-		setDur(&c.Groups[i].MemberTTL, groups.DefaultTTL)
+		setDefault(&c.Groups[i].MemberTTL, groups.DefaultTTL)
 	}
 	if r := c.RateLimit; r != nil {
 		rl := *r
-		setInt(&rl.Points, ratelimit.DefaultPoints)
-		setDur(&rl.Interval, ratelimit.DefaultInterval)
-		setStr(&rl.Key, DefaultRateLimitKey)
-		if rl.Action == "" {
-			rl.Action = RateLimitDrop
-		}
-		if rl.OnError == "" {
-			rl.OnError = RateLimitAllow
-		}
+		setDefault(&rl.Points, ratelimit.DefaultPoints)
+		setDefault(&rl.Interval, ratelimit.DefaultInterval)
+		setDefault(&rl.Key, DefaultRateLimitKey)
+		setDefault(&rl.Action, RateLimitDrop)
+		setDefault(&rl.OnError, RateLimitAllow)
 		c.RateLimit = &rl
 	}
 	c.Notify = slices.Clone(c.Notify)
 	for i := range c.Notify {
-		n := &c.Notify[i]
-		if n.Mode == "" {
-			n.Mode = NotifyAll
-		}
+		setDefault(&c.Notify[i].Mode, NotifyAll)
 	}
 	if c.ClientIP == nil {
 		c.ClientIP = remoteHost
@@ -413,17 +381,21 @@ func (c Config) WithDefaults() Config {
 	return c
 }
 
+// setDefault sets *p to v if *p is the zero value.
+func setDefault[T comparable](p *T, v T) {
+	var zero T
+	if *p == zero {
+		*p = v
+	}
+}
+
 func (h *HookConfig) withDefaults(timeout time.Duration, inFlight int) *HookConfig {
 	if h == nil {
 		return nil
 	}
 	c := *h
-	if c.Timeout == 0 {
-		c.Timeout = timeout
-	}
-	if c.MaxInFlight == 0 {
-		c.MaxInFlight = inFlight
-	}
+	setDefault(&c.Timeout, timeout)
+	setDefault(&c.MaxInFlight, inFlight)
 	return &c
 }
 
