@@ -3,8 +3,6 @@ package realtime
 import (
 	"encoding/json"
 	"math"
-	"net/url"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -16,9 +14,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/dustin/go-humanize"
-	"golang.org/x/net/http/httpguts"
 
-	"github.com/caddy-realtime/realtime/extensions/wire"
+	"github.com/caddy-realtime/realtime/handlers"
 )
 
 func init() {
@@ -343,9 +340,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = noBlock(d, opt)
 			h.AllowNonASCIITopics = true
 		case "keepalive":
-			h.KeepAlive, err = durationArg(d, false)
-			if ka := time.Duration(h.KeepAlive); err == nil && (ka < 5*time.Second || ka > 120*time.Second) {
-				return d.Errf("keepalive must be between 5s and 120s, got '%s'", ka)
+			if h.KeepAlive, err = durationArg(d, false); err == nil {
+				err = check(d, handlers.CheckKeepAlive(time.Duration(h.KeepAlive)))
 			}
 		case "ping_interval":
 			h.PingInterval, err = durationArg(d, false)
@@ -404,14 +400,14 @@ var repeatable = map[string]bool{"replay": true, "presence": true, "cursor": tru
 // parseAPI parses `api <path> [{ … }]`; the cursor is on "api".
 func parseAPI(d *caddyfile.Dispenser) (*APIConfig, error) {
 	if !d.NextArg() {
-		return nil, d.ArgErr()
+		return nil, argErr(d, "a path prefix, like: api /_realtime")
 	}
 	p := d.Val()
 	if d.NextArg() {
-		return nil, d.ArgErr()
+		return nil, argErr(d, "one path prefix, like: api /_realtime")
 	}
-	if !strings.HasPrefix(p, "/") {
-		return nil, d.Errf("api path must start with '/', got '%s'", p)
+	if err := handlers.CheckPath("api path", p); err != nil {
+		return nil, d.WrapErr(err)
 	}
 	api := &APIConfig{Path: p}
 	if err := eachOption(d, nil, func(opt string) error {
@@ -437,21 +433,7 @@ func parseOrigins(d *caddyfile.Dispenser) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, o := range origins {
-		switch o {
-		case "same-origin", "*":
-			if len(origins) > 1 {
-				return nil, d.Errf("origin '%s' must be the only origin", o)
-			}
-			continue
-		}
-		u, err := url.Parse(o)
-		if err != nil || u.Scheme == "" || u.Host == "" || u.Opaque != "" || u.User != nil ||
-			u.Path != "" || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" {
-			return nil, d.Errf("bad origin '%s': want same-origin, * or scheme://host[:port]", o)
-		}
-	}
-	return origins, nil
+	return origins, check(d, handlers.CheckOrigins(origins))
 }
 
 // parseHook parses `auth|subscribe_hook|message_hook <url> [{ … }]`; the
@@ -466,12 +448,8 @@ func parseHook(d *caddyfile.Dispenser) (*HookConfig, error) {
 	if d.NextArg() {
 		return nil, d.ArgErr()
 	}
-	u, err := url.Parse(raw)
-	if err != nil {
-		return nil, d.Errf("bad %s url '%s': %v", kind, raw, err)
-	}
-	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, d.Errf("bad %s url '%s': want http://host[:port]/path or https://…", kind, raw)
+	if err := handlers.CheckHookURL(kind, raw); err != nil {
+		return nil, d.WrapErr(err)
 	}
 	hook := &HookConfig{URL: raw}
 	if err := eachOption(d, nil, func(opt string) error {
@@ -487,8 +465,8 @@ func parseHook(d *caddyfile.Dispenser) (*HookConfig, error) {
 			}
 			hook.Headers, err = listArg(d)
 			for _, name := range hook.Headers {
-				if !httpguts.ValidHeaderFieldName(name) {
-					return d.Errf("bad header name '%s'", name)
+				if err := handlers.CheckHeaderName(name); err != nil {
+					return d.WrapErr(err)
 				}
 			}
 		case "queue":
@@ -520,14 +498,7 @@ func parseLimits(d *caddyfile.Dispenser) (*LimitsConfig, error) {
 		case "max_backpressure":
 			lim.MaxBackpressure, err = sizeArg(d)
 		case "slow_consumer":
-			var v string
-			if v, err = singleArg(d); err != nil {
-				return err
-			}
-			if v != "close" && v != "drop" {
-				return d.Errf("unknown slow_consumer policy '%s': want close or drop", v)
-			}
-			lim.SlowConsumer = v
+			lim.SlowConsumer, err = enumArg(d, handlers.ParseSlowConsumer)
 		case "upgrade_rate":
 			var v string
 			if v, err = singleArg(d); err != nil {
@@ -586,9 +557,6 @@ func parseLimits(d *caddyfile.Dispenser) (*LimitsConfig, error) {
 	return lim, nil
 }
 
-// minTopicThrottle is the smallest cursor topic_throttle.
-const minTopicThrottle = 16 * time.Millisecond
-
 // parseReplay parses `replay <pattern> [{ … }]`; the cursor is on "replay".
 func parseReplay(d *caddyfile.Dispenser, declared []ReplayConfig) (ReplayConfig, error) {
 	topics, err := patternHead(d)
@@ -603,14 +571,7 @@ func parseReplay(d *caddyfile.Dispenser, declared []ReplayConfig) (ReplayConfig,
 		var err error
 		switch opt {
 		case "store":
-			var v string
-			if v, err = singleArg(d); err != nil {
-				return err
-			}
-			if v != "memory" && v != "redis" && v != "postgres" {
-				return d.Errf("unknown replay store '%s': want memory, redis or postgres", v)
-			}
-			r.Store = v
+			r.Store, err = enumArg(d, handlers.ParseReplayStore)
 		case "table":
 			r.Table, err = singleArg(d)
 		case "size":
@@ -679,9 +640,8 @@ func parseCursor(d *caddyfile.Dispenser, declared []CursorConfig) (CursorConfig,
 		case "throttle":
 			c.Throttle, err = durationOrOffArg(d)
 		case "topic_throttle":
-			c.TopicThrottle, err = durationArg(d, false)
-			if tt := time.Duration(c.TopicThrottle); err == nil && tt < minTopicThrottle {
-				return d.Errf("topic_throttle must be at least %s, got '%s'", minTopicThrottle, tt)
+			if c.TopicThrottle, err = durationArg(d, false); err == nil {
+				err = check(d, handlers.CheckTopicThrottle(time.Duration(c.TopicThrottle)))
 			}
 		case "ttl":
 			c.TTL, err = durationArg(d, false)
@@ -712,8 +672,8 @@ func parseGroup(d *caddyfile.Dispenser, declared []GroupConfig) (GroupConfig, er
 	if d.NextArg() {
 		return GroupConfig{}, d.ArgErr()
 	}
-	if !wire.ValidTopic(name, false) || wire.IsSystem(name) || strings.Contains(name, " ") {
-		return GroupConfig{}, d.Errf("bad group name '%s': want a topic name of printable ASCII without spaces, '\"' or '\\', not starting with __", name)
+	if err := handlers.CheckGroupName(name); err != nil {
+		return GroupConfig{}, d.WrapErr(err)
 	}
 	if slices.ContainsFunc(declared, func(g GroupConfig) bool { return g.Name == name }) {
 		return GroupConfig{}, d.Errf("group '%s' already declared", name)
@@ -752,8 +712,8 @@ func parseGroup(d *caddyfile.Dispenser, declared []GroupConfig) (GroupConfig, er
 				return err
 			}
 			for _, p := range g.JoinOn {
-				if !validPattern(p) {
-					return badPattern(d, opt, p)
+				if err := handlers.CheckPattern(opt, p); err != nil {
+					return d.WrapErr(err)
 				}
 			}
 		default:
@@ -811,23 +771,9 @@ func parseRateLimit(d *caddyfile.Dispenser) (*RateLimitConfig, error) {
 		case "key":
 			rl.Key, err = singleArg(d)
 		case "action":
-			var v string
-			if v, err = singleArg(d); err != nil {
-				return err
-			}
-			if v != "drop" && v != "close" {
-				return d.Errf("unknown rate_limit action '%s': want drop or close", v)
-			}
-			rl.Action = v
+			rl.Action, err = enumArg(d, handlers.ParseRateLimitAction)
 		case "on_error":
-			var v string
-			if v, err = singleArg(d); err != nil {
-				return err
-			}
-			if v != "allow" && v != "deny" {
-				return d.Errf("unknown rate_limit on_error policy '%s': want allow or deny", v)
-			}
-			rl.OnError = v
+			rl.OnError, err = enumArg(d, handlers.ParseRateLimitOnError)
 		case "subscribes":
 			if d.NextArg() {
 				return d.ArgErr()
@@ -849,10 +795,6 @@ func parseRateLimit(d *caddyfile.Dispenser) (*RateLimitConfig, error) {
 	return rl, nil
 }
 
-// notifyChannelRE is what PostgreSQL takes as an unquoted-style channel
-// identifier (notify.Listener checks the same).
-var notifyChannelRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,62}$`)
-
 // parseNotify parses `notify <channel> [{ … }]`; the cursor is on "notify".
 func parseNotify(d *caddyfile.Dispenser, declared []NotifyConfig) (NotifyConfig, error) {
 	if !d.NextArg() {
@@ -862,8 +804,8 @@ func parseNotify(d *caddyfile.Dispenser, declared []NotifyConfig) (NotifyConfig,
 	if d.NextArg() {
 		return NotifyConfig{}, d.ArgErr()
 	}
-	if !notifyChannelRE.MatchString(n.Channel) {
-		return NotifyConfig{}, d.Errf("bad notify channel '%s': want letters, digits and '_', up to 63, not starting with a digit", n.Channel)
+	if err := handlers.CheckNotifyChannel(n.Channel); err != nil {
+		return NotifyConfig{}, d.WrapErr(err)
 	}
 	if slices.ContainsFunc(declared, func(o NotifyConfig) bool { return o.Channel == n.Channel }) {
 		return NotifyConfig{}, d.Errf("notify channel '%s' already declared", n.Channel)
@@ -872,9 +814,7 @@ func parseNotify(d *caddyfile.Dispenser, declared []NotifyConfig) (NotifyConfig,
 		var err error
 		switch opt {
 		case "mode":
-			if n.Mode, err = singleArg(d); err == nil && n.Mode != "all" && n.Mode != "leader" {
-				return d.Errf("unknown notify mode '%s': want all or leader", n.Mode)
-			}
+			n.Mode, err = enumArg(d, handlers.ParseNotifyMode)
 		case "topic_field":
 			n.TopicField, err = singleArg(d)
 		case "event_field":
@@ -884,8 +824,10 @@ func parseNotify(d *caddyfile.Dispenser, declared []NotifyConfig) (NotifyConfig,
 		case "poll_interval":
 			n.PollInterval, err = durationArg(d, false)
 		case "resync":
-			if n.Resync, err = singleArg(d); err == nil && (wire.IsSystem(n.Resync) || !wire.ValidTopic(n.Resync, true)) {
-				return d.Errf("bad resync topic '%s': want a topic not starting with __", n.Resync)
+			// allow_non_ascii_topics may come later in the block:
+			// Validate checks the topic against it.
+			if n.Resync, err = singleArg(d); err == nil {
+				err = check(d, handlers.CheckResyncTopic(n.Resync, true))
 			}
 		default:
 			return d.Errf("unrecognized notify subdirective: %s", opt)
@@ -902,35 +844,40 @@ func parseNotify(d *caddyfile.Dispenser, declared []NotifyConfig) (NotifyConfig,
 func patternHead(d *caddyfile.Dispenser) (string, error) {
 	opt := d.Val()
 	if !d.NextArg() {
-		return "", d.ArgErr()
+		return "", argErr(d, "a topic pattern, like: "+opt+" chat:*")
 	}
 	p := d.Val()
 	if d.NextArg() {
-		return "", d.ArgErr()
+		return "", argErr(d, "one topic pattern, like: "+opt+" chat:*")
 	}
-	if !validPattern(p) {
-		return "", badPattern(d, opt, p)
-	}
-	return p, nil
+	return p, check(d, handlers.CheckPattern(opt, p))
 }
 
-// validPattern reports whether p is a valid topic pattern: non-empty
-// printable ASCII without '"' or '\', outside the "__" system namespace.
-func validPattern(p string) bool {
-	if p == "" || wire.IsSystem(p) {
-		return false
+// check adds the position of the dispenser's token to err, if any.
+func check(d *caddyfile.Dispenser, err error) error {
+	if err != nil {
+		return d.WrapErr(err)
 	}
-	for i := 0; i < len(p); i++ {
-		if c := p[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
-			return false
-		}
-	}
-	return true
+	return nil
 }
 
-// badPattern is the error for an invalid topic pattern p of opt.
-func badPattern(d *caddyfile.Dispenser, opt, p string) error {
-	return d.Errf("bad %s pattern '%s': want printable ASCII without '\"' or '\\', not starting with __", opt, p)
+// argErr is Caddy's argument-count error for the current option, saying
+// what the option wants.
+func argErr(d *caddyfile.Dispenser, want string) error {
+	return d.Errf("wrong argument count or unexpected line ending after '%s': %s wants %s", d.Val(), d.Val(), want)
+}
+
+// enumArg reads the one argument of the current option with parse, one
+// of handlers' enumeration parsers.
+func enumArg[T ~string](d *caddyfile.Dispenser, parse func(string) (T, error)) (string, error) {
+	v, err := singleArg(d)
+	if err != nil {
+		return "", err
+	}
+	if _, err := parse(v); err != nil {
+		return "", d.WrapErr(err)
+	}
+	return v, nil
 }
 
 // parseRate parses "<n>/<duration>" with n > 0 and a positive duration; a
@@ -989,27 +936,38 @@ func pathArg(d *caddyfile.Dispenser) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if !strings.HasPrefix(p, "/") {
-		return "", d.Errf("%s must start with '/', got '%s'", opt, p)
-	}
-	return p, nil
+	return p, check(d, handlers.CheckPath(opt, p))
 }
 
 // durationArg reads a duration argument; it must be positive, or zero when
 // allowZero is set.
 func durationArg(d *caddyfile.Dispenser, allowZero bool) (caddy.Duration, error) {
 	opt := d.Val()
-	v, err := singleArg(d)
+	v, err := durationToken(d)
 	if err != nil {
 		return 0, err
 	}
 	return checkDuration(d, opt, v, allowZero)
 }
 
+// durationToken reads the one argument of a duration option, saying what
+// to write when there is none or more than one ("ttl 10 minutes").
+func durationToken(d *caddyfile.Dispenser) (string, error) {
+	opt := d.Val()
+	args := d.RemainingArgs()
+	if len(args) != 1 {
+		return "", d.Errf("wrong argument count or unexpected line ending after '%s': %s wants one duration like 10m (units ms, s, m, h, d; 1m30s)", opt, opt)
+	}
+	if args[0] == "" {
+		return "", d.Errf("%s must not be empty", opt)
+	}
+	return args[0], noBlock(d, opt)
+}
+
 // durationOrOffArg reads a positive duration argument, or off for zero.
 func durationOrOffArg(d *caddyfile.Dispenser) (*caddy.Duration, error) {
 	opt := d.Val()
-	v, err := singleArg(d)
+	v, err := durationToken(d)
 	if err != nil {
 		return nil, err
 	}
@@ -1027,7 +985,7 @@ func durationOrOffArg(d *caddyfile.Dispenser) (*caddy.Duration, error) {
 func checkDuration(d *caddyfile.Dispenser, opt, v string, allowZero bool) (caddy.Duration, error) {
 	dur, err := caddy.ParseDuration(v)
 	if err != nil {
-		return 0, d.Errf("bad duration value '%s' for %s: %v", v, opt, err)
+		return 0, d.Errf("bad duration value '%s' for %s: %v; %s wants a duration like 10m", v, opt, err, opt)
 	}
 	if dur < 0 || (dur == 0 && !allowZero) {
 		return 0, d.Errf("%s must be positive, got '%s'", opt, v)

@@ -1374,6 +1374,38 @@ func TestHandlerUnmarshalCaddyfile(t *testing.T) {
 			input:   "realtime {\n\tnotify c {\n\t\tqueue 5\n\t}\n}",
 			wantErr: "unrecognized notify subdirective: queue",
 		},
+
+		// Errors say where and what to write.
+		{
+			name:    "replay without a pattern says what to write",
+			input:   "realtime {\n\treplay\n}",
+			wantErr: "replay wants a topic pattern, like: replay chat:*, at Testfile:2",
+		},
+		{
+			name:    "api without a path says what to write",
+			input:   "realtime {\n\tapi\n}",
+			wantErr: "api wants a path prefix, like: api /_realtime, at Testfile:2",
+		},
+		{
+			name:    "a duration in words says what to write",
+			input:   "realtime {\n\treplay a {\n\t\tttl 10 minutes\n\t}\n}",
+			wantErr: "ttl wants one duration like 10m",
+		},
+		{
+			name:    "a bad duration says what to write",
+			input:   "realtime {\n\treplay a {\n\t\tttl tenminutes\n\t}\n}",
+			wantErr: "ttl wants a duration like 10m, at Testfile:3",
+		},
+		{
+			name:    "an error found by a handlers check carries the Caddyfile's line",
+			input:   "realtime {\n\tpath /ws\n\n\torigins https://app.example/path\n}",
+			wantErr: "bad origin 'https://app.example/path': want same-origin, * or scheme://host[:port], at Testfile:4",
+		},
+		{
+			name:    "an enumeration error carries the Caddyfile's line",
+			input:   "realtime {\n\trate_limit {\n\t\tpoints 5\n\t\taction ban\n\t}\n}",
+			wantErr: "unknown rate_limit action 'ban': want drop or close, at Testfile:4",
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var got Handler

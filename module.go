@@ -54,7 +54,8 @@ func init() {
 var gateways = caddy.NewUsagePool()
 
 // App is the `realtime` app: state shared by every realtime handler of one
-// Caddy instance. Redis and Postgres backends join it in later versions.
+// Caddy instance: its instance id and the Redis client and Postgres pool
+// every handler shares.
 type App struct {
 	// InstanceID names this Caddy instance among the gateways sharing a
 	// backend. Default: a random UUID per process start.
@@ -70,13 +71,27 @@ type App struct {
 	// `notify` channels their server. Default: none.
 	Postgres *PostgresConfig `json:"postgres,omitempty"`
 
-	logger   *zap.Logger
-	redis    rueidis.Client
+	logger *zap.Logger
+	// Provision parses the options into these; Start (or the first
+	// request, whichever comes first) connects.
+	redisOpt rueidis.ClientOption
 	redisKey string
-	pg       *pgxpool.Pool
+	pgCfg    *pgxpool.Config
 	pgKey    string
 	// notifyDSN is the resolved DSN of LISTEN connections: NotifyDSN, else DSN.
 	notifyDSN string
+
+	// run is what Provision sets up and Start and connect fill in.
+	run *appRun
+}
+
+// appRun is an App's state once provisioned.
+type appRun struct {
+	mu       sync.Mutex
+	redis    rueidis.Client // set by connect
+	pg       *pgxpool.Pool  // set by connect
+	held     bool           // connect took references to the shared clients
+	handlers []*Handler     // the handlers of this config, started by Start
 }
 
 // PostgresConfig configures the shared PostgreSQL pool.
@@ -145,9 +160,12 @@ var processInstanceID = uuid.NewString()
 // reloads: a reload never drops the bus's subscription.
 var redisClients = caddy.NewUsagePool()
 
-// Provision fills defaults and gets the shared Redis client, if any.
+// Provision fills defaults and checks the backends' options. It connects
+// to nothing: `caddy validate` provisions without starting, and must
+// neither wait for nor log about backends it will never use.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
+	a.run = new(appRun)
 	if a.InstanceID == "" {
 		a.InstanceID = processInstanceID
 	}
@@ -163,20 +181,54 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	v, _, err := redisClients.LoadOrNew(key, func() (caddy.Destructor, error) {
-		return pooledRedis{newLazyRedis(opt, a.logger.Named("redis"))}, nil
-	})
-	if err != nil {
-		return err
+	a.redisOpt, a.redisKey = opt, key
+	return nil
+}
+
+// connect gets the shared Redis client and Postgres pool, once; every
+// handler's start calls it before building its gateway.
+func (a *App) connect() error {
+	a.run.mu.Lock()
+	defer a.run.mu.Unlock()
+	if a.run.held {
+		return nil
 	}
-	a.redis, a.redisKey = v.(pooledRedis).Client, key
+	if a.redisKey != "" {
+		opt, logger := a.redisOpt, a.logger.Named("redis")
+		v, _, err := redisClients.LoadOrNew(a.redisKey, func() (caddy.Destructor, error) {
+			return pooledRedis{newLazyRedis(opt, logger), logger}, nil
+		})
+		if err != nil {
+			return err
+		}
+		a.run.redis = v.(pooledRedis).Client
+	}
+	if a.pgKey != "" {
+		cfg, logger := a.pgCfg, a.logger.Named("postgres")
+		v, _, err := pgPools.LoadOrNew(a.pgKey, func() (caddy.Destructor, error) {
+			pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+			if err != nil {
+				return nil, errors.New("postgres: creating the pool failed")
+			}
+			return pooledPG{pool, logger}, nil
+		})
+		if err != nil {
+			if a.run.redis != nil {
+				_, _ = redisClients.Delete(a.redisKey)
+				a.run.redis = nil
+			}
+			return err
+		}
+		a.run.pg = v.(pooledPG).Pool
+	}
+	a.run.held = true
 	return nil
 }
 
 // newLazyRedis connects to Redis or, if it is unreachable, starts without
 // it: Caddy serves locally (the bus reports degraded, as in an outage) and
-// connects when Redis appears (issue 7). A bad URL is still a provision
-// error, found before. It logs at warn once when starting without Redis,
+// connects when Redis appears. A bad URL is still a provision error,
+// found before. It logs at warn once when starting without Redis,
 // at info once connected, and every later failed attempt at debug.
 func newLazyRedis(opt rueidis.ClientOption, logger *zap.Logger) *lazyredis.Client {
 	addr := zap.String("address", strings.Join(opt.InitAddress, ","))
@@ -248,19 +300,24 @@ func redactErr(err error, password string) error {
 }
 
 // pooledRedis adapts a rueidis client to caddy.Destructor.
-type pooledRedis struct{ rueidis.Client }
+type pooledRedis struct {
+	rueidis.Client
+	logger *zap.Logger
+}
 
 // Destruct closes the client once no config uses it.
 func (p pooledRedis) Destruct() error {
 	p.Close()
+	p.logger.Debug("closed the redis client: no configuration uses it")
 	return nil
 }
 
 // pgPools shares one pgxpool per DSN across reloads.
 var pgPools = caddy.NewUsagePool()
 
-// provisionPostgres gets the shared pool. pgxpool connects lazily, so an
-// unreachable server fails the first use, not Caddy's start.
+// provisionPostgres checks the Postgres options and keys the shared pool
+// connect gets. pgxpool connects lazily, so an unreachable server fails
+// the first use, not Caddy's start.
 func (a *App) provisionPostgres() error {
 	dsn := caddy.NewReplacer().ReplaceAll(a.Postgres.DSN, "")
 	if dsn == "" {
@@ -287,27 +344,20 @@ func (a *App) provisionPostgres() error {
 		}
 	}
 	sum := sha256.Sum256([]byte(fmt.Sprint(dsn, "\x00", cfg.MaxConns, cfg.MinConns)))
-	key := "pg:" + hex.EncodeToString(sum[:])
-	v, _, err := pgPools.LoadOrNew(key, func() (caddy.Destructor, error) {
-		pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
-		if err != nil {
-			return nil, errors.New("postgres: creating the pool failed")
-		}
-		return pooledPG{pool}, nil
-	})
-	if err != nil {
-		return err
-	}
-	a.pg, a.pgKey = v.(pooledPG).Pool, key
+	a.pgCfg, a.pgKey = cfg, "pg:"+hex.EncodeToString(sum[:])
 	return nil
 }
 
 // pooledPG adapts a pgxpool to caddy.Destructor.
-type pooledPG struct{ *pgxpool.Pool }
+type pooledPG struct {
+	*pgxpool.Pool
+	logger *zap.Logger
+}
 
 // Destruct closes the pool once no config uses it.
 func (p pooledPG) Destruct() error {
 	p.Close()
+	p.logger.Debug("closed the postgres pool: no configuration uses it")
 	return nil
 }
 
@@ -341,26 +391,46 @@ func (a *App) holdClients() (release func(), err error) {
 	return release, nil
 }
 
-// Cleanup releases this config's references to the shared clients.
+// Cleanup releases this config's references to the shared clients, if
+// connect took them.
 func (a *App) Cleanup() error {
-	var err error
-	if a.redisKey != "" {
-		key := a.redisKey
-		a.redisKey = ""
-		_, err = redisClients.Delete(key)
+	if a.run == nil {
+		return nil
 	}
-	if a.pgKey != "" {
-		key := a.pgKey
-		a.pgKey = ""
-		if _, e := pgPools.Delete(key); e != nil && err == nil {
-			err = e
+	a.run.mu.Lock()
+	defer a.run.mu.Unlock()
+	if !a.run.held {
+		return nil
+	}
+	a.run.held = false
+	var errs []error
+	if a.redisKey != "" {
+		if _, err := redisClients.Delete(a.redisKey); err != nil {
+			errs = append(errs, err)
 		}
 	}
-	return err
+	if a.pgKey != "" {
+		if _, err := pgPools.Delete(a.pgKey); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
-// Start does nothing yet: the in-memory default has nothing to dial.
-func (a *App) Start() error { return nil }
+// Start connects the shared clients and starts the gateway of every
+// realtime handler of this config. The http app may start first, in
+// which case a handler's first request starts its gateway.
+func (a *App) Start() error {
+	a.run.mu.Lock()
+	hs := slices.Clone(a.run.handlers)
+	a.run.mu.Unlock()
+	for _, h := range hs {
+		if err := h.start(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
 // Stop does nothing: shared state is released through the UsagePool when its
 // last config lets go of it, never here (on reload the new app already runs).
@@ -469,9 +539,23 @@ type Handler struct {
 	// Default: none.
 	Notify []NotifyConfig `json:"notify,omitempty"`
 
-	gw     *handlers.Gateway
-	key    string
 	logger *zap.Logger
+	app    *App
+	cfg    handlers.Config // checked and defaulted by Provision
+	// poolKey names the gateway in the pool; key is set once start holds
+	// a reference to it, which Cleanup gives back.
+	poolKey string
+
+	run *handlerRun
+}
+
+// handlerRun is a Handler's gateway, which start gets once.
+type handlerRun struct {
+	mu      sync.Mutex
+	started bool
+	err     error
+	key     string // set once start holds a reference to the gateway
+	gw      atomic.Pointer[handlers.Gateway]
 }
 
 // APIConfig configures the HTTP API for app servers.
@@ -737,11 +821,12 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{ID: "http.handlers.realtime", New: func() caddy.Module { return new(Handler) }}
 }
 
-// Provision maps the JSON config onto the gateway's and gets the gateway
-// from the pool: a reload that keeps the name keeps its connections and
-// applies the new options to it.
+// Provision maps the JSON config onto the gateway's and checks it. It
+// builds no gateway and connects to nothing: the app's Start does (see
+// start), so `caddy validate` stays cheap with every backend down.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	h.run = new(handlerRun)
 	if err := handlers.RegisterMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
 	}
@@ -758,114 +843,91 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	for _, r := range cfg.Replay {
+		if r.Store == handlers.ReplayStoreRedis && app.Redis == nil {
+			return fmt.Errorf("replay %q: store redis needs the global option realtime { redis <url> }", r.Topics)
+		}
+		if r.Store == handlers.ReplayStorePostgres && app.Postgres == nil {
+			return fmt.Errorf("replay %q: store postgres needs the global option realtime { postgres <dsn> }", r.Topics)
+		}
+	}
+	if len(cfg.Notify) > 0 && app.Postgres == nil {
+		return fmt.Errorf("notify %q: needs the global option realtime { postgres <dsn> }", cfg.Notify[0].Channel)
+	}
+	for i, n := range h.Notify {
+		cfg.Notify[i].ConnString = app.notifyDSN
+		// A cluster (Redis) defaults to one listener for all.
+		if n.Mode == "" && app.Redis != nil {
+			cfg.Notify[i].Mode = handlers.NotifyLeader
+		}
+		if cfg.Notify[i].Mode == handlers.NotifyLeader && app.Redis == nil {
+			h.logger.Warn("notify mode leader without the global redis option: only the leader instance's clients get notifications", zap.String("channel", n.Channel))
+		}
+	}
 	// The key covers the extension config: their state (buffers, members,
 	// groups) cannot be carried into a different shape, so changing it
 	// starts a new gateway and the old one closes its connections with 1001.
 	// Every other option is applied to the live gateway by Reconfigure.
-	h.key = "gateway:" + cfg.Name + ":" + h.extensionsFingerprint()
-	logger := h.logger
-	for i, r := range h.Replay {
-		if r.Store == "redis" && app.redis == nil {
-			return fmt.Errorf("replay %q: store redis needs the global option realtime { redis <url> }", r.Topics)
+	// The Postgres pool, the notify DSN and the Redis client, key prefix
+	// and channel are part of the gateway's identity too: the backends and
+	// the bus are built with them.
+	h.poolKey = "gateway:" + cfg.Name + ":" + h.extensionsFingerprint() + ":" + app.pgKey
+	if len(cfg.Notify) > 0 {
+		sum := sha256.Sum256([]byte(app.notifyDSN))
+		h.poolKey += ":" + hex.EncodeToString(sum[:8])
+	}
+	h.poolKey += ":" + app.redisIdentity()
+	h.app, h.cfg = app, cfg
+	// On process exit, start closing WebSockets as soon as Caddy begins to
+	// stop rather than after the HTTP servers' grace period: hijacked
+	// connections are invisible to that grace period (caddy-go.md §3.5).
+	if ev, err := ctx.App("events"); err == nil {
+		if err := ev.(*caddyevents.App).On("stopping", drainOnExit{h}); err != nil {
+			return fmt.Errorf("subscribing to the stopping event: %w", err)
 		}
-		if r.Store == "postgres" {
-			if app.pg == nil {
-				return fmt.Errorf("replay %q: store postgres needs the global option realtime { postgres <dsn> }", r.Topics)
-			}
-			pool, table := app.pg, r.Table
+	}
+	app.run.mu.Lock()
+	app.run.handlers = append(app.run.handlers, h)
+	app.run.mu.Unlock()
+	return nil
+}
+
+// start gets the gateway from the pool, once: a reload that keeps the
+// name keeps its connections and applies the new options to it. The
+// app's Start calls it; so does the first request, should the http app
+// start first. A failure is kept and returned again.
+func (h *Handler) start() error {
+	h.run.mu.Lock()
+	defer h.run.mu.Unlock()
+	if h.run.started {
+		return h.run.err
+	}
+	h.run.started = true
+	h.run.err = h.startGateway()
+	return h.run.err
+}
+
+func (h *Handler) startGateway() error {
+	app, cfg, logger := h.app, h.cfg, h.logger
+	if err := app.connect(); err != nil {
+		return err
+	}
+	// handlers.Config's slices are the handler's own: Provision defaulted
+	// a copy, and start runs once.
+	for i := range cfg.Replay {
+		if cfg.Replay[i].Store == handlers.ReplayStorePostgres {
+			pool, table := app.run.pg, cfg.Replay[i].Table
 			cfg.Replay[i].NewStore = func(c replay.Config) (replay.Store, error) {
 				return replay.NewPostgres(pool, replay.PostgresConfig{Config: c, Table: table})
 			}
 		}
 	}
-	// The Postgres pool is part of the gateway's identity too.
-	h.key += ":" + app.pgKey
-	if len(cfg.Notify) > 0 {
-		if app.pg == nil {
-			return fmt.Errorf("notify %q: needs the global option realtime { postgres <dsn> }", cfg.Notify[0].Channel)
-		}
-		for i, n := range h.Notify {
-			cfg.Notify[i].ConnString = app.notifyDSN
-			// A cluster (Redis) defaults to one listener for all.
-			cfg.Notify[i].Leader = n.Mode == "leader" || (n.Mode == "" && app.redis != nil)
-			if cfg.Notify[i].Leader && app.redis == nil {
-				logger.Warn("notify mode leader without the global redis option: only the leader instance's clients get notifications", zap.String("channel", n.Channel))
-			}
-		}
-		sum := sha256.Sum256([]byte(app.notifyDSN))
-		h.key += ":" + hex.EncodeToString(sum[:8])
-	}
 	opts := handlers.Options{Logger: logger, InstanceID: app.InstanceID, StateDir: filepath.Join(caddy.AppDataDir(), "realtime")}
-	if app.redis != nil {
-		client, rc := app.redis, app.Redis
-		channel := rc.Channel
-		if channel == "" {
-			channel = "uws:pubsub"
-		}
-		opts.BusName = "redis"
-		opts.NewBus = func(hooks handlers.BusHooks) (bus.Bus, error) {
-			// StartUnreachable: a gateway starts (or reloads) during a Redis
-			// outage, degraded, rather than failing Caddy's start.
-			return bus.NewRedis(client, bus.RedisConfig{Channel: channel, InstanceID: app.InstanceID, Handler: hooks.Handler, OnHealth: hooks.OnHealth, OnResync: hooks.OnResync, StartUnreachable: true,
-				// Instances relay cursor and group frames to each other.
-				EnvelopeOptions: bus.EnvelopeOptions{SystemTopics: wire.Patterns{wire.CursorPrefix + "*", wire.GroupPrefix + "*"}}})
-		}
-		prefix := rc.KeyPrefix
-		// Each backend instance gets its own id: a tracker ignores its own
-		// id's events and leases are per id, so two rules must not share one.
-		var serial atomic.Int32
-		backendID := func(kind string) string {
-			return fmt.Sprintf("%s-%s%d", app.InstanceID, kind, serial.Add(1))
-		}
-		opts.Backends = handlers.Backends{
-			Presence: func(c presence.Config) (presence.Tracker, error) {
-				// StartUnreachable, as the bus: Caddy starts during a Redis
-				// outage and presence joins once Redis is back.
-				return presence.NewRedis(client, presence.RedisConfig{Config: c, KeyPrefix: prefix, InstanceID: backendID("p"), StartUnreachable: true})
-			},
-			Cursor: func(c cursor.Config) (cursor.Tracker, error) {
-				return cursor.NewRedis(client, cursor.RedisConfig{Config: c, KeyPrefix: prefix, InstanceID: backendID("c")})
-			},
-			Groups: func(c groups.Config) (groups.Registry, error) {
-				return groups.NewRedis(client, groups.RedisConfig{Config: c, KeyPrefix: prefix, InstanceID: backendID("g")})
-			},
-			RateLimit: func(c ratelimit.Config) (ratelimit.Limiter, error) {
-				return ratelimit.NewRedis(client, ratelimit.RedisConfig{Config: c, KeyPrefix: prefix})
-			},
-		}
-		for i := range cfg.Replay {
-			switch h.Replay[i].Store {
-			case "redis":
-				cfg.Replay[i].NewStore = func(c replay.Config) (replay.Store, error) {
-					return replay.NewRedis(client, replay.RedisConfig{Config: c, KeyPrefix: rc.KeyPrefix, Channel: channel})
-				}
-			case "postgres":
-				// In a cluster a Postgres buffer publishes its events on the
-				// bus from inside the append's transaction, so every
-				// instance gets them in seq order (replay.PostgresOnBus).
-				newPG := cfg.Replay[i].NewStore
-				cfg.Replay[i].NewStore = func(c replay.Config) (replay.Store, error) {
-					st, err := newPG(c)
-					if err != nil {
-						return nil, err
-					}
-					pg, ok := st.(*replay.Postgres)
-					if !ok {
-						return st, nil
-					}
-					return replay.NewPostgresOnBus(pg, func(ctx context.Context, env []byte) error {
-						return client.Do(ctx, client.B().Publish().Channel(channel).Message(rueidis.BinaryString(env)).Build()).Error()
-					}), nil
-				}
-			}
-		}
+	if app.run.redis != nil {
+		app.wireRedis(&cfg, &opts)
 	}
-	// The Redis client is part of the gateway's identity: another Redis
-	// means another bus. So are the key prefix and channel, which the
-	// backends and the bus are built with.
-	h.key += ":" + app.redisIdentity()
 	options := h.optionsJSON()
-	v, loaded, err := gateways.LoadOrNew(h.key, func() (caddy.Destructor, error) {
+	v, loaded, err := gateways.LoadOrNew(h.poolKey, func() (caddy.Destructor, error) {
 		// The gateway holds its own references to the shared Redis client
 		// and Postgres pool: Caddy may clean the app up before the
 		// handler, and a draining gateway still needs them (leaves,
@@ -885,30 +947,91 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return p, nil
 	})
 	if err != nil {
-		h.key = ""
 		return fmt.Errorf("starting gateway %q: %w", cfg.Name, err)
 	}
+	h.run.key = h.poolKey
 	pooled := v.(*pooledGateway)
-	h.gw = pooled.Gateway
-	// On process exit, start closing WebSockets as soon as Caddy begins to
-	// stop rather than after the HTTP servers' grace period: hijacked
-	// connections are invisible to that grace period (caddy-go.md §3.5).
-	if ev, err := ctx.App("events"); err == nil {
-		if err := ev.(*caddyevents.App).On("stopping", drainOnExit{h.gw}); err != nil {
-			return fmt.Errorf("subscribing to the stopping event: %w", err)
-		}
-	}
 	if loaded {
-		if err := h.gw.Reconfigure(cfg); err != nil {
+		if err := pooled.Reconfigure(cfg); err != nil {
 			return fmt.Errorf("reconfiguring gateway %q: %w", cfg.Name, err)
 		}
 		pooled.logReconfigured(options)
 	}
+	h.run.gw.Store(pooled.Gateway)
 	return nil
 }
 
-// gatewayConfig maps the JSON config onto handlers.Config, resolving
-// placeholders such as {env.REALTIME_API_KEY} in the key and hook URLs.
+// wireRedis points the gateway's bus and backends at the shared Redis
+// client.
+func (a *App) wireRedis(cfg *handlers.Config, opts *handlers.Options) {
+	client, rc := a.run.redis, a.Redis
+	channel := rc.Channel
+	if channel == "" {
+		channel = bus.DefaultChannel
+	}
+	opts.BusName = "redis"
+	opts.NewBus = func(hooks handlers.BusHooks) (bus.Bus, error) {
+		// StartUnreachable: a gateway starts (or reloads) during a Redis
+		// outage, degraded, rather than failing Caddy's start.
+		return bus.NewRedis(client, bus.RedisConfig{Channel: channel, InstanceID: a.InstanceID, Handler: hooks.Handler, OnHealth: hooks.OnHealth, OnResync: hooks.OnResync, StartUnreachable: true,
+			// Instances relay cursor and group frames to each other.
+			EnvelopeOptions: bus.EnvelopeOptions{SystemTopics: wire.Patterns{wire.CursorPrefix + "*", wire.GroupPrefix + "*"}}})
+	}
+	prefix := rc.KeyPrefix
+	// Each backend instance gets its own id: a tracker ignores its own
+	// id's events and leases are per id, so two rules must not share one.
+	var serial atomic.Int32
+	backendID := func(kind string) string {
+		return fmt.Sprintf("%s-%s%d", a.InstanceID, kind, serial.Add(1))
+	}
+	opts.Backends = handlers.Backends{
+		Presence: func(c presence.Config) (presence.Tracker, error) {
+			// StartUnreachable, as the bus: Caddy starts during a Redis
+			// outage and presence joins once Redis is back.
+			return presence.NewRedis(client, presence.RedisConfig{Config: c, KeyPrefix: prefix, InstanceID: backendID("p"), StartUnreachable: true})
+		},
+		Cursor: func(c cursor.Config) (cursor.Tracker, error) {
+			return cursor.NewRedis(client, cursor.RedisConfig{Config: c, KeyPrefix: prefix, InstanceID: backendID("c")})
+		},
+		Groups: func(c groups.Config) (groups.Registry, error) {
+			return groups.NewRedis(client, groups.RedisConfig{Config: c, KeyPrefix: prefix, InstanceID: backendID("g")})
+		},
+		RateLimit: func(c ratelimit.Config) (ratelimit.Limiter, error) {
+			return ratelimit.NewRedis(client, ratelimit.RedisConfig{Config: c, KeyPrefix: prefix})
+		},
+	}
+	for i := range cfg.Replay {
+		switch cfg.Replay[i].Store {
+		case handlers.ReplayStoreRedis:
+			cfg.Replay[i].NewStore = func(c replay.Config) (replay.Store, error) {
+				return replay.NewRedis(client, replay.RedisConfig{Config: c, KeyPrefix: prefix, Channel: channel})
+			}
+		case handlers.ReplayStorePostgres:
+			// In a cluster a Postgres buffer publishes each event on the
+			// bus once its append has committed (replay.PostgresOnBus);
+			// the receiving gateways put concurrent appends back in seq
+			// order and fill what they miss from the table.
+			newPG := cfg.Replay[i].NewStore
+			cfg.Replay[i].NewStore = func(c replay.Config) (replay.Store, error) {
+				st, err := newPG(c)
+				if err != nil {
+					return nil, err
+				}
+				pg, ok := st.(*replay.Postgres)
+				if !ok {
+					return st, nil
+				}
+				return replay.NewPostgresOnBus(pg, func(ctx context.Context, env []byte) error {
+					return client.Do(ctx, client.B().Publish().Channel(channel).Message(rueidis.BinaryString(env)).Build()).Error()
+				}), nil
+			}
+		}
+	}
+}
+
+// gatewayConfig copies the JSON config onto handlers.Config, which
+// checks and defaults it; only placeholders such as
+// {env.REALTIME_API_KEY} in the key and hook URLs are resolved here.
 func (h *Handler) gatewayConfig() (handlers.Config, error) {
 	repl := caddy.NewReplacer()
 	l := h.Limits
@@ -927,8 +1050,10 @@ func (h *Handler) gatewayConfig() (handlers.Config, error) {
 		IdleTimeout:         time.Duration(h.IdleTimeout),
 		WriteTimeout:        time.Duration(h.WriteTimeout),
 		RequestTimeout:      time.Duration(h.RequestTimeout),
+		ShutdownSpread:      optDuration(h.ShutdownSpread),
 		MaxPayload:          l.MaxPayload,
 		MaxBackpressure:     l.MaxBackpressure,
+		SlowConsumer:        handlers.SlowConsumer(l.SlowConsumer),
 		UpgradeRate:         l.UpgradeRate,
 		UpgradeWindow:       time.Duration(l.UpgradeWindow),
 		MaxConnections:      l.MaxConnections,
@@ -942,22 +1067,9 @@ func (h *Handler) gatewayConfig() (handlers.Config, error) {
 			return trusted
 		},
 	}
-	if h.ShutdownSpread != nil {
-		cfg.ShutdownSpread = time.Duration(*h.ShutdownSpread)
-		if cfg.ShutdownSpread == 0 {
-			cfg.ShutdownSpread = -1 // explicit zero: close all at once
-		}
-	}
-	switch l.SlowConsumer {
-	case "", "close":
-	case "drop":
-		cfg.DropSlow = true
-	default:
-		return cfg, fmt.Errorf("limits: slow_consumer %q must be close or drop", l.SlowConsumer)
-	}
 	if h.API != nil {
 		if h.API.Path == "" {
-			return cfg, errors.New("api: path is required")
+			return cfg, errors.New("api: path is required (e.g. \"api\": {\"path\": \"/_realtime\"})")
 		}
 		// An unset {env.…} key resolves to empty: the API then serves only
 		// loopback callers, which is the safe reading of "no key".
@@ -976,58 +1088,28 @@ func (h *Handler) gatewayConfig() (handlers.Config, error) {
 	}
 	for _, r := range h.Replay {
 		notice := r.TruncationNotice == nil || *r.TruncationNotice
-		switch r.Store {
-		case "", "memory", "redis", "postgres":
-		default:
-			return cfg, fmt.Errorf("replay %q: store %q is not available (memory, redis, postgres)", r.Topics, r.Store)
-		}
-		cfg.Replay = append(cfg.Replay, handlers.ReplayConfig{Topics: r.Topics, Size: r.Size, TTL: time.Duration(r.TTL), TruncationNotice: notice})
+		cfg.Replay = append(cfg.Replay, handlers.ReplayConfig{Topics: r.Topics, Store: handlers.ReplayStore(r.Store), Table: r.Table,
+			Size: r.Size, TTL: time.Duration(r.TTL), TruncationNotice: notice})
 	}
 	for _, p := range h.Presence {
-		hb := optDuration(p.Heartbeat)
-		cfg.Presence = append(cfg.Presence, handlers.PresenceConfig{Topics: p.Topics, Key: p.Key, Select: p.Select, Heartbeat: hb, TTL: time.Duration(p.TTL)})
+		cfg.Presence = append(cfg.Presence, handlers.PresenceConfig{Topics: p.Topics, Key: p.Key, Select: p.Select,
+			Heartbeat: optDuration(p.Heartbeat), TTL: time.Duration(p.TTL)})
 	}
 	for _, c := range h.Cursors {
 		cfg.Cursors = append(cfg.Cursors, handlers.CursorConfig{Topics: c.Topics, Throttle: optDuration(c.Throttle),
 			TopicThrottle: time.Duration(c.TopicThrottle), TTL: time.Duration(c.TTL), Select: c.Select, MaxData: c.MaxData})
 	}
 	for _, g := range h.Groups {
-		if len(g.Meta) > 0 {
-			var obj map[string]json.RawMessage
-			if json.Unmarshal(g.Meta, &obj) != nil {
-				return cfg, fmt.Errorf("group %q: meta must be a JSON object", g.Name)
-			}
-		}
 		cfg.Groups = append(cfg.Groups, handlers.GroupConfig{Name: g.Name, MaxMembers: g.MaxMembers, Meta: g.Meta,
 			MemberTTL: time.Duration(g.MemberTTL), RoleFrom: g.RoleFrom, JoinOn: g.JoinOn})
 	}
 	if rl := h.RateLimit; rl != nil {
-		r := &handlers.RateLimitConfig{Points: rl.Points, Interval: time.Duration(rl.Interval), Block: time.Duration(rl.Block),
-			Key: rl.Key, Subscribes: rl.Subscribes}
-		switch rl.Action {
-		case "", "drop":
-		case "close":
-			r.Close = true
-		default:
-			return cfg, fmt.Errorf("rate_limit: action %q must be drop or close", rl.Action)
-		}
-		switch rl.OnError {
-		case "", "allow":
-		case "deny":
-			r.FailClosed = true
-		default:
-			return cfg, fmt.Errorf("rate_limit: on_error %q must be allow or deny", rl.OnError)
-		}
-		cfg.RateLimit = r
+		cfg.RateLimit = &handlers.RateLimitConfig{Points: rl.Points, Interval: time.Duration(rl.Interval), Block: time.Duration(rl.Block),
+			Key: rl.Key, Action: handlers.RateLimitAction(rl.Action), Subscribes: rl.Subscribes, OnError: handlers.RateLimitOnError(rl.OnError)}
 	}
 	for _, n := range h.Notify {
-		switch n.Mode {
-		case "", "all", "leader":
-		default:
-			return cfg, fmt.Errorf("notify %q: mode %q must be all or leader", n.Channel, n.Mode)
-		}
-		cfg.Notify = append(cfg.Notify, handlers.NotifyConfig{Channel: n.Channel, TopicField: n.TopicField, EventField: n.EventField,
-			DataField: n.DataField, PollInterval: time.Duration(n.PollInterval), Resync: n.Resync})
+		cfg.Notify = append(cfg.Notify, handlers.NotifyConfig{Channel: n.Channel, Mode: handlers.NotifyMode(n.Mode), TopicField: n.TopicField,
+			EventField: n.EventField, DataField: n.DataField, PollInterval: time.Duration(n.PollInterval), Resync: n.Resync})
 	}
 	var err error
 	if cfg.EventsHook, err = hook("events_hook", h.EventsHook); err != nil {
@@ -1046,7 +1128,8 @@ func (h *Handler) gatewayConfig() (handlers.Config, error) {
 }
 
 // optDuration maps an optional duration: nil is the default (0), an
-// explicit 0 turns the feature off (-1 for handlers.Config).
+// explicit 0 turns the feature off (negative for handlers.Config, which
+// keeps it off however often defaults are applied).
 func optDuration(d *caddy.Duration) time.Duration {
 	switch {
 	case d == nil:
@@ -1080,7 +1163,15 @@ func clientIP(r *http.Request) string {
 // ServeHTTP serves upgrades on the WebSocket path and the API under its
 // path; every other request goes to next.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	if h.gw.ServeHTTP(w, r) {
+	gw := h.run.gw.Load()
+	if gw == nil {
+		// The http app started before the realtime app.
+		if err := h.start(); err != nil {
+			return caddyhttp.Error(http.StatusServiceUnavailable, err)
+		}
+		gw = h.run.gw.Load()
+	}
+	if gw.ServeHTTP(w, r) {
 		// Never return an error once the gateway answered: after a hijack
 		// Caddy would write a second response (caddy-go.md pitfall 8).
 		return nil
@@ -1091,26 +1182,36 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 // Cleanup releases this config's reference to the gateway; the last
 // reference closes it. Safe after a failed Provision and idempotent.
 func (h *Handler) Cleanup() error {
-	if h.key == "" {
+	if h.run == nil {
 		return nil
 	}
-	key := h.key
-	h.key = ""
+	h.run.mu.Lock()
+	defer h.run.mu.Unlock()
+	// A request arriving after Cleanup must not start a gateway again.
+	h.run.started, h.run.err = true, errors.New("the configuration of this handler was unloaded")
+	if h.run.key == "" {
+		return nil
+	}
+	key := h.run.key
+	h.run.key = ""
 	_, err := gateways.Delete(key)
 	return err
 }
 
 // drainOnExit starts a gateway's drain when the process is exiting; on a
 // reload (also a "stopping" event) the gateway lives on.
-type drainOnExit struct{ gw *handlers.Gateway }
+type drainOnExit struct{ h *Handler }
 
 // Handle implements caddyevents.Handler.
 func (d drainOnExit) Handle(context.Context, caddy.Event) error {
-	if caddy.Exiting() {
+	gw := d.h.run.gw.Load()
+	if gw != nil && caddy.Exiting() {
 		go func() {
-			ctx, cancel := context.WithTimeout(context.Background(), d.gw.ShutdownBudget())
+			ctx, cancel := context.WithTimeout(context.Background(), gw.ShutdownBudget())
 			defer cancel()
-			_ = d.gw.Close(ctx)
+			if err := gw.Close(ctx); err != nil {
+				d.h.logger.Warn("draining the gateway on exit", zap.Error(err))
+			}
 		}()
 	}
 	return nil
@@ -1169,7 +1270,7 @@ var (
 )
 
 // pooledGateway adapts a gateway to caddy.Destructor and remembers what it
-// was built from, to log what a reload does to it (issue 7).
+// was built from, to log what a reload does to it.
 type pooledGateway struct {
 	*handlers.Gateway
 	name     string

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"path"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -46,75 +47,101 @@ func writeErr(w http.ResponseWriter, e *APIError) {
 	writeJSON(w, e.Status, map[string]string{"error": e.Message, "code": e.Code})
 }
 
-type route struct {
-	method string
-	serve  func(g *Gateway, w http.ResponseWriter, r *http.Request, s *settings)
+// apiRoutes are the routes of the HTTP API as http.ServeMux patterns,
+// relative to APIPath. Topics travel in bodies or query strings, never in
+// path segments.
+var apiRoutes = []struct {
+	pattern string
+	serve   func(g *Gateway, w http.ResponseWriter, r *http.Request, s *settings)
+}{
+	{"POST /publish", (*Gateway).apiPublish},
+	{"POST /send", (*Gateway).apiSend},
+	{"POST /request", (*Gateway).apiRequest},
+	{"POST /disconnect", (*Gateway).apiDisconnect},
+	{"GET /seq", (*Gateway).apiSeq},
+	{"GET /replay", (*Gateway).apiReplay},
+	{"DELETE /replay", (*Gateway).apiReplay},
+
+	{"GET /presence", (*Gateway).apiPresence},
+	{"GET /presence/count", (*Gateway).apiPresence},
+	{"GET /cursors", (*Gateway).apiCursors},
+
+	{"GET /groups", (*Gateway).apiGroups},
+	{"PUT /groups/meta", (*Gateway).apiGroups},
+	{"POST /groups/publish", (*Gateway).apiGroups},
+	{"POST /groups/close", (*Gateway).apiGroups},
+	{"POST /groups/join", (*Gateway).apiGroups},
+	{"POST /groups/leave", (*Gateway).apiGroups},
+
+	{"POST /ratelimit/consume", (*Gateway).apiRateLimit},
+	{"POST /ratelimit/reset", (*Gateway).apiRateLimit},
+	{"POST /ratelimit/ban", (*Gateway).apiRateLimit},
+	{"POST /ratelimit/unban", (*Gateway).apiRateLimit},
+	{"GET /stats", (*Gateway).apiStats},
+	{"GET /health", (*Gateway).apiHealth},
 }
 
-// routes of the HTTP API, relative to APIPath (DESIGN §4.1). Topics travel
-// in bodies or query strings, never in path segments.
-var routes = map[string]route{
-	"/publish":    {http.MethodPost, (*Gateway).apiPublish},
-	"/send":       {http.MethodPost, (*Gateway).apiSend},
-	"/request":    {http.MethodPost, (*Gateway).apiRequest},
-	"/disconnect": {http.MethodPost, (*Gateway).apiDisconnect},
-	"/seq":        {http.MethodGet, (*Gateway).apiSeq},
-	"/replay":     {"GET DELETE", (*Gateway).apiReplay},
-
-	"/presence":       {http.MethodGet, (*Gateway).apiPresence},
-	"/presence/count": {http.MethodGet, (*Gateway).apiPresence},
-	"/cursors":        {http.MethodGet, (*Gateway).apiCursors},
-
-	"/groups":         {http.MethodGet, (*Gateway).apiGroups},
-	"/groups/meta":    {http.MethodPut, (*Gateway).apiGroups},
-	"/groups/publish": {http.MethodPost, (*Gateway).apiGroups},
-	"/groups/close":   {http.MethodPost, (*Gateway).apiGroups},
-	"/groups/join":    {http.MethodPost, (*Gateway).apiGroups},
-	"/groups/leave":   {http.MethodPost, (*Gateway).apiGroups},
-
-	"/ratelimit/consume": {http.MethodPost, (*Gateway).apiRateLimit},
-	"/ratelimit/reset":   {http.MethodPost, (*Gateway).apiRateLimit},
-	"/ratelimit/ban":     {http.MethodPost, (*Gateway).apiRateLimit},
-	"/ratelimit/unban":   {http.MethodPost, (*Gateway).apiRateLimit},
-	"/stats":             {http.MethodGet, (*Gateway).apiStats},
-	"/health":            {http.MethodGet, (*Gateway).apiHealth},
+// apiCall is what a route's handler serves: the gateway and the settings
+// of the request, which the shared mux passes in the request's context.
+type apiCall struct {
+	g *Gateway
+	s *settings
 }
 
-// methodIn reports whether m is one of the space-separated methods.
-func methodIn(m, methods string) bool {
-	for _, x := range strings.Fields(methods) {
-		if m == x {
-			return true
-		}
+type apiCallKey struct{}
+
+// apiMux routes the API's sub-paths; apiMethods lists, by sub-path, the
+// methods its routes take, for the Allow header of a 405. Both are built
+// once for every gateway.
+var apiMux, apiMethods = func() (*http.ServeMux, map[string][]string) {
+	mux := http.NewServeMux()
+	methods := make(map[string][]string)
+	for _, rt := range apiRoutes {
+		serve := rt.serve
+		mux.HandleFunc(rt.pattern, func(w http.ResponseWriter, r *http.Request) {
+			call := r.Context().Value(apiCallKey{}).(apiCall)
+			serve(call.g, w, r, call.s)
+		})
+		method, path, _ := strings.Cut(rt.pattern, " ")
+		methods[path] = append(methods[path], method)
 	}
-	return false
-}
+	return mux, methods
+}()
 
+// pathUnder reports whether p is prefix or under it; prefix has no
+// trailing slash (NormalizeAPIPath).
 func pathUnder(p, prefix string) bool {
-	prefix = strings.TrimSuffix(prefix, "/")
 	return p == prefix || strings.HasPrefix(p, prefix+"/")
 }
 
+// serveAPI serves a request under APIPath: the route the mux matches on
+// the sub-path, or a JSON 404 or 405.
 func (g *Gateway) serveAPI(w http.ResponseWriter, r *http.Request, s *settings) {
 	if e := s.checkKey(r); e != nil {
 		writeErr(w, e)
 		return
 	}
-	sub := strings.TrimPrefix(r.URL.Path, strings.TrimSuffix(s.APIPath, "/"))
-	rt, ok := routes[sub]
-	if !ok {
+	sub := strings.TrimPrefix(r.URL.Path, s.APIPath)
+	// Routes see the request as it came, full path included; the mux
+	// matches a copy holding the sub-path.
+	match := r.Clone(r.Context())
+	match.URL.Path, match.URL.RawPath = sub, ""
+	h, pattern := apiMux.Handler(match)
+	if pattern == "" || path.Clean(sub) != sub {
+		// The mux's own answers (404, 405, a redirect to a cleaned path)
+		// are plain text and know nothing of the prefix.
+		if methods := apiMethods[sub]; len(methods) > 0 {
+			w.Header().Set("Allow", strings.Join(methods, ", "))
+			writeErr(w, apiErr(http.StatusMethodNotAllowed, "METHOD_NOT_ALLOWED", r.Method+" not allowed; use "+strings.Join(methods, " or ")))
+			return
+		}
 		writeErr(w, apiErr(http.StatusNotFound, "NOT_FOUND", "no such api route: "+sub))
-		return
-	}
-	if !methodIn(r.Method, rt.method) {
-		w.Header().Set("Allow", strings.ReplaceAll(rt.method, " ", ", "))
-		writeErr(w, apiErr(http.StatusMethodNotAllowed, "METHOD_NOT_ALLOWED", r.Method+" not allowed; use "+rt.method))
 		return
 	}
 	if r.Body != nil {
 		r.Body = http.MaxBytesReader(w, r.Body, s.APIMaxBody)
 	}
-	rt.serve(g, w, r, s)
+	h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), apiCallKey{}, apiCall{g, s})))
 }
 
 // checkKey enforces the bearer key; with none configured only loopback

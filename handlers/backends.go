@@ -2,6 +2,9 @@ package handlers
 
 import (
 	"context"
+	"fmt"
+
+	"go.uber.org/zap"
 
 	"github.com/caddy-realtime/realtime/extensions/cursor"
 	"github.com/caddy-realtime/realtime/extensions/groups"
@@ -112,13 +115,17 @@ func (e *extensions) close(ctx context.Context) {
 		all = append(all, e.rate.limiter)
 	}
 	for _, b := range all {
+		var err error
 		switch c := b.(type) {
 		case closer:
-			_ = c.Close(ctx)
+			err = c.Close(ctx)
 		case interface{ Shutdown(context.Context) error }:
 			// groups.Registry's Close(ctx, name) closes a group, so its
 			// backends stop with Shutdown.
-			_ = c.Shutdown(ctx)
+			err = c.Shutdown(ctx)
+		}
+		if err != nil && e.logger != nil {
+			e.logger.Warn("closing a backend failed", zap.String("backend", fmt.Sprintf("%T", b)), zap.Error(err))
 		}
 	}
 }

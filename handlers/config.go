@@ -1,25 +1,36 @@
 package handlers
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
+	"golang.org/x/net/http/httpguts"
+
+	"github.com/caddy-realtime/realtime/extensions/cursor"
+	"github.com/caddy-realtime/realtime/extensions/groups"
+	"github.com/caddy-realtime/realtime/extensions/notify"
+	"github.com/caddy-realtime/realtime/extensions/presence"
+	"github.com/caddy-realtime/realtime/extensions/ratelimit"
 	"github.com/caddy-realtime/realtime/extensions/replay"
 	"github.com/caddy-realtime/realtime/extensions/wire"
 )
 
-// Config configures a Gateway. The zero value of every field means its
-// documented default (see WithDefaults); the root package maps Caddy's JSON
-// onto it field for field.
+// Config configures a Gateway. It is the one place options are checked
+// (Validate) and defaulted (WithDefaults); the zero value of every field
+// means its documented default. The root package copies Caddy's JSON onto
+// it field for field, and its Caddyfile parser calls the exported checks
+// below so that both front ends accept exactly the same options.
 type Config struct {
 	Name string // identity across reloads; default: Path
 	Path string // WebSocket endpoint; default /ws
 
-	APIPath    string // HTTP API prefix; empty: API off
+	APIPath    string // HTTP API prefix, trailing slashes ignored; empty: API off
 	APIKey     string // bearer key; empty: loopback callers only
 	APIMaxBody int64  // default 4 MiB
 
@@ -38,12 +49,12 @@ type Config struct {
 	IdleTimeout    time.Duration // default 120s
 	WriteTimeout   time.Duration // default 10s
 	RequestTimeout time.Duration // default 5s
-	ShutdownSpread time.Duration // default 5s; negative: 0
+	ShutdownSpread time.Duration // default 5s; negative: no spread, all closes at once
 
-	MaxPayload       int64 // default 1 MiB
-	MaxBackpressure  int64 // default 1 MiB
-	DropSlow         bool  // slow consumer policy "drop" instead of "close"
-	UpgradeRate      int   // per IP per UpgradeWindow; default 30; -1 off
+	MaxPayload       int64        // default 1 MiB
+	MaxBackpressure  int64        // default 1 MiB
+	SlowConsumer     SlowConsumer // default close
+	UpgradeRate      int          // per IP per UpgradeWindow; default 30; -1 off
 	UpgradeWindow    time.Duration
 	MaxConnections   int // 0: unlimited
 	MaxSubscriptions int // default 1000
@@ -81,37 +92,42 @@ type HookConfig struct {
 	Queue       int           // message hook only: per-connection queue; default 64
 }
 
-// ReplayConfig enables a replay buffer on matching topics (PROTOCOL.md §5).
+// ReplayConfig enables a replay buffer on matching topics.
 type ReplayConfig struct {
 	Topics           string
-	Size             int           // default 1000
+	Store            ReplayStore   // default memory
+	Table            string        // postgres store only; default the store's
+	Size             int           // default replay.DefaultSize
 	TTL              time.Duration // 0: never
 	TruncationNotice bool          // send "truncated" before a partial gap fill
 
-	// NewStore builds the store (Redis, Postgres). Default: memory.
+	// NewStore builds the store Store names; the embedder wires it (the
+	// root package: Redis, Postgres). Default: memory.
 	NewStore func(cfg replay.Config) (replay.Store, error)
 }
 
-// PresenceConfig enables presence on matching topics (PROTOCOL.md §6.1).
+// PresenceConfig enables presence on matching topics.
 type PresenceConfig struct {
-	Topics    string
-	Key       string        // identity field; default "id"
-	Select    []string      // nil: identity minus secrets
-	Heartbeat time.Duration // default 30s; negative: off
-	TTL       time.Duration // default 90s
+	Topics string
+	Key    string   // member data field naming a member; default presence.DefaultKey
+	Select []string // nil: identity minus secrets
+	// Heartbeat is how often members and observers get the heartbeat
+	// frame; default presence.DefaultHeartbeat; negative: off.
+	Heartbeat time.Duration
+	TTL       time.Duration // default presence.DefaultTTL
 }
 
-// CursorConfig enables cursors on matching topics (PROTOCOL.md §6.2).
+// CursorConfig enables cursors on matching topics.
 type CursorConfig struct {
 	Topics        string
-	Throttle      time.Duration // per connection; default 16ms; negative: off
-	TopicThrottle time.Duration // per topic flush; default 50ms, at least 16ms
-	TTL           time.Duration // default 30s
+	Throttle      time.Duration // per connection; default cursor.DefaultThrottle; negative: off
+	TopicThrottle time.Duration // per topic flush; default cursor.DefaultTopicThrottle, at least cursor.MinTopicThrottle
+	TTL           time.Duration // default cursor.DefaultTTL
 	Select        []string
-	MaxData       int // default 8192
+	MaxData       int // default cursor.DefaultMaxData
 }
 
-// GroupConfig declares a broadcast group (PROTOCOL.md §6.3).
+// GroupConfig declares a broadcast group.
 type GroupConfig struct {
 	Name       string
 	MaxMembers int    // 0: unlimited
@@ -123,13 +139,13 @@ type GroupConfig struct {
 
 // RateLimitConfig limits application frames per key.
 type RateLimitConfig struct {
-	Points     int           // default 10
-	Interval   time.Duration // default 1s
+	Points     int           // default ratelimit.DefaultPoints
+	Interval   time.Duration // default ratelimit.DefaultInterval
 	Block      time.Duration
 	Key        string // ip | connection | user | <identity field>; default ip
-	Close      bool   // action close (4429) instead of drop
+	Action     RateLimitAction
 	Subscribes bool
-	FailClosed bool // limiter backend unreachable: refuse frames instead of allowing them
+	OnError    RateLimitOnError // limiter backend unreachable: allow (default) or deny frames
 }
 
 // NotifyConfig bridges one PostgreSQL NOTIFY channel to publishes (see
@@ -137,16 +153,115 @@ type RateLimitConfig struct {
 type NotifyConfig struct {
 	Channel    string
 	ConnString string // the LISTEN connection's, pgx syntax; required
-	// Leader elects one listener per channel across instances (advisory
-	// lock); its notifications take the normal publish path (store and
-	// bus). Otherwise every instance listens and delivers locally.
-	Leader                            bool
+	// Mode leader elects one listener per channel across instances
+	// (advisory lock); its notifications take the normal publish path
+	// (store and bus). Mode all (the default) has every instance listen
+	// and deliver locally.
+	Mode                              NotifyMode
 	TopicField, EventField, DataField string        // defaults topic, event, data
 	PollInterval                      time.Duration // leader lock poll; default 2s
 	Resync                            string        // topic told "resync" after a gap; "" none
 }
 
-// Defaults of PROTOCOL.md §8.
+// SlowConsumer is the policy for a client over MaxBackpressure.
+type SlowConsumer string
+
+// Slow consumer policies.
+const (
+	SlowConsumerClose SlowConsumer = "close" // close it with 1013
+	SlowConsumerDrop  SlowConsumer = "drop"  // drop the frame for it and count it
+)
+
+// ReplayStore names the backend of a replay buffer.
+type ReplayStore string
+
+// Replay stores.
+const (
+	ReplayStoreMemory   ReplayStore = "memory"
+	ReplayStoreRedis    ReplayStore = "redis"
+	ReplayStorePostgres ReplayStore = "postgres"
+)
+
+// RateLimitAction is what happens to a frame over the rate limit.
+type RateLimitAction string
+
+// Rate limit actions.
+const (
+	RateLimitDrop  RateLimitAction = "drop"  // drop and count it; the client is told nothing
+	RateLimitClose RateLimitAction = "close" // close the connection with 4429
+)
+
+// RateLimitOnError is the policy while the limiter's backend cannot answer.
+type RateLimitOnError string
+
+// Rate limit error policies.
+const (
+	RateLimitAllow RateLimitOnError = "allow" // fail open: frames pass
+	RateLimitDeny  RateLimitOnError = "deny"  // fail closed: frames are dropped
+)
+
+// NotifyMode is how the instances of a cluster share a NOTIFY channel.
+type NotifyMode string
+
+// Notify modes.
+const (
+	NotifyAll    NotifyMode = "all"
+	NotifyLeader NotifyMode = "leader"
+)
+
+// parseEnum returns s as a T if it is one of values; the error names the
+// option (what) and lists what to write instead.
+func parseEnum[T ~string](what, s string, values ...T) (T, error) {
+	for _, v := range values {
+		if string(v) == s {
+			return v, nil
+		}
+	}
+	want := make([]string, len(values))
+	for i, v := range values {
+		want[i] = string(v)
+	}
+	list := strings.Join(want[:len(want)-1], ", ") + " or " + want[len(want)-1]
+	return "", fmt.Errorf("unknown %s '%s': want %s", what, s, list)
+}
+
+// ParseSlowConsumer reads a slow_consumer policy: close or drop.
+func ParseSlowConsumer(s string) (SlowConsumer, error) {
+	return parseEnum("slow_consumer policy", s, SlowConsumerClose, SlowConsumerDrop)
+}
+
+// ParseReplayStore reads a replay store: memory, redis or postgres.
+func ParseReplayStore(s string) (ReplayStore, error) {
+	return parseEnum("replay store", s, ReplayStoreMemory, ReplayStoreRedis, ReplayStorePostgres)
+}
+
+// ParseRateLimitAction reads a rate_limit action: drop or close.
+func ParseRateLimitAction(s string) (RateLimitAction, error) {
+	return parseEnum("rate_limit action", s, RateLimitDrop, RateLimitClose)
+}
+
+// ParseRateLimitOnError reads a rate_limit on_error policy: allow or deny.
+func ParseRateLimitOnError(s string) (RateLimitOnError, error) {
+	return parseEnum("rate_limit on_error policy", s, RateLimitAllow, RateLimitDeny)
+}
+
+// ParseNotifyMode reads a notify mode: all or leader.
+func ParseNotifyMode(s string) (NotifyMode, error) {
+	return parseEnum("notify mode", s, NotifyAll, NotifyLeader)
+}
+
+// checkEnum checks an optional enumeration of a JSON config: empty is
+// its default.
+func checkEnum[T ~string](v T, parse func(string) (T, error)) error {
+	if v == "" {
+		return nil
+	}
+	_, err := parse(string(v))
+	return err
+}
+
+// Defaults of the gateway's own options; those of the capabilities are
+// the extension packages' Default constants.
 const (
 	DefaultPath             = "/ws"
 	DefaultAPIMaxBody       = 4 << 20
@@ -170,92 +285,89 @@ const (
 	DefaultAuthInFlight     = 1000
 	DefaultHookInFlight     = 256
 	DefaultHookQueue        = 64
+	DefaultRateLimitKey     = "ip"
+
+	// MinKeepAlive and MaxKeepAlive bound KeepAlive: clients treat a
+	// connection quiet for longer than their own timeout as dead.
+	MinKeepAlive = 5 * time.Second
+	MaxKeepAlive = 120 * time.Second
 )
 
-// WithDefaults returns c with every zero field set to its default.
+// WithDefaults returns c with every zero field set to its default. It is
+// idempotent: applying it again changes nothing, so an explicit "off"
+// (a negative duration) stays off however many layers default the config.
 func (c Config) WithDefaults() Config {
-	setStr := func(p *string, v string) {
-		if *p == "" {
-			*p = v
-		}
-	}
-	setDur := func(p *time.Duration, v time.Duration) {
-		if *p == 0 {
-			*p = v
-		}
-	}
-	setInt := func(p *int, v int) {
-		if *p == 0 {
-			*p = v
-		}
-	}
-	setStr(&c.Path, DefaultPath)
-	setStr(&c.Name, c.Path)
-	setStr(&c.UserKey, DefaultUserKey)
-	if c.APIMaxBody == 0 {
-		c.APIMaxBody = DefaultAPIMaxBody
-	}
+	setDefault(&c.Path, DefaultPath)
+	setDefault(&c.Name, c.Path)
+	setDefault(&c.UserKey, DefaultUserKey)
+	c.APIPath = NormalizeAPIPath(c.APIPath)
+	setDefault(&c.APIMaxBody, DefaultAPIMaxBody)
 	if len(c.Origins) == 0 {
 		c.Origins = []string{"same-origin"}
 	}
-	setDur(&c.KeepAlive, DefaultKeepAlive)
-	setDur(&c.PingInterval, DefaultPingInterval)
-	setDur(&c.IdleTimeout, DefaultIdleTimeout)
-	setDur(&c.WriteTimeout, DefaultWriteTimeout)
-	setDur(&c.RequestTimeout, DefaultRequestTimeout)
-	switch {
-	case c.ShutdownSpread == 0:
-		c.ShutdownSpread = DefaultShutdownSpread
-	case c.ShutdownSpread < 0:
-		c.ShutdownSpread = 0
-	}
-	if c.MaxPayload == 0 {
-		c.MaxPayload = DefaultMaxPayload
-	}
-	if c.MaxBackpressure == 0 {
-		c.MaxBackpressure = DefaultMaxBackpressure
-	}
-	setInt(&c.UpgradeRate, DefaultUpgradeRate)
-	setDur(&c.UpgradeWindow, DefaultUpgradeWindow)
-	setInt(&c.MaxSubscriptions, DefaultMaxSubscriptions)
-	setInt(&c.InboundRate, DefaultInboundRate)
-	setInt(&c.InboundBurst, DefaultInboundBurst)
-	setInt(&c.RateLimitClose, DefaultRateLimitClose)
+	setDefault(&c.KeepAlive, DefaultKeepAlive)
+	setDefault(&c.PingInterval, DefaultPingInterval)
+	setDefault(&c.IdleTimeout, DefaultIdleTimeout)
+	setDefault(&c.WriteTimeout, DefaultWriteTimeout)
+	setDefault(&c.RequestTimeout, DefaultRequestTimeout)
+	setDefault(&c.ShutdownSpread, DefaultShutdownSpread)
+	setDefault(&c.MaxPayload, DefaultMaxPayload)
+	setDefault(&c.MaxBackpressure, DefaultMaxBackpressure)
+	setDefault(&c.SlowConsumer, SlowConsumerClose)
+	setDefault(&c.UpgradeRate, DefaultUpgradeRate)
+	setDefault(&c.UpgradeWindow, DefaultUpgradeWindow)
+	setDefault(&c.MaxSubscriptions, DefaultMaxSubscriptions)
+	setDefault(&c.InboundRate, DefaultInboundRate)
+	setDefault(&c.InboundBurst, DefaultInboundBurst)
+	setDefault(&c.RateLimitClose, DefaultRateLimitClose)
 	c.Auth = c.Auth.withDefaults(DefaultAuthTimeout, DefaultAuthInFlight)
 	c.SubscribeHook = c.SubscribeHook.withDefaults(DefaultHookTimeout, DefaultHookInFlight)
 	c.MessageHook = c.MessageHook.withDefaults(DefaultHookTimeout, DefaultHookInFlight)
-	if c.MessageHook != nil && c.MessageHook.Queue == 0 {
-		c.MessageHook.Queue = DefaultHookQueue
+	if c.MessageHook != nil {
+		setDefault(&c.MessageHook.Queue, DefaultHookQueue)
 	}
 	c.EventsHook = c.EventsHook.withDefaults(DefaultHookTimeout, DefaultHookInFlight)
+	// The slices are copied before their elements are defaulted: the
+	// caller's config stays as written.
+	c.Replay = slices.Clone(c.Replay)
 	for i := range c.Replay {
 		r := &c.Replay[i]
+		setDefault(&r.Store, ReplayStoreMemory)
 		if r.Size <= 0 {
-			r.Size = 1000
+			r.Size = replay.DefaultSize
 		}
 	}
+	c.Presence = slices.Clone(c.Presence)
 	for i := range c.Presence {
 		p := &c.Presence[i]
-		setStr(&p.Key, "id")
-		setDur(&p.Heartbeat, 30*time.Second)
-		setDur(&p.TTL, 90*time.Second)
+		setDefault(&p.Key, presence.DefaultKey)
+		setDefault(&p.Heartbeat, presence.DefaultHeartbeat)
+		setDefault(&p.TTL, presence.DefaultTTL)
 	}
+	c.Cursors = slices.Clone(c.Cursors)
 	for i := range c.Cursors {
 		cu := &c.Cursors[i]
-		setDur(&cu.Throttle, 16*time.Millisecond)
-		setDur(&cu.TopicThrottle, 50*time.Millisecond)
-		setDur(&cu.TTL, 30*time.Second)
-		setInt(&cu.MaxData, 8192)
+		setDefault(&cu.Throttle, cursor.DefaultThrottle)
+		setDefault(&cu.TopicThrottle, cursor.DefaultTopicThrottle)
+		setDefault(&cu.TTL, cursor.DefaultTTL)
+		setDefault(&cu.MaxData, cursor.DefaultMaxData)
 	}
+	c.Groups = slices.Clone(c.Groups)
 	for i := range c.Groups {
-		setDur(&c.Groups[i].MemberTTL, 120*time.Second)
+		setDefault(&c.Groups[i].MemberTTL, groups.DefaultTTL)
 	}
 	if r := c.RateLimit; r != nil {
 		rl := *r
-		setInt(&rl.Points, 10)
-		setDur(&rl.Interval, time.Second)
-		setStr(&rl.Key, "ip")
+		setDefault(&rl.Points, ratelimit.DefaultPoints)
+		setDefault(&rl.Interval, ratelimit.DefaultInterval)
+		setDefault(&rl.Key, DefaultRateLimitKey)
+		setDefault(&rl.Action, RateLimitDrop)
+		setDefault(&rl.OnError, RateLimitAllow)
 		c.RateLimit = &rl
+	}
+	c.Notify = slices.Clone(c.Notify)
+	for i := range c.Notify {
+		setDefault(&c.Notify[i].Mode, NotifyAll)
 	}
 	if c.ClientIP == nil {
 		c.ClientIP = remoteHost
@@ -269,85 +381,224 @@ func (c Config) WithDefaults() Config {
 	return c
 }
 
+// setDefault sets *p to v if *p is the zero value.
+func setDefault[T comparable](p *T, v T) {
+	var zero T
+	if *p == zero {
+		*p = v
+	}
+}
+
 func (h *HookConfig) withDefaults(timeout time.Duration, inFlight int) *HookConfig {
 	if h == nil {
 		return nil
 	}
 	c := *h
-	if c.Timeout == 0 {
-		c.Timeout = timeout
-	}
-	if c.MaxInFlight == 0 {
-		c.MaxInFlight = inFlight
-	}
+	setDefault(&c.Timeout, timeout)
+	setDefault(&c.MaxInFlight, inFlight)
 	return &c
+}
+
+// NormalizeAPIPath drops the trailing slashes of an API path prefix, so
+// that "/_realtime/" and "/_realtime" serve the same routes. "/" stays
+// "/" (which Validate refuses: it would cover the WebSocket path).
+func NormalizeAPIPath(p string) string {
+	if t := strings.TrimRight(p, "/"); t != "" {
+		return t
+	}
+	return p
+}
+
+// CheckPath checks a path option (path, api): it must start with '/'.
+func CheckPath(option, p string) error {
+	if !strings.HasPrefix(p, "/") {
+		return fmt.Errorf("%s must start with '/', got '%s'", option, p)
+	}
+	return nil
+}
+
+// CheckKeepAlive checks the keepalive option.
+func CheckKeepAlive(d time.Duration) error {
+	if d < MinKeepAlive || d > MaxKeepAlive {
+		return fmt.Errorf("keepalive must be between %.0fs and %.0fs, got '%s'", MinKeepAlive.Seconds(), MaxKeepAlive.Seconds(), d)
+	}
+	return nil
+}
+
+// CheckOrigins checks an origin policy: same-origin or * alone, or exact
+// origins scheme://host[:port], without path, user info, query or
+// fragment (a browser's Origin header never has them, so such an entry
+// would never match).
+func CheckOrigins(origins []string) error {
+	for _, o := range origins {
+		switch o {
+		case "same-origin", "*":
+			if len(origins) > 1 {
+				return fmt.Errorf("origin '%s' must be the only origin", o)
+			}
+			continue
+		}
+		u, err := url.Parse(o)
+		if err != nil || u.Scheme == "" || u.Host == "" || u.Opaque != "" || u.User != nil ||
+			u.Path != "" || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" {
+			return fmt.Errorf("bad origin '%s': want same-origin, * or scheme://host[:port]", o)
+		}
+	}
+	return nil
+}
+
+// CheckHookURL checks the URL of a hook (kind: auth, subscribe_hook,
+// message_hook or events_hook): an absolute http or https URL.
+func CheckHookURL(kind, raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("bad %s url '%s': %v", kind, raw, err)
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("bad %s url '%s': want http://host[:port]/path or https://…", kind, raw)
+	}
+	return nil
+}
+
+// CheckHeaderName checks a header name the auth hook forwards.
+func CheckHeaderName(name string) error {
+	if !httpguts.ValidHeaderFieldName(name) {
+		return fmt.Errorf("bad header name '%s'", name)
+	}
+	return nil
+}
+
+// ValidPattern reports whether p is a valid topic pattern ('*' matches
+// any run of characters): a topic of printable ASCII without '"' or ”,
+// outside the "__" system namespace.
+func ValidPattern(p string) bool {
+	return p != "" && !wire.IsSystem(p) && wire.ValidTopic(p, false)
+}
+
+// CheckPattern checks the topic pattern p of option (replay, presence,
+// cursor, join_on, public).
+func CheckPattern(option, p string) error {
+	if !ValidPattern(p) {
+		return fmt.Errorf("bad %s pattern '%s': want printable ASCII without '\"' or '\\', not starting with __", option, p)
+	}
+	return nil
+}
+
+// CheckGroupName checks a group name: a topic name without spaces,
+// outside the "__" system namespace (its frames go on __group:<name>).
+func CheckGroupName(name string) error {
+	if !wire.ValidTopic(name, false) || wire.IsSystem(name) || strings.Contains(name, " ") {
+		return fmt.Errorf("bad group name '%s': want a topic name of printable ASCII without spaces, '\"' or '\\', not starting with __", name)
+	}
+	return nil
+}
+
+// CheckGroupMeta checks a group's initial metadata: a JSON object.
+func CheckGroupMeta(meta []byte) error {
+	var obj map[string]json.RawMessage
+	if len(meta) > 0 && json.Unmarshal(meta, &obj) != nil {
+		return errors.New("meta must be a JSON object")
+	}
+	return nil
+}
+
+// CheckTopicThrottle checks a cursor topic_throttle.
+func CheckTopicThrottle(d time.Duration) error {
+	if d < cursor.MinTopicThrottle {
+		return fmt.Errorf("topic_throttle must be at least %s, got '%s'", cursor.MinTopicThrottle, d)
+	}
+	return nil
+}
+
+// CheckNotifyChannel checks a NOTIFY channel name.
+func CheckNotifyChannel(name string) error {
+	if !notify.ValidChannel(name) {
+		return fmt.Errorf("bad notify channel '%s': want letters, digits and '_', up to 63, not starting with a digit", name)
+	}
+	return nil
+}
+
+// CheckResyncTopic checks a notify resync topic: a topic outside the
+// "__" system namespace.
+func CheckResyncTopic(t string, allowNonASCII bool) error {
+	if wire.IsSystem(t) || !wire.ValidTopic(t, allowNonASCII) {
+		return fmt.Errorf("bad resync topic '%s': want a topic not starting with __", t)
+	}
+	return nil
 }
 
 // Validate reports the first invalid option of a config with defaults
 // applied, naming the option.
 func (c Config) Validate() error {
-	if !strings.HasPrefix(c.Path, "/") {
-		return fmt.Errorf("path %q must start with /", c.Path)
+	if err := CheckPath("path", c.Path); err != nil {
+		return err
 	}
 	if c.APIPath != "" {
-		if !strings.HasPrefix(c.APIPath, "/") {
-			return fmt.Errorf("api path %q must start with /", c.APIPath)
+		if err := CheckPath("api path", c.APIPath); err != nil {
+			return err
 		}
-		if c.APIPath == c.Path || strings.HasPrefix(c.Path, strings.TrimSuffix(c.APIPath, "/")+"/") {
+		if p := NormalizeAPIPath(c.APIPath); p == c.Path || strings.HasPrefix(c.Path, strings.TrimSuffix(p, "/")+"/") {
 			return fmt.Errorf("api path %q overlaps the websocket path %q", c.APIPath, c.Path)
 		}
 	}
-	if c.KeepAlive < 5*time.Second || c.KeepAlive > 120*time.Second {
-		return fmt.Errorf("keepalive %s out of range: must be between 5s and 120s (PROTOCOL.md §2.5)", c.KeepAlive)
+	if err := CheckKeepAlive(c.KeepAlive); err != nil {
+		return err
 	}
-	for _, o := range c.Origins {
-		if o == "same-origin" || o == "*" {
+	if err := CheckOrigins(c.Origins); err != nil {
+		return err
+	}
+	if err := checkEnum(c.SlowConsumer, ParseSlowConsumer); err != nil {
+		return fmt.Errorf("limits: %w", err)
+	}
+	for _, hk := range []struct {
+		name string
+		h    *HookConfig
+	}{{"auth", c.Auth}, {"subscribe_hook", c.SubscribeHook}, {"message_hook", c.MessageHook}, {"events_hook", c.EventsHook}} {
+		if hk.h == nil {
 			continue
 		}
-		u, err := url.Parse(o)
-		if err != nil || u.Scheme == "" || u.Host == "" || (u.Path != "" && u.Path != "/") {
-			return fmt.Errorf("origin %q must be same-origin, * or scheme://host[:port]", o)
+		if err := CheckHookURL(hk.name, hk.h.URL); err != nil {
+			return err
 		}
-	}
-	for name, h := range map[string]*HookConfig{"auth": c.Auth, "subscribe_hook": c.SubscribeHook, "message_hook": c.MessageHook} {
-		if h == nil {
-			continue
+		if hk.h.Timeout < 0 || hk.h.MaxInFlight < 0 || hk.h.Queue < 0 {
+			return fmt.Errorf("%s: timeout, max_in_flight and queue must not be negative", hk.name)
 		}
-		u, err := url.Parse(h.URL)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return fmt.Errorf("%s: url must be an absolute http or https url", name)
-		}
-		if h.Timeout < 0 || h.MaxInFlight < 0 || h.Queue < 0 {
-			return fmt.Errorf("%s: timeout, max_in_flight and queue must not be negative", name)
+		for _, name := range hk.h.Headers {
+			if err := CheckHeaderName(name); err != nil {
+				return fmt.Errorf("%s: %w", hk.name, err)
+			}
 		}
 	}
 	for _, p := range c.Public {
-		if p == "" || wire.IsSystem(p) {
-			return fmt.Errorf("public pattern %q must be a non-empty, non-system topic pattern", p)
+		if err := CheckPattern("public", p); err != nil {
+			return err
 		}
 	}
 	for _, r := range c.Replay {
-		if !validPattern(r.Topics) {
-			return fmt.Errorf("replay: topic pattern %q must be a non-empty, non-system pattern", r.Topics)
+		if err := CheckPattern("replay", r.Topics); err != nil {
+			return err
+		}
+		if err := checkEnum(r.Store, ParseReplayStore); err != nil {
+			return fmt.Errorf("replay %q: %w", r.Topics, err)
 		}
 	}
 	for _, p := range c.Presence {
-		if !validPattern(p.Topics) {
-			return fmt.Errorf("presence: topic pattern %q must be a non-empty, non-system pattern", p.Topics)
+		if err := CheckPattern("presence", p.Topics); err != nil {
+			return err
 		}
 	}
 	for _, cu := range c.Cursors {
-		if !validPattern(cu.Topics) {
-			return fmt.Errorf("cursor: topic pattern %q must be a non-empty, non-system pattern", cu.Topics)
+		if err := CheckPattern("cursor", cu.Topics); err != nil {
+			return err
 		}
-		if cu.TopicThrottle < 16*time.Millisecond {
-			return fmt.Errorf("cursor %q: topic_throttle %s is below 16ms", cu.Topics, cu.TopicThrottle)
+		if err := CheckTopicThrottle(cu.TopicThrottle); err != nil {
+			return fmt.Errorf("cursor %q: %w", cu.Topics, err)
 		}
 	}
 	seen := map[string]bool{}
 	for _, gr := range c.Groups {
-		if !wire.ValidTopic(gr.Name, false) || wire.IsSystem(gr.Name) {
-			return fmt.Errorf("group name %q must be a valid, non-system topic name", gr.Name)
+		if err := CheckGroupName(gr.Name); err != nil {
+			return err
 		}
 		if seen[gr.Name] {
 			return fmt.Errorf("group %q declared twice", gr.Name)
@@ -356,20 +607,39 @@ func (c Config) Validate() error {
 		if gr.MaxMembers < 0 {
 			return fmt.Errorf("group %q: max_members must not be negative", gr.Name)
 		}
+		if err := CheckGroupMeta(gr.Meta); err != nil {
+			return fmt.Errorf("group %q: %w", gr.Name, err)
+		}
 		for _, p := range gr.JoinOn {
-			if !validPattern(p) {
-				return fmt.Errorf("group %q: join_on pattern %q must be a non-empty, non-system pattern", gr.Name, p)
+			if err := CheckPattern("join_on", p); err != nil {
+				return fmt.Errorf("group %q: %w", gr.Name, err)
 			}
+		}
+	}
+	if rl := c.RateLimit; rl != nil {
+		if err := checkEnum(rl.Action, ParseRateLimitAction); err != nil {
+			return err
+		}
+		if err := checkEnum(rl.OnError, ParseRateLimitOnError); err != nil {
+			return err
 		}
 	}
 	channels := map[string]bool{}
 	for _, n := range c.Notify {
-		if n.Channel == "" || channels[n.Channel] {
-			return fmt.Errorf("notify: channel %q is empty or declared twice", n.Channel)
+		if err := CheckNotifyChannel(n.Channel); err != nil {
+			return fmt.Errorf("notify %q: %w", n.Channel, err)
+		}
+		if channels[n.Channel] {
+			return fmt.Errorf("notify %q: channel declared twice", n.Channel)
 		}
 		channels[n.Channel] = true
-		if n.Resync != "" && (!wire.ValidTopic(n.Resync, c.AllowNonASCIITopics) || wire.IsSystem(n.Resync)) {
-			return fmt.Errorf("notify %q: resync topic %q must be a valid, non-system topic", n.Channel, n.Resync)
+		if err := checkEnum(n.Mode, ParseNotifyMode); err != nil {
+			return fmt.Errorf("notify %q: %w", n.Channel, err)
+		}
+		if n.Resync != "" {
+			if err := CheckResyncTopic(n.Resync, c.AllowNonASCIITopics); err != nil {
+				return fmt.Errorf("notify %q: %w", n.Channel, err)
+			}
 		}
 		if n.PollInterval < 0 {
 			return fmt.Errorf("notify %q: poll_interval must not be negative", n.Channel)
@@ -402,8 +672,4 @@ func remoteHost(r *http.Request) string {
 		host = host[:i]
 	}
 	return strings.Trim(host, "[]")
-}
-
-func validPattern(p string) bool {
-	return p != "" && !wire.IsSystem(p) && wire.ValidTopic(p, false)
 }

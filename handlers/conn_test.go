@@ -36,7 +36,7 @@ func TestConnSlowConsumer(t *testing.T) {
 			const maxBP = 256 << 10
 			cfg := testConfig()
 			cfg.MaxBackpressure = maxBP
-			cfg.DropSlow = tt.dropSlow
+			cfg.SlowConsumer = slowConsumer(tt.dropSlow)
 			cfg.WriteTimeout = time.Minute // the stalled write must not time out first
 			g, srv := newTestGateway(t, cfg)
 
@@ -213,7 +213,7 @@ func TestConnEnqueue(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := testConfig()
 			cfg.MaxBackpressure = 1000
-			cfg.DropSlow = tt.dropSlow
+			cfg.SlowConsumer = slowConsumer(tt.dropSlow)
 			g, srv := newTestGateway(t, cfg)
 			client := dialClient(t, srv)
 			c := client.serverConn(g)

@@ -23,7 +23,7 @@ type cursorRule struct {
 func newCursorRules(cfgs []CursorConfig, b Backends, now func() time.Time, onExpire cursor.ExpireFunc) ([]*cursorRule, error) {
 	rules := make([]*cursorRule, 0, len(cfgs))
 	for _, c := range cfgs {
-		tr, err := b.cursor(cursor.Config{Throttle: c.TopicThrottle, TTL: c.TTL, Now: now, OnExpire: onExpire})
+		tr, err := b.cursor(cursor.Config{TopicThrottle: c.TopicThrottle, TTL: c.TTL, Now: now, OnExpire: onExpire})
 		if err != nil {
 			return rules, fmt.Errorf("cursor %q: %w", c.Topics, err)
 		}

@@ -135,6 +135,7 @@ type extensions struct {
 	cursors  []*cursorRule
 	groups   map[string]*group
 	rate     *rateRule
+	logger   *zap.Logger // for the errors nobody waits for: initial meta, closes
 }
 
 // sweeper is implemented by memory backends that free idle state when
@@ -166,7 +167,7 @@ func (e *extensions) sweep(now time.Time) {
 // newExtensions builds the extensions' backends. Each builder returns
 // the backends it built before failing, so one close releases them all.
 func newExtensions(cfg Config, b Backends, g *Gateway) (*extensions, error) {
-	e := &extensions{}
+	e := &extensions{logger: g.logger}
 	var err error
 	e.replay, err = newReplayRules(cfg.Replay, cfg.Now, g.memoryBase)
 	if err == nil {
@@ -176,7 +177,7 @@ func newExtensions(cfg Config, b Backends, g *Gateway) (*extensions, error) {
 		e.cursors, err = newCursorRules(cfg.Cursors, b, cfg.Now, g.cursorExpired)
 	}
 	if err == nil {
-		e.groups, err = newGroups(cfg.Groups, b, cfg.Now)
+		e.groups, err = newGroups(cfg.Groups, b, cfg.Now, g.logger)
 	}
 	if err == nil {
 		e.rate, err = newRateRule(cfg.RateLimit, b, cfg.Now)

@@ -31,7 +31,7 @@ type group struct {
 	members map[*conn]groups.Role
 }
 
-func newGroups(cfgs []GroupConfig, b Backends, now func() time.Time) (map[string]*group, error) {
+func newGroups(cfgs []GroupConfig, b Backends, now func() time.Time, logger *zap.Logger) (map[string]*group, error) {
 	out := make(map[string]*group, len(cfgs))
 	for _, c := range cfgs {
 		reg, err := b.groups(groups.Config{TTL: c.MemberTTL, Now: now})
@@ -43,7 +43,15 @@ func newGroups(cfgs []GroupConfig, b Backends, now func() time.Time) (map[string
 			gr.joinOn = append(gr.joinOn, wire.Pattern(p))
 		}
 		if len(c.Meta) > 0 {
-			_ = gr.reg.SetMeta(context.Background(), c.Name, c.Meta)
+			// A backend that cannot take the meta now does not stop the
+			// gateway (Redis may come back); the API's PUT /groups/meta
+			// sets it again.
+			ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+			err := gr.reg.SetMeta(ctx, c.Name, c.Meta)
+			cancel()
+			if err != nil {
+				logger.Warn("setting a group's initial meta failed; the group starts without it", zap.String("group", c.Name), zap.Error(err))
+			}
 		}
 		out[c.Name] = gr
 	}

@@ -82,7 +82,7 @@ func (g *Gateway) newNotify(cfgs []NotifyConfig, allowNonASCII bool) ([]*notifyB
 			OnListen:            b.onListen,
 			AllowNonASCIITopics: allowNonASCII,
 		}
-		if c.Leader {
+		if c.Mode == NotifyLeader {
 			lc.LeaderLock = notify.LockID(c.Channel)
 			lc.LeaderPoll = c.PollInterval
 			lc.OnLeader = b.onLeader
@@ -104,15 +104,17 @@ func (g *Gateway) newNotify(cfgs []NotifyConfig, allowNonASCII bool) ([]*notifyB
 // with its connection.
 func closeNotify(ctx context.Context, bridges []*notifyBridge) {
 	for _, b := range bridges {
-		_ = b.l.Close(ctx)
+		if err := b.l.Close(ctx); err != nil {
+			b.logger.Warn("closing the notify listener failed", zap.Error(err))
+		}
 	}
 }
 
 func (b *notifyBridge) mode() string {
-	if b.cfg.Leader {
-		return "leader"
+	if b.cfg.Mode == NotifyLeader {
+		return string(NotifyLeader)
 	}
-	return "all"
+	return string(NotifyAll)
 }
 
 // handle publishes one notification.
@@ -128,7 +130,7 @@ func (b *notifyBridge) handle(n notify.Notification) {
 		return
 	}
 	m := bus.Message{Topic: n.Topic, Event: n.Event, Data: data.Bytes()}
-	if b.cfg.Leader {
+	if b.cfg.Mode == NotifyLeader {
 		ctx, cancel := context.WithTimeout(g.ctx, storeTimeout)
 		defer cancel()
 		if err := g.publish(ctx, []bus.Message{m}, nil, "notify"); err != nil {

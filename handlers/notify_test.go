@@ -24,7 +24,7 @@ func TestGatewayNotifyLifecycle(t *testing.T) {
 	cfg := testConfig()
 	cfg.Notify = []NotifyConfig{
 		{Channel: all, ConnString: testsvc.PostgresURL()},
-		{Channel: leader, ConnString: testsvc.PostgresURL(), Leader: true, PollInterval: 50 * time.Millisecond, Resync: "sync"},
+		{Channel: leader, ConnString: testsvc.PostgresURL(), Mode: NotifyLeader, PollInterval: 50 * time.Millisecond, Resync: "sync"},
 	}
 	g, srv := newTestGateway(t, cfg)
 	waitFor(t, 10*time.Second, func() bool {

@@ -94,7 +94,7 @@ func newPresenceRules(cfgs []PresenceConfig, b Backends, now func() time.Time, o
 		if hb < 0 {
 			hb = 0 // the heartbeat frame is off; the backend keeps its own refresh default
 		}
-		tr, err := b.presence(presence.Config{TTL: c.TTL, Heartbeat: min(hb, c.TTL/3), Now: now, OnChange: onChange})
+		tr, err := b.presence(presence.Config{TTL: c.TTL, Refresh: min(hb, c.TTL/3), Now: now, OnChange: onChange})
 		if err != nil {
 			return rules, fmt.Errorf("presence %q: %w", c.Topics, err)
 		}

@@ -63,7 +63,7 @@ func (c *conn) rateAllow(cost int) bool {
 	cancel()
 	if err != nil {
 		// The limiter's backend failed: the documented policy decides.
-		if !r.cfg.FailClosed {
+		if r.cfg.OnError != RateLimitDeny {
 			return true
 		}
 		c.g.m.dropRate.Inc()
@@ -73,7 +73,7 @@ func (c *conn) rateAllow(cost int) bool {
 		return true
 	}
 	c.g.m.dropRate.Inc()
-	if r.cfg.Close {
+	if r.cfg.Action == RateLimitClose {
 		c.closeAsync(websocket.StatusCode(4429), "Rate limited")
 	}
 	return false

@@ -15,10 +15,13 @@ type settings struct {
 	anyOrigin, sameOrigin   bool
 	origins                 map[string]bool
 	authSem, subSem, msgSem chan struct{}
+
+	// DropSlow is SlowConsumer == SlowConsumerDrop, read on every send.
+	DropSlow bool
 }
 
 func newSettings(c Config) *settings {
-	s := &settings{Config: c, origins: make(map[string]bool)}
+	s := &settings{Config: c, origins: make(map[string]bool), DropSlow: c.SlowConsumer == SlowConsumerDrop}
 	for _, p := range c.Public {
 		s.public = append(s.public, wire.Pattern(p))
 	}

@@ -4,7 +4,7 @@
 //
 // The Tracker is the state a snapshot reads. Moves travel as frames: the
 // instance owning a connection flushes its topic's changed entries at most
-// once per Config.Throttle, as one update or one bulk frame on
+// once per Config.TopicThrottle, as one update or one bulk frame on
 // "__cursor:<topic>", and relays that frame through the bus, so every
 // instance sends the same bytes to its attached connections. Relaying one
 // frame per flush instead of one per entry is what kept the reference
@@ -73,20 +73,28 @@ type ManyUpdater interface {
 
 // Defaults and limits of Config (PROTOCOL.md §6.2, §8).
 const (
-	DefaultThrottle = 50 * time.Millisecond
-	MinThrottle     = 16 * time.Millisecond
-	DefaultTTL      = 30 * time.Second
+	DefaultTopicThrottle = 50 * time.Millisecond
+	MinTopicThrottle     = 16 * time.Millisecond
+	DefaultTTL           = 30 * time.Second
+
+	// DefaultThrottle is the gateway's per-connection throttle: at most
+	// one move per connection and topic per interval, one frame at 60 Hz.
+	DefaultThrottle = 16 * time.Millisecond
+
+	// DefaultMaxData is the largest cursor payload the gateway accepts,
+	// in bytes of JSON.
+	DefaultMaxData = 8192
 )
 
 // Config is the part of cursor configuration every backend shares; backend
 // configs embed it. The zero value is the default configuration.
 type Config struct {
-	// Throttle is the per-topic flush interval: changed entries are sent at
-	// most once per interval, the first change after an idle interval at
-	// once. Values below MinThrottle (one frame at 60 Hz) are raised to it:
-	// faster flushes cost frames without smoother motion.
-	// Default: DefaultThrottle.
-	Throttle time.Duration
+	// TopicThrottle is the per-topic flush interval: changed entries are
+	// sent at most once per interval, the first change after an idle
+	// interval at once. Values below MinTopicThrottle (one frame at 60 Hz)
+	// are raised to it: faster flushes cost frames without smoother motion.
+	// Default: DefaultTopicThrottle.
+	TopicThrottle time.Duration
 
 	// TTL is how long the entries of an instance that stopped refreshing
 	// them survive before they are removed and OnExpire is called.
@@ -103,13 +111,13 @@ type Config struct {
 }
 
 // WithDefaults returns c with every zero field set to its default, and
-// Throttle raised to MinThrottle.
+// TopicThrottle raised to MinTopicThrottle.
 func (c Config) WithDefaults() Config {
 	switch {
-	case c.Throttle <= 0:
-		c.Throttle = DefaultThrottle
-	case c.Throttle < MinThrottle:
-		c.Throttle = MinThrottle
+	case c.TopicThrottle <= 0:
+		c.TopicThrottle = DefaultTopicThrottle
+	case c.TopicThrottle < MinTopicThrottle:
+		c.TopicThrottle = MinTopicThrottle
 	}
 	if c.TTL <= 0 {
 		c.TTL = DefaultTTL

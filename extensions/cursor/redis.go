@@ -44,7 +44,7 @@ var (
 // RedisConfig configures a Redis Tracker. InstanceID is required; every
 // other zero field takes its default.
 type RedisConfig struct {
-	// Config holds TTL and OnExpire. Throttle is the gateway's; Now is
+	// Config holds TTL and OnExpire. TopicThrottle is the gateway's; Now is
 	// ignored: leases expire by the Redis server's clock, so instances
 	// with skewed clocks agree.
 	Config

@@ -19,7 +19,7 @@
 //
 // # Crashed instances
 //
-// Each instance refreshes its members every Config.Heartbeat; the members
+// Each instance refreshes its members every Config.Refresh; the members
 // of an instance that stops refreshing expire after Config.TTL and then
 // neither count nor block joins.
 //
@@ -122,8 +122,8 @@ type Registry interface {
 // Defaults of Config.
 const (
 	// DefaultTTL is the reference package's memberTtl.
-	DefaultTTL       = 120 * time.Second
-	DefaultHeartbeat = 30 * time.Second
+	DefaultTTL     = 120 * time.Second
+	DefaultRefresh = 30 * time.Second
 )
 
 // Config is the part of a Registry's configuration every backend shares;
@@ -133,10 +133,10 @@ type Config struct {
 	// them keep counting. Default: DefaultTTL.
 	TTL time.Duration
 
-	// Heartbeat is how often an instance refreshes its members; it must be
+	// Refresh is how often an instance refreshes its members; it must be
 	// below TTL (constructors refuse such a Config). Default:
-	// DefaultHeartbeat, or TTL/3 when that is shorter.
-	Heartbeat time.Duration
+	// DefaultRefresh, or TTL/3 when that is shorter.
+	Refresh time.Duration
 
 	// Now is the clock for expiry in the memory backend; Redis uses the
 	// server's clock. Default: time.Now.
@@ -148,8 +148,8 @@ func (c Config) WithDefaults() Config {
 	if c.TTL <= 0 {
 		c.TTL = DefaultTTL
 	}
-	if c.Heartbeat <= 0 {
-		c.Heartbeat = min(DefaultHeartbeat, c.TTL/3)
+	if c.Refresh <= 0 {
+		c.Refresh = min(DefaultRefresh, c.TTL/3)
 	}
 	if c.Now == nil {
 		c.Now = time.Now

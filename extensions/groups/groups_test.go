@@ -32,13 +32,13 @@ func TestConfigWithDefaults(t *testing.T) {
 	}{
 		{"the zero Config gets the defaults", Config{}, 120 * time.Second, 30 * time.Second},
 		{"a short TTL shortens the default heartbeat to a third of it", Config{TTL: 30 * time.Second}, 30 * time.Second, 10 * time.Second},
-		{"set values are kept", Config{TTL: time.Hour, Heartbeat: time.Minute}, time.Hour, time.Minute},
-		{"negative durations count as unset", Config{TTL: -1, Heartbeat: -1}, 120 * time.Second, 30 * time.Second},
+		{"set values are kept", Config{TTL: time.Hour, Refresh: time.Minute}, time.Hour, time.Minute},
+		{"negative durations count as unset", Config{TTL: -1, Refresh: -1}, 120 * time.Second, 30 * time.Second},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := tc.in.WithDefaults()
-			if got.TTL != tc.ttl || got.Heartbeat != tc.heartbeat || got.Now == nil {
-				t.Fatalf("got TTL %v, Heartbeat %v, Now set %v; want %v, %v, true", got.TTL, got.Heartbeat, got.Now != nil, tc.ttl, tc.heartbeat)
+			if got.TTL != tc.ttl || got.Refresh != tc.heartbeat || got.Now == nil {
+				t.Fatalf("got TTL %v, Refresh %v, Now set %v; want %v, %v, true", got.TTL, got.Refresh, got.Now != nil, tc.ttl, tc.heartbeat)
 			}
 		})
 	}

@@ -10,7 +10,7 @@ import (
 
 // Memory is the Registry of a gateway alone on its instance. Its members
 // die with the process, and so do their connections, so none ever expires:
-// Config.TTL, Heartbeat and Now are ignored, and it starts no goroutine.
+// Config.TTL, Refresh and Now are ignored, and it starts no goroutine.
 //
 // One mutex makes every call atomic, so the capacity and closed checks of
 // Join and its insert are one step. Counts are kept per role as members

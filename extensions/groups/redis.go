@@ -49,7 +49,7 @@ var errStopped = errors.New("groups: registry shut down")
 // RedisConfig configures a Redis registry. InstanceID is required; every
 // other zero field takes its default.
 type RedisConfig struct {
-	// Config holds TTL and Heartbeat. Now is ignored: members expire by the
+	// Config holds TTL and Refresh. Now is ignored: members expire by the
 	// Redis server's clock (TIME), so instances with skewed clocks agree.
 	// TTL is rounded up to whole milliseconds.
 	Config
@@ -101,7 +101,7 @@ type RedisConfig struct {
 //
 // Each instance remembers which of its connections are members of which
 // groups, and its heartbeat goroutine refreshes their expiry every
-// Config.Heartbeat, one script run per group (a pipeline of them per
+// Config.Refresh, one script run per group (a pipeline of them per
 // round). The members of an instance that stops refreshing (it crashed)
 // stop counting TTL after their last refresh. A member found gone or
 // expired is not revived, but forgotten: a group closed on another
@@ -111,7 +111,7 @@ type RedisConfig struct {
 //
 // Calls use the caller's ctx and no other deadline: callers must give ctx
 // a deadline, or a call made during an outage waits until the connection
-// fails (rueidis#913). Heartbeat rounds have a deadline of Heartbeat.
+// fails (rueidis#913). Refresh rounds have a deadline of Refresh.
 // Shutdown stops the heartbeat and removes this instance's members; the
 // registry closes nothing else, as the caller owns the client.
 type Redis struct {
@@ -155,8 +155,8 @@ func NewRedis(client rueidis.Client, cfg RedisConfig) (*Redis, error) {
 		return nil, fmt.Errorf("groups: instance id %q must be non-empty and without '|'", cfg.InstanceID)
 	}
 	c := cfg.Config.WithDefaults()
-	if c.Heartbeat >= c.TTL {
-		return nil, fmt.Errorf("groups: heartbeat %v must be shorter than the member TTL %v", c.Heartbeat, c.TTL)
+	if c.Refresh >= c.TTL {
+		return nil, fmt.Errorf("groups: refresh %v must be shorter than the member TTL %v", c.Refresh, c.TTL)
 	}
 	ttl := int64((c.TTL + time.Millisecond - 1) / time.Millisecond)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -165,7 +165,7 @@ func NewRedis(client rueidis.Client, cfg RedisConfig) (*Redis, error) {
 		prefix:    cfg.KeyPrefix,
 		instance:  cfg.InstanceID + "|",
 		ttl:       strconv.FormatInt(ttl, 10),
-		heartbeat: c.Heartbeat,
+		heartbeat: c.Refresh,
 		onError:   cfg.OnError,
 		local:     make(map[string]map[string]localMember),
 		cancel:    cancel,
@@ -383,7 +383,7 @@ func (r *Redis) Shutdown(ctx context.Context) error {
 	return nil
 }
 
-// run is the heartbeat goroutine: a refresh every Heartbeat until ctx
+// run is the heartbeat goroutine: a refresh every Refresh until ctx
 // ends (Shutdown).
 func (r *Redis) run(ctx context.Context) {
 	defer close(r.done)
@@ -402,7 +402,7 @@ func (r *Redis) run(ctx context.Context) {
 }
 
 // refresh moves the expiry of every member this instance remembers to
-// now + TTL, in one pipeline of heartbeat script runs within Heartbeat,
+// now + TTL, in one pipeline of heartbeat script runs within Refresh,
 // and forgets the members the scripts found gone or expired.
 func (r *Redis) refresh(ctx context.Context) error {
 	var (

@@ -84,7 +84,7 @@ func TestNewRedisRefusesBadConfig(t *testing.T) {
 		{"an instance id with the field separator", client, RedisConfig{InstanceID: "a|b"}},
 		{"a key prefix with a hash tag", client, RedisConfig{InstanceID: "a", KeyPrefix: "{app}"}},
 		{"a key prefix with a brace", client, RedisConfig{InstanceID: "a", KeyPrefix: "b}"}},
-		{"a heartbeat as long as the TTL", client, RedisConfig{InstanceID: "a", Config: Config{TTL: time.Second, Heartbeat: time.Second}}},
+		{"a heartbeat as long as the TTL", client, RedisConfig{InstanceID: "a", Config: Config{TTL: time.Second, Refresh: time.Second}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if r, err := NewRedis(tc.client, tc.cfg); err == nil {
@@ -197,7 +197,7 @@ func TestRedisConcurrentInstancesFillExactlyMaxMembers(t *testing.T) {
 // after TTL; a live one keeps its members far beyond TTL.
 func TestRedisMembersOfAStoppedInstanceExpireAfterTTL(t *testing.T) {
 	const ttl = time.Second
-	regs := newRedisInstances(t, 2, Config{TTL: ttl, Heartbeat: ttl / 5})
+	regs := newRedisInstances(t, 2, Config{TTL: ttl, Refresh: ttl / 5})
 	dead, live := regs[0], regs[1]
 	for _, c := range []string{"a1", "a2", "a3"} {
 		mustJoin(t, dead, "lobby", c, RoleMember, 5)
@@ -295,7 +295,7 @@ func redisTime(t testing.TB, client rueidis.Client) int64 {
 func TestRedisHeartbeatRefreshesLiveMembersOnly(t *testing.T) {
 	const ttl = time.Hour
 	client, prefix := testsvc.Redis(t)
-	r := newRedisRegistry(t, client, prefix, "hb", Config{TTL: ttl, Heartbeat: ttl / 2})
+	r := newRedisRegistry(t, client, prefix, "hb", Config{TTL: ttl, Refresh: ttl / 2})
 	ctx := context.Background()
 	key := r.keys("lobby")[0]
 	hget := func(field string) (role string, expires int64) {
@@ -359,7 +359,7 @@ func TestRedisHeartbeatRefreshesLiveMembersOnly(t *testing.T) {
 // forgotten when that heartbeat reports it gone.
 func TestRedisHeartbeatKeepsAMemberJoinedAgainMeanwhile(t *testing.T) {
 	client, prefix := testsvc.Redis(t)
-	r := newRedisRegistry(t, client, prefix, "hb", Config{TTL: time.Hour, Heartbeat: time.Minute})
+	r := newRedisRegistry(t, client, prefix, "hb", Config{TTL: time.Hour, Refresh: time.Minute})
 	mustJoin(t, r, "lobby", "c", RoleMember, 0)
 	mustJoin(t, r, "lobby", "d", RoleMember, 0)
 	r.mu.Lock()
@@ -418,7 +418,7 @@ func TestRedisErrorsNameTheGroup(t *testing.T) {
 		mu   sync.Mutex
 		errs []error
 	)
-	r, err := NewRedis(client, RedisConfig{InstanceID: "a", Config: Config{TTL: time.Second, Heartbeat: 50 * time.Millisecond},
+	r, err := NewRedis(client, RedisConfig{InstanceID: "a", Config: Config{TTL: time.Second, Refresh: 50 * time.Millisecond},
 		OnError: func(err error) { mu.Lock(); errs = append(errs, err); mu.Unlock() }})
 	if err != nil {
 		t.Fatal(err)

@@ -176,6 +176,11 @@ type Config struct {
 
 var channelRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,62}$`)
 
+// ValidChannel reports whether name is a channel NewListener accepts: an
+// identifier of letters, digits and '_', up to 63 bytes, not starting
+// with a digit, which LISTEN takes without quoting.
+func ValidChannel(name string) bool { return channelRE.MatchString(name) }
+
 // Listener receives the notifications of one channel. Start starts it;
 // Close stops it.
 type Listener struct {
@@ -218,7 +223,7 @@ func NewListener(cfg Config) (*Listener, error) {
 	if connCfg.RuntimeParams["application_name"] == "" {
 		connCfg.RuntimeParams["application_name"] = DefaultApplicationName
 	}
-	if !channelRE.MatchString(cfg.Channel) {
+	if !ValidChannel(cfg.Channel) {
 		return nil, fmt.Errorf("notify: channel %q is not an identifier of letters, digits and '_' up to 63 bytes", cfg.Channel)
 	}
 	if cfg.Handler == nil {

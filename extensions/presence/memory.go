@@ -9,7 +9,7 @@ import (
 
 // Memory is the Tracker of a gateway alone on its instance. Its state dies
 // with the process, and so do all the connections it records, so nothing
-// ever needs to expire: Config.TTL, Heartbeat and Now are ignored, and it
+// ever needs to expire: Config.TTL, Refresh and Now are ignored, and it
 // starts no goroutine. No other instance exists to make changes, so
 // Config.OnChange is never called; every change is the return value of the
 // Join or Leave that made it.

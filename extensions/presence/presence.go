@@ -20,7 +20,7 @@
 //
 // # Crashed instances
 //
-// Each instance refreshes its connections' entries every Config.Heartbeat.
+// Each instance refreshes its connections' entries every Config.Refresh.
 // When an instance stops (crash, network split), its entries expire after
 // Config.TTL, and every other instance is told through OnChange, so clients
 // see the leave (PROTOCOL.md §6.1). The reference package never sent those
@@ -123,8 +123,15 @@ type Tracker interface {
 
 // Defaults of Config (PROTOCOL.md §8).
 const (
-	DefaultTTL       = 90 * time.Second
+	DefaultTTL     = 90 * time.Second
+	DefaultRefresh = 30 * time.Second
+
+	// DefaultHeartbeat is how often the gateway sends a presence topic's
+	// members and observers the heartbeat frame listing the present keys.
 	DefaultHeartbeat = 30 * time.Second
+
+	// DefaultKey is the field of a member's data that names the member.
+	DefaultKey = "id"
 )
 
 // Config is the part of a Tracker's configuration every backend shares;
@@ -135,11 +142,11 @@ type Config struct {
 	// Default: DefaultTTL.
 	TTL time.Duration
 
-	// Heartbeat is how often an instance refreshes its entries; it must be
+	// Refresh is how often an instance refreshes its entries; it must be
 	// below TTL, or live members expire between refreshes (constructors
-	// refuse such a Config). Default: DefaultHeartbeat, or TTL/3 when that
+	// refuse such a Config). Default: DefaultRefresh, or TTL/3 when that
 	// is shorter.
-	Heartbeat time.Duration
+	Refresh time.Duration
 
 	// OnChange receives the changes made elsewhere. Default: nil, they are
 	// not reported.
@@ -156,8 +163,8 @@ func (c Config) WithDefaults() Config {
 	if c.TTL <= 0 {
 		c.TTL = DefaultTTL
 	}
-	if c.Heartbeat <= 0 {
-		c.Heartbeat = min(DefaultHeartbeat, c.TTL/3)
+	if c.Refresh <= 0 {
+		c.Refresh = min(DefaultRefresh, c.TTL/3)
 	}
 	if c.Now == nil {
 		c.Now = time.Now

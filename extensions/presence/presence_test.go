@@ -20,13 +20,13 @@ func TestConfigWithDefaults(t *testing.T) {
 		{"the zero Config gets PROTOCOL.md's defaults", Config{}, 90 * time.Second, 30 * time.Second},
 		{"a short TTL shortens the default heartbeat to a third of it", Config{TTL: 15 * time.Second}, 15 * time.Second, 5 * time.Second},
 		{"a long TTL keeps the default heartbeat", Config{TTL: 10 * time.Minute}, 10 * time.Minute, 30 * time.Second},
-		{"a set heartbeat is kept", Config{Heartbeat: time.Second}, 90 * time.Second, time.Second},
-		{"negative durations count as unset", Config{TTL: -1, Heartbeat: -1}, 90 * time.Second, 30 * time.Second},
+		{"a set heartbeat is kept", Config{Refresh: time.Second}, 90 * time.Second, time.Second},
+		{"negative durations count as unset", Config{TTL: -1, Refresh: -1}, 90 * time.Second, 30 * time.Second},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := tc.in.WithDefaults()
-			if got.TTL != tc.ttl || got.Heartbeat != tc.interval || got.Now == nil {
-				t.Fatalf("got TTL %v, Heartbeat %v, Now set %v; want %v, %v, true", got.TTL, got.Heartbeat, got.Now != nil, tc.ttl, tc.interval)
+			if got.TTL != tc.ttl || got.Refresh != tc.interval || got.Now == nil {
+				t.Fatalf("got TTL %v, Refresh %v, Now set %v; want %v, %v, true", got.TTL, got.Refresh, got.Now != nil, tc.ttl, tc.interval)
 			}
 		})
 	}

@@ -63,7 +63,7 @@ var (
 // RedisConfig configures a Redis Tracker. InstanceID is required; every
 // other zero field takes its default.
 type RedisConfig struct {
-	// Config holds TTL, Heartbeat and OnChange. Now is ignored: leases
+	// Config holds TTL, Refresh and OnChange. Now is ignored: leases
 	// expire by the Redis server's clock, so instances with skewed clocks
 	// agree.
 	Config
@@ -154,7 +154,7 @@ type RedisConfig struct {
 //
 // # Heartbeat
 //
-// Every Heartbeat one pipelined round trip runs a sweep script
+// Every Refresh one pipelined round trip runs a sweep script
 // (redis_sweep.lua) per topic this instance follows: those it has
 // connections on, has listed or counted, or has received a join or update
 // of. The script renews this instance's lease, and reaps the conns of
@@ -263,8 +263,8 @@ func NewRedis(client rueidis.Client, cfg RedisConfig) (*Redis, error) {
 		return nil, errors.New("presence: negative timeout")
 	}
 	c := cfg.Config.WithDefaults()
-	if c.Heartbeat >= c.TTL {
-		return nil, fmt.Errorf("presence: heartbeat %s is not below the TTL %s: live members would expire between refreshes", c.Heartbeat, c.TTL)
+	if c.Refresh >= c.TTL {
+		return nil, fmt.Errorf("presence: refresh %s is not below the TTL %s: live members would expire between refreshes", c.Refresh, c.TTL)
 	}
 	r := &Redis{
 		client:    client,
@@ -272,7 +272,7 @@ func NewRedis(client rueidis.Client, cfg RedisConfig) (*Redis, error) {
 		id:        cfg.InstanceID,
 		channel:   cfg.Channel,
 		ttl:       strconv.FormatInt(max(1, c.TTL.Milliseconds()), 10),
-		heartbeat: c.Heartbeat,
+		heartbeat: c.Refresh,
 		timeout:   cfg.Timeout,
 		onChange:  c.OnChange,
 		onError:   cfg.OnError,

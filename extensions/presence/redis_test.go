@@ -119,7 +119,7 @@ func TestNewRedisRefusesBadConfig(t *testing.T) {
 		{"no instance id", client, RedisConfig{}},
 		{"an instance id with a brace", client, RedisConfig{InstanceID: "a}b"}},
 		{"a key prefix with a brace", client, RedisConfig{InstanceID: "a", KeyPrefix: "{x}"}},
-		{"a heartbeat not below the TTL", client, RedisConfig{InstanceID: "a", Config: Config{TTL: time.Second, Heartbeat: time.Second}}},
+		{"a heartbeat not below the TTL", client, RedisConfig{InstanceID: "a", Config: Config{TTL: time.Second, Refresh: time.Second}}},
 		{"a negative timeout", client, RedisConfig{InstanceID: "a", Timeout: -1}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -308,7 +308,7 @@ func TestRedisRemoteUpdate(t *testing.T) {
 func TestRedisCrashedInstanceLeaves(t *testing.T) {
 	ca, prefix := testsvc.Redis(t)
 	cb := testsvc.Connect(t, testsvc.RedisAddr())
-	cfg := Config{TTL: 600 * time.Millisecond, Heartbeat: 150 * time.Millisecond}
+	cfg := Config{TTL: 600 * time.Millisecond, Refresh: 150 * time.Millisecond}
 	var recA recorder
 	live := cfg
 	live.OnChange = recA.onChange
@@ -329,8 +329,8 @@ func TestRedisCrashedInstanceLeaves(t *testing.T) {
 	// A crash: the client goes, the heartbeats stop, nothing is removed.
 	cb.Close()
 	crashed := time.Now()
-	waitFor(t, cfg.TTL+cfg.Heartbeat+time.Second, "the crashed member's leave", func() bool { return len(recA.on("room")) == 3 })
-	t.Logf("left %v after the crash (TTL %v + heartbeat %v)", time.Since(crashed).Round(time.Millisecond), cfg.TTL, cfg.Heartbeat)
+	waitFor(t, cfg.TTL+cfg.Refresh+time.Second, "the crashed member's leave", func() bool { return len(recA.on("room")) == 3 })
+	t.Logf("left %v after the crash (TTL %v + heartbeat %v)", time.Since(crashed).Round(time.Millisecond), cfg.TTL, cfg.Refresh)
 	expectChanges(t, &recA, "room", "joined u1 "+ann, "joined u2 "+bo, "left u1 "+ann)
 	expectPresent(t, a, "room", map[string]string{"u2": bo})
 	expectChange(t, mustLeave(t, a, "room", "u2", "c3"), Left, "room", "u2", bo)
@@ -343,7 +343,7 @@ func TestRedisObserverHearsCrashedLeaves(t *testing.T) {
 	// topic from the join it heard of, reaps it and hears the leave.
 	ca, prefix := testsvc.Redis(t)
 	cb := testsvc.Connect(t, testsvc.RedisAddr())
-	cfg := Config{TTL: 400 * time.Millisecond, Heartbeat: 100 * time.Millisecond}
+	cfg := Config{TTL: 400 * time.Millisecond, Refresh: 100 * time.Millisecond}
 	var recA recorder
 	live := cfg
 	live.OnChange = recA.onChange
@@ -364,7 +364,7 @@ func TestRedisObserverHearsCrashedLeaves(t *testing.T) {
 	mustJoin(t, crashing, "room", "u1", "c1", `{}`)
 	waitFor(t, 5*time.Second, "the join", func() bool { return len(recA.on("room")) == 1 })
 	cb.Close()
-	waitFor(t, cfg.TTL+cfg.Heartbeat+time.Second, "the crashed member's leave", func() bool { return len(recA.on("room")) == 2 })
+	waitFor(t, cfg.TTL+cfg.Refresh+time.Second, "the crashed member's leave", func() bool { return len(recA.on("room")) == 2 })
 	expectChanges(t, &recA, "room", "joined u1 {}", "left u1 {}")
 	expectPresent(t, a, "room", nil)
 	waitFor(t, 5*time.Second, "the empty topic forgotten again", forgotten)
@@ -373,7 +373,7 @@ func TestRedisObserverHearsCrashedLeaves(t *testing.T) {
 func TestRedisLiveMembersOutliveTheTTL(t *testing.T) {
 	ca, prefix := testsvc.Redis(t)
 	cb := testsvc.Connect(t, testsvc.RedisAddr())
-	cfg := Config{TTL: 300 * time.Millisecond, Heartbeat: 100 * time.Millisecond}
+	cfg := Config{TTL: 300 * time.Millisecond, Refresh: 100 * time.Millisecond}
 	var recB recorder
 	a := newRedisTracker(t, ca, prefix, cfg)
 	watch := cfg
@@ -396,7 +396,7 @@ func TestRedisReapedInstanceJoinsAgain(t *testing.T) {
 	ca, prefix := testsvc.Redis(t)
 	cb := testsvc.Connect(t, testsvc.RedisAddr())
 	// Heartbeats far apart: the test runs a's by hand.
-	slow := Config{TTL: time.Hour, Heartbeat: 20 * time.Minute}
+	slow := Config{TTL: time.Hour, Refresh: 20 * time.Minute}
 	var recA, recB recorder
 	slowA := slow
 	slowA.OnChange = recA.onChange
@@ -433,7 +433,7 @@ func TestRedisFailedLeaveIsRepaired(t *testing.T) {
 	// it, unless the connection joined again meanwhile.
 	srv := testsvc.StartRedis(t)
 	client := testsvc.Connect(t, srv.Addr())
-	slow := Config{TTL: time.Hour, Heartbeat: 20 * time.Minute}
+	slow := Config{TTL: time.Hour, Refresh: 20 * time.Minute}
 	a := newRedisTracker(t, client, "", slow)
 	mustJoin(t, a, "room", "u1", "c1", `{}`)
 	mustJoin(t, a, "room", "u2", "c2", `{}`)

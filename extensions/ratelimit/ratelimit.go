@@ -78,7 +78,9 @@ type Limiter interface {
 
 // Defaults of Config.
 const (
-	DefaultPoints   = 200
+	// DefaultPoints and DefaultInterval make the `rate_limit` option's
+	// default of 10 frames per second per key.
+	DefaultPoints   = 10
 	DefaultInterval = time.Second
 	// DefaultBan is the length of a Ban without a duration when Block is
 	// 0, as in the reference package.
@@ -86,7 +88,7 @@ const (
 )
 
 // Config is the limit every backend enforces; backend configs embed it. The
-// zero value is the default configuration: 200 points per second, 200 at
+// zero value is the default configuration: 10 points per second, 10 at
 // once, no automatic ban. PROTOCOL.md §8's inbound limit per connection is
 // Config{Points: 200, Interval: time.Second, Burst: 400}.
 type Config struct {

@@ -18,10 +18,10 @@ func TestConfigWithDefaults(t *testing.T) {
 		in   Config
 		want Config
 	}{
-		{"the zero Config allows 200 per second, 200 at once, no ban", Config{}, Config{Points: 200, Interval: time.Second, Burst: 200}},
-		{"burst follows set points", Config{Points: 10}, Config{Points: 10, Interval: time.Second, Burst: 10}},
+		{"the zero Config allows 10 per second, 10 at once, no ban", Config{}, Config{Points: 10, Interval: time.Second, Burst: 10}},
+		{"burst follows set points", Config{Points: 20}, Config{Points: 20, Interval: time.Second, Burst: 20}},
 		{"set values are kept", Config{Points: 5, Interval: time.Minute, Burst: 7, Block: 30 * time.Second}, Config{Points: 5, Interval: time.Minute, Burst: 7, Block: 30 * time.Second}},
-		{"negative values count as unset", Config{Points: -1, Interval: -1, Burst: -1, Block: -1}, Config{Points: 200, Interval: time.Second, Burst: 200}},
+		{"negative values count as unset", Config{Points: -1, Interval: -1, Burst: -1, Block: -1}, Config{Points: 10, Interval: time.Second, Burst: 10}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := tc.in.WithDefaults()
