@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -134,12 +135,14 @@ func randomHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-// RedisServer is a redis-server of a test's own, without persistence, on a
-// free port of 127.0.0.1, for tests that kill and restart it.
+// RedisServer is a redis-server of a test's own on a free port of
+// 127.0.0.1, for tests that kill and restart it: without persistence, or
+// with an append-only file (StartRedisAOF).
 type RedisServer struct {
 	t        testing.TB
 	port     int
 	password string // requirepass, "" for none
+	dir      string // holds the append-only file; "" for no persistence
 
 	mu     sync.Mutex
 	proc   *os.Process   // nil while killed
@@ -176,6 +179,50 @@ func StartRedisWithPassword(t testing.TB, password string) *RedisServer {
 	return s
 }
 
+// StartRedisAOF is StartRedis with an append-only file written and fsynced
+// on every write (appendfsync always) in a directory of the server's own:
+// Restart brings back every write the server acknowledged, as a persistent
+// Redis does after a crash. Wipe deletes the file, for a restart that loses
+// the data.
+func StartRedisAOF(t testing.TB) *RedisServer {
+	t.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		if testing.Short() {
+			t.Skip("redis-server not installed (-short)")
+		}
+		t.Fatalf("redis-server not found in PATH (install Redis 7, e.g. apt-get install redis-server): %v", err)
+	}
+	s := &RedisServer{t: t, port: FreePort(t), dir: t.TempDir()}
+	s.start()
+	t.Cleanup(s.Kill)
+	return s
+}
+
+// Wipe deletes the data files of a killed server started with
+// StartRedisAOF, so that the next Restart starts empty, as after a
+// FLUSHALL or a failover to a replica that had nothing. It fails the test
+// if the server is running.
+func (s *RedisServer) Wipe() {
+	s.t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proc != nil {
+		s.t.Fatalf("wiping the data of redis-server on port %d while it runs", s.port)
+	}
+	if s.dir == "" {
+		return
+	}
+	entries, err := os.ReadDir(s.dir)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	for _, e := range entries {
+		if err := os.RemoveAll(filepath.Join(s.dir, e.Name())); err != nil {
+			s.t.Fatal(err)
+		}
+	}
+}
+
 // Addr is the server's host:port; it stays the same across Restart.
 func (s *RedisServer) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port)) }
 
@@ -192,8 +239,8 @@ func (s *RedisServer) Kill() {
 	s.proc = nil
 }
 
-// Restart starts a killed server again on the same port, empty, and waits
-// until it answers. It fails the test if the server is running.
+// Restart starts a killed server again on the same port and waits until it
+// answers: empty, unless it keeps an append-only file (StartRedisAOF). It fails the test if the server is running.
 func (s *RedisServer) Restart() {
 	s.t.Helper()
 	s.start()
@@ -214,7 +261,12 @@ func (s *RedisServer) start() {
 	// until the deadline.
 	for deadline := time.Now().Add(connectTimeout); time.Now().Before(deadline); {
 		out.Reset()
-		args := []string{"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"}
+		args := []string{"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1", "--save", ""}
+		if s.dir != "" {
+			args = append(args, "--dir", s.dir, "--appendonly", "yes", "--appendfsync", "always")
+		} else {
+			args = append(args, "--appendonly", "no")
+		}
 		if s.password != "" {
 			args = append(args, "--requirepass", s.password)
 		}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/redis/rueidis"
 )
 
 func TestRedisGivesAPrefixAndCleansItUp(t *testing.T) {
@@ -58,5 +60,32 @@ func TestRedisServerKillAndRestartOnTheSamePort(t *testing.T) {
 			t.Fatal("client did not reconnect to the restarted server")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestRedisServerAOFKeepsDataUntilWiped(t *testing.T) {
+	s := StartRedisAOF(t)
+	get := func() (string, error) {
+		client := Connect(t, s.Addr()) // a fresh client: the old one's pipe died with the server
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		return client.Do(ctx, client.B().Get().Key("k").Build()).ToString()
+	}
+	client := Connect(t, s.Addr())
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := client.Do(ctx, client.B().Set().Key("k").Value("v").Build()).Error(); err != nil {
+		t.Fatalf("SET: %v", err)
+	}
+	s.Kill()
+	s.Restart()
+	if v, err := get(); err != nil || v != "v" {
+		t.Fatalf("GET after a restart = %q, %v; want the acknowledged write back", v, err)
+	}
+	s.Kill()
+	s.Wipe()
+	s.Restart()
+	if _, err := get(); !rueidis.IsRedisNil(err) {
+		t.Fatalf("GET after a wiped restart: %v; want nil (empty)", err)
 	}
 }
