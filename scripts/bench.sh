@@ -27,6 +27,7 @@ source scripts/bench-lib.sh
 : "${CONNECT_N:=10000}"
 : "${RECONNECT_N:=10000}"
 : "${CLUSTER_N:=1000}"
+: "${CLUSTER_TOPIC:=fanout}"
 : "${RAMP_FACTOR:=1.3}"
 : "${STEP:=5s}"
 : "${PROFILE:=}"
@@ -130,10 +131,10 @@ for s in "${scenarios[@]}"; do
 		for n in $CLUSTER_N; do
 			say "cluster: 1 topic × $n subscribers on instance B, publishes through instance A and Redis"
 			start_cluster
-			bench fanout -n "$n" -size 100 -rate max -window 2 -duration 10s -warmup 2s $(cluster_args) -o "$BENCH_DIR/cluster-max-$n.json"
+			bench fanout -n "$n" -size 100 -topic "$CLUSTER_TOPIC" -rate max -window 2 -duration 10s -warmup 2s $(cluster_args) -o "$BENCH_DIR/cluster-max-$n.json"
 			peak=$(python3 -c "import json,sys; s=json.load(open(sys.argv[1]))['steps'][-1]; print(max(1, round(s['published_per_s']/2)))" "$BENCH_DIR/cluster-max-$n.json")
 			say "cluster: $n subscribers at half of the peak: $peak publishes/s"
-			bench fanout -n "$n" -size 100 -rate "$peak" -duration 10s -warmup 2s $(cluster_args) -o "$BENCH_DIR/cluster-half-$n.json"
+			bench fanout -n "$n" -size 100 -topic "$CLUSTER_TOPIC" -rate "$peak" -duration 10s -warmup 2s $(cluster_args) -o "$BENCH_DIR/cluster-half-$n.json"
 			stop_cluster
 		done
 		;;
