@@ -430,6 +430,7 @@ func (s *Postgres) Head(ctx context.Context, topic string) (head uint64, err err
 	if err != nil {
 		return 0, fmt.Errorf("replay: head of %q: %w", topic, err)
 	}
+	s.seen.note(topic, uint64(seq)) // an issued seq: a lost counter continues above it
 	return uint64(seq), nil
 }
 
@@ -478,6 +479,7 @@ func (s *Postgres) Since(ctx context.Context, topic string, after uint64) (r Ran
 	}
 	rg.Head = uint64(head)
 	rg.Truncated = !Covers(after, rg.Head, uint64(oldest))
+	s.seen.note(topic, rg.Head)
 	return rg, nil
 }
 

@@ -194,6 +194,7 @@ func (s *Redis) Head(ctx context.Context, topic string) (uint64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("replay: reading the head of %q: %w", topic, err)
 	}
+	s.seen.note(topic, head) // an issued seq: a lost counter continues above it
 	return head, nil
 }
 
@@ -213,6 +214,7 @@ func (s *Redis) Since(ctx context.Context, topic string, after uint64) (Range, e
 	if err != nil {
 		return Range{}, fmt.Errorf("replay: reading %q after seq %d: %w", topic, after, err)
 	}
+	s.seen.note(topic, rg.Head)
 	return rg, nil
 }
 

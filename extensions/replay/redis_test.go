@@ -429,6 +429,27 @@ func TestRedisSeqsSurviveALossOfTheData(t *testing.T) {
 	}
 }
 
+// A head an instance read (a subscriber's baseline, a resume) counts as a
+// seq it saw: after a loss, its appends continue above it too.
+func TestRedisSeqsSurviveALossSeenOnlyByReading(t *testing.T) {
+	s1, client, prefix := newRedisStore(t, RedisConfig{})
+	reader, err := NewRedis(testsvc.Connect(t, testsvc.RedisAddr()), RedisConfig{KeyPrefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	topic := uniqueTopic("loss-read")
+	appendN(t, s1, topic, 5)
+	if h := mustHead(t, reader, topic); h != 5 {
+		t.Fatalf("head %d, want 5", h)
+	}
+	if err := client.Do(context.Background(), client.B().Del().Key(s1.keys(topic)...).Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	if seq := mustAppend(t, reader, topic, "e", dataFor(6)); seq != 5+LossMargin+1 {
+		t.Fatalf("first seq after the loss from the instance that read head 5: %d, want %d", seq, 5+LossMargin+1)
+	}
+}
+
 // The reference Node package's replay.clear() deletes replay:* keys: the
 // gateway's keys must not match that pattern, prefix or not.
 func TestRedisKeysAreOutOfTheReferencePackagesPattern(t *testing.T) {
