@@ -15,6 +15,7 @@ import (
 
 	"github.com/redis/rueidis"
 
+	"github.com/caddy-realtime/realtime/extensions/envelope"
 	"github.com/caddy-realtime/realtime/extensions/replay"
 	"github.com/caddy-realtime/realtime/internal/lazyredis"
 	"github.com/caddy-realtime/realtime/internal/testsvc"
@@ -591,8 +592,8 @@ func benchmarkDelivery(b *testing.B, oneAtATime bool) {
 // the decoding it saves.
 func BenchmarkRedisDropEcho(b *testing.B) {
 	r := &Redis{id: "instance-a", channel: "bus", probeChannel: "bus:probe:instance-a"}
-	r.ownPrefix = string(append(appendString([]byte(`{"instanceId":`), r.id), ','))
-	env, err := EncodeEnvelope(r.id, []Message{{Topic: "chat:room-1", Event: "created", Data: json.RawMessage(`{"id":12345,"text":"hello"}`)}}, r.opts)
+	r.ownPrefix = envelope.Prefix(r.id)
+	env, err := envelope.Encode(r.id, []Message{{Topic: "chat:room-1", Event: "created", Data: json.RawMessage(`{"id":12345,"text":"hello"}`)}}, r.opts)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -606,7 +607,7 @@ func BenchmarkRedisDropEcho(b *testing.B) {
 	b.Run("decode", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			if id, _, err := DecodeEnvelope([]byte(m.Message), r.opts); err != nil || id != r.id {
+			if id, _, err := envelope.Decode([]byte(m.Message), r.opts); err != nil || id != r.id {
 				b.Fatal(id, err)
 			}
 		}

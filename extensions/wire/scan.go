@@ -133,13 +133,22 @@ func keyIs(key []byte, want string) bool {
 	if len(key) == len(want)+2 && string(key[1:len(key)-1]) == want {
 		return true
 	}
-	for _, c := range key {
-		if c == '\\' {
-			s, ok := stringValue(key)
-			return ok && s == want
-		}
+	return bytes.IndexByte(key, '\\') >= 0 && string(KeyName(key)) == want
+}
+
+// KeyName returns the name a raw key token (quotes included) stands for, as
+// JSON.parse reads it: its inner bytes, decoded only when it holds escapes,
+// so that switching on string(KeyName(k)) allocates nothing for plain keys.
+func KeyName(key []byte) []byte {
+	if len(key) < 2 {
+		return nil
 	}
-	return false
+	inner := key[1 : len(key)-1]
+	if bytes.IndexByte(inner, '\\') < 0 {
+		return inner
+	}
+	s, _ := stringValue(key)
+	return []byte(s)
 }
 
 func isNumber(raw []byte) bool {
@@ -154,6 +163,10 @@ func StringToken(raw []byte) (s string, ok bool) { return stringValue(raw) }
 // with the raw key token (quotes included) and the raw value token. obj
 // must be valid JSON (json.Valid) starting with '{'.
 func EachMember(obj []byte, fn func(key, val []byte)) { eachMember(obj, fn) }
+
+// SkipSpace returns the index of the first byte at or after i that is not
+// JSON whitespace.
+func SkipSpace(b []byte, i int) int { return skipSpace(b, i) }
 
 // EachElement calls fn for each element of a JSON array until fn returns
 // false. arr must be valid JSON starting with '['.
