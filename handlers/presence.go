@@ -388,10 +388,10 @@ func packMembers(topic, event string, members []presence.Member, current bool) [
 		}
 		var item []byte
 		if current {
-			item = append(appendJSONString(nil, m.Key), ':')
+			item = append(wire.AppendString(nil, m.Key), ':')
 			item = append(item, data...)
 		} else {
-			item = append(appendJSONString([]byte(`{"key":`), m.Key), `,"data":`...)
+			item = append(wire.AppendString([]byte(`{"key":`), m.Key), `,"data":`...)
 			item = append(append(item, data...), '}')
 		}
 		if !current && !first {
@@ -456,7 +456,7 @@ func (g *Gateway) flushPresence(pt *presTopic) {
 		if len(data) == 0 {
 			data = json.RawMessage("null")
 		}
-		item := append(appendJSONString([]byte(`{"key":`), key), `,"data":`...)
+		item := append(wire.AppendString([]byte(`{"key":`), key), `,"data":`...)
 		item = append(append(item, data...), '}')
 		target := &joins
 		switch p.kind {
@@ -472,7 +472,7 @@ func (g *Gateway) flushPresence(pt *presTopic) {
 		if target.Len() > 0 {
 			target.WriteByte(',')
 		}
-		target.Write(appendJSONString(nil, key))
+		target.Write(wire.AppendString(nil, key))
 		target.WriteByte(':')
 		target.Write(data)
 	}
@@ -555,7 +555,7 @@ func (g *Gateway) presenceHeartbeat(now time.Time) {
 			if i > 0 {
 				keys = append(keys, ',')
 			}
-			keys = appendJSONString(keys, m.Key)
+			keys = wire.AppendString(keys, m.Key)
 		}
 		frame := wire.AppendEnvelope(nil, pt.frame, "heartbeat", append(keys, ']'), 0)
 		pt.mu.Lock()
@@ -662,15 +662,6 @@ func (p *presenceTopics) stop() {
 		}
 		pt.mu.Unlock()
 	}
-}
-
-// appendJSONString appends s as a JSON string, without HTML escaping.
-func appendJSONString(dst []byte, s string) []byte {
-	var b bytes.Buffer
-	enc := json.NewEncoder(&b)
-	enc.SetEscapeHTML(false)
-	_ = enc.Encode(s)
-	return append(dst, bytes.TrimRight(b.Bytes(), "\n")...)
 }
 
 func (g *Gateway) apiPresence(w http.ResponseWriter, r *http.Request, s *settings) {

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/redis/rueidis"
+
+	"github.com/caddy-realtime/realtime/extensions/wire"
 )
 
 // DefaultRedisTimeout is the default RedisConfig.Timeout.
@@ -290,8 +292,8 @@ func NewRedis(client rueidis.Client, cfg RedisConfig) (*Redis, error) {
 	if r.onError == nil {
 		r.onError = func(error) {}
 	}
-	r.ownPrefix = `{"i":` + jsonString(r.id) + `,"t":`
-	r.allPrefix = `{"i":` + jsonString(r.id) + `,"all":true,"t":`
+	r.ownPrefix = `{"i":` + string(wire.AppendString(nil, r.id)) + `,"t":`
+	r.allPrefix = `{"i":` + string(wire.AppendString(nil, r.id)) + `,"all":true,"t":`
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	r.wg.Add(1)
 	go r.heartbeatLoop()
@@ -324,11 +326,6 @@ func NewRedis(client rueidis.Client, cfg RedisConfig) (*Redis, error) {
 	return nil, fmt.Errorf("presence: redis did not confirm the subscription to %q within %s", r.channel, r.timeout)
 }
 
-func jsonString(s string) string {
-	b, _ := json.Marshal(s) // a string always encodes
-	return string(b)
-}
-
 // keys returns topic's members, counts, leases and this instance's conns
 // keys. The hash tag {topic} puts them in one slot; a topic holding '}'
 // shortens the tag equally in all. Keys of distinct topics never collide,
@@ -341,10 +338,11 @@ func (r *Redis) keys(topic string) []string {
 // head starts a change event of topic published by this instance; all
 // marks the changes no caller's return value reported.
 func (r *Redis) head(topic string, all bool) string {
+	prefix := r.ownPrefix
 	if all {
-		return r.allPrefix + jsonString(topic)
+		prefix = r.allPrefix
 	}
-	return r.ownPrefix + jsonString(topic)
+	return string(wire.AppendString([]byte(prefix), topic))
 }
 
 // connField is a connection's field in its instance's conns hash. The
