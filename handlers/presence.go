@@ -676,13 +676,18 @@ func (g *Gateway) apiPresence(w http.ResponseWriter, r *http.Request, s *setting
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), storeTimeout)
 	defer cancel()
+	if r.URL.Path == s.APIPath+"/presence/count" {
+		n, err := rule.tracker.Count(ctx, t)
+		if err != nil {
+			writeErr(w, apiErr(http.StatusServiceUnavailable, "BACKEND_UNAVAILABLE", "reading presence failed"))
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]int{"count": n})
+		return
+	}
 	members, err := rule.tracker.List(ctx, t)
 	if err != nil {
 		writeErr(w, apiErr(http.StatusServiceUnavailable, "BACKEND_UNAVAILABLE", "reading presence failed"))
-		return
-	}
-	if r.URL.Path == s.APIPath+"/presence/count" {
-		writeJSON(w, http.StatusOK, map[string]int{"count": len(members)})
 		return
 	}
 	type member struct {

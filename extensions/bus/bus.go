@@ -67,6 +67,20 @@ type Healther interface {
 	Healthy() bool
 }
 
+// DropCounter is implemented by a Bus that drops units it cannot deliver
+// in time (a full queue): Dropped counts them since the Bus was built, for
+// /health and metrics. It never blocks.
+type DropCounter interface {
+	Dropped() uint64
+}
+
+// InvalidCounter is implemented by a Bus that receives envelopes from
+// outside the process: Invalid counts those it refused (the envelope
+// rules), since the Bus was built. It never blocks.
+type InvalidCounter interface {
+	Invalid() uint64
+}
+
 var (
 	// ErrClosed means Publish was called after Close.
 	ErrClosed = errors.New("bus: closed")

@@ -256,7 +256,8 @@ func (m *Memory) Dropped() uint64 { return m.dropped.Load() }
 
 // Interface guards
 var (
-	_ Bus      = (*Memory)(nil)
-	_ Closer   = (*Memory)(nil)
-	_ Healther = (*Memory)(nil)
+	_ Bus         = (*Memory)(nil)
+	_ Closer      = (*Memory)(nil)
+	_ Healther    = (*Memory)(nil)
+	_ DropCounter = (*Memory)(nil)
 )

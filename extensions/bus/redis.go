@@ -680,7 +680,9 @@ func (r *Redis) Lost() uint64 { return r.lost.Load() }
 
 // Interface guards
 var (
-	_ Bus      = (*Redis)(nil)
-	_ Closer   = (*Redis)(nil)
-	_ Healther = (*Redis)(nil)
+	_ Bus            = (*Redis)(nil)
+	_ Closer         = (*Redis)(nil)
+	_ Healther       = (*Redis)(nil)
+	_ DropCounter    = (*Redis)(nil)
+	_ InvalidCounter = (*Redis)(nil)
 )

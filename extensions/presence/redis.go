@@ -2,6 +2,7 @@ package presence
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	_ "embed"
 	"encoding/json"
@@ -640,7 +641,7 @@ func (r *Redis) beat() {
 		}
 		if err != nil {
 			failed++
-			firstErr = cmpOr(firstErr, err)
+			firstErr = cmp.Or(firstErr, err)
 			continue
 		}
 		if counts[0] < int64(confirmed[i]) {
@@ -668,13 +669,6 @@ func (r *Redis) beat() {
 	r.beats.Add(1)
 }
 
-func cmpOr(a, b error) error {
-	if a != nil {
-		return a
-	}
-	return b
-}
-
 // repair runs conditional leaves, in one round trip, and keeps those that
 // failed for the next heartbeat.
 func (r *Redis) repair(ctx context.Context, repairs []repair) {
@@ -687,7 +681,7 @@ func (r *Redis) repair(ctx context.Context, repairs []repair) {
 	for i, res := range leaveScript.ExecMulti(ctx, r.client, execs...) {
 		if _, _, err := parseLeave(res); err != nil {
 			failed = append(failed, repairs[i])
-			firstErr = cmpOr(firstErr, err)
+			firstErr = cmp.Or(firstErr, err)
 		}
 	}
 	if len(failed) > 0 {
@@ -728,7 +722,7 @@ func (r *Redis) resync(ctx context.Context, topic string) {
 	for _, res := range joinScript.ExecMulti(ctx, r.client, execs...) {
 		if _, err := parseJoin(res); err != nil {
 			failed++
-			firstErr = cmpOr(firstErr, err)
+			firstErr = cmp.Or(firstErr, err)
 		}
 	}
 	r.mu.Lock()
@@ -962,4 +956,7 @@ func (r *Redis) Reachable() bool { return r.onChange == nil || r.receiving.Load(
 func (r *Redis) Invalid() uint64 { return r.invalid.Load() }
 
 // Interface guards
-var _ Tracker = (*Redis)(nil)
+var (
+	_ Tracker = (*Redis)(nil)
+	_ Closer  = (*Redis)(nil)
+)

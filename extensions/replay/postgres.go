@@ -516,4 +516,5 @@ var (
 	_ Store       = (*Postgres)(nil)
 	_ BusAppender = (*PostgresOnBus)(nil)
 	_ Observer    = (*Postgres)(nil)
+	_ Cleaner     = (*Postgres)(nil)
 )
