@@ -318,7 +318,7 @@ func TestRedisRecoversFromARedisRestart(t *testing.T) {
 		t.Fatal("Healthy() is true after OnHealth(false)")
 	}
 	n := published.Load()
-	waitFor(t, 5*time.Second, func() bool { return published.Load() > n+50 })
+	testsvc.WaitFor(t, 5*time.Second, "more publishes", func() bool { return published.Load() > n+50 })
 
 	srv.Restart()
 	expectHealth(true)
@@ -329,19 +329,6 @@ func TestRedisRecoversFromARedisRestart(t *testing.T) {
 	expectUnit(t, recvB, msg("after", 1))
 	mustPublish(t, b, msg("after", 2))
 	expectUnit(t, recvA, msg("after", 2))
-}
-
-// waitFor polls cond every 10 ms until it holds, failing the test after
-// timeout.
-func waitFor(t testing.TB, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %s", timeout)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // CLIENT KILL TYPE pubsub closes the subscriber's connection: a bus on a
@@ -366,7 +353,7 @@ func TestRedisResubscribesAfterClientKill(t *testing.T) {
 	if err != nil || killed < 2 {
 		t.Fatalf("CLIENT KILL TYPE pubsub = %d, %v; want both subscribers killed", killed, err)
 	}
-	waitFor(t, 10*time.Second, func() bool {
+	testsvc.WaitFor(t, 10*time.Second, "both subscribers to resubscribe", func() bool {
 		subs, err := admin.Do(ctx, admin.B().PubsubNumsub().Channel("bus").Build()).AsIntMap()
 		return err == nil && subs["bus"] == 2
 	})
@@ -402,7 +389,7 @@ func TestRedisRestartedSubscriptionResumesDelivery(t *testing.T) {
 	for i := range 3 {
 		n := b.subscribed.Load()
 		b.restartSubscription()
-		waitFor(t, 5*time.Second, func() bool { return b.subscribed.Load() > n })
+		testsvc.WaitFor(t, 5*time.Second, "the resubscription", func() bool { return b.subscribed.Load() > n })
 		mustPublish(t, a, msg("restarted", i))
 		expectUnit(t, recvB, msg("restarted", i))
 	}

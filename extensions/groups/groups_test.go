@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/caddy-realtime/realtime/internal/testsvc"
 )
 
 func TestRoleValid(t *testing.T) {
@@ -322,7 +324,7 @@ func testRegistry(t *testing.T, newRegistry registryFactory) {
 		}
 		close(start)
 		// Let the joiners in before closing, without sleeping.
-		waitFor(t, 5*time.Second, func() bool { return mustState(t, r, "lobby").Counts.Total() >= joiners })
+		testsvc.WaitFor(t, 5*time.Second, "every joiner", func() bool { return mustState(t, r, "lobby").Counts.Total() >= joiners })
 		if err := r.CloseGroup(context.Background(), "lobby"); err != nil {
 			t.Fatalf("Close: %v", err)
 		}
@@ -330,16 +332,4 @@ func testRegistry(t *testing.T, newRegistry registryFactory) {
 		wg.Wait()
 		expectState(t, r, "lobby", State{Closed: true})
 	})
-}
-
-// waitFor polls cond every 10ms until it holds, failing t after d.
-func waitFor(t testing.TB, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %v", d)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }

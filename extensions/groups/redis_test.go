@@ -207,12 +207,12 @@ func TestRedisMembersOfAStoppedInstanceExpireAfterTTL(t *testing.T) {
 	expectJoinError(t, live, "lobby", "b3", RoleMember, 5, ErrFull)
 	crash(dead)
 	crashed := time.Now()
-	waitFor(t, ttl+5*time.Second, func() bool { return mustState(t, live, "lobby").Counts.Total() == 2 })
+	testsvc.WaitFor(t, ttl+5*time.Second, "the crashed instance's members to expire", func() bool { return mustState(t, live, "lobby").Counts.Total() == 2 })
 	if took := time.Since(crashed); took > ttl+2*time.Second {
 		t.Logf("the dead instance's members took %v to expire (TTL %v): a slow machine?", took, ttl)
 	}
 	// The live instance's members outlive several TTLs.
-	waitFor(t, 10*time.Second, func() bool {
+	testsvc.WaitFor(t, 10*time.Second, "three TTLs after the crash", func() bool {
 		expectState(t, live, "lobby", State{Counts: Counts{Admin: 1, Viewer: 1}})
 		return time.Since(crashed) > 3*ttl
 	})
@@ -439,7 +439,7 @@ func TestRedisErrorsNameTheGroup(t *testing.T) {
 		t.Fatal("State with Redis down succeeded")
 	}
 	// The heartbeat reports its failures.
-	waitFor(t, 5*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(errs) > 0 })
+	testsvc.WaitFor(t, 5*time.Second, "a heartbeat error", func() bool { mu.Lock(); defer mu.Unlock(); return len(errs) > 0 })
 }
 
 // BenchmarkRedisJoin measures a join and a leave (two script runs, each
