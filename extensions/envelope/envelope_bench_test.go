@@ -14,10 +14,10 @@ func benchUnit(n int) []Message {
 	return msgs
 }
 
-func BenchmarkEncode_1(b *testing.B)  { benchEncode(b, 1) }
-func BenchmarkEncode_50(b *testing.B) { benchEncode(b, 50) }
-func BenchmarkDecode_1(b *testing.B)  { benchDecode(b, 1) }
-func BenchmarkDecode_50(b *testing.B) { benchDecode(b, 50) }
+func BenchmarkEncodeEnvelope_1(b *testing.B)  { benchEncode(b, 1) }
+func BenchmarkEncodeEnvelope_50(b *testing.B) { benchEncode(b, 50) }
+func BenchmarkDecodeEnvelope_1(b *testing.B)  { benchDecode(b, 1) }
+func BenchmarkDecodeEnvelope_50(b *testing.B) { benchDecode(b, 50) }
 
 func benchEncode(b *testing.B, n int) {
 	msgs := benchUnit(n)

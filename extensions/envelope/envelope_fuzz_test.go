@@ -8,11 +8,11 @@ import (
 	"github.com/caddy-realtime/realtime/extensions/wire"
 )
 
-// FuzzDecode feeds the decoder arbitrary bus payloads, which any
+// FuzzDecodeEnvelope feeds the decoder arbitrary bus payloads, which any
 // process with Redis access can publish. It must never panic, must refuse
 // with one of its sentinels, and whatever it accepts must survive
 // re-encoding unchanged, data byte for byte.
-func FuzzDecode(f *testing.F) {
+func FuzzDecodeEnvelope(f *testing.F) {
 	for _, seed := range []string{
 		// The reference package's envelopes, as captured from its relay.
 		`{"instanceId":"9f86d081884c7d65","topic":"chat","event":"created","data":{"id":1,"text":"hi"}}`,

@@ -10,7 +10,7 @@ import (
 	"github.com/caddy-realtime/realtime/extensions/wire"
 )
 
-func TestEncodeShapes(t *testing.T) {
+func TestEncodeEnvelopeShapes(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		msgs []Message
@@ -60,7 +60,7 @@ func TestEncodeShapes(t *testing.T) {
 	}
 }
 
-func TestEncodeRefuses(t *testing.T) {
+func TestEncodeEnvelopeRefuses(t *testing.T) {
 	ok := Message{Topic: "t", Event: "e"}
 	for _, tc := range []struct {
 		name string
@@ -96,7 +96,7 @@ func TestEncodeRefuses(t *testing.T) {
 	}
 }
 
-func TestEncodeFitsExactlyAtMaxBytes(t *testing.T) {
+func TestEncodeEnvelopeFitsExactlyAtMaxBytes(t *testing.T) {
 	m := []Message{{Topic: "t", Event: "e", Data: json.RawMessage(`"xxxx"`)}}
 	b, err := Encode("i", m, Options{})
 	if err != nil {
@@ -113,7 +113,7 @@ func TestEncodeFitsExactlyAtMaxBytes(t *testing.T) {
 	}
 }
 
-func TestDecodeAccepts(t *testing.T) {
+func TestDecodeEnvelopeAccepts(t *testing.T) {
 	lax := Options{AllowNonASCIITopics: true, SystemTopics: wire.Patterns{"__realtime", "__group:*"}}
 	for _, tc := range []struct {
 		name string
@@ -203,7 +203,7 @@ func TestDecodeAccepts(t *testing.T) {
 	}
 }
 
-func TestDecodeRefuses(t *testing.T) {
+func TestDecodeEnvelopeRefuses(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		in   string
@@ -301,7 +301,7 @@ func TestPrefixStartsEveryEnvelope(t *testing.T) {
 
 // A store envelope is byte for byte the flat envelope Encode writes for
 // StoreInstanceID, and decodes to the event with its seq.
-func TestAppendStore(t *testing.T) {
+func TestAppendStoreEnvelope(t *testing.T) {
 	for _, m := range []Message{
 		{Topic: "chat", Event: "created", Data: json.RawMessage(`{"id":1}`), Seq: 7},
 		{Topic: "café", Event: "e", Seq: 9007199254740992},

@@ -23,18 +23,23 @@ func skipSpace(b []byte, i int) int {
 func skipValue(b []byte, i int) int {
 	switch b[i] {
 	case '"':
-		i++
-		for i < len(b) {
-			switch b[i] {
-			case '\\':
-				i += 2
-			case '"':
+		// The closing quote is the first one after an even run of
+		// backslashes; IndexByte finds quote candidates many bytes at a time.
+		start := i + 1
+		for i = start; ; i++ {
+			q := bytes.IndexByte(b[i:], '"')
+			if q < 0 {
+				return len(b)
+			}
+			i += q
+			n := 0
+			for k := i - 1; k >= start && b[k] == '\\'; k-- {
+				n++
+			}
+			if n%2 == 0 {
 				return i + 1
-			default:
-				i++
 			}
 		}
-		return i
 	case '{', '[':
 		depth := 0
 		for i < len(b) {
@@ -140,15 +145,16 @@ func keyIs(key []byte, want string) bool {
 // JSON.parse reads it: its inner bytes, decoded only when it holds escapes,
 // so that switching on string(KeyName(k)) allocates nothing for plain keys.
 func KeyName(key []byte) []byte {
+	for _, c := range key {
+		if c == '\\' {
+			s, _ := stringValue(key)
+			return []byte(s)
+		}
+	}
 	if len(key) < 2 {
 		return nil
 	}
-	inner := key[1 : len(key)-1]
-	if bytes.IndexByte(inner, '\\') < 0 {
-		return inner
-	}
-	s, _ := stringValue(key)
-	return []byte(s)
+	return key[1 : len(key)-1]
 }
 
 func isNumber(raw []byte) bool {
