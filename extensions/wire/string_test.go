@@ -79,8 +79,9 @@ func BenchmarkAppendString(b *testing.B) {
 	}
 }
 
-// BenchmarkAppendStringEncodingJSON is the encoder AppendString replaced
-// in the presence frames: a json.Encoder per string, without HTML escaping.
+// BenchmarkAppendStringEncodingJSON is the baseline for AppendString: the
+// standard library's way to encode one string without HTML escaping, a
+// json.Encoder per call.
 func BenchmarkAppendStringEncodingJSON(b *testing.B) {
 	for name, s := range benchStrings {
 		b.Run(name, func(b *testing.B) {
