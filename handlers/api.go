@@ -591,17 +591,17 @@ func (g *Gateway) apiHealth(w http.ResponseWriter, r *http.Request, s *settings)
 	if g.draining.Load() {
 		status, code = "draining", http.StatusServiceUnavailable
 	}
-	bus := map[string]any{"backend": g.busName, "state": busState}
-	if c, ok := g.bus.(interface{ Invalid() uint64 }); ok {
-		bus["invalid_envelopes"] = c.Invalid()
+	busHealth := map[string]any{"backend": g.busName, "state": busState}
+	if c, ok := g.bus.(bus.InvalidCounter); ok {
+		busHealth["invalid_envelopes"] = c.Invalid()
 	}
-	if c, ok := g.bus.(interface{ Dropped() uint64 }); ok {
-		bus["dropped"] = c.Dropped()
+	if c, ok := g.bus.(bus.DropCounter); ok {
+		busHealth["dropped"] = c.Dropped()
 	}
 	writeJSON(w, code, map[string]any{
 		"status":      status,
 		"instance":    g.instanceID,
-		"bus":         bus,
+		"bus":         busHealth,
 		"unreachable": unreachable,
 	})
 }

@@ -2,10 +2,10 @@ package handlers
 
 import (
 	"context"
-	"fmt"
 
 	"go.uber.org/zap"
 
+	"github.com/caddy-realtime/realtime/extensions/bus"
 	"github.com/caddy-realtime/realtime/extensions/cursor"
 	"github.com/caddy-realtime/realtime/extensions/groups"
 	"github.com/caddy-realtime/realtime/extensions/presence"
@@ -64,68 +64,63 @@ var (
 	_ Reachability = (*replay.Postgres)(nil)
 )
 
+// each calls fn with every rule's backend, its kind and its pattern (a
+// group's name, "" for the rate limit), in configuration order.
+func (e *extensions) each(fn func(kind, pattern string, backend any)) {
+	for _, r := range e.replay {
+		fn("replay", string(r.pattern), r.store)
+	}
+	for _, r := range e.presence {
+		fn("presence", string(r.pattern), r.tracker)
+	}
+	for _, r := range e.cursors {
+		fn("cursor", string(r.pattern), r.tracker)
+	}
+	for _, gr := range e.groups {
+		fn("group", gr.cfg.Name, gr.reg)
+	}
+	if e.rate != nil {
+		fn("rate_limit", "", e.rate.limiter)
+	}
+}
+
 // unreachable names the rules whose backend says it is unreachable, as
 // "<kind> <pattern>", in configuration order; never nil.
 func (e *extensions) unreachable() []string {
 	out := []string{}
-	add := func(kind, pattern string, b any) {
+	e.each(func(kind, pattern string, b any) {
 		if r, ok := b.(Reachability); ok && !r.Reachable() {
 			out = append(out, kind+" "+pattern)
 		}
-	}
-	for _, r := range e.replay {
-		add("replay", string(r.pattern), r.store)
-	}
-	for _, r := range e.presence {
-		add("presence", string(r.pattern), r.tracker)
-	}
-	for _, r := range e.cursors {
-		add("cursor", string(r.pattern), r.tracker)
-	}
-	for _, gr := range e.groups {
-		add("group", gr.cfg.Name, gr.reg)
-	}
-	if e.rate != nil {
-		add("rate_limit", "", e.rate.limiter)
-	}
+	})
 	return out
 }
 
-// closer is implemented by backends that hold goroutines or connections.
+// closer is the lifecycle method of the backends that hold goroutines or
+// connections, which each capability package names Closer; the guards
+// below keep the method sets one.
 type closer interface {
 	Close(ctx context.Context) error
 }
 
-// close releases every backend that holds resources, bounded by ctx.
-func (e *extensions) close(ctx context.Context) {
-	var all []any
-	for _, r := range e.replay {
-		all = append(all, r.store)
-	}
-	for _, r := range e.presence {
-		all = append(all, r.tracker)
-	}
-	for _, r := range e.cursors {
-		all = append(all, r.tracker)
-	}
-	for _, gr := range e.groups {
-		all = append(all, gr.reg)
-	}
-	if e.rate != nil {
-		all = append(all, e.rate.limiter)
-	}
-	for _, b := range all {
-		var err error
-		switch c := b.(type) {
-		case closer:
-			err = c.Close(ctx)
-		case interface{ Shutdown(context.Context) error }:
-			// groups.Registry's Close(ctx, name) closes a group, so its
-			// backends stop with Shutdown.
-			err = c.Shutdown(ctx)
+var (
+	_ closer = presence.Closer(nil)
+	_ closer = cursor.Closer(nil)
+	_ closer = groups.Closer(nil)
+	_ closer = bus.Closer(nil)
+)
+
+// close releases every backend that holds resources, bounded by ctx, and
+// logs those that fail: a backend that could not remove its instance's
+// members leaves them to expire on the other instances.
+func (e *extensions) close(ctx context.Context, logger *zap.Logger) {
+	e.each(func(kind, pattern string, b any) {
+		c, ok := b.(closer)
+		if !ok {
+			return
 		}
-		if err != nil && e.logger != nil {
-			e.logger.Warn("closing a backend failed", zap.String("backend", fmt.Sprintf("%T", b)), zap.Error(err))
+		if err := c.Close(ctx); err != nil {
+			logger.Warn("closing a backend failed", zap.String("rule", kind), zap.String("pattern", pattern), zap.Error(err))
 		}
-	}
+	})
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/caddy-realtime/realtime/extensions/bus"
 	"github.com/caddy-realtime/realtime/extensions/wire"
+	"github.com/caddy-realtime/realtime/internal/testsvc"
 )
 
 // TestConnSlowConsumer floods a topic with two subscribers, one of which
@@ -65,7 +66,7 @@ func TestConnSlowConsumer(t *testing.T) {
 			var seq uint64
 			publish := func() {
 				t.Helper()
-				waitFor(t, 10*time.Second, func() bool { return fastLast.Load()+window >= seq || len(fastErr) > 0 })
+				testsvc.WaitFor(t, 10*time.Second, "the fast client to keep up", func() bool { return fastLast.Load()+window >= seq || len(fastErr) > 0 })
 				seqs, err := g.Publish(ctx, []bus.Message{{Topic: "flood", Event: "e", Data: data}})
 				if err != nil {
 					t.Fatalf("publishing: %v", err)
@@ -105,14 +106,14 @@ func TestConnSlowConsumer(t *testing.T) {
 					}
 					break
 				}
-				waitFor(t, 10*time.Second, func() bool { return g.conns.get(slow.id) == nil })
+				testsvc.WaitFor(t, 10*time.Second, "the slow connection to be dropped", func() bool { return g.conns.get(slow.id) == nil })
 			} else {
 				// Reading again, the stalled client finds a gap but an open
 				// connection, and delivery resumes once its queue drains.
 				slowLast, slowErr := readSeqs(ctx, slow)
-				waitFor(t, 10*time.Second, func() bool { return queuedBytes(slowC) == 0 || len(slowErr) > 0 })
+				testsvc.WaitFor(t, 10*time.Second, "the slow queue to empty", func() bool { return queuedBytes(slowC) == 0 || len(slowErr) > 0 })
 				publish()
-				waitFor(t, 10*time.Second, func() bool { return slowLast.Load() == seq || len(slowErr) > 0 })
+				testsvc.WaitFor(t, 10*time.Second, "the slow client to catch up", func() bool { return slowLast.Load() == seq || len(slowErr) > 0 })
 				if err := firstErr(slowErr); !errors.Is(err, errGap) {
 					t.Fatalf("stalled client: %v, want a gap in its seqs", err)
 				}
@@ -120,7 +121,7 @@ func TestConnSlowConsumer(t *testing.T) {
 					t.Fatal("the drop policy closed the stalled client")
 				}
 			}
-			waitFor(t, 10*time.Second, func() bool { return fastLast.Load() == seq || len(fastErr) > 0 })
+			testsvc.WaitFor(t, 10*time.Second, "the fast client to receive every frame", func() bool { return fastLast.Load() == seq || len(fastErr) > 0 })
 			if err := firstErr(fastErr); err != nil {
 				t.Fatalf("fast client: %v", err)
 			}
@@ -219,7 +220,7 @@ func TestConnEnqueue(t *testing.T) {
 			c := client.serverConn(g)
 			// Freeze draining: once welcome's write loop is gone, claim the
 			// writer role so enqueue queues without starting one.
-			waitFor(t, 5*time.Second, func() bool {
+			testsvc.WaitFor(t, 5*time.Second, "the writer to go idle", func() bool {
 				c.mu.Lock()
 				defer c.mu.Unlock()
 				if c.writing {
@@ -298,8 +299,8 @@ func TestConnIdleTimeout(t *testing.T) {
 			if !tt.answering {
 				rawClient(t, srv)
 				// The 101 goes out before the gateway registers the socket.
-				waitFor(t, 2*time.Second, func() bool { return g.conns.count() == 1 })
-				waitFor(t, idle+2*time.Second, func() bool { return g.conns.count() == 0 })
+				testsvc.WaitFor(t, 2*time.Second, "the connection", func() bool { return g.conns.count() == 1 })
+				testsvc.WaitFor(t, idle+2*time.Second, "the idle connection to be dropped", func() bool { return g.conns.count() == 0 })
 				return
 			}
 			client := dialClient(t, srv)
@@ -311,7 +312,7 @@ func TestConnIdleTimeout(t *testing.T) {
 			_, readErr := readSeqs(ctx, client)
 			// A pong more than two idle timeouts after the upgrade proves
 			// the connection outlived the deadline it would have had.
-			waitFor(t, 4*idle, func() bool { return sc.lastRead.Load()-start > int64(2*idle) || len(readErr) > 0 })
+			testsvc.WaitFor(t, 4*idle, "reads past twice the idle timeout", func() bool { return sc.lastRead.Load()-start > int64(2*idle) || len(readErr) > 0 })
 			if g.conns.get(client.id) == nil || len(readErr) > 0 {
 				t.Fatalf("the answering client was dropped: %v", firstErr(readErr))
 			}
@@ -364,7 +365,7 @@ func TestConnRequest(t *testing.T) {
 			name: "a request to a connection that already closed fails with errConnectionClosed", current: true,
 			before: func(t *testing.T, g *Gateway, c *testClient) {
 				c.ws.CloseNow()
-				waitFor(t, 5*time.Second, func() bool { return g.conns.get(c.id) == nil })
+				testsvc.WaitFor(t, 5*time.Second, "the connection to be removed", func() bool { return g.conns.get(c.id) == nil })
 			},
 			wantErr: errConnectionClosed,
 		},
@@ -387,7 +388,7 @@ func TestConnRequest(t *testing.T) {
 			}
 			client := dialClient(t, srv, caps...)
 			sc := client.serverConn(g)
-			waitFor(t, 5*time.Second, func() bool { return sc.current.Load() == tt.current })
+			testsvc.WaitFor(t, 5*time.Second, "the client generation", func() bool { return sc.current.Load() == tt.current })
 			if tt.before != nil {
 				tt.before(t, g, client)
 			}

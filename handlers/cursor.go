@@ -106,7 +106,7 @@ func (ct *cursorTopics) release(x *curTopic) {
 }
 
 func appendEntry(dst []byte, e cursor.Entry) []byte {
-	dst = appendJSONString(append(dst, `{"key":`...), e.Key)
+	dst = wire.AppendString(append(dst, `{"key":`...), e.Key)
 	dst = append(dst, `,"user":`...)
 	if len(e.User) == 0 {
 		dst = append(dst, "null"...)
@@ -430,7 +430,7 @@ func (g *Gateway) cursorRemove(c *conn, t string) {
 	// A mover whose only move is still held for the flush sends remove as
 	// well: harmless for clients that never saw it, and no update follows
 	// (the writer runs the topic's writes in order).
-	frame := wire.AppendEnvelope(nil, x.frame, "remove", append(appendJSONString([]byte(`{"key":`), c.id), '}'), 0)
+	frame := wire.AppendEnvelope(nil, x.frame, "remove", append(wire.AppendString([]byte(`{"key":`), c.id), '}'), 0)
 	x.deliver(frame)
 	g.cursorWriteLater(x, cursorWrite{remove: c.id, event: "remove", frame: frame})
 	g.cursors.release(x)
@@ -480,7 +480,7 @@ func (g *Gateway) apiCursors(w http.ResponseWriter, r *http.Request, s *settings
 // timed out, and this instance removed them, so it tells everyone.
 func (g *Gateway) cursorExpired(t string, keys []string) {
 	for _, k := range keys {
-		frame := wire.AppendEnvelope(nil, wire.CursorPrefix+t, "remove", append(appendJSONString([]byte(`{"key":`), k), '}'), 0)
+		frame := wire.AppendEnvelope(nil, wire.CursorPrefix+t, "remove", append(wire.AppendString([]byte(`{"key":`), k), '}'), 0)
 		g.cursorDeliverLocal(t, frame)
 		g.relaySystem(wire.CursorPrefix+t, "remove", frame)
 	}

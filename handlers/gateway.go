@@ -25,6 +25,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-realtime/realtime/extensions/bus"
+	"github.com/caddy-realtime/realtime/extensions/ratelimit"
+	"github.com/caddy-realtime/realtime/extensions/replay"
 	"github.com/caddy-realtime/realtime/extensions/wire"
 )
 
@@ -138,19 +140,13 @@ type extensions struct {
 	logger   *zap.Logger // for the errors nobody waits for: initial meta, closes
 }
 
-// sweeper is implemented by memory backends that free idle state when
-// asked instead of running a goroutine of their own.
-type sweeper interface{ Sweep(now time.Time) int }
-
 // sweep lets memory backends drop expired buffers and idle keys.
 func (e *extensions) sweep(now time.Time) {
 	for _, r := range e.replay {
 		switch s := r.store.(type) {
-		case sweeper:
+		case replay.Sweeper:
 			s.Sweep(now)
-		case interface {
-			Cleanup(context.Context) (int64, error)
-		}:
+		case replay.Cleaner:
 			// Postgres drops expired topics' rows with an indexed query.
 			ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 			_, _ = s.Cleanup(ctx)
@@ -158,7 +154,7 @@ func (e *extensions) sweep(now time.Time) {
 		}
 	}
 	if e.rate != nil {
-		if s, ok := e.rate.limiter.(sweeper); ok {
+		if s, ok := e.rate.limiter.(ratelimit.Sweeper); ok {
 			s.Sweep(now)
 		}
 	}
@@ -185,7 +181,7 @@ func newExtensions(cfg Config, b Backends, g *Gateway) (*extensions, error) {
 	if err != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		e.close(ctx)
+		e.close(ctx, g.logger)
 		return nil, err
 	}
 	for _, r := range e.replay {
@@ -249,7 +245,7 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 		g.stopPosting()
 		closeNotify(ctx, g.notify)
 		if g.ext != nil {
-			g.ext.close(ctx)
+			g.ext.close(ctx, g.logger)
 		}
 		g.client.CloseIdleConnections()
 		return nil, err
@@ -416,8 +412,8 @@ func (g *Gateway) drain(ctx context.Context) error {
 			err = ctx.Err()
 		}
 		g.stopPosting()
-		g.ext.close(ctx)
-		if cl, ok := g.bus.(interface{ Close(context.Context) error }); ok {
+		g.ext.close(ctx, g.logger)
+		if cl, ok := g.bus.(bus.Closer); ok {
 			if e := cl.Close(ctx); e != nil && err == nil {
 				err = e
 			}

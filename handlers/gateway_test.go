@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/caddy-realtime/realtime/internal/testsvc"
 )
 
 // readUntilClose reads on a goroutine until the connection ends and returns
@@ -124,13 +126,13 @@ func TestGatewayCloseWithExpiredContextLeavesNoGoroutines(t *testing.T) {
 	for range n {
 		rawClient(t, srv)
 	}
-	waitFor(t, 10*time.Second, func() bool { return g.conns.count() == n })
+	testsvc.WaitFor(t, 10*time.Second, "every connection", func() bool { return g.conns.count() == n })
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	if err := g.Close(ctx); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Close returned %v, want the deadline's error", err)
 	}
-	waitFor(t, 10*time.Second, func() bool { return g.conns.count() == 0 })
+	testsvc.WaitFor(t, 10*time.Second, "every connection to close", func() bool { return g.conns.count() == 0 })
 	srv.Close()
 	if !goroutinesSettle(before, 10*time.Second) {
 		var dump strings.Builder
@@ -194,7 +196,7 @@ func TestGatewayCloseRefusesUpgradesWaitingForAuth(t *testing.T) {
 		defer cancel()
 		closed <- g.Close(ctx)
 	}()
-	waitFor(t, 5*time.Second, g.draining.Load)
+	testsvc.WaitFor(t, 5*time.Second, "draining", g.draining.Load)
 	releaseOnce.Do(func() { close(release) })
 
 	d := <-late

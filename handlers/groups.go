@@ -154,7 +154,7 @@ func (g *Gateway) groupLeave(gr *group, c *conn) {
 func (g *Gateway) groupClose(ctx context.Context, gr *group) error {
 	gr.mu.Lock()
 	defer gr.mu.Unlock()
-	if err := gr.reg.Close(ctx, gr.cfg.Name); err != nil {
+	if err := gr.reg.CloseGroup(ctx, gr.cfg.Name); err != nil {
 		return err
 	}
 	frame := wire.AppendEnvelope(nil, gr.frame, "close", nil, 0)

@@ -2,7 +2,7 @@ package handlers
 
 import (
 	"hash/maphash"
-	"sort"
+	"slices"
 	"sync"
 	"time"
 
@@ -222,8 +222,8 @@ func (h *hub) publishBatch(msgs []bus.Message, stamp bool, unstamped []bool, now
 	for i := range msgs {
 		names = append(names, msgs[i].Topic)
 	}
-	sort.Strings(names)
-	names = compactStrings(names)
+	slices.Sort(names)
+	names = slices.Compact(names)
 	locked := make(map[string]*topic, len(names))
 	for !h.lockAll(names, locked) {
 		// A topic was swept between lookup and lock: look them up again.
@@ -383,16 +383,6 @@ func indexKey(idx []int) string {
 		b = append(b, byte(i), byte(i>>8), byte(i>>16), byte(i>>24))
 	}
 	return string(b)
-}
-
-func compactStrings(s []string) []string {
-	out := s[:0]
-	for i, v := range s {
-		if i == 0 || v != s[i-1] {
-			out = append(out, v)
-		}
-	}
-	return out
 }
 
 // sweep forgets topics nobody subscribes to that saw no publish for idle,

@@ -55,18 +55,6 @@ func goroutinesSettle(want int, timeout time.Duration) bool {
 	}
 }
 
-// waitFor polls cond every 10 ms until it holds, failing the test after timeout.
-func waitFor(t testing.TB, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %s", timeout)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // testConfig is the base config of these tests: no shutdown spread (closing
 // a gateway is immediate) and no per-IP upgrade limit (every client dials
 // from 127.0.0.1).

@@ -27,7 +27,7 @@ func TestGatewayNotifyLifecycle(t *testing.T) {
 		{Channel: leader, ConnString: testsvc.PostgresURL(), Mode: NotifyLeader, PollInterval: 50 * time.Millisecond, Resync: "sync"},
 	}
 	g, srv := newTestGateway(t, cfg)
-	waitFor(t, 10*time.Second, func() bool {
+	testsvc.WaitFor(t, 10*time.Second, "both listeners, one the leader", func() bool {
 		s := g.Stats().Notify
 		return len(s) == 2 && s[0].State == "listening" && s[1].State == "listening" && s[1].Leader
 	})

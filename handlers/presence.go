@@ -388,10 +388,10 @@ func packMembers(topic, event string, members []presence.Member, current bool) [
 		}
 		var item []byte
 		if current {
-			item = append(appendJSONString(nil, m.Key), ':')
+			item = append(wire.AppendString(nil, m.Key), ':')
 			item = append(item, data...)
 		} else {
-			item = append(appendJSONString([]byte(`{"key":`), m.Key), `,"data":`...)
+			item = append(wire.AppendString([]byte(`{"key":`), m.Key), `,"data":`...)
 			item = append(append(item, data...), '}')
 		}
 		if !current && !first {
@@ -456,7 +456,7 @@ func (g *Gateway) flushPresence(pt *presTopic) {
 		if len(data) == 0 {
 			data = json.RawMessage("null")
 		}
-		item := append(appendJSONString([]byte(`{"key":`), key), `,"data":`...)
+		item := append(wire.AppendString([]byte(`{"key":`), key), `,"data":`...)
 		item = append(append(item, data...), '}')
 		target := &joins
 		switch p.kind {
@@ -472,7 +472,7 @@ func (g *Gateway) flushPresence(pt *presTopic) {
 		if target.Len() > 0 {
 			target.WriteByte(',')
 		}
-		target.Write(appendJSONString(nil, key))
+		target.Write(wire.AppendString(nil, key))
 		target.WriteByte(':')
 		target.Write(data)
 	}
@@ -555,7 +555,7 @@ func (g *Gateway) presenceHeartbeat(now time.Time) {
 			if i > 0 {
 				keys = append(keys, ',')
 			}
-			keys = appendJSONString(keys, m.Key)
+			keys = wire.AppendString(keys, m.Key)
 		}
 		frame := wire.AppendEnvelope(nil, pt.frame, "heartbeat", append(keys, ']'), 0)
 		pt.mu.Lock()
@@ -664,15 +664,6 @@ func (p *presenceTopics) stop() {
 	}
 }
 
-// appendJSONString appends s as a JSON string, without HTML escaping.
-func appendJSONString(dst []byte, s string) []byte {
-	var b bytes.Buffer
-	enc := json.NewEncoder(&b)
-	enc.SetEscapeHTML(false)
-	_ = enc.Encode(s)
-	return append(dst, bytes.TrimRight(b.Bytes(), "\n")...)
-}
-
 func (g *Gateway) apiPresence(w http.ResponseWriter, r *http.Request, s *settings) {
 	t := r.URL.Query().Get("topic")
 	if !s.checkQueryTopic(w, t) {
@@ -685,13 +676,18 @@ func (g *Gateway) apiPresence(w http.ResponseWriter, r *http.Request, s *setting
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), storeTimeout)
 	defer cancel()
+	if r.URL.Path == s.APIPath+"/presence/count" {
+		n, err := rule.tracker.Count(ctx, t)
+		if err != nil {
+			writeErr(w, apiErr(http.StatusServiceUnavailable, "BACKEND_UNAVAILABLE", "reading presence failed"))
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]int{"count": n})
+		return
+	}
 	members, err := rule.tracker.List(ctx, t)
 	if err != nil {
 		writeErr(w, apiErr(http.StatusServiceUnavailable, "BACKEND_UNAVAILABLE", "reading presence failed"))
-		return
-	}
-	if r.URL.Path == s.APIPath+"/presence/count" {
-		writeJSON(w, http.StatusOK, map[string]int{"count": len(members)})
 		return
 	}
 	type member struct {

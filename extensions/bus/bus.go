@@ -2,18 +2,20 @@ package bus
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
+
+	"github.com/caddy-realtime/realtime/extensions/envelope"
 )
 
 // Message is one published event crossing the bus.
-type Message struct {
-	Topic string // wire topic; for a direct send, the topic of the frame
-	Event string
-	Data  json.RawMessage // raw JSON, passed through unchanged; nil means null
-	Seq   uint64          // 0: no seq (unsequenced or system topic)
-	User  string          // non-empty: deliver to the connections of this user (direct send) instead of topic subscribers
-}
+type Message = envelope.Message
+
+// EnvelopeOptions are the envelope rules a bus applies alike to what it
+// publishes and what it receives (envelope.Options).
+type EnvelopeOptions = envelope.Options
+
+// DefaultMaxEnvelope is the default EnvelopeOptions.MaxBytes.
+const DefaultMaxEnvelope = envelope.DefaultMaxBytes
 
 // Handler receives messages published by other instances, in their publish order. It must not block.
 //
@@ -65,18 +67,32 @@ type Healther interface {
 	Healthy() bool
 }
 
+// DropCounter is implemented by a Bus that drops units it cannot deliver
+// in time (a full queue): Dropped counts them since the Bus was built, for
+// /health and metrics. It never blocks.
+type DropCounter interface {
+	Dropped() uint64
+}
+
+// InvalidCounter is implemented by a Bus that receives envelopes from
+// outside the process: Invalid counts those it refused (the envelope
+// rules), since the Bus was built. It never blocks.
+type InvalidCounter interface {
+	Invalid() uint64
+}
+
 var (
 	// ErrClosed means Publish was called after Close.
 	ErrClosed = errors.New("bus: closed")
 
 	// ErrInvalidMessage means a message or an envelope broke the envelope
-	// rules (see the package comment): a bad topic, event, data, seq or
-	// user, or malformed envelope JSON. Nothing of that unit was relayed or
+	// rules (package envelope): a bad topic, event, data, seq or user, or
+	// malformed envelope JSON. Nothing of that unit was relayed or
 	// delivered.
-	ErrInvalidMessage = errors.New("bus: invalid message")
+	ErrInvalidMessage = envelope.ErrInvalidMessage
 
 	// ErrTooLarge means an envelope exceeds the configured size cap
 	// (EnvelopeOptions.MaxBytes): the publisher gets it so that the HTTP
 	// API can answer 413, and a receiver refuses such an envelope unparsed.
-	ErrTooLarge = errors.New("bus: envelope too large")
+	ErrTooLarge = envelope.ErrTooLarge
 )

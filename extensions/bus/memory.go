@@ -99,7 +99,7 @@ type Memory struct {
 }
 
 // memoryRules is what a Memory on a Network checks: the shape of every
-// message, as EncodeEnvelope would. System topics and size are policies
+// message, as envelope.Encode would. System topics and size are policies
 // against outside publishers, which an in-process network does not have.
 var memoryRules = EnvelopeOptions{AllowNonASCIITopics: true, SystemTopics: wire.Patterns{"__*"}}
 
@@ -137,7 +137,7 @@ func (m *Memory) Publish(ctx context.Context, msgs []Message) error {
 		return nil
 	}
 	for i := range msgs {
-		if err := memoryRules.checkOutgoing(&msgs[i]); err != nil {
+		if err := memoryRules.Check(&msgs[i]); err != nil {
 			return fmt.Errorf("message %d: %w", i, err)
 		}
 	}
@@ -256,7 +256,8 @@ func (m *Memory) Dropped() uint64 { return m.dropped.Load() }
 
 // Interface guards
 var (
-	_ Bus      = (*Memory)(nil)
-	_ Closer   = (*Memory)(nil)
-	_ Healther = (*Memory)(nil)
+	_ Bus         = (*Memory)(nil)
+	_ Closer      = (*Memory)(nil)
+	_ Healther    = (*Memory)(nil)
+	_ DropCounter = (*Memory)(nil)
 )

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/redis/rueidis"
+
+	"github.com/caddy-realtime/realtime/extensions/envelope"
 )
 
 // DefaultChannel is the default RedisConfig.Channel, the reference
@@ -20,11 +22,11 @@ import (
 const DefaultChannel = "uws:pubsub"
 
 // StoreInstanceID is the instanceId reserved for envelopes published by a
-// replay store's append script (replay.BusAppender): such an envelope
-// reaches every instance, the one whose append published it included, as
-// that instance does not deliver the event locally. No bus may use it as
-// its own InstanceID.
-const StoreInstanceID = "replay"
+// replay store's append (replay.BusAppender, envelope.AppendStore): such an
+// envelope reaches every instance, the one whose append published it
+// included, as that instance does not deliver the event locally. No bus
+// may use it as its own InstanceID.
+const StoreInstanceID = envelope.StoreInstanceID
 
 // Defaults of RedisConfig.
 const (
@@ -242,7 +244,7 @@ func NewRedis(client rueidis.Client, cfg RedisConfig) (*Redis, error) {
 	case cfg.ProbeInterval < 0 || cfg.Timeout < 0:
 		return nil, errors.New("bus: negative probe interval or timeout")
 	}
-	if _, err := EncodeEnvelope(cfg.InstanceID, []Message{{Topic: "t", Event: "e"}}, cfg.EnvelopeOptions); err != nil {
+	if _, err := envelope.Encode(cfg.InstanceID, []Message{{Topic: "t", Event: "e"}}, cfg.EnvelopeOptions); err != nil {
 		return nil, fmt.Errorf("bus: instance id %q: %w", cfg.InstanceID, err)
 	}
 	r := &Redis{
@@ -276,7 +278,7 @@ func NewRedis(client rueidis.Client, cfg RedisConfig) (*Redis, error) {
 		r.onResync = func() {}
 	}
 	r.probeChannel = r.channel + ":probe:" + r.id
-	r.ownPrefix = string(append(appendString([]byte(`{"instanceId":`), r.id), ','))
+	r.ownPrefix = envelope.Prefix(r.id)
 	r.healthy.Store(true)
 	r.epoch = time.Now()
 	r.ctx, r.cancel = context.WithCancel(context.Background())
@@ -337,7 +339,7 @@ func (r *Redis) Publish(ctx context.Context, msgs []Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
-	env, err := EncodeEnvelope(r.id, msgs, r.opts)
+	env, err := envelope.Encode(r.id, msgs, r.opts)
 	if err != nil {
 		return err
 	}
@@ -521,7 +523,7 @@ func (r *Redis) onMessage(m rueidis.PubSubMessage) {
 	}
 	// Redis echoes every unit to its publisher, so in a cluster of two,
 	// half of what arrives is ours: recognizing it by the prefix
-	// EncodeEnvelope writes skips its decoding (BenchmarkRedisDropEcho, a
+	// envelope.Encode writes skips its decoding (BenchmarkRedisDropEcho, a
 	// small unit on a busy 2-core machine: 8-80 ns and no allocation
 	// against 0.75-2 µs and 5 allocations). An outside envelope that starts like ours, claiming
 	// our id, is dropped as decoding it would be, unless it repeated
@@ -529,7 +531,7 @@ func (r *Redis) onMessage(m rueidis.PubSubMessage) {
 	if strings.HasPrefix(m.Message, r.ownPrefix) {
 		return
 	}
-	id, msgs, err := DecodeEnvelope([]byte(m.Message), r.opts)
+	id, msgs, err := envelope.Decode([]byte(m.Message), r.opts)
 	if err != nil {
 		r.invalid.Add(1)
 		r.onError(fmt.Errorf("bus: dropping an envelope received on %q: %w", r.channel, err))
@@ -678,7 +680,9 @@ func (r *Redis) Lost() uint64 { return r.lost.Load() }
 
 // Interface guards
 var (
-	_ Bus      = (*Redis)(nil)
-	_ Closer   = (*Redis)(nil)
-	_ Healther = (*Redis)(nil)
+	_ Bus            = (*Redis)(nil)
+	_ Closer         = (*Redis)(nil)
+	_ Healther       = (*Redis)(nil)
+	_ DropCounter    = (*Redis)(nil)
+	_ InvalidCounter = (*Redis)(nil)
 )

@@ -15,6 +15,7 @@ import (
 
 	"github.com/redis/rueidis"
 
+	"github.com/caddy-realtime/realtime/extensions/envelope"
 	"github.com/caddy-realtime/realtime/extensions/replay"
 	"github.com/caddy-realtime/realtime/internal/lazyredis"
 	"github.com/caddy-realtime/realtime/internal/testsvc"
@@ -317,7 +318,7 @@ func TestRedisRecoversFromARedisRestart(t *testing.T) {
 		t.Fatal("Healthy() is true after OnHealth(false)")
 	}
 	n := published.Load()
-	waitFor(t, 5*time.Second, func() bool { return published.Load() > n+50 })
+	testsvc.WaitFor(t, 5*time.Second, "more publishes", func() bool { return published.Load() > n+50 })
 
 	srv.Restart()
 	expectHealth(true)
@@ -328,19 +329,6 @@ func TestRedisRecoversFromARedisRestart(t *testing.T) {
 	expectUnit(t, recvB, msg("after", 1))
 	mustPublish(t, b, msg("after", 2))
 	expectUnit(t, recvA, msg("after", 2))
-}
-
-// waitFor polls cond every 10 ms until it holds, failing the test after
-// timeout.
-func waitFor(t testing.TB, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %s", timeout)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // CLIENT KILL TYPE pubsub closes the subscriber's connection: a bus on a
@@ -365,7 +353,7 @@ func TestRedisResubscribesAfterClientKill(t *testing.T) {
 	if err != nil || killed < 2 {
 		t.Fatalf("CLIENT KILL TYPE pubsub = %d, %v; want both subscribers killed", killed, err)
 	}
-	waitFor(t, 10*time.Second, func() bool {
+	testsvc.WaitFor(t, 10*time.Second, "both subscribers to resubscribe", func() bool {
 		subs, err := admin.Do(ctx, admin.B().PubsubNumsub().Channel("bus").Build()).AsIntMap()
 		return err == nil && subs["bus"] == 2
 	})
@@ -401,7 +389,7 @@ func TestRedisRestartedSubscriptionResumesDelivery(t *testing.T) {
 	for i := range 3 {
 		n := b.subscribed.Load()
 		b.restartSubscription()
-		waitFor(t, 5*time.Second, func() bool { return b.subscribed.Load() > n })
+		testsvc.WaitFor(t, 5*time.Second, "the resubscription", func() bool { return b.subscribed.Load() > n })
 		mustPublish(t, a, msg("restarted", i))
 		expectUnit(t, recvB, msg("restarted", i))
 	}
@@ -591,8 +579,8 @@ func benchmarkDelivery(b *testing.B, oneAtATime bool) {
 // the decoding it saves.
 func BenchmarkRedisDropEcho(b *testing.B) {
 	r := &Redis{id: "instance-a", channel: "bus", probeChannel: "bus:probe:instance-a"}
-	r.ownPrefix = string(append(appendString([]byte(`{"instanceId":`), r.id), ','))
-	env, err := EncodeEnvelope(r.id, []Message{{Topic: "chat:room-1", Event: "created", Data: json.RawMessage(`{"id":12345,"text":"hello"}`)}}, r.opts)
+	r.ownPrefix = envelope.Prefix(r.id)
+	env, err := envelope.Encode(r.id, []Message{{Topic: "chat:room-1", Event: "created", Data: json.RawMessage(`{"id":12345,"text":"hello"}`)}}, r.opts)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -606,7 +594,7 @@ func BenchmarkRedisDropEcho(b *testing.B) {
 	b.Run("decode", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			if id, _, err := DecodeEnvelope([]byte(m.Message), r.opts); err != nil || id != r.id {
+			if id, _, err := envelope.Decode([]byte(m.Message), r.opts); err != nil || id != r.id {
 				b.Fatal(id, err)
 			}
 		}

@@ -63,6 +63,13 @@ type Tracker interface {
 	List(ctx context.Context, topic string) ([]Entry, error)
 }
 
+// Closer is implemented by a Tracker that holds goroutines or connections
+// (Redis). Close stops them, bounded by ctx, and releases what the Tracker
+// holds; the gateway calls it when it stops.
+type Closer interface {
+	Close(ctx context.Context) error
+}
+
 // ManyUpdater is implemented by Trackers that store several entries of a
 // topic in one round trip (Redis: one script run); the gateway uses it for
 // a flush that changed several cursors.

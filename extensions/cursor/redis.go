@@ -498,4 +498,7 @@ func (r *Redis) Close(ctx context.Context) error {
 }
 
 // Interface guards
-var _ Tracker = (*Redis)(nil)
+var (
+	_ Tracker = (*Redis)(nil)
+	_ Closer  = (*Redis)(nil)
+)

@@ -166,18 +166,6 @@ func (x *expiries) got() []string {
 	return slices.Sorted(slices.Values(x.keys))
 }
 
-// waitFor polls cond every 10 ms until it holds, failing t after d.
-func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, d)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // waitSweeps waits until each tracker has completed n more sweeps.
 func waitSweeps(t testing.TB, n uint64, trs ...*Redis) {
 	t.Helper()
@@ -185,7 +173,7 @@ func waitSweeps(t testing.TB, n uint64, trs ...*Redis) {
 	for i, tr := range trs {
 		start[i] = tr.sweeps.Load()
 	}
-	waitFor(t, 10*time.Second, fmt.Sprintf("%d sweeps", n), func() bool {
+	testsvc.WaitFor(t, 10*time.Second, fmt.Sprintf("%d sweeps", n), func() bool {
 		for i, tr := range trs {
 			if tr.sweeps.Load() < start[i]+n {
 				return false
@@ -220,7 +208,7 @@ func TestRedisExpiryIsReportedOnce(t *testing.T) {
 	cc.Close() // a crash: no more renewals, nothing removed
 	crashed := time.Now()
 	want := []string{"canvas c7", "canvas c8"}
-	waitFor(t, 5*time.Second, "the expiry", func() bool { return len(xa.got())+len(xb.got()) == len(want) })
+	testsvc.WaitFor(t, 5*time.Second, "the expiry", func() bool { return len(xa.got())+len(xb.got()) == len(want) })
 	t.Logf("expired %v after the crash (TTL %v, sweeps every %v)", time.Since(crashed).Round(time.Millisecond), cfg.TTL, cfg.TTL/3)
 	// More sweeps by both change nothing: each expiry was reported once.
 	waitSweeps(t, 3, a, b)
@@ -317,7 +305,7 @@ func TestRedisCloseExpiresItsEntries(t *testing.T) {
 	}
 	// At once, as its lease expired: not after a's 30 s TTL.
 	expectEntries(t, b, "canvas", entry("c1", `{}`, `{"x":2}`))
-	waitFor(t, 5*time.Second, "the closed instance's expiry", func() bool { return len(x.got()) == 1 })
+	testsvc.WaitFor(t, 5*time.Second, "the closed instance's expiry", func() bool { return len(x.got()) == 1 })
 	if got := x.got(); got[0] != "canvas c7" {
 		t.Fatalf("OnExpire received %v, want [canvas c7]", got)
 	}
@@ -331,7 +319,7 @@ func TestRedisLeftTopicsLeaveNoKeys(t *testing.T) {
 	// The lease outlives the last entry until a sweep reaps it or the
 	// key expires, 2×TTL after the last renewal.
 	keys := tr.keys("canvas")
-	waitFor(t, 5*time.Second, "the topic's keys gone", func() bool {
+	testsvc.WaitFor(t, 5*time.Second, "the topic's keys gone", func() bool {
 		n, err := client.Do(context.Background(), client.B().Exists().Key(keys...).Build()).AsInt64()
 		return err == nil && n == 0
 	})

@@ -13,7 +13,7 @@
 //
 // A Registry is safe for concurrent use. Join checks the closed flag and
 // the capacity and inserts in one atomic step cluster-wide, so concurrent
-// joins never overfill a group and none slips past a concurrent Close
+// joins never overfill a group and none slips past a concurrent CloseGroup
 // (extensions-study.md L-02, L-22). The gateway serializes calls per
 // connection.
 //
@@ -27,10 +27,9 @@
 //
 // Memory serves one instance. Redis (redis.go) serves a cluster: one hash
 // slot per group, one Lua script per call, member expiry by the server's
-// clock, and a heartbeat goroutine per registry. A Redis registry is
-// stopped with Shutdown(ctx), which also removes its instance's members;
-// the method cannot be called Close, the name Registry gives to closing a
-// group. Both run one conformance suite (groups_test.go).
+// clock, and a heartbeat goroutine per registry. A Redis registry is a
+// Closer: Close(ctx) stops it and removes its instance's members. Both run
+// one conformance suite (groups_test.go).
 package groups
 
 import (
@@ -109,14 +108,22 @@ type Registry interface {
 	// State returns the group's counts, metadata and closed flag.
 	State(ctx context.Context, group string) (State, error)
 
-	// Close marks group closed and removes every member, atomically with
-	// respect to Join. It is final: a closed group refuses joins for the
-	// life of the registry's storage. Closing a closed group is no error.
-	Close(ctx context.Context, group string) error
+	// CloseGroup marks group closed and removes every member, atomically
+	// with respect to Join. It is final: a closed group refuses joins for
+	// the life of the registry's storage. Closing a closed group is no
+	// error.
+	CloseGroup(ctx context.Context, group string) error
 
 	// SetMeta replaces the group's metadata with meta, a JSON object
 	// stored byte for byte; a closed group keeps its metadata.
 	SetMeta(ctx context.Context, group string, meta json.RawMessage) error
+}
+
+// Closer is implemented by a Registry that holds goroutines or
+// connections. Close stops it, bounded by ctx, and releases what it holds;
+// after Close, Join refuses every join and the other methods keep working.
+type Closer interface {
+	Close(ctx context.Context) error
 }
 
 // Defaults of Config.

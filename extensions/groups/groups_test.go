@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/caddy-realtime/realtime/internal/testsvc"
 )
 
 func TestRoleValid(t *testing.T) {
@@ -179,19 +181,19 @@ func testRegistry(t *testing.T, newRegistry registryFactory) {
 		r := newRegistry(t, Config{})
 		mustJoin(t, r, "lobby", "a", RoleAdmin, 0)
 		mustJoin(t, r, "lobby", "b", RoleMember, 0)
-		if err := r.Close(context.Background(), "lobby"); err != nil {
+		if err := r.CloseGroup(context.Background(), "lobby"); err != nil {
 			t.Fatalf("Close: %v", err)
 		}
 		expectState(t, r, "lobby", State{Closed: true})
 		expectJoinError(t, r, "lobby", "c", RoleMember, 0, ErrClosed)
 		expectJoinError(t, r, "lobby", "a", RoleAdmin, 0, ErrClosed)
 		expectCounts(t, "leave of a former member", mustLeave(t, r, "lobby", "a"), Counts{})
-		if err := r.Close(context.Background(), "lobby"); err != nil {
+		if err := r.CloseGroup(context.Background(), "lobby"); err != nil {
 			t.Fatalf("Close of a closed group: %v", err)
 		}
 		expectState(t, r, "lobby", State{Closed: true})
 		// A group closed before anyone joined is closed all the same.
-		if err := r.Close(context.Background(), "empty"); err != nil {
+		if err := r.CloseGroup(context.Background(), "empty"); err != nil {
 			t.Fatalf("Close of an unknown group: %v", err)
 		}
 		expectJoinError(t, r, "empty", "a", RoleMember, 0, ErrClosed)
@@ -219,7 +221,7 @@ func testRegistry(t *testing.T, newRegistry registryFactory) {
 		}
 		expectState(t, r, "lobby", State{Meta: next})
 		// A closed group keeps its metadata.
-		if err := r.Close(context.Background(), "lobby"); err != nil {
+		if err := r.CloseGroup(context.Background(), "lobby"); err != nil {
 			t.Fatalf("Close: %v", err)
 		}
 		expectState(t, r, "lobby", State{Meta: next, Closed: true})
@@ -229,7 +231,7 @@ func testRegistry(t *testing.T, newRegistry registryFactory) {
 		r := newRegistry(t, Config{})
 		mustJoin(t, r, "lobby", "a", RoleMember, 1)
 		mustJoin(t, r, "hall", "a", RoleAdmin, 1)
-		if err := r.Close(context.Background(), "hall"); err != nil {
+		if err := r.CloseGroup(context.Background(), "hall"); err != nil {
 			t.Fatalf("Close: %v", err)
 		}
 		expectState(t, r, "lobby", State{Counts: Counts{Member: 1}})
@@ -243,7 +245,7 @@ func testRegistry(t *testing.T, newRegistry registryFactory) {
 		if _, err := r.Join(ctx, "lobby", "a", RoleMember, 0); err == nil {
 			t.Fatal("Join with a canceled context returned no error")
 		}
-		if err := r.Close(ctx, "lobby"); err == nil {
+		if err := r.CloseGroup(ctx, "lobby"); err == nil {
 			t.Fatal("Close with a canceled context returned no error")
 		}
 		expectState(t, r, "lobby", State{})
@@ -322,24 +324,12 @@ func testRegistry(t *testing.T, newRegistry registryFactory) {
 		}
 		close(start)
 		// Let the joiners in before closing, without sleeping.
-		waitFor(t, 5*time.Second, func() bool { return mustState(t, r, "lobby").Counts.Total() >= joiners })
-		if err := r.Close(context.Background(), "lobby"); err != nil {
+		testsvc.WaitFor(t, 5*time.Second, "every joiner", func() bool { return mustState(t, r, "lobby").Counts.Total() >= joiners })
+		if err := r.CloseGroup(context.Background(), "lobby"); err != nil {
 			t.Fatalf("Close: %v", err)
 		}
 		closed.Store(true)
 		wg.Wait()
 		expectState(t, r, "lobby", State{Closed: true})
 	})
-}
-
-// waitFor polls cond every 10ms until it holds, failing t after d.
-func waitFor(t testing.TB, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %v", d)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }

@@ -17,7 +17,7 @@ import (
 // come and go, so Join, Leave and State cost O(1) whatever the group's
 // size. A group is deleted once it is open, empty and without metadata, so
 // memory is bounded by the members present, the metadata set and the
-// closed groups, which are kept to stay closed (Registry.Close).
+// closed groups, which are kept to stay closed (Registry.CloseGroup).
 type Memory struct {
 	mu     sync.Mutex
 	groups map[string]*group
@@ -115,9 +115,9 @@ func (m *Memory) State(ctx context.Context, group string) (State, error) {
 	return State{Counts: g.counts, Meta: bytes.Clone(g.meta), Closed: g.closed}, nil
 }
 
-// Close implements Registry. A closed group is never deleted, so it stays
-// closed for the life of the Memory.
-func (m *Memory) Close(ctx context.Context, group string) error {
+// CloseGroup implements Registry. A closed group is never deleted, so it
+// stays closed for the life of the Memory.
+func (m *Memory) CloseGroup(ctx context.Context, group string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}

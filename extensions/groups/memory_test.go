@@ -19,7 +19,7 @@ func TestMemoryDeletesIdleGroups(t *testing.T) {
 	if err := m.SetMeta(ctx, "kept", json.RawMessage(`{}`)); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.Close(ctx, "closed"); err != nil {
+	if err := m.CloseGroup(ctx, "closed"); err != nil {
 		t.Fatal(err)
 	}
 	mustLeave(t, m, "lobby", "a")

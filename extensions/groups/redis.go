@@ -42,7 +42,7 @@ var (
 // so that a group with many local members does not block Redis in one go.
 const heartbeatBatch = 1000
 
-// errStopped is returned by Join once Shutdown has begun: a member joined
+// errStopped is returned by Join once Close has begun: a member joined
 // then would not be refreshed, and would silently expire.
 var errStopped = errors.New("groups: registry shut down")
 
@@ -60,7 +60,7 @@ type RedisConfig struct {
 	KeyPrefix string
 
 	// InstanceID names this instance in its members' fields, so that each
-	// instance refreshes, and on Shutdown removes, its own members only.
+	// instance refreshes, and on Close removes, its own members only.
 	// It must be unique in the cluster and must not contain '|', the
 	// separator of the fields. Required.
 	InstanceID string
@@ -112,7 +112,7 @@ type RedisConfig struct {
 // Calls use the caller's ctx and no other deadline: callers must give ctx
 // a deadline, or a call made during an outage waits until the connection
 // fails (rueidis#913). Refresh rounds have a deadline of Refresh.
-// Shutdown stops the heartbeat and removes this instance's members; the
+// Close stops the heartbeat and removes this instance's members; the
 // registry closes nothing else, as the caller owns the client.
 type Redis struct {
 	client    rueidis.Client
@@ -125,7 +125,7 @@ type Redis struct {
 	mu      sync.Mutex
 	local   map[string]map[string]localMember // group → connID → member
 	gen     uint64                            // last localMember.gen handed out
-	stopped bool                              // Shutdown has begun
+	stopped bool                              // Close has begun
 
 	cancel context.CancelFunc // stops the heartbeat goroutine
 	done   chan struct{}      // closed when it has returned
@@ -139,10 +139,13 @@ type localMember struct {
 	gen uint64
 }
 
-var _ Registry = (*Redis)(nil)
+var (
+	_ Registry = (*Redis)(nil)
+	_ Closer   = (*Redis)(nil)
+)
 
 // NewRedis returns a registry on client configured by cfg and starts its
-// heartbeat goroutine, which Shutdown stops. It sends nothing: an
+// heartbeat goroutine, which Close stops. It sends nothing: an
 // unreachable server shows in the first call.
 func NewRedis(client rueidis.Client, cfg RedisConfig) (*Redis, error) {
 	if client == nil {
@@ -187,7 +190,7 @@ func (r *Redis) keys(group string) []string {
 }
 
 // Join implements Registry with one script run. On error it returns zero
-// Counts. After Shutdown it refuses every join.
+// Counts. After Close it refuses every join.
 func (r *Redis) Join(ctx context.Context, group, connID string, role Role, maxMembers int) (Counts, error) {
 	if !role.Valid() {
 		return Counts{}, fmt.Errorf("joining group with role %q: %w", role, ErrInvalidRole)
@@ -217,7 +220,7 @@ func (r *Redis) Join(ctx context.Context, group, connID string, role Role, maxMe
 	}
 	r.mu.Lock()
 	if r.stopped {
-		// Shutdown began while the script ran, and may have removed this
+		// Close began while the script ran, and may have removed this
 		// instance's members before this one: remove it, or it would
 		// count until TTL.
 		r.mu.Unlock()
@@ -300,11 +303,11 @@ func parseState(reply []rueidis.RedisMessage) (State, error) {
 	return s, nil
 }
 
-// Close implements Registry with one script run. The closed flag never
-// expires, so the group stays closed for the life of the Redis data.
+// CloseGroup implements Registry with one script run. The closed flag
+// never expires, so the group stays closed for the life of the Redis data.
 // Other instances forget their members of the group at their next
 // heartbeat.
-func (r *Redis) Close(ctx context.Context, group string) error {
+func (r *Redis) CloseGroup(ctx context.Context, group string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -337,13 +340,13 @@ func (r *Redis) SetMeta(ctx context.Context, group string, meta json.RawMessage)
 	return nil
 }
 
-// Shutdown stops the heartbeat, waiting for it within ctx, then removes
-// this instance's members from every group (one pipeline of HDELs), so
-// that a graceful stop frees their places at once rather than after TTL.
-// From its start, Join refuses every join; Leave, State, Close and SetMeta
-// keep working. Calling it again only waits for the first call's work
-// that is left, if any.
-func (r *Redis) Shutdown(ctx context.Context) error {
+// Close implements Closer: it stops the heartbeat, waiting for it within
+// ctx, then removes this instance's members from every group (one pipeline
+// of HDELs), so that a graceful stop frees their places at once rather
+// than after TTL. From its start, Join refuses every join; Leave, State,
+// CloseGroup and SetMeta keep working. Calling it again only waits for the
+// first call's work that is left, if any.
+func (r *Redis) Close(ctx context.Context) error {
 	r.mu.Lock()
 	r.stopped = true
 	r.mu.Unlock()
@@ -384,7 +387,7 @@ func (r *Redis) Shutdown(ctx context.Context) error {
 }
 
 // run is the heartbeat goroutine: a refresh every Refresh until ctx
-// ends (Shutdown).
+// ends (Close).
 func (r *Redis) run(ctx context.Context) {
 	defer close(r.done)
 	tick := time.NewTicker(r.heartbeat)

@@ -17,7 +17,7 @@ import (
 )
 
 // TestMain fails the run when a goroutine of this package outlives the
-// tests: every Redis registry must stop its heartbeat on Shutdown
+// tests: every Redis registry must stop its heartbeat on Close
 // (STYLE.md §5).
 func TestMain(m *testing.M) { testsvc.RunWithLeakCheck(m, "extensions/groups.") }
 
@@ -33,8 +33,8 @@ func newRedisRegistry(t testing.TB, client rueidis.Client, prefix, instance stri
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		if err := r.Shutdown(ctx); err != nil {
-			t.Errorf("Shutdown: %v", err)
+		if err := r.Close(ctx); err != nil {
+			t.Errorf("Close: %v", err)
 		}
 	})
 	return r
@@ -88,7 +88,7 @@ func TestNewRedisRefusesBadConfig(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if r, err := NewRedis(tc.client, tc.cfg); err == nil {
-				_ = r.Shutdown(context.Background())
+				_ = r.Close(context.Background())
 				t.Fatal("NewRedis succeeded")
 			}
 		})
@@ -207,12 +207,12 @@ func TestRedisMembersOfAStoppedInstanceExpireAfterTTL(t *testing.T) {
 	expectJoinError(t, live, "lobby", "b3", RoleMember, 5, ErrFull)
 	crash(dead)
 	crashed := time.Now()
-	waitFor(t, ttl+5*time.Second, func() bool { return mustState(t, live, "lobby").Counts.Total() == 2 })
+	testsvc.WaitFor(t, ttl+5*time.Second, "the crashed instance's members to expire", func() bool { return mustState(t, live, "lobby").Counts.Total() == 2 })
 	if took := time.Since(crashed); took > ttl+2*time.Second {
 		t.Logf("the dead instance's members took %v to expire (TTL %v): a slow machine?", took, ttl)
 	}
 	// The live instance's members outlive several TTLs.
-	waitFor(t, 10*time.Second, func() bool {
+	testsvc.WaitFor(t, 10*time.Second, "three TTLs after the crash", func() bool {
 		expectState(t, live, "lobby", State{Counts: Counts{Admin: 1, Viewer: 1}})
 		return time.Since(crashed) > 3*ttl
 	})
@@ -221,7 +221,7 @@ func TestRedisMembersOfAStoppedInstanceExpireAfterTTL(t *testing.T) {
 	expectCounts(t, "a1 through the live instance", mustJoin(t, live, "lobby", "a1", RoleMember, 0), Counts{Member: 2, Admin: 1, Viewer: 1})
 }
 
-func TestRedisShutdownRemovesItsMembers(t *testing.T) {
+func TestRedisCloseRemovesItsMembers(t *testing.T) {
 	regs := newRedisInstances(t, 2, Config{})
 	a, b := regs[0], regs[1]
 	mustJoin(t, a, "lobby", "a1", RoleMember, 0)
@@ -229,17 +229,17 @@ func TestRedisShutdownRemovesItsMembers(t *testing.T) {
 	mustJoin(t, a, "hall", "a1", RoleMember, 0)
 	mustJoin(t, b, "lobby", "b1", RoleViewer, 0)
 	ctx := context.Background()
-	if err := a.Shutdown(ctx); err != nil {
-		t.Fatalf("Shutdown: %v", err)
+	if err := a.Close(ctx); err != nil {
+		t.Fatalf("Close: %v", err)
 	}
 	expectState(t, b, "lobby", State{Counts: Counts{Viewer: 1}})
 	expectState(t, b, "hall", State{})
 	if _, err := a.Join(ctx, "lobby", "a3", RoleMember, 0); err == nil {
-		t.Fatal("Join after Shutdown succeeded")
+		t.Fatal("Join after Close succeeded")
 	}
 	expectState(t, b, "lobby", State{Counts: Counts{Viewer: 1}})
-	if err := a.Shutdown(ctx); err != nil {
-		t.Fatalf("second Shutdown: %v", err)
+	if err := a.Close(ctx); err != nil {
+		t.Fatalf("second Close: %v", err)
 	}
 }
 
@@ -249,7 +249,7 @@ func TestRedisCloseIsSeenByEveryInstance(t *testing.T) {
 	mustJoin(t, a, "lobby", "a1", RoleMember, 0)
 	mustJoin(t, b, "lobby", "b1", RoleMember, 0)
 	mustJoin(t, b, "hall", "b1", RoleMember, 0)
-	if err := a.Close(context.Background(), "lobby"); err != nil {
+	if err := a.CloseGroup(context.Background(), "lobby"); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
 	expectJoinError(t, b, "lobby", "b2", RoleMember, 0, ErrClosed)
@@ -426,7 +426,7 @@ func TestRedisErrorsNameTheGroup(t *testing.T) {
 	defer func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
-		_ = r.Shutdown(ctx) // Redis is down: removing the members fails
+		_ = r.Close(ctx) // Redis is down: removing the members fails
 	}()
 	mustJoin(t, r, "lobby", "c", RoleMember, 0)
 	srv.Kill()
@@ -439,7 +439,7 @@ func TestRedisErrorsNameTheGroup(t *testing.T) {
 		t.Fatal("State with Redis down succeeded")
 	}
 	// The heartbeat reports its failures.
-	waitFor(t, 5*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(errs) > 0 })
+	testsvc.WaitFor(t, 5*time.Second, "a heartbeat error", func() bool { mu.Lock(); defer mu.Unlock(); return len(errs) > 0 })
 }
 
 // BenchmarkRedisJoin measures a join and a leave (two script runs, each

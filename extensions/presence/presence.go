@@ -93,6 +93,13 @@ type Change struct {
 // a time, and must not block: the gateway only queues frames in it.
 type ChangeFunc func(changes []Change)
 
+// Closer is implemented by a Tracker that holds goroutines or connections
+// (Redis). Close stops them, bounded by ctx, and releases what the Tracker
+// holds; the gateway calls it when it stops.
+type Closer interface {
+	Close(ctx context.Context) error
+}
+
 // Tracker is the cluster-wide membership of presence topics. Topics and
 // keys are opaque strings to it; the caller validates them.
 type Tracker interface {

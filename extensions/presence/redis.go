@@ -2,6 +2,7 @@ package presence
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	_ "embed"
 	"encoding/json"
@@ -15,6 +16,8 @@ import (
 	"time"
 
 	"github.com/redis/rueidis"
+
+	"github.com/caddy-realtime/realtime/extensions/wire"
 )
 
 // DefaultRedisTimeout is the default RedisConfig.Timeout.
@@ -290,8 +293,8 @@ func NewRedis(client rueidis.Client, cfg RedisConfig) (*Redis, error) {
 	if r.onError == nil {
 		r.onError = func(error) {}
 	}
-	r.ownPrefix = `{"i":` + jsonString(r.id) + `,"t":`
-	r.allPrefix = `{"i":` + jsonString(r.id) + `,"all":true,"t":`
+	r.ownPrefix = `{"i":` + string(wire.AppendString(nil, r.id)) + `,"t":`
+	r.allPrefix = `{"i":` + string(wire.AppendString(nil, r.id)) + `,"all":true,"t":`
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	r.wg.Add(1)
 	go r.heartbeatLoop()
@@ -324,11 +327,6 @@ func NewRedis(client rueidis.Client, cfg RedisConfig) (*Redis, error) {
 	return nil, fmt.Errorf("presence: redis did not confirm the subscription to %q within %s", r.channel, r.timeout)
 }
 
-func jsonString(s string) string {
-	b, _ := json.Marshal(s) // a string always encodes
-	return string(b)
-}
-
 // keys returns topic's members, counts, leases and this instance's conns
 // keys. The hash tag {topic} puts them in one slot; a topic holding '}'
 // shortens the tag equally in all. Keys of distinct topics never collide,
@@ -341,10 +339,11 @@ func (r *Redis) keys(topic string) []string {
 // head starts a change event of topic published by this instance; all
 // marks the changes no caller's return value reported.
 func (r *Redis) head(topic string, all bool) string {
+	prefix := r.ownPrefix
 	if all {
-		return r.allPrefix + jsonString(topic)
+		prefix = r.allPrefix
 	}
-	return r.ownPrefix + jsonString(topic)
+	return string(wire.AppendString([]byte(prefix), topic))
 }
 
 // connField is a connection's field in its instance's conns hash. The
@@ -642,7 +641,7 @@ func (r *Redis) beat() {
 		}
 		if err != nil {
 			failed++
-			firstErr = cmpOr(firstErr, err)
+			firstErr = cmp.Or(firstErr, err)
 			continue
 		}
 		if counts[0] < int64(confirmed[i]) {
@@ -670,13 +669,6 @@ func (r *Redis) beat() {
 	r.beats.Add(1)
 }
 
-func cmpOr(a, b error) error {
-	if a != nil {
-		return a
-	}
-	return b
-}
-
 // repair runs conditional leaves, in one round trip, and keeps those that
 // failed for the next heartbeat.
 func (r *Redis) repair(ctx context.Context, repairs []repair) {
@@ -689,7 +681,7 @@ func (r *Redis) repair(ctx context.Context, repairs []repair) {
 	for i, res := range leaveScript.ExecMulti(ctx, r.client, execs...) {
 		if _, _, err := parseLeave(res); err != nil {
 			failed = append(failed, repairs[i])
-			firstErr = cmpOr(firstErr, err)
+			firstErr = cmp.Or(firstErr, err)
 		}
 	}
 	if len(failed) > 0 {
@@ -730,7 +722,7 @@ func (r *Redis) resync(ctx context.Context, topic string) {
 	for _, res := range joinScript.ExecMulti(ctx, r.client, execs...) {
 		if _, err := parseJoin(res); err != nil {
 			failed++
-			firstErr = cmpOr(firstErr, err)
+			firstErr = cmp.Or(firstErr, err)
 		}
 	}
 	r.mu.Lock()
@@ -964,4 +956,7 @@ func (r *Redis) Reachable() bool { return r.onChange == nil || r.receiving.Load(
 func (r *Redis) Invalid() uint64 { return r.invalid.Load() }
 
 // Interface guards
-var _ Tracker = (*Redis)(nil)
+var (
+	_ Tracker = (*Redis)(nil)
+	_ Closer  = (*Redis)(nil)
+)

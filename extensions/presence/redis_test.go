@@ -166,11 +166,11 @@ func TestRedisStartsUnreachable(t *testing.T) {
 		t.Fatal("Join succeeded with Redis down")
 	}
 	srv.Restart()
-	waitFor(t, 10*time.Second, "the subscription after Redis came back", r.Reachable)
+	testsvc.WaitFor(t, 10*time.Second, "the subscription after Redis came back", r.Reachable)
 	b := newRedisTracker(t, testsvc.Connect(t, srv.Addr()), "", Config{})
 	mustJoin(t, r, "room", "alice", "c1", `{"n":1}`)
 	mustJoin(t, b, "room", "bob", "c2", `{"n":2}`)
-	waitFor(t, 5*time.Second, "bob's join from the other instance", func() bool { return len(rec.on("room")) == 1 })
+	testsvc.WaitFor(t, 5*time.Second, "bob's join from the other instance", func() bool { return len(rec.on("room")) == 1 })
 	expectChanges(t, rec, "room", `joined bob {"n":2}`)
 }
 
@@ -231,25 +231,13 @@ func (r *recorder) on(topic string) []string {
 	return out
 }
 
-// waitFor polls cond every 10 ms until it holds, failing t after d.
-func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, d)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // sync makes sure every change a published before now has reached rec:
 // a's change on a barrier topic travels behind them on the channel.
 func syncWith(t testing.TB, a Tracker, rec *recorder) {
 	t.Helper()
 	key := uuid.NewString()
 	mustJoin(t, a, "barrier", key, key, `{}`)
-	waitFor(t, 5*time.Second, "the barrier change", func() bool {
+	testsvc.WaitFor(t, 5*time.Second, "the barrier change", func() bool {
 		for _, c := range rec.on("barrier") {
 			if strings.Contains(c, key) {
 				return true
@@ -329,7 +317,7 @@ func TestRedisCrashedInstanceLeaves(t *testing.T) {
 	// A crash: the client goes, the heartbeats stop, nothing is removed.
 	cb.Close()
 	crashed := time.Now()
-	waitFor(t, cfg.TTL+cfg.Refresh+time.Second, "the crashed member's leave", func() bool { return len(recA.on("room")) == 3 })
+	testsvc.WaitFor(t, cfg.TTL+cfg.Refresh+time.Second, "the crashed member's leave", func() bool { return len(recA.on("room")) == 3 })
 	t.Logf("left %v after the crash (TTL %v + heartbeat %v)", time.Since(crashed).Round(time.Millisecond), cfg.TTL, cfg.Refresh)
 	expectChanges(t, &recA, "room", "joined u1 "+ann, "joined u2 "+bo, "left u1 "+ann)
 	expectPresent(t, a, "room", map[string]string{"u2": bo})
@@ -359,15 +347,15 @@ func TestRedisObserverHearsCrashedLeaves(t *testing.T) {
 		return len(a.topics) == 0
 	}
 	expectPresent(t, a, "room", nil)
-	waitFor(t, 5*time.Second, "the empty topic forgotten", forgotten)
+	testsvc.WaitFor(t, 5*time.Second, "the empty topic forgotten", forgotten)
 
 	mustJoin(t, crashing, "room", "u1", "c1", `{}`)
-	waitFor(t, 5*time.Second, "the join", func() bool { return len(recA.on("room")) == 1 })
+	testsvc.WaitFor(t, 5*time.Second, "the join", func() bool { return len(recA.on("room")) == 1 })
 	cb.Close()
-	waitFor(t, cfg.TTL+cfg.Refresh+time.Second, "the crashed member's leave", func() bool { return len(recA.on("room")) == 2 })
+	testsvc.WaitFor(t, cfg.TTL+cfg.Refresh+time.Second, "the crashed member's leave", func() bool { return len(recA.on("room")) == 2 })
 	expectChanges(t, &recA, "room", "joined u1 {}", "left u1 {}")
 	expectPresent(t, a, "room", nil)
-	waitFor(t, 5*time.Second, "the empty topic forgotten again", forgotten)
+	testsvc.WaitFor(t, 5*time.Second, "the empty topic forgotten again", forgotten)
 }
 
 func TestRedisLiveMembersOutliveTheTTL(t *testing.T) {
@@ -383,7 +371,7 @@ func TestRedisLiveMembersOutliveTheTTL(t *testing.T) {
 	expectPresent(t, b, "room", map[string]string{"u1": `{}`})
 	// Ten of b's heartbeats, reaping the topic: a second, over three TTLs.
 	start := b.beats.Load()
-	waitFor(t, 5*time.Second, "ten heartbeats", func() bool { return b.beats.Load() >= start+10 })
+	testsvc.WaitFor(t, 5*time.Second, "ten heartbeats", func() bool { return b.beats.Load() >= start+10 })
 	expectPresent(t, b, "room", map[string]string{"u1": `{}`})
 	syncWith(t, a, &recB)
 	expectChanges(t, &recB, "room", "joined u1 {}")
@@ -462,7 +450,7 @@ func TestRedisFailedLeaveIsRepaired(t *testing.T) {
 	// whichever happens, heartbeats converge on the state the caller made.
 	mustJoin(t, a, "room", "u2", "c2", `{}`)
 	want := map[string]string{"u2": `{}`, "u3": `{}`}
-	waitFor(t, 5*time.Second, "the repair", func() bool {
+	testsvc.WaitFor(t, 5*time.Second, "the repair", func() bool {
 		a.beat()
 		got := present(t, a, "room")
 		return len(got) == len(want) && got["u2"] == want["u2"] && got["u3"] == want["u3"]
@@ -498,7 +486,7 @@ func TestRedisCloseRemovesItsConnections(t *testing.T) {
 	}
 	expectPresent(t, b, "room", map[string]string{"u2": `{}`})
 	expectPresent(t, b, "hall", nil)
-	waitFor(t, 5*time.Second, "the closed instance's leaves", func() bool {
+	testsvc.WaitFor(t, 5*time.Second, "the closed instance's leaves", func() bool {
 		return len(recB.on("room")) == 3 && len(recB.on("hall")) == 2
 	})
 	expectChanges(t, &recB, "room", "joined u1 {}", "joined u2 {}", "left u1 {}")

@@ -75,7 +75,10 @@ type bucket struct {
 	banned int64 // ns offset from epoch at which the ban ends; noBan if none
 }
 
-var _ Limiter = (*Memory)(nil)
+var (
+	_ Limiter = (*Memory)(nil)
+	_ Sweeper = (*Memory)(nil)
+)
 
 // NewMemory returns a Memory limiter enforcing cfg (zero fields take the
 // defaults of Config.WithDefaults). cfg.Now is read at construction and by

@@ -5,6 +5,8 @@ import (
 	"math"
 	"testing"
 	"time"
+
+	"github.com/caddy-realtime/realtime/internal/testsvc"
 )
 
 func TestMemory(t *testing.T) {
@@ -13,7 +15,7 @@ func TestMemory(t *testing.T) {
 
 func TestMemoryRefillIsExactWithFractionalRates(t *testing.T) {
 	// 3 points per second: one point every 333 333 333⅓ ns.
-	clock := newFakeClock()
+	clock := testsvc.NewClock()
 	m := NewMemory(Config{Points: 3, Interval: time.Second, Now: clock.Now})
 	expectResult(t, mustConsume(t, m, "k", 3), true, 0)
 	r := mustConsume(t, m, "k", 1)
@@ -40,7 +42,7 @@ func TestMemoryScalesHugeConfigsWithoutOverflow(t *testing.T) {
 		{Points: 1, Interval: math.MaxInt64, Burst: math.MaxInt64},
 		{Points: math.MaxInt64 - 1, Interval: math.MaxInt64, Burst: 3},
 	} {
-		clock := newFakeClock()
+		clock := testsvc.NewClock()
 		cfg.Now = clock.Now
 		m := NewMemory(cfg)
 		burst := cfg.Burst
@@ -60,7 +62,7 @@ func TestMemoryScalesHugeConfigsWithoutOverflow(t *testing.T) {
 	}
 	// 7 per 48 h with a burst of a million: a point every 6h51m25.714s,
 	// within the 100 ns quantum the scaling picks.
-	clock := newFakeClock()
+	clock := testsvc.NewClock()
 	m := NewMemory(Config{Points: 7, Interval: 48 * time.Hour, Burst: 1_000_000, Now: clock.Now})
 	expectResult(t, mustConsume(t, m, "k", 1_000_000), true, 0)
 	r := mustConsume(t, m, "k", 1)
@@ -70,7 +72,7 @@ func TestMemoryScalesHugeConfigsWithoutOverflow(t *testing.T) {
 }
 
 func TestMemoryClockGoingBackRefillsNothing(t *testing.T) {
-	clock := newFakeClock()
+	clock := testsvc.NewClock()
 	m := NewMemory(Config{Points: 2, Interval: time.Second, Now: clock.Now})
 	expectResult(t, mustConsume(t, m, "k", 2), true, 0)
 	clock.Advance(-time.Hour)
@@ -83,7 +85,7 @@ func TestMemoryClockGoingBackRefillsNothing(t *testing.T) {
 }
 
 func TestMemorySweepDropsOnlyFullUnbannedKeys(t *testing.T) {
-	clock := newFakeClock()
+	clock := testsvc.NewClock()
 	m := NewMemory(Config{Points: 4, Interval: time.Second, Now: clock.Now})
 	mustConsume(t, m, "untouched", 1) // full again after 250ms
 	mustConsume(t, m, "drained", 4)   // full again after 1s

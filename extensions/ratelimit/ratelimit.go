@@ -54,6 +54,13 @@ type Result struct {
 	ResetAfter time.Duration
 }
 
+// Sweeper is implemented by a Limiter that forgets idle keys only when
+// asked (Memory), instead of running a goroutine of its own: the gateway
+// calls Sweep periodically, with the time of its Config.Now clock.
+type Sweeper interface {
+	Sweep(now time.Time) int
+}
+
 // Limiter spends and restores the points of keys. Keys are opaque strings;
 // the caller builds them (for example "ip:203.0.113.9").
 type Limiter interface {

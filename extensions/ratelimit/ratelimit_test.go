@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/caddy-realtime/realtime/internal/testsvc"
 )
 
 func TestConfigWithDefaults(t *testing.T) {
@@ -380,7 +382,7 @@ func testLimiter(t *testing.T, newLimiter limiterFactory) {
 // controlled clock that the test advances, or the real one, which the test
 // waits for.
 type testClock struct {
-	fake *fakeClock // nil: the real clock
+	fake *testsvc.Clock // nil: the real clock
 }
 
 // exact reports whether the clock is controlled, so that durations can be
@@ -407,7 +409,7 @@ func (c testClock) settled(t testing.TB, start time.Time, window time.Duration) 
 func (c testClock) passes(t testing.TB, d time.Duration, cond func() bool) {
 	t.Helper()
 	if c.fake == nil {
-		waitFor(t, d+5*time.Second, cond)
+		testsvc.WaitFor(t, d+5*time.Second, "the condition on the real clock", cond)
 		return
 	}
 	c.fake.Advance(d)
@@ -441,7 +443,7 @@ func (c testClock) expect(t testing.TB, what string, got, want time.Duration) {
 func forEachClock(t *testing.T, name string, newLimiter limiterFactory, test func(t *testing.T, clk testClock, l func(Config) Limiter)) {
 	t.Run(name, func(t *testing.T) {
 		t.Run("controlled clock", func(t *testing.T) {
-			clk := testClock{fake: newFakeClock()}
+			clk := testClock{fake: testsvc.NewClock()}
 			test(t, clk, func(cfg Config) Limiter {
 				cfg.Now = clk.fake.Now
 				return newLimiter(t, cfg)
@@ -505,40 +507,5 @@ func expectWithin(t testing.TB, d, lo, hi time.Duration) {
 	t.Helper()
 	if d <= lo || d > hi {
 		t.Fatalf("ResetAfter %v, want within (%v, %v]", d, lo, hi)
-	}
-}
-
-// fakeClock is a Config.Now that moves only when told to.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{now: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
-// waitFor polls cond every 10 ms until it holds, failing the test after
-// timeout.
-func waitFor(t testing.TB, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %s", timeout)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }

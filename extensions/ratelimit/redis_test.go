@@ -210,7 +210,7 @@ func TestRedisKeysExpireWhenUseless(t *testing.T) {
 	if d := pttl(keys[1]); d <= 0 || d > 300*time.Millisecond {
 		t.Fatalf("ban key PTTL %v, want within (0, 300ms]", d)
 	}
-	waitFor(t, 5*time.Second, func() bool { return pttl(keys[0]) == -2*time.Millisecond && pttl(keys[1]) == -2*time.Millisecond })
+	testsvc.WaitFor(t, 5*time.Second, "both keys to expire", func() bool { return pttl(keys[0]) == -2*time.Millisecond && pttl(keys[1]) == -2*time.Millisecond })
 
 	other := uniqueKey("expiry-unban")
 	mustUnban(t, l, other)

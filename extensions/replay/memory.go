@@ -60,7 +60,10 @@ type ring struct {
 	last    time.Duration // time of the last Append, as an offset from epoch
 }
 
-var _ Store = (*Memory)(nil)
+var (
+	_ Store   = (*Memory)(nil)
+	_ Sweeper = (*Memory)(nil)
+)
 
 // NewMemory returns an empty Memory store configured by cfg (zero fields
 // take the defaults of Config.WithDefaults). cfg.Now is read at

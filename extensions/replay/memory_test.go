@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/caddy-realtime/realtime/internal/testsvc"
 )
 
 func TestMemory(t *testing.T) {
@@ -33,7 +35,7 @@ func TestMemorySinceMatchesAModelAtEveryRingPosition(t *testing.T) {
 }
 
 func TestMemorySweepFreesOnlyIdleTopics(t *testing.T) {
-	clock := newFakeClock()
+	clock := testsvc.NewClock()
 	m := NewMemory(Config{Size: 10, TTL: time.Minute, Now: clock.Now})
 	appendN(t, m, "idle", 3)
 	clock.Advance(30 * time.Second)

@@ -8,7 +8,6 @@ import (
 	"hash/fnv"
 	"math"
 	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/caddy-realtime/realtime/extensions/envelope"
 	"github.com/caddy-realtime/realtime/extensions/wire"
 )
 
@@ -367,7 +367,7 @@ type PostgresOnBus struct {
 
 // NewPostgresOnBus wraps store so that AppendAndPublish hands publish the
 // envelope {"instanceId":"replay","topic":T,"event":E,"data":D,"seq":N}
-// (StoreEnvelope); publish must send it on the bus channel and return once
+// (envelope.AppendStore); publish must send it on the bus channel and return once
 // the bus has taken it.
 func NewPostgresOnBus(store *Postgres, publish func(ctx context.Context, envelope []byte) error) *PostgresOnBus {
 	return &PostgresOnBus{Postgres: store, publish: publish}
@@ -385,29 +385,10 @@ func (s *PostgresOnBus) AppendAndPublish(ctx context.Context, topic, event strin
 	if err != nil {
 		return 0, err
 	}
-	if err := s.publish(ctx, StoreEnvelope(topic, event, data, seq)); err != nil {
+	if err := s.publish(ctx, envelope.AppendStore(make([]byte, 0, 64+len(topic)+len(event)+len(data)), topic, event, data, seq)); err != nil {
 		return seq, fmt.Errorf("replay: publishing %q seq %d on the bus: %w: %w", topic, seq, ErrUnpublished, err)
 	}
 	return seq, nil
-}
-
-// StoreEnvelope is the bus envelope of a stored event, as the Redis store's
-// script and PostgresOnBus publish it: instanceId "replay", which every
-// Redis bus delivers on every instance.
-func StoreEnvelope(topic, event string, data json.RawMessage, seq uint64) []byte {
-	if len(data) == 0 {
-		data = json.RawMessage("null")
-	}
-	b := make([]byte, 0, 64+len(topic)+len(event)+len(data))
-	b = append(b, `{"instanceId":"`+storeInstanceID+`","topic":"`...)
-	b = append(b, topic...)
-	b = append(b, `","event":"`...)
-	b = append(b, event...)
-	b = append(b, `","data":`...)
-	b = append(b, data...)
-	b = append(b, `,"seq":`...)
-	b = strconv.AppendUint(b, seq, 10)
-	return append(b, '}')
 }
 
 // Observe implements Observer.
@@ -537,4 +518,5 @@ var (
 	_ Store       = (*Postgres)(nil)
 	_ BusAppender = (*PostgresOnBus)(nil)
 	_ Observer    = (*Postgres)(nil)
+	_ Cleaner     = (*Postgres)(nil)
 )

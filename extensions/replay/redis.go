@@ -11,18 +11,13 @@ import (
 
 	"github.com/redis/rueidis"
 
+	"github.com/caddy-realtime/realtime/extensions/envelope"
 	"github.com/caddy-realtime/realtime/extensions/wire"
 )
 
 // DefaultChannel is the default RedisConfig.Channel: the bus channel of the
 // reference package and of the Redis bus (extensions/bus).
 const DefaultChannel = "uws:pubsub"
-
-// storeInstanceID is the instanceId of the envelopes AppendAndPublish
-// publishes. It equals bus.StoreInstanceID, which the Redis bus delivers on
-// every instance, the publishing one included (redis_test.go checks that
-// the bus accepts these envelopes).
-const storeInstanceID = "replay"
 
 var (
 	//go:embed redis_append.lua
@@ -133,7 +128,7 @@ func (s *Redis) Append(ctx context.Context, topic, event string, data json.RawMe
 //
 //	{"instanceId":"replay","topic":T,"event":E,"data":D,"seq":N}
 //
-// spliced from strings (data is never decoded), which every Redis bus
+// (envelope.AppendStore) spliced from strings (data is never decoded), which every Redis bus
 // delivers on every instance, this one included. Because Redis runs the
 // script atomically, every subscriber receives a topic's events in seq
 // order. topic and event must be valid on the wire (wire.ValidTopic with
@@ -162,7 +157,7 @@ func (s *Redis) append(ctx context.Context, topic, event string, data json.RawMe
 	channel, head := "", ""
 	if publish {
 		channel = s.channel
-		head = `{"instanceId":"` + storeInstanceID + `","topic":"` + topic + `","event":"` + event + `","data":`
+		head = envelope.StoreHead(topic, event)
 	}
 	// member is never modified after this point, so the zero-copy string
 	// is safe even if rueidis writes the command after ctx ended.

@@ -6,7 +6,8 @@
 -- ARGV[3] the member without its seq: "<len(event)> <event><data>"
 -- ARGV[4] where data starts in ARGV[3], 1-based
 -- ARGV[5] the bus channel to publish the event on; "": do not publish
--- ARGV[6] the bus envelope up to its data: {"instanceId":"replay",...,"data":
+-- ARGV[6] the bus envelope up to its data (envelope.StoreHead); the script
+-- ends it as envelope.AppendStore does, which redis_test.go checks
 -- ARGV[7] the highest seq the caller saw issued for the topic; 0: none
 -- ARGV[8] the loss margin
 -- Returns the seq.

@@ -13,7 +13,7 @@ import (
 
 	"github.com/redis/rueidis"
 
-	"github.com/caddy-realtime/realtime/extensions/bus"
+	"github.com/caddy-realtime/realtime/extensions/envelope"
 	"github.com/caddy-realtime/realtime/internal/testsvc"
 )
 
@@ -181,12 +181,12 @@ func TestRedisAppendAndPublishDeliversInSeqOrder(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatalf("envelope for seq %d not received within 5s", want)
 		}
-		id, msgs, err := bus.DecodeEnvelope([]byte(env), bus.EnvelopeOptions{})
+		id, msgs, err := envelope.Decode([]byte(env), envelope.Options{})
 		if err != nil {
 			t.Fatalf("the bus refuses the envelope %s: %v", env, err)
 		}
-		if id != bus.StoreInstanceID || len(msgs) != 1 {
-			t.Fatalf("envelope %s: instanceId %q, %d messages; want %q, 1", env, id, len(msgs), bus.StoreInstanceID)
+		if id != envelope.StoreInstanceID || len(msgs) != 1 {
+			t.Fatalf("envelope %s: instanceId %q, %d messages; want %q, 1", env, id, len(msgs), envelope.StoreInstanceID)
 		}
 		m := msgs[0]
 		if m.Seq != want || m.Topic != topic || m.Event != "e" {
@@ -194,6 +194,11 @@ func TestRedisAppendAndPublishDeliversInSeqOrder(t *testing.T) {
 		}
 		if e := rg.Entries[want-1]; !bytes.Equal(m.Data, e.Data) {
 			t.Fatalf("seq %d published %s but buffered %s", want, m.Data, e.Data)
+		}
+		// The script splices the envelope itself: it must write what
+		// envelope.AppendStore writes, byte for byte.
+		if same := envelope.AppendStore(nil, topic, "e", m.Data, want); string(same) != env {
+			t.Fatalf("the script published %s, envelope.AppendStore writes %s", env, same)
 		}
 	}
 }

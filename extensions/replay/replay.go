@@ -143,6 +143,20 @@ type Observer interface {
 	Observe(topic string, seq uint64)
 }
 
+// Sweeper is implemented by a store that frees expired buffers only when
+// asked (Memory), instead of running a goroutine of its own: the gateway
+// calls Sweep periodically, with the time of its Config.Now clock.
+type Sweeper interface {
+	Sweep(now time.Time) int
+}
+
+// Cleaner is implemented by a store that deletes expired buffers with a
+// query (Postgres): the gateway calls Cleanup periodically, with a
+// deadline, and Cleanup returns how many entries it deleted.
+type Cleaner interface {
+	Cleanup(ctx context.Context) (int64, error)
+}
+
 // LossMargin is how far above the highest seq it saw a shared store's
 // counter continues after a loss of its data. Other instances may have
 // issued seqs this process had not received yet when the data was lost;

@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/caddy-realtime/realtime/internal/testsvc"
 )
 
 func TestCovers(t *testing.T) {
@@ -272,7 +274,7 @@ func testStore(t *testing.T, newStore storeFactory) {
 	})
 
 	t.Run("entries expire after TTL without an Append, keeping the counter (controlled clock)", func(t *testing.T) {
-		clock := newFakeClock()
+		clock := testsvc.NewClock()
 		const ttl = time.Minute
 		s := newStore(t, Config{Size: 10, TTL: ttl, Now: clock.Now})
 		topic := uniqueTopic("ttl")
@@ -307,7 +309,7 @@ func testStore(t *testing.T, newStore storeFactory) {
 		rg := mustSince(t, s, topic, 0)
 		skipIfSlow(t, start, ttl/2)
 		expectRange(t, rg, 2, false, 1, 2)
-		waitFor(t, 5*time.Second, func() bool { return len(mustSince(t, s, topic, 0).Entries) == 0 })
+		testsvc.WaitFor(t, 5*time.Second, "the buffer to expire", func() bool { return len(mustSince(t, s, topic, 0).Entries) == 0 })
 		expectRange(t, mustSince(t, s, topic, 0), 2, true, 1, 0)
 		expectRange(t, mustSince(t, s, topic, 2), 2, false, 1, 0)
 		start = time.Now()
@@ -521,41 +523,6 @@ func checkRange(rg Range, after uint64) error {
 		return fmt.Errorf("no entries between %d and head %d, yet not truncated", after, rg.Head)
 	}
 	return nil
-}
-
-// fakeClock is a Config.Now that moves only when told to.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{now: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
-// waitFor polls cond every 10 ms until it holds, failing the test after
-// timeout.
-func waitFor(t testing.TB, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %s", timeout)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // skipIfSlow skips the rest of a timing-dependent test, saying so, when

@@ -1,6 +1,9 @@
 package wire
 
-import "strconv"
+import (
+	"strconv"
+	"unicode/utf8"
+)
 
 // Static frames, shared by every connection.
 var (
@@ -144,4 +147,48 @@ func ValidReason(r string) bool {
 		}
 	}
 	return true
+}
+
+// AppendString appends s as a JSON string, the one string encoder of the
+// gateway's frames, envelopes and events. It escapes only what JSON
+// requires: '"', '\' and the control characters below U+0020, as \u00XX.
+// It does not HTML-escape '<', '>' and '&', nor escape U+2028 and U+2029,
+// as JSON.stringify does not: the output is parsed as JSON, never embedded
+// in a script. Each byte of invalid UTF-8 becomes \ufffd, as encoding/json
+// writes it, so the output is always valid UTF-8 JSON; callers that must
+// not alter a string (a user key, an instance id) check it is valid UTF-8
+// first.
+func AppendString(dst []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	dst = append(dst, '"')
+	start := 0 // s[start:i] is pending, to be copied in one append
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c >= 0x20 && c != '"' && c != '\\' && c < utf8.RuneSelf {
+			i++
+			continue
+		}
+		if c >= utf8.RuneSelf {
+			r, size := utf8.DecodeRuneInString(s[i:])
+			if r != utf8.RuneError || size != 1 {
+				i += size
+				continue
+			}
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, `\ufffd`...)
+			i++
+			start = i
+			continue
+		}
+		dst = append(dst, s[start:i]...)
+		if c == '"' || c == '\\' {
+			dst = append(dst, '\\', c)
+		} else {
+			dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+		}
+		i++
+		start = i
+	}
+	dst = append(dst, s[start:]...)
+	return append(dst, '"')
 }

@@ -23,18 +23,23 @@ func skipSpace(b []byte, i int) int {
 func skipValue(b []byte, i int) int {
 	switch b[i] {
 	case '"':
-		i++
-		for i < len(b) {
-			switch b[i] {
-			case '\\':
-				i += 2
-			case '"':
+		// The closing quote is the first one after an even run of
+		// backslashes; IndexByte finds quote candidates many bytes at a time.
+		start := i + 1
+		for i = start; ; i++ {
+			q := bytes.IndexByte(b[i:], '"')
+			if q < 0 {
+				return len(b)
+			}
+			i += q
+			n := 0
+			for k := i - 1; k >= start && b[k] == '\\'; k-- {
+				n++
+			}
+			if n%2 == 0 {
 				return i + 1
-			default:
-				i++
 			}
 		}
-		return i
 	case '{', '[':
 		depth := 0
 		for i < len(b) {
@@ -133,13 +138,23 @@ func keyIs(key []byte, want string) bool {
 	if len(key) == len(want)+2 && string(key[1:len(key)-1]) == want {
 		return true
 	}
+	return bytes.IndexByte(key, '\\') >= 0 && string(KeyName(key)) == want
+}
+
+// KeyName returns the name a raw key token (quotes included) stands for, as
+// JSON.parse reads it: its inner bytes, decoded only when it holds escapes,
+// so that switching on string(KeyName(k)) allocates nothing for plain keys.
+func KeyName(key []byte) []byte {
 	for _, c := range key {
 		if c == '\\' {
-			s, ok := stringValue(key)
-			return ok && s == want
+			s, _ := stringValue(key)
+			return []byte(s)
 		}
 	}
-	return false
+	if len(key) < 2 {
+		return nil
+	}
+	return key[1 : len(key)-1]
 }
 
 func isNumber(raw []byte) bool {
@@ -154,6 +169,10 @@ func StringToken(raw []byte) (s string, ok bool) { return stringValue(raw) }
 // with the raw key token (quotes included) and the raw value token. obj
 // must be valid JSON (json.Valid) starting with '{'.
 func EachMember(obj []byte, fn func(key, val []byte)) { eachMember(obj, fn) }
+
+// SkipSpace returns the index of the first byte at or after i that is not
+// JSON whitespace.
+func SkipSpace(b []byte, i int) int { return skipSpace(b, i) }
 
 // EachElement calls fn for each element of a JSON array until fn returns
 // false. arr must be valid JSON starting with '['.

@@ -47,6 +47,7 @@ func TestEachElement(t *testing.T) {
 		{"whitespace around elements is skipped", "[ 1 ,\n\"x\" ]", 0, []string{`1`, `"x"`}},
 		{"returning false stops the walk", `[1,2,3,4]`, 2, []string{`1`, `2`}},
 		{"brackets inside strings do not end the array", `["]","[",","]`, 0, []string{`"]"`, `"["`, `","`}},
+		{"a quote after an even run of backslashes ends the string", `["\\\\","a\\\"]\\\\",""]`, 0, []string{`"\\\\"`, `"a\\\"]\\\\"`, `""`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

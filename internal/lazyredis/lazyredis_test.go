@@ -21,18 +21,6 @@ func option(addr string) rueidis.ClientOption {
 	return rueidis.ClientOption{InitAddress: []string{addr}, DisableCache: true, DisableRetry: true}
 }
 
-// waitFor polls cond every 10 ms until it holds or timeout passes.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func ping(c rueidis.Client) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
@@ -127,7 +115,7 @@ func TestClientServesErrorsUntilRedisAppearsThenDelegates(t *testing.T) {
 	early := c.B().Exists().Key("a", "b", "c").Build()
 
 	srv.Restart()
-	waitFor(t, 5*time.Second, "the background connection", c.Connected)
+	testsvc.WaitFor(t, 5*time.Second, "the background connection", c.Connected)
 	if err := c.Do(ctx, early).Error(); err != nil {
 		t.Fatalf("a command built before the connection, sent after: %v", err)
 	}
@@ -149,7 +137,7 @@ func TestClientServesErrorsUntilRedisAppearsThenDelegates(t *testing.T) {
 			}
 		})
 	}()
-	waitFor(t, 5*time.Second, "a message through Receive", func() bool {
+	testsvc.WaitFor(t, 5*time.Second, "a message through Receive", func() bool {
 		_ = c.Do(ctx, c.B().Publish().Channel("ch").Message("hi").Build()).Error()
 		select {
 		case m := <-got:
@@ -167,7 +155,7 @@ func TestClientCloseStopsRetrying(t *testing.T) {
 	srv.Kill()
 	var failures errs
 	c := New(Config{Option: option(srv.Addr()), MinBackoff: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, OnError: failures.add})
-	waitFor(t, 5*time.Second, "a few background attempts", func() bool { return len(failures.list()) >= 3 })
+	testsvc.WaitFor(t, 5*time.Second, "a few background attempts", func() bool { return len(failures.list()) >= 3 })
 	c.Close()
 	c.Close() // harmless
 	if err := ping(c); !errors.Is(err, rueidis.ErrClosing) {
@@ -189,7 +177,7 @@ func TestClientCloseClosesTheRealClient(t *testing.T) {
 	srv.Kill()
 	c := New(Config{Option: option(srv.Addr()), MinBackoff: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond})
 	srv.Restart()
-	waitFor(t, 5*time.Second, "the background connection", c.Connected)
+	testsvc.WaitFor(t, 5*time.Second, "the background connection", c.Connected)
 	c.Close()
 	if err := ping(c); !errors.Is(err, rueidis.ErrClosing) {
 		t.Fatalf("PING after Close = %v, want ErrClosing", err)
@@ -215,12 +203,12 @@ func TestClientRetriesAuthFailuresWithoutLeakingThePassword(t *testing.T) {
 	if c.Connected() {
 		t.Fatal("connected with a wrong password")
 	}
-	waitFor(t, 5*time.Second, "a retried attempt", func() bool { return len(failures.list()) >= 2 })
+	testsvc.WaitFor(t, 5*time.Second, "a retried attempt", func() bool { return len(failures.list()) >= 2 })
 	// The admin connection is authenticated already; fix the server.
 	if err := admin.Do(ctx, admin.B().ConfigSet().ParameterValue().ParameterValue("requirepass", secret).Build()).Error(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "the connection once the password matches", c.Connected)
+	testsvc.WaitFor(t, 5*time.Second, "the connection once the password matches", c.Connected)
 	if err := ping(c); err != nil {
 		t.Fatalf("PING: %v", err)
 	}

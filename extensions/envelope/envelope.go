@@ -1,4 +1,4 @@
-package bus
+package envelope
 
 import (
 	"encoding/json"
@@ -9,25 +9,25 @@ import (
 	"github.com/caddy-realtime/realtime/extensions/wire"
 )
 
-// DefaultMaxEnvelope is the default EnvelopeOptions.MaxBytes: twice the
+// DefaultMaxBytes is the default Options.MaxBytes: twice the
 // largest frame (PROTOCOL.md §3.1), so that an envelope carrying one maximal
 // frame always fits with its instanceId, while an outside envelope still
 // costs at most 2 MiB to refuse. Nodes of the reference package refuse
 // envelopes over 1 MiB (their maxEnvelopeBytes); a mixed cluster that
 // publishes near that size should set MaxBytes to 1 MiB.
-const DefaultMaxEnvelope = 2 * wire.MaxFrame
+const DefaultMaxBytes = 2 * wire.MaxFrame
 
 // maxSeq is the largest seq an envelope may carry: browsers hold seqs in
 // JavaScript numbers, exact only up to 2^53 (wire.NonNegInt refuses more).
 const maxSeq = 1 << 53
 
-// EnvelopeOptions are the rules an envelope must follow, applied alike when
+// Options are the rules an envelope must follow, applied alike when
 // encoding and decoding: an instance refuses to send what its peers, which
 // share its configuration, would refuse to receive. The zero value is the
 // strictest policy with the default size cap.
-type EnvelopeOptions struct {
+type Options struct {
 	// MaxBytes caps an envelope's encoded size. A longer one is refused
-	// with ErrTooLarge before any parsing. Default: DefaultMaxEnvelope.
+	// with ErrTooLarge before any parsing. Default: DefaultMaxBytes.
 	MaxBytes int
 
 	// AllowNonASCIITopics accepts topics with characters from U+0080 up, as
@@ -43,9 +43,9 @@ type EnvelopeOptions struct {
 	SystemTopics wire.Patterns
 }
 
-func (o EnvelopeOptions) maxBytes() int {
+func (o Options) maxBytes() int {
 	if o.MaxBytes <= 0 {
-		return DefaultMaxEnvelope
+		return DefaultMaxBytes
 	}
 	return o.MaxBytes
 }
@@ -53,7 +53,7 @@ func (o EnvelopeOptions) maxBytes() int {
 // check applies the envelope rules to one message whose strings are known
 // to be valid UTF-8 (decoded from valid UTF-8 JSON, or checked by the
 // caller). It does not look at Data.
-func (o EnvelopeOptions) check(m *Message) error {
+func (o Options) check(m *Message) error {
 	if !wire.ValidTopic(m.Topic, o.AllowNonASCIITopics) {
 		return fmt.Errorf("%w: topic must be 1-256 printable characters without '\"' or '\\'", ErrInvalidMessage)
 	}
@@ -79,9 +79,10 @@ func (o EnvelopeOptions) check(m *Message) error {
 	return nil
 }
 
-// checkOutgoing applies the rules to a message from Go code, whose strings
-// and data have not been checked yet.
-func (o EnvelopeOptions) checkOutgoing(m *Message) error {
+// Check applies the rules to a message from Go code, whose strings and data
+// have not been checked yet, as Encode does to each message: an in-process
+// bus (bus.Memory) refuses what a Redis bus would.
+func (o Options) Check(m *Message) error {
 	if !utf8.ValidString(m.User) {
 		return fmt.Errorf("%w: user is not valid UTF-8", ErrInvalidMessage)
 	}
@@ -96,13 +97,13 @@ func (o EnvelopeOptions) checkOutgoing(m *Message) error {
 	return nil
 }
 
-// EncodeEnvelope encodes msgs as one bus envelope from instanceID (see the
+// Encode encodes msgs as one bus envelope from instanceID (see the
 // package comment for the format): the flat shape for one topic message,
 // "batch" for several, and "messages" when any is a direct send. Data is
 // spliced in byte for byte. It returns ErrInvalidMessage when instanceID is
 // empty, msgs is empty, or a message breaks opts' rules, and ErrTooLarge when
 // the envelope would exceed opts.MaxBytes.
-func EncodeEnvelope(instanceID string, msgs []Message, opts EnvelopeOptions) ([]byte, error) {
+func Encode(instanceID string, msgs []Message, opts Options) ([]byte, error) {
 	if instanceID == "" || !utf8.ValidString(instanceID) {
 		return nil, fmt.Errorf("%w: instance id must be a non-empty UTF-8 string", ErrInvalidMessage)
 	}
@@ -113,7 +114,7 @@ func EncodeEnvelope(instanceID string, msgs []Message, opts EnvelopeOptions) ([]
 	direct := false
 	for i := range msgs {
 		m := &msgs[i]
-		if err := opts.checkOutgoing(m); err != nil {
+		if err := opts.Check(m); err != nil {
 			return nil, fmt.Errorf("message %d: %w", i, err)
 		}
 		direct = direct || m.User != ""
@@ -122,8 +123,7 @@ func EncodeEnvelope(instanceID string, msgs []Message, opts EnvelopeOptions) ([]
 	// size is an upper bound but for escapes in users and the instance id;
 	// the exact check comes after encoding.
 	b := make([]byte, 0, min(size, opts.maxBytes()+1))
-	b = append(b, `{"instanceId":`...)
-	b = appendString(b, instanceID)
+	b = appendInstance(b, instanceID)
 	switch {
 	case direct:
 		b = append(b, `,"messages":[`...)
@@ -176,32 +176,12 @@ func appendFields(b []byte, m *Message) []byte {
 	}
 	if m.User != "" {
 		b = append(b, `,"user":`...)
-		b = appendString(b, m.User)
+		b = wire.AppendString(b, m.User)
 	}
 	return b
 }
 
-// appendString appends s (valid UTF-8) as a JSON string, escaping only what
-// JSON requires: encoding/json would also HTML-escape and silently replace
-// invalid bytes, changing a user key.
-func appendString(b []byte, s string) []byte {
-	const hex = "0123456789abcdef"
-	b = append(b, '"')
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c == '"' || c == '\\':
-			b = append(b, '\\', c)
-		case c < 0x20:
-			b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
-		default:
-			b = append(b, c)
-		}
-	}
-	return append(b, '"')
-}
-
-// DecodeEnvelope parses and validates an envelope received from the bus
+// Decode parses and validates an envelope received from the bus
 // channel, which any process with access to Redis can publish on, so
 // everything is checked: the size cap before parsing (ErrTooLarge), then
 // valid UTF-8 JSON in one of the three shapes, and every message against
@@ -211,14 +191,14 @@ func appendString(b []byte, s string) []byte {
 // instanceID is "" when the envelope has none (an outside publisher).
 // Each message's Data is the raw "data" token, a subslice of b (nil when
 // absent): the caller must not modify b afterwards. An invalid envelope is
-// refused whole; DecodeEnvelope never panics.
-func DecodeEnvelope(b []byte, opts EnvelopeOptions) (instanceID string, msgs []Message, err error) {
+// refused whole; Decode never panics.
+func Decode(b []byte, opts Options) (instanceID string, msgs []Message, err error) {
 	if len(b) > opts.maxBytes() {
 		return "", nil, fmt.Errorf("%w: %d bytes, more than %d", ErrTooLarge, len(b), opts.maxBytes())
 	}
 	// json.Valid accepts invalid UTF-8 in strings; checking the whole input
 	// once also covers every topic, event, user and data inside it.
-	obj := trimSpace(b)
+	obj := b[wire.SkipSpace(b, 0):]
 	if len(obj) == 0 || obj[0] != '{' || !utf8.Valid(b) || !json.Valid(b) {
 		return "", nil, fmt.Errorf("%w: envelope is not a UTF-8 JSON object", ErrInvalidMessage)
 	}
@@ -228,8 +208,8 @@ func DecodeEnvelope(b []byte, opts EnvelopeOptions) (instanceID string, msgs []M
 		id, batch, list       []byte
 		hasID, hasBatch, hasL bool
 	)
-	eachMember(obj, func(k, v []byte) {
-		switch string(keyName(k)) {
+	wire.EachMember(obj, func(k, v []byte) {
+		switch string(wire.KeyName(k)) {
 		case "instanceId":
 			id, hasID = v, true
 		case "batch":
@@ -242,7 +222,7 @@ func DecodeEnvelope(b []byte, opts EnvelopeOptions) (instanceID string, msgs []M
 	})
 	if hasID {
 		var ok bool
-		if instanceID, ok = stringValue(id); !ok {
+		if instanceID, ok = wire.StringToken(id); !ok {
 			return "", nil, fmt.Errorf("%w: instanceId must be a string", ErrInvalidMessage)
 		}
 	}
@@ -267,13 +247,13 @@ func DecodeEnvelope(b []byte, opts EnvelopeOptions) (instanceID string, msgs []M
 	return instanceID, msgs, nil
 }
 
-func decodeList(arr []byte, direct bool, opts EnvelopeOptions) ([]Message, error) {
+func decodeList(arr []byte, direct bool, opts Options) ([]Message, error) {
 	if arr[0] != '[' {
 		return nil, fmt.Errorf("%w: message list must be an array", ErrInvalidMessage)
 	}
 	n := 0
 	bad := false
-	eachElement(arr, func(v []byte) bool {
+	wire.EachElement(arr, func(v []byte) bool {
 		n++
 		bad = v[0] != '{'
 		return !bad
@@ -286,9 +266,9 @@ func decodeList(arr []byte, direct bool, opts EnvelopeOptions) ([]Message, error
 	}
 	msgs := make([]Message, 0, n)
 	var err error
-	eachElement(arr, func(v []byte) bool {
+	wire.EachElement(arr, func(v []byte) bool {
 		var f fields
-		eachMember(v, f.set)
+		wire.EachMember(v, f.set)
 		var m Message
 		if m, err = f.message(direct, opts); err != nil {
 			err = fmt.Errorf("message %d: %w", len(msgs), err)
@@ -307,7 +287,7 @@ type fields struct {
 }
 
 func (f *fields) set(k, v []byte) {
-	switch string(keyName(k)) {
+	switch string(wire.KeyName(k)) {
 	case "topic":
 		f.topic = v
 	case "event":
@@ -328,13 +308,13 @@ func (f *fields) any() bool {
 // message validates the fields as one message. user is allowed only in the
 // "messages" shape: the reference package's nodes would deliver a direct
 // send found in the other shapes to every subscriber of its topic.
-func (f *fields) message(userAllowed bool, opts EnvelopeOptions) (Message, error) {
+func (f *fields) message(userAllowed bool, opts Options) (Message, error) {
 	var m Message
 	var ok bool
-	if m.Topic, ok = stringValue(f.topic); !ok {
+	if m.Topic, ok = wire.StringToken(f.topic); !ok {
 		return m, fmt.Errorf("%w: topic must be a string", ErrInvalidMessage)
 	}
-	if m.Event, ok = stringValue(f.event); !ok {
+	if m.Event, ok = wire.StringToken(f.event); !ok {
 		return m, fmt.Errorf("%w: event must be a string", ErrInvalidMessage)
 	}
 	if f.hasSeq {
@@ -346,7 +326,7 @@ func (f *fields) message(userAllowed bool, opts EnvelopeOptions) (Message, error
 		if !userAllowed {
 			return m, fmt.Errorf(`%w: user outside a "messages" list`, ErrInvalidMessage)
 		}
-		if m.User, ok = stringValue(f.user); !ok || m.User == "" {
+		if m.User, ok = wire.StringToken(f.user); !ok || m.User == "" {
 			return m, fmt.Errorf("%w: user must be a non-empty string", ErrInvalidMessage)
 		}
 	}
@@ -357,143 +337,4 @@ func (f *fields) message(userAllowed bool, opts EnvelopeOptions) (Message, error
 		return m, err
 	}
 	return m, nil
-}
-
-// The scanner below walks JSON that json.Valid has already accepted, so it
-// only finds token boundaries and never reports syntax errors. It exists
-// because encoding/json matches struct fields case-insensitively ("TOPIC"
-// would count as "topic") and cannot hand back the data token unchanged
-// without a copy; JSON.parse on the reference package's nodes does neither.
-// extensions/wire has the same scanner, unexported.
-
-func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
-
-func trimSpace(b []byte) []byte {
-	for len(b) > 0 && isSpace(b[0]) {
-		b = b[1:]
-	}
-	for len(b) > 0 && isSpace(b[len(b)-1]) {
-		b = b[:len(b)-1]
-	}
-	return b
-}
-
-func skipSpace(b []byte, i int) int {
-	for i < len(b) && isSpace(b[i]) {
-		i++
-	}
-	return i
-}
-
-// skipValue returns the index just past the value starting at b[i].
-func skipValue(b []byte, i int) int {
-	switch b[i] {
-	case '"':
-		for i++; i < len(b); i++ {
-			switch b[i] {
-			case '\\':
-				i++
-			case '"':
-				return i + 1
-			}
-		}
-		return i
-	case '{', '[':
-		depth := 0
-		for i < len(b) {
-			switch b[i] {
-			case '"':
-				i = skipValue(b, i)
-				continue
-			case '{', '[':
-				depth++
-			case '}', ']':
-				depth--
-				if depth == 0 {
-					return i + 1
-				}
-			}
-			i++
-		}
-		return i
-	default: // number, true, false, null
-		for i < len(b) {
-			switch b[i] {
-			case ',', '}', ']', ' ', '\t', '\n', '\r':
-				return i
-			}
-			i++
-		}
-		return i
-	}
-}
-
-// eachMember calls fn with the raw key token (quotes included) and the raw
-// value token of each member of the object b (valid JSON, b[0] == '{').
-func eachMember(b []byte, fn func(k, v []byte)) {
-	i := skipSpace(b, 1)
-	for i < len(b) && b[i] != '}' {
-		ks := i
-		i = skipValue(b, i)
-		k := b[ks:i]
-		i = skipSpace(b, i)
-		i = skipSpace(b, i+1) // ':'
-		vs := i
-		i = skipValue(b, i)
-		fn(k, b[vs:i])
-		i = skipSpace(b, i)
-		if i < len(b) && b[i] == ',' {
-			i = skipSpace(b, i+1)
-		}
-	}
-}
-
-// eachElement calls fn with each element of the array b (valid JSON,
-// b[0] == '['); fn returns false to stop.
-func eachElement(b []byte, fn func(v []byte) bool) {
-	i := skipSpace(b, 1)
-	for i < len(b) && b[i] != ']' {
-		vs := i
-		i = skipValue(b, i)
-		if !fn(b[vs:i]) {
-			return
-		}
-		i = skipSpace(b, i)
-		if i < len(b) && b[i] == ',' {
-			i = skipSpace(b, i+1)
-		}
-	}
-}
-
-// stringValue decodes a raw JSON string token; ok is false for any other
-// kind of value, or none.
-func stringValue(raw []byte) (string, bool) {
-	if len(raw) < 2 || raw[0] != '"' {
-		return "", false
-	}
-	inner := raw[1 : len(raw)-1]
-	for _, c := range inner {
-		if c == '\\' {
-			var s string
-			if json.Unmarshal(raw, &s) != nil {
-				return "", false
-			}
-			return s, true
-		}
-	}
-	return string(inner), true
-}
-
-// keyName returns the name of a raw key token: its inner bytes, decoded
-// only when it holds escapes. Callers switch on string(keyName(k)), which
-// the compiler does without allocating.
-func keyName(k []byte) []byte {
-	inner := k[1 : len(k)-1]
-	for _, c := range inner {
-		if c == '\\' {
-			s, _ := stringValue(k)
-			return []byte(s)
-		}
-	}
-	return inner
 }

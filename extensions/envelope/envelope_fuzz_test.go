@@ -1,4 +1,4 @@
-package bus
+package envelope
 
 import (
 	"bytes"
@@ -35,11 +35,11 @@ func FuzzDecodeEnvelope(f *testing.F) {
 		f.Add([]byte(seed), true)
 	}
 	f.Fuzz(func(t *testing.T, in []byte, lax bool) {
-		opts := EnvelopeOptions{MaxBytes: 4096}
+		opts := Options{MaxBytes: 4096}
 		if lax {
-			opts = EnvelopeOptions{MaxBytes: 4096, AllowNonASCIITopics: true, SystemTopics: wire.Patterns{"__*"}}
+			opts = Options{MaxBytes: 4096, AllowNonASCIITopics: true, SystemTopics: wire.Patterns{"__*"}}
 		}
-		id, msgs, err := DecodeEnvelope(in, opts)
+		id, msgs, err := Decode(in, opts)
 		if err != nil {
 			if !errors.Is(err, ErrInvalidMessage) && !errors.Is(err, ErrTooLarge) {
 				t.Fatalf("refused with an unexpected error: %v", err)
@@ -61,11 +61,11 @@ func FuzzDecodeEnvelope(f *testing.F) {
 			id = "fuzz"
 		}
 		opts.MaxBytes = 1 << 20 // re-encoding may escape more than the input did
-		out, err := EncodeEnvelope(id, msgs, opts)
+		out, err := Encode(id, msgs, opts)
 		if err != nil {
 			t.Fatalf("accepted %s but cannot re-encode it: %v", unitString(msgs), err)
 		}
-		id2, msgs2, err := DecodeEnvelope(out, opts)
+		id2, msgs2, err := Decode(out, opts)
 		if err != nil || id2 != id || !sameUnit(msgs2, msgs) {
 			t.Fatalf("round trip changed the envelope:\n in  %q %s\n out %s\n got %q %s %v", id, unitString(msgs), out, id2, unitString(msgs2), err)
 		}

@@ -1,4 +1,4 @@
-package bus
+package envelope
 
 import (
 	"encoding/json"
@@ -23,21 +23,21 @@ func benchEncode(b *testing.B, n int) {
 	msgs := benchUnit(n)
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := EncodeEnvelope("9f86d081884c7d65", msgs, EnvelopeOptions{}); err != nil {
+		if _, err := Encode("9f86d081884c7d65", msgs, Options{}); err != nil {
 			b.Fatal(err)
 		}
 	}
 }
 
 func benchDecode(b *testing.B, n int) {
-	env, err := EncodeEnvelope("9f86d081884c7d65", benchUnit(n), EnvelopeOptions{})
+	env, err := Encode("9f86d081884c7d65", benchUnit(n), Options{})
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.SetBytes(int64(len(env)))
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, _, err := DecodeEnvelope(env, EnvelopeOptions{}); err != nil {
+		if _, _, err := Decode(env, Options{}); err != nil {
 			b.Fatal(err)
 		}
 	}
