@@ -149,7 +149,9 @@ func (e *extensions) sweep(now time.Time) {
 		case replay.Cleaner:
 			// Postgres drops expired topics' rows with an indexed query.
 			ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
-			_, _ = s.Cleanup(ctx)
+			if _, err := s.Cleanup(ctx); err != nil && e.logger != nil {
+				e.logger.Warn("dropping expired replay entries failed; tried again in a minute", zap.String("pattern", string(r.pattern)), zap.Error(err))
+			}
 			cancel()
 		}
 	}
