@@ -624,8 +624,10 @@ func (p *presenceTopics) retryJoins(now time.Time) {
 		}
 		cancel()
 		if err != nil {
+			// The backend still fails: the rest waits for the next round
+			// rather than costing a timeout each.
 			failed = true
-			continue
+			break
 		}
 		p.retryMu.Lock()
 		_, wanted := p.retries[joinRef{j.c, j.topic}]
