@@ -269,6 +269,7 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 		}
 	}
 	g.healthy.Store(true)
+	metricBusHealthy.WithLabelValues(g.m.name, g.busName).Set(1)
 	b, err := newBus(BusHooks{Handler: g.deliverRemote, OnHealth: g.setHealth, OnResync: g.resync})
 	if err != nil {
 		return fail(err)
@@ -609,6 +610,7 @@ func (g *Gateway) setHealth(healthy bool) {
 	if g.healthy.Swap(healthy) == healthy {
 		return
 	}
+	metricBusHealthy.WithLabelValues(g.m.name, g.busName).Set(boolGauge(healthy))
 	event := "recovered"
 	if !healthy {
 		event = "degraded"
@@ -621,6 +623,13 @@ func (g *Gateway) setHealth(healthy bool) {
 	for _, c := range g.conns.all() {
 		c.send(frame)
 	}
+}
+
+func boolGauge(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // relaySystem sends one of the gateway's own frames (cursor and group

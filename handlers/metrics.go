@@ -76,6 +76,10 @@ var (
 		Namespace: "caddy", Subsystem: "realtime", Name: "truncated_total",
 		Help: "Gaps the replay store could not fill, by path: live (subscribers were told truncated), resume, replay.",
 	}, []string{"gateway", "path"})
+	metricBusHealthy = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "caddy", Subsystem: "realtime", Name: "bus_healthy",
+		Help: "1 while the bus reaches its backend (always, for the memory bus), 0 while it is degraded.",
+	}, []string{"gateway", "bus"})
 	metricNotifyReceived = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "realtime", Name: "notify_received_total",
 		Help: "Valid notifications received on a PostgreSQL NOTIFY channel.",
@@ -90,7 +94,7 @@ var allMetrics = []prometheus.Collector{
 	metricConnections, metricSubscriptions, metricUpgrades, metricFramesIn, metricBytesIn,
 	metricFramesOut, metricBytesOut, metricDropped, metricClosed, metricPublished,
 	metricDeliveryLatency, metricHookDuration, metricHookErrors, metricNotifyReceived, metricNotifyDropped,
-	metricFills, metricFilled, metricTruncated,
+	metricFills, metricFilled, metricTruncated, metricBusHealthy,
 }
 
 // RegisterMetrics adds the gateway metrics to reg, tolerating collectors
