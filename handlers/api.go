@@ -121,7 +121,18 @@ func (g *Gateway) serveAPI(w http.ResponseWriter, r *http.Request, s *settings) 
 		writeErr(w, e)
 		return
 	}
-	sub := strings.TrimPrefix(r.URL.Path, s.APIPath)
+	g.route(w, r, s, strings.TrimPrefix(r.URL.Path, s.APIPath))
+}
+
+// ServeAdmin serves an API route for Caddy's admin endpoint, which is
+// trusted as it is (Caddy guards it): sub is the route's path, such as
+// "/stats" or "/presence", and no key is asked for.
+func (g *Gateway) ServeAdmin(w http.ResponseWriter, r *http.Request, sub string) {
+	g.route(w, r, g.settings(), sub)
+}
+
+// route serves the API route at sub.
+func (g *Gateway) route(w http.ResponseWriter, r *http.Request, s *settings, sub string) {
 	// Routes see the request as it came, full path included; the mux
 	// matches a copy holding the sub-path.
 	match := r.Clone(r.Context())
