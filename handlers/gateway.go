@@ -430,52 +430,48 @@ func (g *Gateway) drain(ctx context.Context) error {
 // idle drops and topic-index trimming, so no connection holds a timer. It
 // does no network I/O, so a slow backend never delays a keep-alive.
 func (g *Gateway) sweeper() {
-	defer g.wg.Done()
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
 	lastTrim := time.Now()
-	for {
-		select {
-		case <-g.ctx.Done():
-			return
-		case <-tick.C:
+	g.everySecond("sweeper", func() {
+		s := g.settings()
+		now := s.Now()
+		g.sweepConns(s, now)
+		g.upgrades.trim(now, s.UpgradeWindow)
+		if now.Sub(lastTrim) > time.Minute {
+			g.hub.sweep(now, 10*time.Minute)
+			lastTrim = now
 		}
-		g.safely("sweeper", func() {
-			s := g.settings()
-			now := s.Now()
-			g.sweepConns(s, now)
-			g.upgrades.trim(now, s.UpgradeWindow)
-			if now.Sub(lastTrim) > time.Minute {
-				g.hub.sweep(now, 10*time.Minute)
-				lastTrim = now
-			}
-		})
-	}
+	})
 }
 
 // backendLoop is the clock of the work that waits on backends: presence
 // heartbeat frames, presence joins that failed during an outage, and the
 // stores' expiry sweeps. Its calls run without any topic lock.
 func (g *Gateway) backendLoop() {
+	lastSweep := time.Now()
+	g.everySecond("backend loop", func() {
+		now := g.settings().Now()
+		g.presenceHeartbeat(now)
+		g.presence.retryJoins(now)
+		if now.Sub(lastSweep) > time.Minute {
+			g.ext.sweep(now)
+			lastSweep = now
+		}
+	})
+}
+
+// everySecond runs round once a second until the gateway closes, each
+// round safely; it is a goroutine of g.wg.
+func (g *Gateway) everySecond(where string, round func()) {
 	defer g.wg.Done()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	lastSweep := time.Now()
 	for {
 		select {
 		case <-g.ctx.Done():
 			return
 		case <-tick.C:
 		}
-		g.safely("backend loop", func() {
-			now := g.settings().Now()
-			g.presenceHeartbeat(now)
-			g.presence.retryJoins(now)
-			if now.Sub(lastSweep) > time.Minute {
-				g.ext.sweep(now)
-				lastSweep = now
-			}
-		})
+		g.safely(where, round)
 	}
 }
 
