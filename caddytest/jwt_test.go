@@ -1,20 +1,25 @@
 package caddytest
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
+	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/MicahParks/jwkset"
 	"github.com/golang-jwt/jwt/v5"
 )
 
@@ -460,4 +465,142 @@ func TestAuthHookPreflight(t *testing.T) {
 			t.Errorf("hook %d: preflight %d, want %d", hook, st, want)
 		}
 	}
+}
+
+// jwksEndpoint is an identity provider's JWKS endpoint in the test
+// process: it serves the keys set holds, or fails as mode says.
+type jwksEndpoint struct {
+	srv     *httptest.Server
+	mu      sync.Mutex
+	body    []byte
+	down    atomic.Bool
+	fetches atomic.Int64
+}
+
+func newJWKSEndpoint(t *testing.T) *jwksEndpoint {
+	e := &jwksEndpoint{}
+	e.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		e.fetches.Add(1)
+		if e.down.Load() {
+			http.Error(w, "down", http.StatusBadGateway)
+			return
+		}
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(e.body)
+	}))
+	t.Cleanup(e.srv.Close)
+	return e
+}
+
+func (e *jwksEndpoint) set(t testing.TB, keys map[string]any) {
+	t.Helper()
+	st := jwkset.NewMemoryStorage()
+	for kid, k := range keys {
+		j, err := jwkset.NewJWKFromKey(k, jwkset.JWKOptions{Metadata: jwkset.JWKMetadataOptions{KID: kid}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.KeyWrite(context.Background(), j); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := st.JSONPublic(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.mu.Lock()
+	e.body = b
+	e.mu.Unlock()
+}
+
+// Keys rotate at the endpoint in the middle of a run: the new kid is
+// fetched on its first use, the old one is refused, connections stay up,
+// and an endpoint outage keeps the last good keys.
+func TestJWTJWKSRotation(t *testing.T) {
+	idp := newJWKSEndpoint(t)
+	k1, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	k2, _ := rsa.GenerateKey(rand.Reader, 2048)
+	idp.set(t, map[string]any{"k1": &k1.PublicKey})
+	in := startCaddy(t, `
+	metrics
+	realtime {
+		jwt {
+			jwks `+idp.srv.URL+`/jwks.json
+		}
+		limits {
+			upgrade_rate off
+		}
+		shutdown_spread 0
+	}`)
+	t1 := signJWT(t, jwt.SigningMethodES256, k1, claimsFor("ann", time.Hour, nil), "k1")
+	waitFor(t, 5*time.Second, "the first jwks fetch", func() bool {
+		st, _ := dialStatus(t, in, "/ws", bearer(t1))
+		return st == http.StatusSwitchingProtocols
+	})
+	live := dialWith(t, in, dialOpts{origin: in.origin(), header: bearer(t1)})
+	live.welcome()
+
+	idp.set(t, map[string]any{"k2": &k2.PublicKey})
+	t2 := signJWT(t, jwt.SigningMethodRS256, k2, claimsFor("bob", time.Hour, nil), "k2")
+	if st, _ := dialStatus(t, in, "/ws", bearer(t2)); st != http.StatusSwitchingProtocols {
+		t.Fatalf("the rotated key: %d", st)
+	}
+	if st, _ := dialStatus(t, in, "/ws", bearer(t1)); st != http.StatusUnauthorized {
+		t.Fatalf("the retired key: %d, want 401", st)
+	}
+	// Made-up kids are refused and cost the endpoint no fetch each.
+	before := idp.fetches.Load()
+	for i := 0; i < 10; i++ {
+		bad := signJWT(t, jwt.SigningMethodRS256, k2, claimsFor("eve", time.Hour, nil), fmt.Sprintf("made-up-%d", i))
+		if st, _ := dialStatus(t, in, "/ws", bearer(bad)); st != http.StatusUnauthorized {
+			t.Fatalf("unknown kid: %d", st)
+		}
+	}
+	if n := idp.fetches.Load() - before; n > 1 {
+		t.Fatalf("10 unknown kids caused %d fetches", n)
+	}
+	idp.down.Store(true)
+	if st, _ := dialStatus(t, in, "/ws", bearer(t2)); st != http.StatusSwitchingProtocols {
+		t.Fatalf("endpoint down: %d, the last good keys should serve", st)
+	}
+	live.send(`{"type":"subscribe","topic":"t","ref":1}`)
+	live.expect(`{"type":"subscribed","topic":"t","ref":1}`)
+	if metricSum(metricsText(t, in), "caddy_realtime_token_rejected_total", `reason="unknown_kid"`) < 10 {
+		t.Fatal("unknown kids not counted")
+	}
+}
+
+// An endpoint that is down when Caddy starts does not hold the start up:
+// upgrades get 503 (an outage, which clients retry) until a background
+// refresh succeeds.
+func TestJWTJWKSDownAtStart(t *testing.T) {
+	idp := newJWKSEndpoint(t)
+	k1, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	idp.set(t, map[string]any{"k1": &k1.PublicKey})
+	idp.down.Store(true)
+	in := startCaddy(t, `
+	realtime {
+		jwt {
+			jwks `+idp.srv.URL+`/jwks.json
+			jwks_refresh 1s
+		}
+		limits {
+			upgrade_rate off
+		}
+		shutdown_spread 0
+	}`)
+	tok := signJWT(t, jwt.SigningMethodES256, k1, claimsFor("ann", time.Hour, nil), "k1")
+	if st, _ := dialStatus(t, in, "/ws", bearer(tok)); st != http.StatusServiceUnavailable {
+		t.Fatalf("no keys yet: %d, want 503", st)
+	}
+	if st, _ := preflight(t, in, "POST", http.Header{"Authorization": {"Bearer " + tok}, "X-Requested-With": {"svelte-adapter-uws"}}); st != http.StatusServiceUnavailable {
+		t.Fatalf("preflight without keys: %d, want 503 (a 4xx would stop the client)", st)
+	}
+	idp.down.Store(false)
+	waitFor(t, 5*time.Second, "the background refresh", func() bool {
+		st, _ := dialStatus(t, in, "/ws", bearer(tok))
+		return st == http.StatusSwitchingProtocols
+	})
 }
