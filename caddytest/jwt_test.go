@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -603,4 +604,62 @@ func TestJWTJWKSDownAtStart(t *testing.T) {
 		st, _ := dialStatus(t, in, "/ws", bearer(tok))
 		return st == http.StatusSwitchingProtocols
 	})
+}
+
+// `caddy realtime token` prints an HS256 token alone on stdout, which the
+// jwt block with the same secret accepts.
+func TestJWTTokenCommand(t *testing.T) {
+	if caddyBin == "" {
+		t.Skip("needs the Caddy binary")
+	}
+	run := func(env []string, args ...string) (string, string, error) {
+		cmd := exec.Command(caddyBin, append([]string{"realtime", "token"}, args...)...)
+		cmd.Env = append(os.Environ(), env...)
+		var out, errOut strings.Builder
+		cmd.Stdout, cmd.Stderr = &out, &errOut
+		err := cmd.Run()
+		return out.String(), errOut.String(), err
+	}
+	out, _, err := run(nil, "--secret", jwtSecret, "--sub", "bob", "--topics", "chat:*", "--ttl", "10m", "--claim", "name=Bob", "--claim", "n=3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Count(out, "\n") != 1 || strings.Count(strings.TrimSpace(out), ".") != 2 {
+		t.Fatalf("stdout %q, want one token and a newline", out)
+	}
+	tok := strings.TrimSpace(out)
+	claims := jwt.MapClaims{}
+	if _, err := jwt.ParseWithClaims(tok, claims, func(*jwt.Token) (any, error) { return []byte(jwtSecret), nil }, jwt.WithValidMethods([]string{"HS256"})); err != nil {
+		t.Fatal(err)
+	}
+	exp, _ := claims.GetExpirationTime()
+	if claims["sub"] != "bob" || claims["name"] != "Bob" || claims["n"] != 3.0 || exp == nil || time.Until(exp.Time) > 10*time.Minute || time.Until(exp.Time) < 9*time.Minute {
+		t.Fatalf("claims %v", claims)
+	}
+	if ts, _ := claims["topics"].([]any); len(ts) != 1 || ts[0] != "chat:*" {
+		t.Fatalf("topics %v", claims["topics"])
+	}
+	out2, _, err := run([]string{"RT_MINT_SECRET=" + jwtSecret}, "--secret-env", "RT_MINT_SECRET", "--sub", "ann")
+	if err != nil || strings.Count(strings.TrimSpace(out2), ".") != 2 {
+		t.Fatalf("--secret-env: %v %q", err, out2)
+	}
+	for _, args := range [][]string{{"--sub", "bob"}, {"--secret", "s"}, {"--secret-env", "RT_UNSET_XYZ", "--sub", "b"}, {"--secret", "s", "--sub", "b", "--ttl", "-1m"}, {"--secret", "s", "--sub", "b", "--claim", "novalue"}} {
+		out, stderr, err := run(nil, args...)
+		if err == nil || out != "" || stderr == "" {
+			t.Errorf("%v: err %v, stdout %q, stderr %q; want a failure told on stderr only", args, err, out, stderr)
+		}
+	}
+	in := startCaddy(t, `
+	realtime {
+		jwt {
+			secret `+jwtSecret+`
+			topics_claim topics
+		}
+		shutdown_spread 0
+	}`)
+	c := dialWith(t, in, dialOpts{origin: in.origin(), header: bearer(tok)})
+	c.welcome()
+	c.send(`{"type":"subscribe-batch","topics":["chat:1","other"],"ref":1}`)
+	c.expect(`{"type":"subscribed","topic":"chat:1","ref":1}`)
+	c.expect(`{"type":"subscribe-denied","topic":"other","ref":1,"reason":"FORBIDDEN"}`)
 }
