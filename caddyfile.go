@@ -204,6 +204,21 @@ func parsePostgres(d *caddyfile.Dispenser) (*PostgresConfig, error) {
 //			max_body <size>
 //		}
 //		origins <same-origin|*|scheme://host[:port]...>
+//		jwt {
+//			secret <secret>
+//			public_key <pem file>
+//			jwks <url>
+//			jwks_refresh <duration>
+//			issuer <iss>
+//			audience <aud>
+//			leeway <duration>
+//			from header|cookie|query <name>
+//			user_claim <claim>
+//			identity_claims <claim...>
+//			topics_claim <claim>
+//			max_size <size>
+//		}
+//		auth_path <path>|off
 //		auth <url> {
 //			timeout <duration>
 //			headers <header...>
@@ -288,7 +303,8 @@ func parsePostgres(d *caddyfile.Dispenser) (*PostgresConfig, error) {
 //		}
 //	}
 //
-// Blocks after api, auth, the hooks, replay, presence, cursor and group are
+// jwt requires a block; public_key and from may repeat (from is tried in
+// the order written). Blocks after api, auth, the hooks, replay, presence, cursor and group are
 // optional; rate_limit requires one (it may be empty). Sizes take a unit
 // (4MiB, 1MB) or plain bytes; durations use Caddy's syntax (10s, 1m30s, 1d).
 // path and api paths start with '/'; hook URLs are http or https; keepalive
@@ -325,6 +341,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.Origins, err = parseOrigins(d)
 		case "auth":
 			h.Auth, err = parseHook(d)
+		case "jwt":
+			h.JWT, err = parseJWT(d)
+		case "auth_path":
+			if h.AuthPath, err = singleArg(d); err == nil {
+				err = check(d, handlers.CheckAuthPath(h.AuthPath))
+			}
 		case "subscribe_hook":
 			h.SubscribeHook, err = parseHook(d)
 		case "message_hook":
@@ -425,6 +447,72 @@ func parseAPI(d *caddyfile.Dispenser) (*APIConfig, error) {
 		return nil, err
 	}
 	return api, nil
+}
+
+// parseJWT parses the `jwt { … }` block; the cursor is on "jwt".
+func parseJWT(d *caddyfile.Dispenser) (*JWTConfig, error) {
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	j := new(JWTConfig)
+	opened := false
+	if err := eachOption(d, map[string]bool{"public_key": true, "from": true}, func(opt string) error {
+		opened = true
+		var err error
+		switch opt {
+		case "secret":
+			j.Secret, err = singleArg(d)
+		case "public_key":
+			var file string
+			if file, err = singleArg(d); err == nil {
+				j.PublicKeys = append(j.PublicKeys, file)
+			}
+		case "jwks":
+			if j.JWKS, err = singleArg(d); err == nil && !strings.Contains(j.JWKS, "{") {
+				err = check(d, handlers.CheckJWKSURL(j.JWKS))
+			}
+		case "jwks_refresh":
+			j.JWKSRefresh, err = durationArg(d, false)
+		case "issuer":
+			j.Issuer, err = singleArg(d)
+		case "audience":
+			j.Audience, err = singleArg(d)
+		case "leeway":
+			j.Leeway, err = durationArg(d, true)
+		case "from":
+			args := d.RemainingArgs()
+			if len(args) != 2 {
+				return d.Errf("wrong argument count after 'from': from wants a source and a name, like: from cookie rt")
+			}
+			if _, err := handlers.ParseTokenSourceKind(args[0]); err != nil {
+				return d.WrapErr(err)
+			}
+			if args[0] == string(handlers.TokenFromHeader) {
+				if err := handlers.CheckHeaderName(args[1]); err != nil {
+					return d.WrapErr(err)
+				}
+			}
+			j.From = append(j.From, TokenSourceConfig{Source: args[0], Name: args[1]})
+			err = noBlock(d, opt)
+		case "user_claim":
+			j.UserClaim, err = singleArg(d)
+		case "identity_claims":
+			j.IdentityClaims, err = listArg(d)
+		case "topics_claim":
+			j.TopicsClaim, err = singleArg(d)
+		case "max_size":
+			j.MaxSize, err = sizeArg(d)
+		default:
+			return d.Errf("unrecognized jwt subdirective: %s", opt)
+		}
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	if !opened && d.Val() == "jwt" {
+		return nil, d.Err("jwt requires a block with a secret, a public_key or a jwks url")
+	}
+	return j, check(d, handlers.CheckJWTKeys(j.Secret, len(j.PublicKeys), j.JWKS))
 }
 
 // parseOrigins parses `origins <origin...>`; the cursor is on "origins".

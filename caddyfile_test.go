@@ -46,6 +46,75 @@ func TestHandlerUnmarshalCaddyfile(t *testing.T) {
 			want: Handler{Name: "chat", Path: "/socket"},
 		},
 		{
+			name: "jwt takes every option, public_key and from repeated in order",
+			input: `realtime {
+				jwt {
+					secret {env.REALTIME_JWT_SECRET}
+					public_key /etc/keys/a.pem
+					public_key /etc/keys/b.pem
+					jwks https://idp.example.com/.well-known/jwks.json
+					jwks_refresh 5m
+					issuer https://idp.example.com/
+					audience my-app
+					leeway 30s
+					from query token
+					from cookie rt
+					user_claim uid
+					identity_claims name avatar
+					topics_claim topics
+					max_size 8KiB
+				}
+				auth_path /auth/ws
+			}`,
+			want: Handler{JWT: &JWTConfig{
+				Secret: "{env.REALTIME_JWT_SECRET}", PublicKeys: []string{"/etc/keys/a.pem", "/etc/keys/b.pem"},
+				JWKS: "https://idp.example.com/.well-known/jwks.json", JWKSRefresh: caddy.Duration(5 * time.Minute),
+				Issuer: "https://idp.example.com/", Audience: "my-app", Leeway: caddy.Duration(30 * time.Second),
+				From:      []TokenSourceConfig{{Source: "query", Name: "token"}, {Source: "cookie", Name: "rt"}},
+				UserClaim: "uid", IdentityClaims: []string{"name", "avatar"}, TopicsClaim: "topics", MaxSize: 8192,
+			}, AuthPath: "/auth/ws"},
+		},
+		{
+			name:  "auth_path off",
+			input: "realtime {\n\tjwt {\n\t\tsecret s\n\t}\n\tauth_path off\n}",
+			want:  Handler{JWT: &JWTConfig{Secret: "s"}, AuthPath: "off"},
+		},
+		{
+			name:    "jwt without a block",
+			input:   "realtime {\n\tjwt\n}",
+			wantErr: "jwt requires a block",
+		},
+		{
+			name:    "jwt without a key",
+			input:   "realtime {\n\tjwt {\n\t\tissuer x\n\t}\n}",
+			wantErr: "jwt needs a secret, a public_key or a jwks url",
+		},
+		{
+			name:    "jwt from an unknown source",
+			input:   "realtime {\n\tjwt {\n\t\tsecret s\n\t\tfrom body x\n\t}\n}",
+			wantErr: "unknown jwt from source 'body': want header, cookie or query",
+		},
+		{
+			name:    "jwt from without a name",
+			input:   "realtime {\n\tjwt {\n\t\tsecret s\n\t\tfrom cookie\n\t}\n}",
+			wantErr: "from wants a source and a name",
+		},
+		{
+			name:    "jwt jwks not http",
+			input:   "realtime {\n\tjwt {\n\t\tjwks ftp://x/\n\t}\n}",
+			wantErr: "bad jwks url 'ftp://x/'",
+		},
+		{
+			name:    "jwt secret twice",
+			input:   "realtime {\n\tjwt {\n\t\tsecret a\n\t\tsecret b\n\t}\n}",
+			wantErr: "secret already specified",
+		},
+		{
+			name:    "auth_path not a path",
+			input:   "realtime {\n\tauth_path auth\n}",
+			wantErr: "auth_path must start with '/'",
+		},
+		{
 			name:  "api without a block sets only the path",
 			input: "realtime {\n\tapi /_realtime\n}",
 			want:  Handler{API: &APIConfig{Path: "/_realtime"}},

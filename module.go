@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -462,6 +463,16 @@ type Handler struct {
 	// Default: none (every connection has the identity {}).
 	Auth *HookConfig `json:"auth,omitempty"`
 
+	// JWT verifies signed tokens at the upgrade and the auth preflight: a
+	// valid token makes the identity without calling Auth, which is asked
+	// only when no token is presented. Default: none.
+	JWT *JWTConfig `json:"jwt,omitempty"`
+
+	// AuthPath is where the handler answers the current client's auth
+	// preflight (POST) with the upgrade's decision; "off" leaves the path
+	// to the next handler. Default: /__ws/auth with JWT, else off.
+	AuthPath string `json:"auth_path,omitempty"`
+
 	// SubscribeHook authorizes subscriptions, one POST per subscribe or
 	// subscribe-batch. Default: none (every valid topic is allowed).
 	SubscribeHook *HookConfig `json:"subscribe_hook,omitempty"`
@@ -595,6 +606,62 @@ type HookConfig struct {
 	// Queue is the message hook's per-connection queue, in frames; a frame
 	// arriving at a full queue is dropped and counted. Default: 64.
 	Queue int `json:"queue,omitempty"`
+}
+
+// JWTConfig configures token verification. At least one of Secret,
+// PublicKeys and JWKS is required.
+type JWTConfig struct {
+	// Secret verifies HS256, HS384 and HS512 tokens. Use a placeholder
+	// such as {env.REALTIME_JWT_SECRET}.
+	Secret string `json:"secret,omitempty"`
+
+	// PublicKeys are files of PEM-encoded RSA, ECDSA or Ed25519 public
+	// keys (RS*, PS*, ES*, EdDSA), read at provision time.
+	PublicKeys []string `json:"public_keys,omitempty"`
+
+	// JWKS is the URL of a JWKS endpoint. Its keys are fetched in the
+	// background at start, refreshed every JWKSRefresh and when a token
+	// names an unknown kid (at most every 30s); the last good keys stay
+	// in use while the endpoint fails.
+	JWKS string `json:"jwks,omitempty"`
+
+	// JWKSRefresh is the background refresh interval. Default: 10m.
+	JWKSRefresh caddy.Duration `json:"jwks_refresh,omitempty"`
+
+	// Issuer and Audience, when set, must match the iss claim and be
+	// named by the aud claim.
+	Issuer   string `json:"issuer,omitempty"`
+	Audience string `json:"audience,omitempty"`
+
+	// Leeway is the clock skew allowed on exp, nbf and iat. Default: 0.
+	Leeway caddy.Duration `json:"leeway,omitempty"`
+
+	// From lists where a token is looked for, in order. Default: the
+	// Authorization header's Bearer credentials.
+	From []TokenSourceConfig `json:"from,omitempty"`
+
+	// UserClaim names the claim that becomes the identity's user_key
+	// field. Default: sub.
+	UserClaim string `json:"user_claim,omitempty"`
+
+	// IdentityClaims are claims copied into the identity under their own
+	// names (what presence select and the hooks see). Default: none.
+	IdentityClaims []string `json:"identity_claims,omitempty"`
+
+	// TopicsClaim names a claim holding the topic patterns the token may
+	// subscribe to. Default: none.
+	TopicsClaim string `json:"topics_claim,omitempty"`
+
+	// MaxSize refuses longer tokens, in bytes. Default: 4096.
+	MaxSize int64 `json:"max_size,omitempty"`
+}
+
+// TokenSourceConfig is one place a token is looked for.
+type TokenSourceConfig struct {
+	// Source is header, cookie or query.
+	Source string `json:"source,omitempty"`
+	// Name is the header, cookie or query parameter name.
+	Name string `json:"name,omitempty"`
 }
 
 // LimitsConfig bounds resources per connection and per client IP.
@@ -1112,6 +1179,10 @@ func (h *Handler) gatewayConfig() (handlers.Config, error) {
 			EventField: n.EventField, DataField: n.DataField, PollInterval: time.Duration(n.PollInterval), Resync: n.Resync})
 	}
 	var err error
+	if cfg.JWT, err = h.jwtConfig(repl); err != nil {
+		return cfg, err
+	}
+	cfg.AuthPath = h.AuthPath
 	if cfg.EventsHook, err = hook("events_hook", h.EventsHook); err != nil {
 		return cfg, err
 	}
@@ -1125,6 +1196,37 @@ func (h *Handler) gatewayConfig() (handlers.Config, error) {
 		return cfg, err
 	}
 	return cfg, nil
+}
+
+// jwtConfig maps the jwt block, resolving placeholders in the secret and
+// the JWKS URL and reading the public key files.
+func (h *Handler) jwtConfig(repl *caddy.Replacer) (*handlers.JWTConfig, error) {
+	j := h.JWT
+	if j == nil {
+		return nil, nil
+	}
+	jwksURL, err := repl.ReplaceOrErr(j.JWKS, true, true)
+	if err != nil {
+		return nil, fmt.Errorf("jwt: resolving jwks: %w", err)
+	}
+	out := &handlers.JWTConfig{
+		// An unset {env.…} secret resolves to empty: with no other key
+		// the config is refused, never run with an empty HMAC key.
+		Secret: repl.ReplaceAll(j.Secret, ""), JWKS: jwksURL, JWKSRefresh: time.Duration(j.JWKSRefresh),
+		Issuer: j.Issuer, Audience: j.Audience, Leeway: time.Duration(j.Leeway),
+		UserClaim: j.UserClaim, IdentityClaims: j.IdentityClaims, TopicsClaim: j.TopicsClaim, MaxSize: int(j.MaxSize),
+	}
+	for _, file := range j.PublicKeys {
+		b, err := os.ReadFile(repl.ReplaceAll(file, ""))
+		if err != nil {
+			return nil, fmt.Errorf("jwt: public_key: %w", err)
+		}
+		out.PublicKeys = append(out.PublicKeys, b)
+	}
+	for _, src := range j.From {
+		out.From = append(out.From, handlers.TokenSource{Kind: handlers.TokenSourceKind(src.Source), Name: src.Name})
+	}
+	return out, nil
 }
 
 // optDuration maps an optional duration: nil is the default (0), an

@@ -37,7 +37,12 @@ type Config struct {
 
 	Origins []string // default ["same-origin"]
 
-	Auth          *HookConfig
+	Auth *HookConfig
+	JWT  *JWTConfig // signed tokens instead of, or before, the auth hook
+	// AuthPath is where the gateway answers the current client's auth
+	// preflight (§2.2). Default: DefaultAuthPath with JWT, else off;
+	// AuthPathOff: off.
+	AuthPath      string
 	SubscribeHook *HookConfig
 	MessageHook   *HookConfig
 
@@ -322,6 +327,9 @@ func (c Config) WithDefaults() Config {
 	setDefault(&c.InboundBurst, DefaultInboundBurst)
 	setDefault(&c.RateLimitClose, DefaultRateLimitClose)
 	c.Auth = c.Auth.withDefaults(DefaultAuthTimeout, DefaultAuthInFlight)
+	if c.AuthPath == "" && c.JWT != nil {
+		c.AuthPath = DefaultAuthPath
+	}
 	c.SubscribeHook = c.SubscribeHook.withDefaults(DefaultHookTimeout, DefaultHookInFlight)
 	c.MessageHook = c.MessageHook.withDefaults(DefaultHookTimeout, DefaultHookInFlight)
 	if c.MessageHook != nil {
@@ -544,6 +552,19 @@ func (c Config) Validate() error {
 	}
 	if err := CheckKeepAlive(c.KeepAlive); err != nil {
 		return err
+	}
+	if c.JWT != nil {
+		if err := CheckJWT(c.JWT); err != nil {
+			return err
+		}
+	}
+	if c.AuthPath != "" {
+		if err := CheckAuthPath(c.AuthPath); err != nil {
+			return err
+		}
+		if c.AuthPath == c.Path || (c.APIPath != "" && pathUnder(c.AuthPath, NormalizeAPIPath(c.APIPath))) {
+			return fmt.Errorf("auth_path %q must differ from the websocket path and lie outside the api path", c.AuthPath)
+		}
 	}
 	if err := CheckOrigins(c.Origins); err != nil {
 		return err

@@ -33,6 +33,7 @@ type conn struct {
 	ip       string
 	identity json.RawMessage // the auth hook's object, or {}
 	user     string          // String(identity[user_key]); "" when absent
+	grant    *tokenGrant     // what the upgrade's token allows; nil without one
 
 	current    atomic.Bool   // sent a well-formed hello (§1.3)
 	vocabulary atomic.Uint32 // vocabCurrent or vocabLegacy once fixed (§1.4)
@@ -478,6 +479,7 @@ func (c *conn) allowFrame(now time.Time) bool {
 // from every topic and index, fails pending requests, and releases the socket.
 func (c *conn) cleanup() {
 	c.cleaned.Store(true)
+	c.grant.stop()
 	c.markClosed()
 	for t := range c.topics {
 		c.g.hub.unsubscribe(t, c)

@@ -123,6 +123,8 @@ type Gateway struct {
 
 	memoryBase uint64 // where memory replay stores count from (memoryBase)
 
+	tokens tokenState // the jwt verifier and its JWKS fetcher (token.go)
+
 	fillSem   chan struct{} // bounds the live fills reading stores at once (order.go)
 	resyncSig chan struct{} // the bus may have missed units (order.go)
 }
@@ -228,6 +230,9 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 		g.memoryBase = memoryBase(opts.StateDir, cfg.Name, time.Now())
 	}
 	g.closed = make(chan struct{})
+	if err := g.configureTokens(cfg); err != nil {
+		return nil, err
+	}
 	g.cfg.Store(newSettings(cfg))
 	// Before the extensions: their loops may call back into the hub as
 	// soon as they exist.
@@ -245,6 +250,7 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 		defer cancel()
 		g.cancel()
 		g.stopPosting()
+		g.closeTokens()
 		closeNotify(ctx, g.notify)
 		if g.ext != nil {
 			g.ext.close(ctx, g.logger)
@@ -295,6 +301,9 @@ func (g *Gateway) Reconfigure(cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	if err := g.configureTokens(cfg); err != nil {
+		return err
+	}
 	g.cfg.Store(newSettings(cfg))
 	return nil
 }
@@ -309,6 +318,10 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) bool {
 	s := g.settings()
 	if s.APIPath != "" && pathUnder(r.URL.Path, s.APIPath) {
 		g.serveAPI(w, r, s)
+		return true
+	}
+	if s.AuthPath != "" && s.AuthPath != AuthPathOff && r.URL.Path == s.AuthPath {
+		g.servePreflight(w, r, s)
 		return true
 	}
 	if r.URL.Path != s.Path || !isUpgrade(r) {
@@ -328,6 +341,7 @@ func (g *Gateway) Close(ctx context.Context) error {
 	g.closeOnce.Do(func() {
 		first = true
 		err = g.drain(ctx) // the first caller's ctx bounds the drain
+		g.closeTokens()
 		close(g.closed)
 	})
 	if first {

@@ -68,6 +68,7 @@ type authResult struct {
 	cookies  []string
 	status   int // non-zero: refuse the upgrade with this status
 	message  string
+	grant    *tokenGrant // the token's topics and expiry; nil without a token
 }
 
 // authenticate calls the auth hook like Caddy's forward_auth: a GET carrying
@@ -163,12 +164,33 @@ func requestID(r *http.Request) string {
 	return uuid.NewString()
 }
 
-// authorize asks the subscribe hook about topics in one call (§3.5) and
-// returns a denial reason per denied topic; allowed topics are absent. An
-// error or timeout denies every topic with INTERNAL_ERROR (fail closed).
+// authorize decides topics (§3.5) and returns a denial reason per denied
+// topic; allowed topics are absent. Topics the connection's token covers
+// are allowed here; the subscribe hook decides the rest in one call, and
+// without a hook they are denied FORBIDDEN. A hook error or timeout
+// denies every topic it was asked about with INTERNAL_ERROR (fail closed).
 func (g *Gateway) authorize(c *conn, topics []string) map[string]string {
 	s := c.g.settings()
 	h := s.SubscribeHook
+	if c.grant != nil && c.grant.restricts {
+		var rest []string
+		for _, t := range topics {
+			if !c.grant.covers(t) {
+				rest = append(rest, t)
+			}
+		}
+		if len(rest) == 0 {
+			return nil
+		}
+		if h == nil {
+			out := make(map[string]string, len(rest))
+			for _, t := range rest {
+				out[t] = ReasonForbidden
+			}
+			return out
+		}
+		topics = rest
+	}
 	all := func(reason string) map[string]string {
 		out := make(map[string]string, len(topics))
 		for _, t := range topics {

@@ -99,7 +99,7 @@ func (c *conn) handle(typ websocket.MessageType, msg []byte, now time.Time) {
 // reason (§3.5). t must be a valid non-system topic.
 func (c *conn) authorized(t string) string {
 	s := c.g.settings()
-	if s.isPublic(t) || s.SubscribeHook == nil {
+	if !c.needsDecision(s, t) {
 		return ""
 	}
 	return c.g.authorize(c, []string{t})[t]
@@ -133,7 +133,7 @@ func (c *conn) subscribe(entries []subEntry, ref []byte) {
 			e.ack = ReasonInvalidTopic
 		case wire.IsSystem(e.topic):
 			e.ack = c.systemSubscribe(e.topic)
-		case !s.isPublic(e.topic) && s.SubscribeHook != nil:
+		case c.needsDecision(s, e.topic):
 			ask = append(ask, e.topic)
 		}
 		if e.ack != "" && e.ack != "ok" && ref != nil {

@@ -211,7 +211,7 @@ func (c *conn) replay(f *wire.Frame) {
 		c.replayEnd(f, `,"denied":true`)
 		return
 	}
-	if !s.isPublic(f.Topic) && s.SubscribeHook != nil {
+	if c.needsDecision(s, f.Topic) {
 		if r := c.g.authorize(c, []string{f.Topic})[f.Topic]; r != "" {
 			c.replayEnd(f, `,"denied":true`)
 			return

@@ -91,8 +91,9 @@ func (g *Gateway) serveUpgrade(w http.ResponseWriter, r *http.Request, s *settin
 		return
 	}
 	identity := json.RawMessage("{}")
-	if s.Auth != nil {
-		res := g.authenticate(r, ip, s)
+	var grant *tokenGrant
+	if s.Auth != nil || s.JWT != nil {
+		res := g.identify(r, ip, s)
 		if res.status != 0 {
 			fail(res.status, res.message)
 			return
@@ -105,12 +106,12 @@ func (g *Gateway) serveUpgrade(w http.ResponseWriter, r *http.Request, s *settin
 			fail(http.StatusServiceUnavailable, "Server shutting down")
 			return
 		}
-		identity = res.identity
+		identity, grant = res.identity, res.grant
 		for _, c := range res.cookies {
 			w.Header().Add("Set-Cookie", c)
 		}
 	}
-	c := &conn{g: g, id: uuid.NewString(), ip: ip, identity: identity}
+	c := &conn{g: g, id: uuid.NewString(), ip: ip, identity: identity, grant: grant}
 	alive := func() { c.lastRead.Store(time.Now().UnixNano()) }
 	hw := &smallHijacker{ResponseWriter: w}
 	ws, err := websocket.Accept(hw, r, &websocket.AcceptOptions{
@@ -150,6 +151,7 @@ func (g *Gateway) start(c *conn, s *settings) {
 	g.m.connections.Inc()
 	g.wg.Add(1)
 	g.lifeMu.RUnlock()
+	c.armExpiry(s.Now())
 	c.send(wire.Welcome(c.id))
 	go c.readLoop()
 }
@@ -182,7 +184,7 @@ func userOf(identity json.RawMessage, key string) string {
 func (s *settings) originAllowed(r *http.Request) bool {
 	origin := r.Header.Get("Origin")
 	if origin == "" {
-		return s.Auth != nil
+		return s.Auth != nil || s.JWT != nil
 	}
 	if s.anyOrigin {
 		return true
