@@ -29,14 +29,15 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "realtime",
-		Usage: "<publish|stats|presence|replay|disconnect|bench> [flags]",
+		Usage: "<publish|stats|presence|replay|disconnect|token|bench> [flags]",
 		Short: "Talks to a running caddy-realtime gateway",
 		Long: `
 Publishes, reads stats, presence and replay buffers, and disconnects users of
 a running gateway, printing the API's JSON answer. By default it goes through
 Caddy's admin endpoint (--admin localhost:2019); --api <base> (or
 REALTIME_API) uses the public HTTP API instead, with --key (or
-REALTIME_API_KEY) as its bearer key. bench runs the load tool.
+REALTIME_API_KEY) as its bearer key. token mints an HS256 development token
+for the jwt block; bench runs the load tool.
 
 Exit codes: 0 done, 1 refused by the gateway or unreachable, 2 usage.`,
 		CobraFunc: func(cmd *cobra.Command) {
@@ -44,7 +45,7 @@ Exit codes: 0 done, 1 refused by the gateway or unreachable, 2 usage.`,
 			cmd.PersistentFlags().String("admin", "localhost:2019", "Caddy's admin address, used when --api is not set")
 			cmd.PersistentFlags().String("gateway", "", "gateway name, through the admin endpoint when several run")
 			cmd.PersistentFlags().String("key", os.Getenv("REALTIME_API_KEY"), "API key for --api")
-			cmd.AddCommand(publishCommand(), statsCommand(), presenceCommand(), replayCommand(), disconnectCommand(), benchCommand())
+			cmd.AddCommand(publishCommand(), statsCommand(), presenceCommand(), replayCommand(), disconnectCommand(), tokenCommand(), benchCommand())
 		},
 	})
 }

@@ -9,26 +9,9 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/spf13/cobra"
 )
-
-// The realtime command groups the module's tools under `caddy realtime`.
-func init() {
-	caddycmd.RegisterCommand(caddycmd.Command{
-		Name:  "realtime",
-		Short: "Tools for the realtime WebSocket gateway",
-		Long: `
-Tools for the realtime WebSocket gateway.
-
-  caddy realtime token   mints an HS256 development token for the jwt block
-`,
-		CobraFunc: func(cmd *cobra.Command) {
-			cmd.AddCommand(tokenCommand())
-		},
-	})
-}
 
 // tokenCommand is `caddy realtime token`: it prints an HS256 token, and
 // nothing else, on stdout, so that `TOKEN=$(caddy realtime token …)` works.
