@@ -1006,6 +1006,12 @@ func (a *App) wireRedis(cfg *handlers.Config, opts *handlers.Options) {
 		channel = bus.DefaultChannel
 	}
 	routing := rc.routing()
+	// In compat mode the gateways' own traffic (direct sends, cursor and
+	// group frames) stays off the reference package's channel.
+	gatewayChannel := ""
+	if routing == nil {
+		gatewayChannel = rc.KeyPrefix + "rt:bus:gateway"
+	}
 	// channelOf names the bus channel of a topic's store-published events.
 	channelOf := func(string) string { return channel }
 	if routing != nil {
@@ -1015,7 +1021,7 @@ func (a *App) wireRedis(cfg *handlers.Config, opts *handlers.Options) {
 	opts.NewBus = func(hooks handlers.BusHooks) (bus.Bus, error) {
 		// StartUnreachable: a gateway starts (or reloads) during a Redis
 		// outage, degraded, rather than failing Caddy's start.
-		return bus.NewRedis(client, bus.RedisConfig{Channel: channel, Routing: routing, InstanceID: a.InstanceID, Handler: hooks.Handler, OnHealth: hooks.OnHealth, OnResync: hooks.OnResync, StartUnreachable: true,
+		return bus.NewRedis(client, bus.RedisConfig{Channel: channel, GatewayChannel: gatewayChannel, Routing: routing, InstanceID: a.InstanceID, Handler: hooks.Handler, OnHealth: hooks.OnHealth, OnResync: hooks.OnResync, StartUnreachable: true,
 			// Instances relay cursor and group frames to each other.
 			EnvelopeOptions: bus.EnvelopeOptions{SystemTopics: wire.Patterns{wire.CursorPrefix + "*", wire.GroupPrefix + "*"}}})
 	}

@@ -4,8 +4,11 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/redis/rueidis"
 )
 
 // numsub reads how many connections subscribe to channel.
@@ -95,4 +98,49 @@ func TestClusterRoutedDirectSendReachesOtherInstances(t *testing.T) {
 			return false
 		}
 	})
+}
+
+// In compat mode the reference package's channel carries the topic
+// publishes only: a direct send crosses instances on the gateways' own
+// channel, which a Node node (here a plain subscriber of uws:pubsub) never
+// sees.
+func TestClusterCompatKeepsGatewayTrafficOffTheNodeChannel(t *testing.T) {
+	app := newApp(t, func(w http.ResponseWriter, c hookReq) { authByBearer(w, c) })
+	cl := startClusterWith(t, 2, authSite(app, ""), "compat uws")
+	node := cl.client(t)
+	nodeGot := make(chan string, 64)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		_ = node.Receive(ctx, node.B().Subscribe().Channel("uws:pubsub").Build(), func(m rueidis.PubSubMessage) { nodeGot <- m.Message })
+	}()
+	waitFor(t, 10*time.Second, "the node's subscription", func() bool { return cl.numsub(t, "uws:pubsub") == 3 })
+	u := dialUser(t, cl.nodes[1], "u1")
+	u.welcome()
+	waitFor(t, 10*time.Second, "the direct send", func() bool {
+		status, _ := apiCall(t, http.MethodPost, cl.nodes[0].url("/_realtime/send"), "", `{"user":"u1","topic":"dm:u1","event":"new","data":1}`)
+		if status != http.StatusOK {
+			t.Fatalf("send: %d", status)
+		}
+		select {
+		case f := <-u.frames:
+			return string(f) == `{"topic":"dm:u1","event":"new","data":1}`
+		case <-time.After(200 * time.Millisecond):
+			return false
+		}
+	})
+	publish(t, cl.nodes[0], `{"topic":"news","event":"e","data":1,"seq":false}`)
+	select {
+	case got := <-nodeGot:
+		if !strings.Contains(got, `"topic":"news"`) {
+			t.Fatalf("the node received %s first, want the news publish", got)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the node received nothing")
+	}
+	select {
+	case got := <-nodeGot:
+		t.Fatalf("the node received gateway traffic: %s", got)
+	case <-time.After(300 * time.Millisecond):
+	}
 }

@@ -50,6 +50,14 @@ type RedisConfig struct {
 	// interoperate with nodes of the reference package.
 	Channel string
 
+	// GatewayChannel, when set without Routing, carries the units that
+	// only gateways understand: direct sends and "__" topics (cursor and
+	// group frames). Nodes of the reference package on Channel then never
+	// see them: a 0.1.2 node would deliver such a frame to its own
+	// subscribers. Every instance subscribes to it beside Channel.
+	// Default: "", everything on Channel.
+	GatewayChannel string
+
 	// Routing, when set, makes the bus route per topic (see Routing and
 	// Router) instead of sending every unit on Channel, which it then
 	// ignores. Nodes of the reference package know only the one channel.
@@ -190,6 +198,7 @@ type Redis struct {
 	channel       string
 	probeChannel  string
 	routing       *Routing // nil: every unit on channel
+	gwChannel     string   // without routing: direct sends and system topics; "" for channel
 	directChannel string   // with routing
 	routes        routeTable
 	id            string
@@ -264,6 +273,7 @@ func NewRedis(client rueidis.Client, cfg RedisConfig) (*Redis, error) {
 	r := &Redis{
 		client:     client,
 		channel:    cmp.Or(cfg.Channel, DefaultChannel),
+		gwChannel:  cfg.GatewayChannel,
 		id:         cfg.InstanceID,
 		opts:       cfg.EnvelopeOptions,
 		handler:    cfg.Handler,
@@ -486,8 +496,12 @@ func (r *Redis) subscribeLoop() {
 		r.subCancel = cancel
 		r.subMu.Unlock()
 		before := r.subscribed.Load()
+		channels := []string{r.channel, r.probeChannel}
+		if r.gwChannel != "" {
+			channels = append(channels, r.gwChannel)
+		}
 		err := r.client.Receive(rueidis.WithOnSubscriptionHook(ctx, r.onSubscription),
-			r.client.B().Subscribe().Channel(r.channel, r.probeChannel).Build(), r.onMessage)
+			r.client.B().Subscribe().Channel(channels...).Build(), r.onMessage)
 		cancel()
 		if r.ctx.Err() != nil {
 			return
@@ -548,7 +562,7 @@ func (r *Redis) onMessage(m rueidis.PubSubMessage) {
 		}
 		return
 	}
-	if r.routing == nil && m.Channel != r.channel {
+	if r.routing == nil && m.Channel != r.channel && (r.gwChannel == "" || m.Channel != r.gwChannel) {
 		return
 	}
 	// Redis echoes every unit to its publisher, so in a cluster of two,

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/redis/rueidis"
+
+	"github.com/caddy-realtime/realtime/extensions/wire"
 )
 
 // outUnit is one envelope waiting for the writer, with its channel.
@@ -16,18 +18,29 @@ type outUnit struct {
 	env     []byte
 }
 
-// encode validates and encodes msgs: one envelope on the bus channel, or
-// with Routing one per channel its messages travel on, each holding its
-// messages in order. size is the envelopes' total length.
+// channelOf returns the channel one message travels on.
+func (r *Redis) channelOf(m *Message) string {
+	switch {
+	case r.routing != nil:
+		return r.routing.channelOf(m)
+	case r.gwChannel != "" && (m.User != "" || wire.IsSystem(m.Topic)):
+		return r.gwChannel
+	}
+	return r.channel
+}
+
+// encode validates and encodes msgs: one envelope per channel its
+// messages travel on (one, but with Routing or GatewayChannel), each
+// holding its messages in order. size is the envelopes' total length.
 func (r *Redis) encode(msgs []Message) (units []outUnit, size int, err error) {
-	if r.routing == nil {
+	if r.routing == nil && r.gwChannel == "" {
 		env, err := EncodeEnvelope(r.id, msgs, r.opts)
 		return []outUnit{{r.channel, env}}, len(env), err
 	}
-	first := r.routing.channelOf(&msgs[0])
+	first := r.channelOf(&msgs[0])
 	split := false
 	for i := 1; i < len(msgs) && !split; i++ {
-		split = r.routing.channelOf(&msgs[i]) != first
+		split = r.channelOf(&msgs[i]) != first
 	}
 	if !split {
 		env, err := EncodeEnvelope(r.id, msgs, r.opts)
@@ -36,7 +49,7 @@ func (r *Redis) encode(msgs []Message) (units []outUnit, size int, err error) {
 	var order []string
 	groups := make(map[string][]Message)
 	for i := range msgs {
-		ch := r.routing.channelOf(&msgs[i])
+		ch := r.channelOf(&msgs[i])
 		if _, ok := groups[ch]; !ok {
 			order = append(order, ch)
 		}

@@ -3,12 +3,14 @@ package bus
 import (
 	"context"
 	"encoding/json"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/redis/rueidis"
 
+	"github.com/caddy-realtime/realtime/extensions/wire"
 	"github.com/caddy-realtime/realtime/internal/testsvc"
 )
 
@@ -148,4 +150,52 @@ func TestRedisRoutedResubscribesAfterClientKill(t *testing.T) {
 	}
 	mustPublish(t, a, msg("k2", 1))
 	expectUnit(t, recvB, msg("k2", 1))
+}
+
+// In compat mode with a gateway channel, a node of the reference package
+// (a plain subscriber of the one channel) receives the topic publishes and
+// none of the gateways' own units, which the other gateway still gets.
+func TestRedisGatewayChannelKeepsGatewayTrafficOffTheSharedChannel(t *testing.T) {
+	ca, prefix := testsvc.Redis(t)
+	cb, _ := testsvc.Redis(t)
+	channel, gw := prefix+"bus", prefix+"rt:bus:gateway"
+	hb, recvB := recorder(t, 1024)
+	opts := EnvelopeOptions{SystemTopics: wire.Patterns{"__cursor:*", "__group:*"}}
+	a := newRedisBus(t, ca, RedisConfig{Channel: channel, GatewayChannel: gw, Handler: func([]Message) {}, EnvelopeOptions: opts})
+	newRedisBus(t, cb, RedisConfig{Channel: channel, GatewayChannel: gw, Handler: hb, EnvelopeOptions: opts})
+
+	node, _ := testsvc.Redis(t)
+	nodeGot := make(chan string, 64)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	subscribed := make(chan struct{})
+	var once sync.Once
+	go func() {
+		_ = node.Receive(rueidis.WithOnSubscriptionHook(ctx, func(rueidis.PubSubSubscription) { once.Do(func() { close(subscribed) }) }),
+			node.B().Subscribe().Channel(channel).Build(), func(m rueidis.PubSubMessage) { nodeGot <- m.Message })
+	}()
+	<-subscribed
+
+	direct := Message{Topic: "dm", Event: "e", Data: json.RawMessage(`1`), User: "u1"}
+	cursorFrame := Message{Topic: "__cursor:doc", Event: "update", Data: json.RawMessage(`{"key":"k"}`)}
+	mustPublish(t, a, direct)
+	mustPublish(t, a, cursorFrame)
+	mustPublish(t, a, msg("chat", 1), direct)
+	expectUnit(t, recvB, direct)
+	expectUnit(t, recvB, cursorFrame)
+	expectUnit(t, recvB, msg("chat", 1))
+	expectUnit(t, recvB, direct)
+	select {
+	case got := <-nodeGot:
+		if got != `{"instanceId":"`+a.id+`","topic":"chat","event":"e","data":{"n":1}}` {
+			t.Fatalf("the node received %s, want only the chat publish", got)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the node received nothing")
+	}
+	select {
+	case got := <-nodeGot:
+		t.Fatalf("the node received gateway traffic: %s", got)
+	case <-time.After(200 * time.Millisecond):
+	}
 }
