@@ -21,7 +21,7 @@ const DefaultLinger = 1500 * time.Millisecond
 // Channel names, all starting with Prefix:
 //
 //	<prefix>rt:bus:{<topic>}          a topic's channel (Partitions == 0)
-//	<prefix>rt:bus:p:<n>              partition n of Partitions
+//	<prefix>rt:bus:p:<n>              partition n of Partitions (a hash of the topic mod Partitions)
 //	<prefix>rt:bus:direct             direct sends, which every instance subscribes to
 //	<prefix>rt:bus:probe:<instanceId> the instance's health probe
 //
@@ -53,11 +53,25 @@ type Routing struct {
 // their own like any topic.
 func (r Routing) TopicChannel(topic string) string {
 	if r.Partitions > 0 {
-		h := fnv.New32a()
-		_, _ = h.Write([]byte(topic))
-		return r.Prefix + "rt:bus:p:" + strconv.FormatUint(uint64(h.Sum32()%uint32(r.Partitions)), 10)
+		return r.Prefix + "rt:bus:p:" + strconv.FormatUint(uint64(partition(topic)%uint32(r.Partitions)), 10)
 	}
 	return r.Prefix + "rt:bus:{" + topic + "}"
+}
+
+// partition hashes a topic: FNV-1a, whose low bits vary little between
+// names that differ in their last characters (topic-1, topic-2), then
+// MurmurHash3's finalizer to spread them. Every instance must compute the
+// same value, so no seeded hash.
+func partition(topic string) uint32 {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(topic))
+	x := h.Sum32()
+	x ^= x >> 16
+	x *= 0x85ebca6b
+	x ^= x >> 13
+	x *= 0xc2b2ae35
+	x ^= x >> 16
+	return x
 }
 
 // DirectChannel returns the channel of direct sends (Message.User on a
