@@ -64,7 +64,9 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //				db <n>
 //				tls
 //				client_name <name>
+//				compat uws
 //				channel <channel>
+//				partitions <n>
 //			}
 //			postgres <dsn> {
 //				notify_dsn <dsn>
@@ -135,6 +137,10 @@ func parseRedis(d *caddyfile.Dispenser) (*RedisConfig, error) {
 			r.ClientName, err = singleArg(d)
 		case "channel":
 			r.Channel, err = singleArg(d)
+		case "compat":
+			r.Compat, err = singleArg(d)
+		case "partitions":
+			r.Partitions, err = intArg(d, 1)
 		case "db":
 			var n int
 			n, err = intArg(d, 0)

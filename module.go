@@ -144,9 +144,35 @@ type RedisConfig struct {
 	// KeyPrefix starts every key this module writes. Default: none.
 	KeyPrefix string `json:"key_prefix,omitempty"`
 
-	// Channel is the bus's pub/sub channel; the reference package's Node
-	// apps use the same default. Default: uws:pubsub.
+	// Compat "uws" puts the bus on one channel (Channel) in the envelope
+	// of the reference Node package, svelte-adapter-uws-extensions, so
+	// that its nodes and these instances share publishes: every instance
+	// receives every publish. Default: "", the bus routes per topic
+	// (bus.Routing): an instance receives only the topics it serves.
+	Compat string `json:"compat,omitempty"`
+
+	// Channel is the bus's one pub/sub channel in compat mode; giving it
+	// turns compat mode on. The reference package's Node apps use the
+	// same default. Default: uws:pubsub.
 	Channel string `json:"channel,omitempty"`
+
+	// Partitions, when positive, hashes topics onto that many channels
+	// instead of one channel per topic (not with compat): an instance's
+	// subscriptions stay bounded however many topics it serves, and it
+	// drops the units of its partitions' other topics. Default: 0.
+	Partitions int `json:"partitions,omitempty"`
+}
+
+// compat reports whether the bus runs on the one channel of the reference
+// package.
+func (r *RedisConfig) compat() bool { return r.Compat != "" || r.Channel != "" }
+
+// routing returns the routed bus's channel naming; nil in compat mode.
+func (r *RedisConfig) routing() *bus.Routing {
+	if r.compat() {
+		return nil
+	}
+	return &bus.Routing{Prefix: r.KeyPrefix, Partitions: r.Partitions}
 }
 
 // CaddyModule returns the Caddy module information.
@@ -181,6 +207,16 @@ func (a *App) Provision(ctx caddy.Context) error {
 	opt, key, err := a.Redis.clientOption()
 	if err != nil {
 		return err
+	}
+	switch r := a.Redis; {
+	case r.Compat != "" && r.Compat != "uws":
+		return fmt.Errorf("redis: compat %q: the one compatibility mode is uws", r.Compat)
+	case r.Partitions < 0:
+		return errors.New("redis: partitions must not be negative")
+	case r.Partitions > 0 && r.compat():
+		return errors.New("redis: partitions route per topic, which compat mode (or a channel) turns off")
+	case strings.ContainsAny(r.KeyPrefix, "{}"):
+		return errors.New("redis: key_prefix must not contain '{' or '}', which would change Redis Cluster hash slots")
 	}
 	a.redisOpt, a.redisKey = opt, key
 	return nil
@@ -1036,11 +1072,23 @@ func (a *App) wireRedis(cfg *handlers.Config, opts *handlers.Options) {
 	if channel == "" {
 		channel = bus.DefaultChannel
 	}
+	routing := rc.routing()
+	// In compat mode the gateways' own traffic (direct sends, cursor and
+	// group frames) stays off the reference package's channel.
+	gatewayChannel := ""
+	if routing == nil {
+		gatewayChannel = rc.KeyPrefix + "rt:bus:gateway"
+	}
+	// channelOf names the bus channel of a topic's store-published events.
+	channelOf := func(string) string { return channel }
+	if routing != nil {
+		channelOf = routing.TopicChannel
+	}
 	opts.BusName = "redis"
 	opts.NewBus = func(hooks handlers.BusHooks) (bus.Bus, error) {
 		// StartUnreachable: a gateway starts (or reloads) during a Redis
 		// outage, degraded, rather than failing Caddy's start.
-		return bus.NewRedis(client, bus.RedisConfig{Channel: channel, InstanceID: a.InstanceID, Handler: hooks.Handler, OnHealth: hooks.OnHealth, OnResync: hooks.OnResync, StartUnreachable: true,
+		return bus.NewRedis(client, bus.RedisConfig{Channel: channel, GatewayChannel: gatewayChannel, Routing: routing, InstanceID: a.InstanceID, Handler: hooks.Handler, OnHealth: hooks.OnHealth, OnResync: hooks.OnResync, StartUnreachable: true,
 			// Instances relay cursor and group frames to each other.
 			EnvelopeOptions: bus.EnvelopeOptions{SystemTopics: wire.Patterns{wire.CursorPrefix + "*", wire.GroupPrefix + "*"}}})
 	}
@@ -1071,7 +1119,7 @@ func (a *App) wireRedis(cfg *handlers.Config, opts *handlers.Options) {
 		switch cfg.Replay[i].Store {
 		case handlers.ReplayStoreRedis:
 			cfg.Replay[i].NewStore = func(c replay.Config) (replay.Store, error) {
-				return replay.NewRedis(client, replay.RedisConfig{Config: c, KeyPrefix: prefix, Channel: channel})
+				return replay.NewRedis(client, replay.RedisConfig{Config: c, KeyPrefix: prefix, Channel: channel, ChannelOf: channelOf})
 			}
 		case handlers.ReplayStorePostgres:
 			// In a cluster a Postgres buffer publishes each event on the
@@ -1088,8 +1136,8 @@ func (a *App) wireRedis(cfg *handlers.Config, opts *handlers.Options) {
 				if !ok {
 					return st, nil
 				}
-				return replay.NewPostgresOnBus(pg, func(ctx context.Context, env []byte) error {
-					return client.Do(ctx, client.B().Publish().Channel(channel).Message(rueidis.BinaryString(env)).Build()).Error()
+				return replay.NewPostgresOnBus(pg, func(ctx context.Context, topic string, env []byte) error {
+					return client.Do(ctx, client.B().Publish().Channel(channelOf(topic)).Message(rueidis.BinaryString(env)).Build()).Error()
 				}), nil
 			}
 		}
@@ -1346,7 +1394,7 @@ func (a *App) redisIdentity() string {
 	if a.Redis == nil {
 		return ""
 	}
-	sum := sha256.Sum256([]byte(a.Redis.KeyPrefix + "\x00" + a.Redis.Channel))
+	sum := sha256.Sum256([]byte(fmt.Sprint(a.Redis.KeyPrefix, "\x00", a.Redis.Channel, "\x00", a.Redis.Compat, "\x00", a.Redis.Partitions)))
 	return a.redisKey + ":" + hex.EncodeToString(sum[:8])
 }
 

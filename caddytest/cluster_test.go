@@ -22,8 +22,15 @@ type cluster struct {
 }
 
 // startCluster starts redis-server on a free port and n Caddy instances
-// using it, each serving site.
+// using it, each serving site, on the default (routed) bus.
 func startCluster(t *testing.T, n int, site string) *cluster {
+	t.Helper()
+	return startClusterWith(t, n, site, "")
+}
+
+// startClusterWith is startCluster with more options of the redis block
+// (compat uws, partitions 8).
+func startClusterWith(t *testing.T, n int, site, redisOpts string) *cluster {
 	t.Helper()
 	if caddyBin == "" {
 		t.Skip("integration tests need the Caddy binary; skipped in -short mode")
@@ -32,8 +39,9 @@ func startCluster(t *testing.T, n int, site string) *cluster {
 	global := fmt.Sprintf(`	realtime {
 		redis redis://%s {
 			key_prefix t:
+			%s
 		}
-	}`, cl.redis.Addr())
+	}`, cl.redis.Addr(), redisOpts)
 	for i := 0; i < n; i++ {
 		cl.nodes = append(cl.nodes, startCaddyWith(t, global, site))
 	}
@@ -136,10 +144,11 @@ func TestClusterDeliversAcrossInstancesOnceInOrder(t *testing.T) {
 	}
 }
 
-// Any process may PUBLISH an envelope into the bus channel; hostile ones
-// are dropped and the next valid one is delivered.
+// Any process may PUBLISH an envelope into the bus channel (compat mode:
+// the reference package's one channel); hostile ones are dropped and the
+// next valid one is delivered.
 func TestClusterOutsideEnvelopes(t *testing.T) {
-	cl := startCluster(t, 1, clusterSite)
+	cl := startClusterWith(t, 1, clusterSite, "compat uws")
 	c := subscribedLegacy(t, cl.nodes[0], "news")
 	rc := cl.client(t)
 	pub := func(payload string) {

@@ -483,6 +483,7 @@ func (c *conn) cleanup() {
 	c.markClosed()
 	for t := range c.topics {
 		c.g.hub.unsubscribe(t, c)
+		c.g.routeRelease(t)
 		c.g.presenceLeave(c, t)
 	}
 	for t := range c.observing {

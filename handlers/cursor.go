@@ -90,6 +90,7 @@ type mover struct {
 // lock returns t's state locked and live, creating it if needed.
 func (ct *cursorTopics) lock(t string, r *cursorRule) *curTopic {
 	return ct.topicIndex.lock(t, func() *curTopic {
+		ct.g.routeHold(wire.CursorPrefix+t, false) // released when dropped
 		return &curTopic{name: t, frame: wire.CursorPrefix + t, rule: r,
 			attached: make(map[*conn]struct{}), movers: make(map[*conn]*mover),
 			dirty: make(map[string]cursor.Entry), flushTh: cursor.Throttle{Interval: r.cfg.TopicThrottle}}
@@ -103,6 +104,7 @@ func (ct *cursorTopics) release(x *curTopic) {
 		return
 	}
 	ct.drop(x.name, x)
+	ct.g.routeRelease(x.frame)
 }
 
 func appendEntry(dst []byte, e cursor.Entry) []byte {

@@ -92,6 +92,7 @@ type Gateway struct {
 	m          *gatewayMetrics
 	hub        *hub
 	bus        bus.Bus
+	router     bus.Router // bus, when it routes per topic (route.go); nil otherwise
 	instanceID string
 	client     *http.Client
 	upgrades   *ipWindow
@@ -281,6 +282,8 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 		return fail(err)
 	}
 	g.bus = b
+	g.router, _ = b.(bus.Router)
+	g.holdStaticRoutes()
 	g.wg.Add(3)
 	go g.sweeper()
 	go g.backendLoop()

@@ -251,6 +251,7 @@ func (c *conn) attach(t string, now time.Time) {
 	}
 	c.topics[t] = struct{}{}
 	c.nsubs.Store(int32(len(c.topics)))
+	c.g.routeHold(t, true)
 	if after, ok := c.takeResume(t, now); ok {
 		c.g.hub.subscribe(t, c, func() { c.hold(t) })
 		c.fillResume(t, after)
@@ -288,6 +289,7 @@ func (c *conn) unsubscribe(t string) {
 	delete(c.topics, t)
 	c.nsubs.Store(int32(len(c.topics)))
 	c.g.hub.unsubscribe(t, c)
+	c.g.routeRelease(t)
 	c.g.m.subscriptions.Dec()
 	c.g.presenceLeave(c, t)
 	c.g.groupLeaveOn(c, t)

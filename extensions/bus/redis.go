@@ -48,9 +48,23 @@ var ErrBackpressure = errors.New("bus: send queue full")
 // every other zero field takes its default.
 type RedisConfig struct {
 	// Channel is the Redis channel every instance PUBLISHes and SUBSCRIBEs
-	// on. Default: DefaultChannel, so instances interoperate with nodes of
-	// the reference package.
+	// on when Routing is nil. Default: DefaultChannel, so instances
+	// interoperate with nodes of the reference package.
 	Channel string
+
+	// GatewayChannel, when set without Routing, carries the units that
+	// only gateways understand: direct sends and "__" topics (cursor and
+	// group frames). Nodes of the reference package on Channel then never
+	// see them: a 0.1.2 node would deliver such a frame to its own
+	// subscribers. Every instance subscribes to it beside Channel.
+	// Default: "", everything on Channel.
+	GatewayChannel string
+
+	// Routing, when set, makes the bus route per topic (see Routing and
+	// Router) instead of sending every unit on Channel, which it then
+	// ignores. Nodes of the reference package know only the one channel.
+	// Default: nil.
+	Routing *Routing
 
 	// InstanceID names this instance in its envelopes, so that it drops
 	// its own units when Redis echoes them. It must be unique in the
@@ -111,7 +125,8 @@ type RedisConfig struct {
 	OnHealth func(healthy bool)
 
 	// OnResync is called when units may have been missed: each time the
-	// subscription is confirmed (the first time too: a bus started
+	// subscription (with Routing: to the direct channel, which is
+	// resubscribed after every topic channel) is confirmed (the first time too: a bus started
 	// unreachable may already have subscribers to serve), after a
 	// reconnection or a restart,
 	// and when a received unit was dropped because the Handler fell
@@ -164,6 +179,12 @@ type RedisConfig struct {
 // Redis or a subscriber is unreachable are lost (Lost counts the ones this
 // instance failed to send), and replay stores are the recovery path.
 //
+// With RedisConfig.Routing the bus routes per topic instead (Routing,
+// Router): each unit goes to its topic's (or partition's) channel, and the
+// subscriber is a dedicated connection whose SUBSCRIBEs and UNSUBSCRIBEs
+// follow Hold and Release, batched, and are all sent again after a
+// reconnection.
+//
 // Sharded Pub/Sub (SPUBLISH/SSUBSCRIBE per topic, for Redis Cluster) is not
 // implemented. On a Cluster, PUBLISH reaches every node's subscribers, so
 // the bus works, at the cost of broadcasting every unit across the
@@ -175,21 +196,25 @@ type RedisConfig struct {
 // Goroutines: 4 (writer, subscriber, prober, dispatcher), plus one that
 // waits for them; Close stops them all.
 type Redis struct {
-	client       rueidis.Client
-	channel      string
-	probeChannel string
-	id           string
-	ownPrefix    string // how this instance's envelopes start
-	opts         EnvelopeOptions
-	handler      Handler
-	onHealth     func(bool)
-	onResync     func()
-	onError      func(error)
-	queueSize    int
-	queueBytes   int
-	interval     time.Duration
-	threshold    int
-	timeout      time.Duration
+	client        rueidis.Client
+	channel       string
+	probeChannel  string
+	routing       *Routing // nil: every unit on channel
+	gwChannel     string   // without routing: direct sends and system topics; "" for channel
+	directChannel string   // with routing
+	routes        routeTable
+	id            string
+	ownPrefix     string // how this instance's envelopes start
+	opts          EnvelopeOptions
+	handler       Handler
+	onHealth      func(bool)
+	onResync      func()
+	onError       func(error)
+	queueSize     int
+	queueBytes    int
+	interval      time.Duration
+	threshold     int
+	timeout       time.Duration
 
 	ctx    context.Context // canceled by Close; ends every goroutine
 	cancel context.CancelFunc
@@ -197,7 +222,7 @@ type Redis struct {
 	exited chan struct{} // closed once wg is done
 
 	mu     sync.Mutex // guards queue, queued and closed
-	queue  [][]byte   // encoded envelopes waiting for the writer
+	queue  []outUnit  // encoded envelopes waiting for the writer
 	queued int        // bytes in queue
 	closed bool
 	wake   chan struct{} // one slot: the queue has work
@@ -250,6 +275,7 @@ func NewRedis(client rueidis.Client, cfg RedisConfig) (*Redis, error) {
 	r := &Redis{
 		client:     client,
 		channel:    cmp.Or(cfg.Channel, DefaultChannel),
+		gwChannel:  cfg.GatewayChannel,
 		id:         cfg.InstanceID,
 		opts:       cfg.EnvelopeOptions,
 		handler:    cfg.Handler,
@@ -278,13 +304,29 @@ func NewRedis(client rueidis.Client, cfg RedisConfig) (*Redis, error) {
 		r.onResync = func() {}
 	}
 	r.probeChannel = r.channel + ":probe:" + r.id
+	if cfg.Routing != nil {
+		rt := *cfg.Routing
+		if strings.ContainsAny(rt.Prefix, "{}") || rt.Partitions < 0 || rt.Linger < 0 {
+			return nil, fmt.Errorf("bus: routing prefix %q holds '{' or '}', or a negative partition count or linger", rt.Prefix)
+		}
+		rt.Linger = cmp.Or(rt.Linger, DefaultLinger)
+		r.routing = &rt
+		r.probeChannel = rt.probeChannel(r.id)
+		r.directChannel = rt.DirectChannel()
+		r.channel = r.directChannel // what subscription errors name
+		r.routes.init()
+	}
 	r.ownPrefix = envelope.Prefix(r.id)
 	r.healthy.Store(true)
 	r.epoch = time.Now()
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	r.wg.Add(3)
 	go r.writeLoop()
-	go r.subscribeLoop()
+	if r.routing != nil {
+		go r.routedLoop()
+	} else {
+		go r.subscribeLoop()
+	}
 	go r.dispatchLoop()
 
 	confirmed := false
@@ -339,7 +381,7 @@ func (r *Redis) Publish(ctx context.Context, msgs []Message) error {
 	if len(msgs) == 0 {
 		return nil
 	}
-	env, err := envelope.Encode(r.id, msgs, r.opts)
+	units, size, err := r.encode(msgs)
 	if err != nil {
 		return err
 	}
@@ -348,12 +390,12 @@ func (r *Redis) Publish(ctx context.Context, msgs []Message) error {
 	case r.closed:
 		r.mu.Unlock()
 		return ErrClosed
-	case len(r.queue) >= r.queueSize || r.queued+len(env) > r.queueBytes:
+	case len(r.queue)+len(units) > r.queueSize || r.queued+size > r.queueBytes:
 		r.mu.Unlock()
 		return ErrBackpressure
 	}
-	r.queue = append(r.queue, env)
-	r.queued += len(env)
+	r.queue = append(r.queue, units...)
+	r.queued += size
 	r.mu.Unlock()
 	select {
 	case r.wake <- struct{}{}:
@@ -365,7 +407,7 @@ func (r *Redis) Publish(ctx context.Context, msgs []Message) error {
 // writeLoop sends the queue until Close, then sends what is left once.
 func (r *Redis) writeLoop() {
 	defer r.wg.Done()
-	var batch [][]byte
+	var batch []outUnit
 	cmds := make(rueidis.Commands, 0, 64)
 	for {
 		stop := false
@@ -392,20 +434,20 @@ func (r *Redis) writeLoop() {
 // send PUBLISHes batch in one round trip, with its own deadline: Close
 // waits for it rather than cancel it, so units accepted before Close are
 // still sent.
-func (r *Redis) send(batch [][]byte, cmds rueidis.Commands) rueidis.Commands {
+func (r *Redis) send(batch []outUnit, cmds rueidis.Commands) rueidis.Commands {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
 	defer cancel()
 	var err error
 	lost := 0
 	if len(batch) == 1 {
-		err = r.client.Do(ctx, r.publishCmd(batch[0])).Error()
+		err = r.client.Do(ctx, r.publishCmd(batch[0].channel, batch[0].env)).Error()
 		if err != nil {
 			lost = 1
 		}
 	} else {
-		for _, env := range batch {
-			cmds = append(cmds, r.publishCmd(env))
+		for _, u := range batch {
+			cmds = append(cmds, r.publishCmd(u.channel, u.env))
 		}
 		for _, res := range r.client.DoMulti(ctx, cmds...) {
 			if e := res.Error(); e != nil {
@@ -424,10 +466,10 @@ func (r *Redis) send(batch [][]byte, cmds rueidis.Commands) rueidis.Commands {
 	return cmds
 }
 
-func (r *Redis) publishCmd(env []byte) rueidis.Completed {
+func (r *Redis) publishCmd(channel string, env []byte) rueidis.Completed {
 	// The envelope is never modified after Publish encoded it, so the
 	// zero-copy string is safe.
-	return r.client.B().Publish().Channel(r.channel).Message(rueidis.BinaryString(env)).Build()
+	return r.client.B().Publish().Channel(channel).Message(rueidis.BinaryString(env)).Build()
 }
 
 func signal(ch chan struct{}) {
@@ -456,8 +498,12 @@ func (r *Redis) subscribeLoop() {
 		r.subCancel = cancel
 		r.subMu.Unlock()
 		before := r.subscribed.Load()
+		channels := []string{r.channel, r.probeChannel}
+		if r.gwChannel != "" {
+			channels = append(channels, r.gwChannel)
+		}
 		err := r.client.Receive(rueidis.WithOnSubscriptionHook(ctx, r.onSubscription),
-			r.client.B().Subscribe().Channel(r.channel, r.probeChannel).Build(), r.onMessage)
+			r.client.B().Subscribe().Channel(channels...).Build(), r.onMessage)
 		cancel()
 		if r.ctx.Err() != nil {
 			return
@@ -518,7 +564,7 @@ func (r *Redis) onMessage(m rueidis.PubSubMessage) {
 		}
 		return
 	}
-	if m.Channel != r.channel {
+	if r.routing == nil && m.Channel != r.channel && (r.gwChannel == "" || m.Channel != r.gwChannel) {
 		return
 	}
 	// Redis echoes every unit to its publisher, so in a cluster of two,
@@ -534,7 +580,7 @@ func (r *Redis) onMessage(m rueidis.PubSubMessage) {
 	id, msgs, err := envelope.Decode([]byte(m.Message), r.opts)
 	if err != nil {
 		r.invalid.Add(1)
-		r.onError(fmt.Errorf("bus: dropping an envelope received on %q: %w", r.channel, err))
+		r.onError(fmt.Errorf("bus: dropping an envelope received on %q: %w", m.Channel, err))
 		return
 	}
 	if id == r.id {

@@ -362,14 +362,14 @@ func (s *Postgres) append(ctx context.Context, q interface {
 // receive from the store (PROTOCOL.md §5.1 rule 7).
 type PostgresOnBus struct {
 	*Postgres
-	publish func(ctx context.Context, envelope []byte) error
+	publish func(ctx context.Context, topic string, envelope []byte) error
 }
 
 // NewPostgresOnBus wraps store so that AppendAndPublish hands publish the
 // envelope {"instanceId":"replay","topic":T,"event":E,"data":D,"seq":N}
-// (envelope.AppendStore); publish must send it on the bus channel and return once
-// the bus has taken it.
-func NewPostgresOnBus(store *Postgres, publish func(ctx context.Context, envelope []byte) error) *PostgresOnBus {
+// (envelope.AppendStore); publish must send it on the bus channel of topic T (a
+// routed bus has one per topic) and return once the bus has taken it.
+func NewPostgresOnBus(store *Postgres, publish func(ctx context.Context, topic string, envelope []byte) error) *PostgresOnBus {
 	return &PostgresOnBus{Postgres: store, publish: publish}
 }
 
@@ -385,7 +385,7 @@ func (s *PostgresOnBus) AppendAndPublish(ctx context.Context, topic, event strin
 	if err != nil {
 		return 0, err
 	}
-	if err := s.publish(ctx, envelope.AppendStore(make([]byte, 0, 64+len(topic)+len(event)+len(data)), topic, event, data, seq)); err != nil {
+	if err := s.publish(ctx, topic, envelope.AppendStore(make([]byte, 0, 64+len(topic)+len(event)+len(data)), topic, event, data, seq)); err != nil {
 		return seq, fmt.Errorf("replay: publishing %q seq %d on the bus: %w: %w", topic, seq, ErrUnpublished, err)
 	}
 	return seq, nil

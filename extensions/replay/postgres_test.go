@@ -305,7 +305,7 @@ func TestPostgresOnBusPublishesOnlyStoredEvents(t *testing.T) {
 		unstored atomic.Int32
 	)
 	var s *PostgresOnBus
-	s = NewPostgresOnBus(store, func(ctx context.Context, env []byte) error {
+	s = NewPostgresOnBus(store, func(ctx context.Context, _ string, env []byte) error {
 		if fail.Load() {
 			return errors.New("bus down")
 		}

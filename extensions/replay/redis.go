@@ -46,6 +46,11 @@ type RedisConfig struct {
 	// Channel is the bus channel AppendAndPublish publishes on; it must be
 	// the Redis bus's channel. Default: DefaultChannel.
 	Channel string
+
+	// ChannelOf, when set, names the channel of each topic instead of
+	// Channel: a routed Redis bus's (bus.Routing.TopicChannel). Default:
+	// nil.
+	ChannelOf func(topic string) string
 }
 
 // Redis is the Store shared by every instance of a cluster, on one Redis
@@ -78,6 +83,7 @@ type Redis struct {
 	size    string // ARGV of the append script
 	ttl     string
 	channel string
+	chanOf  func(string) string
 	seen    *seen
 }
 
@@ -105,6 +111,7 @@ func NewRedis(client rueidis.Client, cfg RedisConfig) (*Redis, error) {
 		size:    strconv.Itoa(c.Size),
 		ttl:     strconv.FormatInt(ttl, 10),
 		channel: cfg.Channel,
+		chanOf:  cfg.ChannelOf,
 		seen:    newSeen(),
 	}, nil
 }
@@ -157,6 +164,9 @@ func (s *Redis) append(ctx context.Context, topic, event string, data json.RawMe
 	channel, head := "", ""
 	if publish {
 		channel = s.channel
+		if s.chanOf != nil {
+			channel = s.chanOf(topic)
+		}
 		head = envelope.StoreHead(topic, event)
 	}
 	// member is never modified after this point, so the zero-copy string

@@ -1,0 +1,119 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddy-realtime/realtime/internal/testsvc"
+)
+
+// BenchmarkRedisRouting puts 8 receiving instances on one Redis, 1 000
+// topics each held by one of them, and publishes round-robin over the
+// topics from a ninth: units received per instance per publish (rx/inst,
+// 1.0 = the whole firehose) and the Redis server's CPU per publish, for
+// the one channel, channel-per-topic and hashed partitions.
+//
+//	go test -run '^$' -bench RedisRouting -benchtime 20000x ./extensions/bus/
+func BenchmarkRedisRouting(b *testing.B) {
+	for _, mode := range []struct {
+		name string
+		rt   *Routing
+	}{
+		{"single", nil},
+		{"routed", &Routing{}},
+		{"partitions-16", &Routing{Partitions: 16}},
+		{"partitions-256", &Routing{Partitions: 256}},
+	} {
+		b.Run(mode.name, func(b *testing.B) { benchmarkRouting(b, mode.rt) })
+	}
+}
+
+func benchmarkRouting(b *testing.B, rt *Routing) {
+	const instances, topics = 8, 1000
+	srv := testsvc.StartRedis(b)
+	var received atomic.Int64
+	var bound atomic.Int64 // units of a topic the instance holds
+	buses := make([]*Redis, instances)
+	for i := range buses {
+		mine := i
+		buses[i] = newRedisBus(b, testsvc.Connect(b, srv.Addr()), RedisConfig{Channel: "bus", Routing: rt, MaxPending: 1 << 16,
+			Handler: func(msgs []Message) {
+				received.Add(1)
+				var n int
+				_, _ = fmt.Sscanf(msgs[0].Topic, "topic-%d", &n)
+				if n%instances == mine {
+					bound.Add(1)
+				}
+			}})
+	}
+	for n := range topics {
+		<-buses[n%instances].Hold(fmt.Sprintf("topic-%d", n))
+	}
+	pub := newRedisBus(b, testsvc.Connect(b, srv.Addr()), RedisConfig{Channel: "bus", Routing: rt, QueueSize: 1 << 16, Handler: func([]Message) {}})
+	admin := testsvc.Connect(b, srv.Addr())
+	cpu := func() float64 {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		info, err := admin.Do(ctx, admin.B().Info().Section("cpu").Build()).ToString()
+		if err != nil {
+			b.Fatal(err)
+		}
+		var sys, user float64
+		for _, line := range splitLines(info) {
+			_, _ = fmt.Sscanf(line, "used_cpu_sys:%f", &sys)
+			_, _ = fmt.Sscanf(line, "used_cpu_user:%f", &user)
+		}
+		return sys + user
+	}
+	names := make([]string, topics)
+	for n := range names {
+		names[n] = fmt.Sprintf("topic-%d", n)
+	}
+	ctx := context.Background()
+	cpu0 := cpu()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for {
+			err := pub.Publish(ctx, []Message{{Topic: names[i%topics], Event: "e", Data: []byte("1")}})
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, ErrBackpressure) {
+				b.Fatal(err)
+			}
+			time.Sleep(50 * time.Microsecond)
+		}
+		if i%1024 == 1023 {
+			for bound.Load() < int64(i+1)-2048 {
+				time.Sleep(100 * time.Microsecond)
+			}
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for bound.Load() < int64(b.N) && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	b.StopTimer()
+	used := cpu() - cpu0
+	b.ReportMetric(float64(received.Load())/float64(instances)/float64(b.N), "rx/inst")
+	b.ReportMetric(used*1e6/float64(b.N), "redis-µs/pub")
+	if bound.Load() != int64(b.N) {
+		b.Fatalf("%d of %d units reached the instance holding their topic", bound.Load(), b.N)
+	}
+}
+
+func splitLines(s string) []string {
+	var out []string
+	start := 0
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\n' {
+			out = append(out, s[start:i])
+			start = i + 1
+		}
+	}
+	return append(out, s[start:])
+}
