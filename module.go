@@ -49,7 +49,7 @@ func init() {
 
 // gateways holds every live gateway across config reloads, keyed by the
 // handler's name: a reload that keeps the name keeps the connections
-// (caddy-go.md §1.4). The new config provisions before the old one cleans up,
+// (Caddy's UsagePool). The new config provisions before the old one cleans up,
 // so the count goes 1→2→1 and Destruct runs only when the name disappears
 // from the config or Caddy exits.
 var gateways = caddy.NewUsagePool()
@@ -315,7 +315,7 @@ func (r *RedisConfig) clientOption() (rueidis.ClientOption, string, error) {
 	if opt.ClientName == "" {
 		opt.ClientName = "caddy-realtime"
 	}
-	// Settings from centrifuge's production use (caddy-go.md §5.1): no
+	// Settings from centrifuge's production use: no
 	// client-side cache, pipelining, no retries without deadlines, and a
 	// keepalive that notices a dead server in about a second.
 	opt.DisableCache = true
@@ -557,19 +557,19 @@ type Handler struct {
 	Limits *LimitsConfig `json:"limits,omitempty"`
 
 	// Replay keeps recent events of matching topics so reconnecting clients
-	// resume without gaps and replay requests are answered (PROTOCOL.md §5).
+	// resume without gaps and replay requests are answered (docs/protocol.md §5).
 	// The first matching entry wins. Default: none.
 	Replay []ReplayConfig `json:"replay,omitempty"`
 
-	// Presence tracks who is on matching topics (PROTOCOL.md §6.1).
+	// Presence tracks who is on matching topics (docs/protocol.md §6.1).
 	// Default: none.
 	Presence []PresenceConfig `json:"presence,omitempty"`
 
-	// Cursors shares pointer positions on matching topics (PROTOCOL.md
+	// Cursors shares pointer positions on matching topics (docs/protocol.md
 	// §6.2). Default: none.
 	Cursors []CursorConfig `json:"cursors,omitempty"`
 
-	// Groups are broadcast groups with roles and capacity (PROTOCOL.md
+	// Groups are broadcast groups with roles and capacity (docs/protocol.md
 	// §6.3). Default: none.
 	Groups []GroupConfig `json:"groups,omitempty"`
 
@@ -983,7 +983,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.app, h.cfg = app, cfg
 	// On process exit, start closing WebSockets as soon as Caddy begins to
 	// stop rather than after the HTTP servers' grace period: hijacked
-	// connections are invisible to that grace period (caddy-go.md §3.5).
+	// connections are invisible to that grace period.
 	if ev, err := ctx.App("events"); err == nil {
 		if err := ev.(*caddyevents.App).On("stopping", drainOnExit{h}); err != nil {
 			return fmt.Errorf("subscribing to the stopping event: %w", err)
@@ -1039,7 +1039,7 @@ func (h *Handler) startGateway() error {
 		if err != nil {
 			return nil, err
 		}
-		// Not ctx: the gateway outlives this config (caddy-go.md pitfall 2).
+		// Not ctx: the gateway outlives this config.
 		gw, err := handlers.New(cfg, opts)
 		if err != nil {
 			release()
@@ -1323,7 +1323,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	if gw.ServeHTTP(w, r) {
 		// Never return an error once the gateway answered: after a hijack
-		// Caddy would write a second response (caddy-go.md pitfall 8).
+		// Caddy would write a second response.
 		return nil
 	}
 	return next.ServeHTTP(w, r)

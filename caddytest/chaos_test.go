@@ -49,7 +49,7 @@ const (
 	chaosCatchUp    = 20 * time.Second      // bound for every client to reach the final seqs
 
 	// maxSafeSeq is the largest integer a JavaScript number holds exactly
-	// (PROTOCOL.md §5.2).
+	// (docs/protocol.md §5.2).
 	maxSafeSeq = 1<<53 - 1
 )
 

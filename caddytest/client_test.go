@@ -118,7 +118,7 @@ func (w *wsClient) nextRaw(timeout time.Duration) string {
 
 // next returns the next frame, a batch frame's envelopes one by one: the
 // gateway may put envelopes queued together for a client with the batch
-// cap into one batch frame (PROTOCOL §7.2), and a client handles each
+// cap into one batch frame (docs/protocol.md §7.2), and a client handles each
 // element as a frame of its own. Tests of batch framing itself use nextRaw.
 func (w *wsClient) next(timeout time.Duration) string {
 	w.t.Helper()

@@ -21,7 +21,7 @@ import (
 
 // caddyBin is the Caddy binary built from ./cmd/caddy once per test run;
 // every integration test drives real Caddy processes started from it
-// (caddy-go.md §4.3: one process cannot host several Caddies).
+// (one process cannot host several Caddies).
 var caddyBin string
 
 func TestMain(m *testing.M) {

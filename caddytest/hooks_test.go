@@ -333,7 +333,7 @@ func TestHookAuthForwardsRequest(t *testing.T) {
 	}
 }
 
-// BUG (PROTOCOL §2.1): "X-Request-ID if 1–128 characters in 0x21–0x7E,
+// BUG (docs/protocol.md §2.1): "X-Request-ID if 1–128 characters in 0x21–0x7E,
 // else a new UUID". The replacement id must be a UUID; handlers/hooks.go
 // requestID makes 16 random bytes in base64url (22 characters) instead.
 func TestHookAuthReplacesBadRequestIDWithUUID(t *testing.T) {
@@ -353,12 +353,12 @@ func TestHookAuthReplacesBadRequestIDWithUUID(t *testing.T) {
 			t.Fatalf("upgrade: %d", status)
 		}
 		if got := app.waitCalls(t, "/auth", i+1)[i].Header.Get("X-Request-ID"); !uuid.MatchString(got) {
-			t.Errorf("X-Request-ID %q was replaced by %q, want a new UUID (PROTOCOL §2.1)", sent, got)
+			t.Errorf("X-Request-ID %q was replaced by %q, want a new UUID (docs/protocol.md §2.1)", sent, got)
 		}
 	}
 }
 
-// BUG (DESIGN §4.3 "like Caddy's forward_auth"; PROTOCOL §2.1 client IP
+// BUG (docs/hooks.md, "like Caddy's forward_auth"; docs/protocol.md §2.1 client IP
 // "honouring trusted proxies"): with no trusted_proxies, an X-Forwarded-For
 // sent by the client itself must not reach the auth hook; forward_auth
 // (reverse_proxy) sends only the client IP then. handlers/hooks.go
@@ -854,7 +854,7 @@ func TestHookMessageSlowHookDoesNotBlock(t *testing.T) {
 // the upgrade the identity of whatever JSON object the redirect target
 // serves, and a subscribe hook answering 307 fails open. Caddy's
 // forward_auth never follows the auth app's redirects. Expected: a 3xx is
-// an invalid answer (auth 502, PROTOCOL §2.1; subscribe INTERNAL_ERROR,
+// an invalid answer (auth 502, docs/protocol.md §2.1; subscribe INTERNAL_ERROR,
 // §3.5).
 func TestHookRedirectsAreNotFollowed(t *testing.T) {
 	app := newApp(t, func(w http.ResponseWriter, c hookReq) {

@@ -771,7 +771,7 @@ type floodResult struct {
 	bytes    int
 }
 
-// §8, STYLE §5 ("a broadcast never waits for a subscriber"): a client that
+// §8, docs/design.md, conventions §5 ("a broadcast never waits for a subscriber"): a client that
 // stops reading while its topic floods costs the gateway at most
 // max_backpressure, is handled by the slow_consumer policy (closed with
 // 1013 "Slow consumer", or kept and its frames dropped and counted), and a

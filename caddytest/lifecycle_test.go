@@ -57,7 +57,7 @@ func currentCaddyfile(t *testing.T, in *instance) string {
 
 // A reload that keeps the realtime configuration keeps every connection;
 // one that changes only a non-extension option applies it to the live
-// gateway, still without dropping anyone (DESIGN §5).
+// gateway, still without dropping anyone (docs/operations.md).
 func TestLifecycleReloadKeepsConnections(t *testing.T) {
 	in := startCaddy(t, `
 	realtime {

@@ -17,7 +17,7 @@ import (
 )
 
 // Integration tests of replay buffers, resume and replay requests
-// (PROTOCOL.md §5, §9.12-13, §9.19-24) and of the /replay API.
+// (docs/protocol.md §5, §9.12-13, §9.19-24) and of the /replay API.
 
 // rpSite is a handler with the API on loopback, no upgrade rate limit
 // (tests dial several times) and the given extra lines (replay rules).
@@ -995,7 +995,7 @@ func TestReplayResumePendingEntriesBoundedAcrossResumeFrames(t *testing.T) {
 	}
 }
 
-// rpMaxLastSeen is PROTOCOL.md §8's bound on resume entries used.
+// rpMaxLastSeen is docs/protocol.md §8's bound on resume entries used.
 const rpMaxLastSeen = 1024
 
 // §7.2: a gap fill larger than one batch frame (256 KiB) is split into

@@ -1,5 +1,5 @@
 // A small hand-written client of the current protocol generation, as the
-// svelte-adapter-uws 0.5 client speaks it (PROTOCOL.md §2.4–§2.6, §5, §6):
+// svelte-adapter-uws 0.5 client speaks it (docs/protocol.md §2.4–§2.6, §5, §6):
 //
 //   on open: cursor-snapshot per cursor topic (tab visible), hello with the
 //   batch cap, resume with the previous welcome id and last seen seqs, one

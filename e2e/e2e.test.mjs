@@ -256,7 +256,7 @@ e2e(
 		await gw.stop();
 		await eventually(() => cur.locator('#status').getAttribute('data-status'), 'disconnected');
 		await eventually(() => leg.locator('#status').getAttribute('data-status'), 'closed');
-		// A graceful stop closes with 1001 (PROTOCOL.md §2.7).
+		// A graceful stop closes with 1001 (docs/protocol.md §2.7).
 		for (const page of [cur, leg]) assert.deepEqual(await closes(page), [{ code: 1001, reason: 'Server shutting down' }]);
 
 		await gw.start(); // same port

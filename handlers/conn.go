@@ -24,7 +24,7 @@ import (
 // the connection's subscriptions and control-frame state; it ends on a read
 // error and then cleans everything up. A write loop runs only while frames
 // are queued, and a message-hook worker only while application messages
-// wait, so an idle connection costs one goroutine (DESIGN.md §6).
+// wait, so an idle connection costs one goroutine (docs/design.md).
 type conn struct {
 	g        *Gateway
 	ws       *websocket.Conn

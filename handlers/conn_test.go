@@ -19,7 +19,7 @@ import (
 )
 
 // TestConnSlowConsumer floods a topic with two subscribers, one of which
-// stops reading (PROTOCOL.md §8, STYLE §5: a broadcast never waits for a
+// stops reading (docs/protocol.md §8, docs/design.md, conventions §5: a broadcast never waits for a
 // subscriber). The reading one gets every frame in seq order under either
 // policy; the stalled one is closed with 1013 "Slow consumer" under the
 // default policy and stays connected, missing frames, under DropSlow. No

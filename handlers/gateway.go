@@ -114,7 +114,7 @@ type Gateway struct {
 	closeOnce sync.Once
 
 	busName string
-	healthy atomic.Bool // the shared backends are reachable (PROTOCOL.md §4.3)
+	healthy atomic.Bool // the shared backends are reachable (docs/protocol.md §4.3)
 
 	ext      *extensions // replay, presence, cursors, groups, rate limit: fixed for the gateway's life
 	presence presenceTopics
@@ -507,7 +507,7 @@ func (g *Gateway) sweepConns(s *settings, now time.Time) {
 	n := now.UnixNano()
 	for _, c := range g.conns.all() {
 		if n-c.lastRead.Load() > int64(s.IdleTimeout) {
-			// Half-open or silent: the read loop ends and cleans up (STYLE §9.5).
+			// Half-open or silent: the read loop ends and cleans up (docs/design.md, conventions §9.5).
 			c.ws.CloseNow()
 			continue
 		}
@@ -617,7 +617,7 @@ func (g *Gateway) ShutdownBudget() time.Duration {
 }
 
 // setHealth tells every connection that a shared backend became unhealthy
-// (degraded) or healed (recovered), on __realtime (PROTOCOL.md §4.3). It is
+// (degraded) or healed (recovered), on __realtime (docs/protocol.md §4.3). It is
 // the bus's health callback: it only enqueues.
 func (g *Gateway) setHealth(healthy bool) {
 	if g.healthy.Swap(healthy) == healthy {

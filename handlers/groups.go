@@ -20,7 +20,7 @@ import (
 
 // group is one declared broadcast group on this gateway: its registry
 // (membership and capacity) and its local members, who receive its frames
-// on __group:<name> (PROTOCOL.md §6.3).
+// on __group:<name> (docs/protocol.md §6.3).
 type group struct {
 	cfg    GroupConfig
 	frame  string

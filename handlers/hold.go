@@ -3,7 +3,7 @@ package handlers
 import "github.com/coder/websocket"
 
 // A connection's stream of one topic is filtered for a while in two cases
-// (PROTOCOL.md §5.3, §5.4):
+// (docs/protocol.md §5.3, §5.4):
 //
 //   - held: while the connection's read loop reads a replay store for a
 //     resume or a replay request, live frames of the topic are kept aside

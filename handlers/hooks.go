@@ -72,7 +72,7 @@ type authResult struct {
 }
 
 // authenticate calls the auth hook like Caddy's forward_auth: a GET carrying
-// the upgrade's credentials (§2.1 check 6, DESIGN §4.3). Results are never
+// the upgrade's credentials (§2.1 check 6, docs/hooks.md). Results are never
 // cached: each upgrade asks again.
 func (g *Gateway) authenticate(r *http.Request, ip string, s *settings) authResult {
 	select {

@@ -15,7 +15,7 @@ import (
 const hubShards = 64
 
 // hub is the topic index of one gateway: topic → subscribed connections,
-// plus the per-instance seq counter of each topic (PROTOCOL.md §5.1).
+// plus the per-instance seq counter of each topic (docs/protocol.md §5.1).
 //
 // Lock order: shard.mu, then topic.mu, then conn.mu (the outbound queue, a
 // leaf lock). A publish holds its topic's lock while it stamps and enqueues,
@@ -136,7 +136,7 @@ func (h *hub) unsubscribe(name string, c *conn) {
 
 // locked runs fn under name's topic lock: nothing is delivered on the
 // topic meanwhile, so what fn enqueues precedes every later frame of it
-// (PROTOCOL.md §5.3, §5.4). fn must not block: no store or network call.
+// (docs/protocol.md §5.3, §5.4). fn must not block: no store or network call.
 func (h *hub) locked(name string, fn func(t *topic)) {
 	t := h.lockLive(name)
 	defer t.mu.Unlock()

@@ -12,7 +12,7 @@ import (
 // and enqueueing, without sockets (socketless connections keep their write
 // loop parked, see newMemConn). Queues are emptied every 64 publishes off
 // the clock, as write loops would. The goal is a constant number of
-// allocations per publish, none per subscriber (STYLE §6).
+// allocations per publish, none per subscriber (docs/design.md, conventions §6).
 func benchmarkHubBroadcast(b *testing.B, subs int) {
 	g := memGateway(b)
 	const drainEvery = 64

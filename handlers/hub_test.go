@@ -21,7 +21,7 @@ type orderClient struct {
 	topics []string
 }
 
-// TestHubPublishOrder checks PROTOCOL.md §5.1 rule 6 under concurrent
+// TestHubPublishOrder checks docs/protocol.md §5.1 rule 6 under concurrent
 // publishers: every connection sees each topic's seqs as 1, 2, 3, … with no
 // gap and no duplicate, whether frames arrive plain or in batch frames, and
 // concurrent batch publishes over several topics never deadlock.
@@ -534,7 +534,7 @@ func TestHubBatchPublishKeepsTopicsApartInHugeBatches(t *testing.T) {
 }
 
 // TestHubPublishDoesNotAllocatePerSubscriber checks the fan-out's hot path
-// (STYLE §6): a publish allocates a constant amount, however many connections
+// (docs/design.md, conventions §6): a publish allocates a constant amount, however many connections
 // subscribe.
 func TestHubPublishDoesNotAllocatePerSubscriber(t *testing.T) {
 	g := memGateway(t)

@@ -8,7 +8,7 @@ import (
 
 // Metrics are package-level so their values survive config reloads (a
 // gateway outlives the config that built it); Register adds them to each new
-// config's registry (STYLE §3, rl #100: metrics registered once go stale).
+// config's registry (docs/design.md, conventions §3, rl #100: metrics registered once go stale).
 var (
 	metricConnections = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: "caddy", Subsystem: "realtime", Name: "connections",

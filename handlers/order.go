@@ -12,7 +12,7 @@ import (
 	"github.com/caddy-realtime/realtime/extensions/wire"
 )
 
-// Live gap fill (PROTOCOL.md §5.1 rule 7). On a topic whose seqs come from
+// Live gap fill (docs/protocol.md §5.1 rule 7). On a topic whose seqs come from
 // a shared store (Redis, Postgres), events reach this instance from the bus
 // or from appends that finished in any order, and a unit can be lost: on
 // the bus while Redis restarts, before a subscription is restored, in a full

@@ -15,7 +15,7 @@ import (
 	"github.com/caddy-realtime/realtime/extensions/wire"
 )
 
-// Vocabularies of a connection (PROTOCOL.md §1.4), fixed when presence or a
+// Vocabularies of a connection (docs/protocol.md §1.4), fixed when presence or a
 // cursor snapshot first creates state for it.
 const (
 	vocabUnset uint32 = iota

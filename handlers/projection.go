@@ -9,11 +9,11 @@ import (
 	"github.com/caddy-realtime/realtime/extensions/wire"
 )
 
-// maxProjection caps a member's public data (PROTOCOL.md §8: 2 KiB JSON).
+// maxProjection caps a member's public data (docs/protocol.md §8: 2 KiB JSON).
 const maxProjection = 2048
 
 // secretKey matches identity keys never shown to other users by default
-// (PROTOCOL.md §6.1, extensions-study.md: tokens in userData leaked).
+// (docs/protocol.md §6.1, docs/design.md, lessons: tokens in userData leaked).
 var secretKey = regexp.MustCompile(`(?i)token|secret|password|auth|session|cookie|jwt|credential`)
 
 func isSecretKey(k string) bool {

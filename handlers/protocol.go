@@ -12,7 +12,7 @@ import (
 	"github.com/caddy-realtime/realtime/extensions/wire"
 )
 
-// Canonical subscribe denial reasons (PROTOCOL.md §3.5).
+// Canonical subscribe denial reasons (docs/protocol.md §3.5).
 const (
 	ReasonForbidden     = "FORBIDDEN"
 	ReasonInvalidTopic  = "INVALID_TOPIC"

@@ -33,7 +33,7 @@ type replayRule struct {
 // (replay.Config.Base): 0 on a gateway's first start in stateDir, so a new
 // deployment's seqs start at 1, and replay.ClockBase on every later start,
 // so a restarted gateway never issues a seq its clients saw from the last
-// one (PROTOCOL.md §5.2). The marker is one empty file per gateway name.
+// one (docs/protocol.md §5.2). The marker is one empty file per gateway name.
 // Without a stateDir, or when the marker cannot be written, it is the
 // clock base: the safe side.
 func memoryBase(stateDir, name string, now time.Time) uint64 {

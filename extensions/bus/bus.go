@@ -29,7 +29,7 @@ type Handler func(msgs []Message)
 // Bus relays messages to every other instance. Local delivery is the caller's job; a Bus never echoes a message back to the instance that published it.
 //
 // Delivery is at most once: a message is lost when an instance is
-// unreachable, and nothing replays it (replay stores do that, PROTOCOL.md §5).
+// unreachable, and nothing replays it (replay stores do that, docs/protocol.md §5).
 // A Bus is safe for concurrent use.
 type Bus interface {
 	// Publish relays msgs, in order, as one unit (a batch publish stays one envelope).
@@ -61,7 +61,7 @@ type Closer interface {
 
 // Healther is implemented by a Bus that can lose its connection to other
 // instances. Healthy reports whether published units currently reach them;
-// the gateway tells clients degraded/recovered on changes (PROTOCOL.md §4.3).
+// the gateway tells clients degraded/recovered on changes (docs/protocol.md §4.3).
 // It never blocks.
 type Healther interface {
 	Healthy() bool

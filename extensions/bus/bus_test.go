@@ -14,7 +14,7 @@ import (
 )
 
 // TestMain fails the run when a goroutine of this package outlives the
-// tests: every bus must stop what it started when closed (STYLE.md §5).
+// tests: every bus must stop what it started when closed (docs/design.md, conventions §5).
 func TestMain(m *testing.M) { testsvc.RunWithLeakCheck(m, "extensions/bus.") }
 
 // pairFactory gives the conformance suite two instances of one backend on
@@ -96,7 +96,7 @@ func msg(topic string, n int) Message {
 	return Message{Topic: topic, Event: "e", Data: json.RawMessage(fmt.Sprintf(`{"n":%d}`, n))}
 }
 
-// testBus is the conformance suite every backend runs (STYLE.md §7).
+// testBus is the conformance suite every backend runs (docs/design.md, conventions §7).
 func testBus(t *testing.T, newPair pairFactory) {
 	t.Run("units from one publisher arrive in publish order", func(t *testing.T) {
 		a, b, recvA, recvB := newPair(t)

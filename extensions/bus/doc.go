@@ -5,7 +5,7 @@
 // to its own subscribers itself and hands the same messages to
 // Bus.Publish; every other instance's Handler receives them and delivers
 // them to its subscribers. A Bus never echoes a unit back to its publisher,
-// so nothing is delivered twice (extensions-study.md §2.1, echo
+// so nothing is delivered twice (docs/design.md, lessons: echo
 // suppression).
 //
 // # Concurrency contract
@@ -18,7 +18,7 @@
 // of its own, one call at a time; the Handler must not block, since it holds
 // up every later unit. Delivery is at most once: units published while an
 // instance is unreachable are lost, and replay stores are the recovery path
-// (PROTOCOL.md §5). Close (the Closer extra) stops the goroutine and waits
+// (docs/protocol.md §5). Close (the Closer extra) stops the goroutine and waits
 // for it, bounded by its ctx.
 //
 // # Backends

@@ -132,7 +132,7 @@ type RedisConfig struct {
 	// and when a received unit was dropped because the Handler fell
 	// behind. Units published in between are lost for this instance; a
 	// gateway compares the topics it delivers with their replay stores
-	// then (PROTOCOL.md §5.1 rule 7). It must not block. Default: nil.
+	// then (docs/protocol.md §5.1 rule 7). It must not block. Default: nil.
 	OnResync func()
 
 	// StartUnreachable makes NewRedis return a bus whose first subscription
@@ -166,8 +166,8 @@ type RedisConfig struct {
 // units in queue order, which is publish order.
 //
 // The subscriber is one client.Receive on the client's shared connection,
-// which rueidis re-subscribes after a reconnection (reference caddy-go.md
-// §5.2); the bus restarts it itself, with backoff, when it returns or when
+// which rueidis re-subscribes after a reconnection;
+// the bus restarts it itself, with backoff, when it returns or when
 // probes stop coming back. Its callback only decodes and validates each
 // envelope (the size cap before parsing), drops this instance's own, and
 // hands the unit to a dispatcher goroutine through a bounded channel: it

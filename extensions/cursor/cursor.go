@@ -1,5 +1,5 @@
 // Package cursor holds the shared cursor positions of each cursor topic
-// across every instance (PROTOCOL.md §6.2): one entry per connection, latest
+// across every instance (docs/protocol.md §6.2): one entry per connection, latest
 // position wins, gone when the connection closes or its instance stops.
 //
 // The Tracker is the state a snapshot reads. Moves travel as frames: the
@@ -8,7 +8,7 @@
 // "__cursor:<topic>", and relays that frame through the bus, so every
 // instance sends the same bytes to its attached connections. Relaying one
 // frame per flush instead of one per entry is what kept the reference
-// package's cursors at frame rate (extensions-study.md L-27).
+// package's cursors at frame rate (docs/design.md, lesson L-27).
 //
 // # Concurrency
 //
@@ -78,7 +78,7 @@ type ManyUpdater interface {
 	UpdateMany(ctx context.Context, topic string, es []Entry) error
 }
 
-// Defaults and limits of Config (PROTOCOL.md §6.2, §8).
+// Defaults and limits of Config (docs/protocol.md §6.2, §8).
 const (
 	DefaultTopicThrottle = 50 * time.Millisecond
 	MinTopicThrottle     = 16 * time.Millisecond

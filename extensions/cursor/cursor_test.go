@@ -16,7 +16,7 @@ func TestConfigWithDefaults(t *testing.T) {
 		in            Config
 		throttle, ttl time.Duration
 	}{
-		{"the zero Config gets PROTOCOL.md's defaults", Config{}, 50 * time.Millisecond, 30 * time.Second},
+		{"the zero Config gets docs/protocol.md's defaults", Config{}, 50 * time.Millisecond, 30 * time.Second},
 		{"a throttle below one 60 Hz frame is raised to it", Config{TopicThrottle: time.Millisecond}, 16 * time.Millisecond, 30 * time.Second},
 		{"a throttle of exactly 16ms is kept", Config{TopicThrottle: 16 * time.Millisecond}, 16 * time.Millisecond, 30 * time.Second},
 		{"set values are kept", Config{TopicThrottle: time.Second, TTL: time.Minute}, time.Second, time.Minute},
@@ -92,7 +92,7 @@ func expectEntries(t testing.TB, tr Tracker, topic string, want ...Entry) {
 	}
 }
 
-// testTracker is the conformance suite every backend runs (STYLE.md §7).
+// testTracker is the conformance suite every backend runs (docs/design.md, conventions §7).
 func testTracker(t *testing.T, newTracker trackerFactory) {
 	const ann, bo = `{"id":"u1"}`, `{"id":"u2"}`
 

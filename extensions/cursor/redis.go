@@ -101,7 +101,7 @@ type RedisConfig struct {
 // deleted. Since Redis runs each sweep atomically, every expired entry is
 // deleted, and handed to OnExpire, by exactly one instance, whichever
 // swept it first; the gateway there publishes the remove frames for the
-// whole cluster (PROTOCOL.md §6.2). A crashed instance's entries are
+// whole cluster (docs/protocol.md §6.2). A crashed instance's entries are
 // removed within TTL plus TTL/3 of its last renewal.
 //
 // A topic with no entry and none of this instance's is forgotten

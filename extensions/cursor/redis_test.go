@@ -17,8 +17,8 @@ import (
 )
 
 // TestMain fails the run when a goroutine of this package outlives the
-// tests: every Redis Tracker must stop its sweeper when closed (STYLE.md
-// §5).
+// tests: every Redis Tracker must stop its sweeper when closed (docs/design.md,
+// conventions §5).
 func TestMain(m *testing.M) { testsvc.RunWithLeakCheck(m, "extensions/cursor.") }
 
 var instanceSerial atomic.Int64

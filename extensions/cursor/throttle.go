@@ -4,10 +4,10 @@ import "time"
 
 // Throttle decides when a stream of values is sent so that sends are at
 // least Interval apart, with a leading and a trailing edge
-// (extensions-study.md §2.6): the first value after an idle interval goes
+// (docs/design.md, lessons: cursor throttle): the first value after an idle interval goes
 // at once, and values arriving sooner are held for one send at the end of
 // the interval, which carries the latest of them. The gateway keeps one per
-// (connection, topic) for moves and one per topic for flushes (PROTOCOL.md
+// (connection, topic) for moves and one per topic for flushes (docs/protocol.md
 // §6.2).
 //
 // A Throttle only decides. The caller owns the values and the timer, and
@@ -79,7 +79,7 @@ func (t *Throttle) Offer(now time.Time) (sendNow bool, fireAt time.Time) {
 // now counts as the last send, so the next value within Interval of it is
 // held again (the reference package's lastBroadcast = fire time). A timer
 // that fires after Reset, too late for its Stop, gets false and sends
-// nothing, so no update follows a remove (PROTOCOL.md §6.2).
+// nothing, so no update follows a remove (docs/protocol.md §6.2).
 func (t *Throttle) Fired(now time.Time) bool {
 	if !t.armed {
 		return false

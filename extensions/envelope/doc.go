@@ -14,7 +14,7 @@
 // The first is one topic message and the second several, in order, as the
 // reference package sends them (it never sends "seq": the gateway adds it
 // for topics with a replay buffer, so every instance delivers the seq the
-// publishing instance stamped, PROTOCOL.md §5.1). The third is used when a
+// publishing instance stamped, docs/protocol.md §5.1). The third is used when a
 // unit holds a direct send ("user": deliver to that user's connections,
 // not to the topic's subscribers). It has no top-level "topic" or "batch",
 // so nodes of the reference package cannot take it for a publish; they
@@ -31,7 +31,7 @@
 //   - event: a valid event name (wire.ValidEvent).
 //   - data: any JSON value, copied byte for byte between the publisher and
 //     every client; never decoded and re-encoded (re-encoding rounds large
-//     numbers and reorders keys, extensions-study.md L-24). Absent means
+//     numbers and reorders keys, docs/design.md, lesson L-24). Absent means
 //     null.
 //   - seq: optional integer from 1 to 2^53; never on a "__" topic or a
 //     direct send.

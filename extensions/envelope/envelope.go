@@ -10,7 +10,7 @@ import (
 )
 
 // DefaultMaxBytes is the default Options.MaxBytes: twice the
-// largest frame (PROTOCOL.md §3.1), so that an envelope carrying one maximal
+// largest frame (docs/protocol.md §3.1), so that an envelope carrying one maximal
 // frame always fits with its instanceId, while an outside envelope still
 // costs at most 2 MiB to refuse. Nodes of the reference package refuse
 // envelopes over 1 MiB (their maxEnvelopeBytes); a mixed cluster that
@@ -31,7 +31,7 @@ type Options struct {
 	MaxBytes int
 
 	// AllowNonASCIITopics accepts topics with characters from U+0080 up, as
-	// the handler's allow_non_ascii_topics does (PROTOCOL.md §4.1).
+	// the handler's allow_non_ascii_topics does (docs/protocol.md §4.1).
 	// Default: false.
 	AllowNonASCIITopics bool
 
@@ -39,7 +39,7 @@ type Options struct {
 	// with access to the Redis server can publish on the bus channel, so by
 	// default every system topic is refused: a forged __presence or
 	// __realtime frame would reach clients as if the gateway had sent it
-	// (extensions-study.md L-33). Default: none.
+	// (docs/design.md, lesson L-33). Default: none.
 	SystemTopics wire.Patterns
 }
 
@@ -65,7 +65,7 @@ func (o Options) check(m *Message) error {
 		return fmt.Errorf("%w: event must be 1-256 bytes without control characters, '\"' or '\\'", ErrInvalidMessage)
 	}
 	if m.Seq > 0 {
-		// PROTOCOL.md §4.3 and §5.1 rule 5: system-topic frames and direct
+		// docs/protocol.md §4.3 and §5.1 rule 5: system-topic frames and direct
 		// sends never carry seq.
 		switch {
 		case system:

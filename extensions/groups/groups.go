@@ -1,6 +1,6 @@
 // Package groups keeps the membership of broadcast groups across every
 // instance: who may join (capacity, the closed flag), with which role, and
-// each group's metadata (PROTOCOL.md §6.3).
+// each group's metadata (docs/protocol.md §6.3).
 //
 // The Registry decides membership; frames travel elsewhere. The instance
 // owning a connection knows its groups and roles, sends join, leave and
@@ -14,7 +14,7 @@
 // A Registry is safe for concurrent use. Join checks the closed flag and
 // the capacity and inserts in one atomic step cluster-wide, so concurrent
 // joins never overfill a group and none slips past a concurrent CloseGroup
-// (extensions-study.md L-02, L-22). The gateway serializes calls per
+// (docs/design.md, lesson L-02, L-22). The gateway serializes calls per
 // connection.
 //
 // # Crashed instances
@@ -43,7 +43,7 @@ import (
 // members or to the members of one role.
 type Role string
 
-// The roles of PROTOCOL.md §6.3.
+// The roles of docs/protocol.md §6.3.
 const (
 	RoleMember Role = "member"
 	RoleAdmin  Role = "admin"
@@ -59,7 +59,7 @@ func (r Role) Valid() bool {
 // Counts is how many members a group has in each role. It is all a members
 // frame needs ([{"role":…},…] names no member), so a join costs the same in
 // a group of ten and of ten thousand (the reference package returned every
-// member's JSON from its join script, extensions-study.md L-23).
+// member's JSON from its join script, docs/design.md, lesson L-23).
 type Counts struct {
 	Member, Admin, Viewer int
 }

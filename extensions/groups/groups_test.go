@@ -101,7 +101,7 @@ func expectJoinError(t testing.TB, r Registry, group, connID string, role Role, 
 	}
 }
 
-// testRegistry is the conformance suite every backend runs (STYLE.md §7).
+// testRegistry is the conformance suite every backend runs (docs/design.md, conventions §7).
 func testRegistry(t *testing.T, newRegistry registryFactory) {
 	t.Run("joins are counted per role", func(t *testing.T) {
 		r := newRegistry(t, Config{})
@@ -204,7 +204,7 @@ func testRegistry(t *testing.T, newRegistry registryFactory) {
 		r := newRegistry(t, Config{})
 		expectState(t, r, "lobby", State{})
 		// Spacing, key order, an empty array and a number beyond float64
-		// precision all survive (extensions-study.md L-24).
+		// precision all survive (docs/design.md, lesson L-24).
 		odd := []byte(`{ "z":1, "a" : [ ], "n":9007199254740993, "s":"\u00e9" }`)
 		want := bytes.Clone(odd)
 		if err := r.SetMeta(context.Background(), "lobby", odd); err != nil {

@@ -18,7 +18,7 @@ import (
 
 // TestMain fails the run when a goroutine of this package outlives the
 // tests: every Redis registry must stop its heartbeat on Close
-// (STYLE.md §5).
+// (docs/design.md, conventions §5).
 func TestMain(m *testing.M) { testsvc.RunWithLeakCheck(m, "extensions/groups.") }
 
 // newRedisRegistry returns a registry of instance on client, under prefix,

@@ -14,7 +14,7 @@
 // session-scoped and lives on the LISTEN connection itself: when the
 // leader's process dies or its connection drops, PostgreSQL frees the lock
 // and a follower takes over within one LeaderPoll (a lock taken through a
-// pool would stay with whatever pooled connection ran it, caddy-go.md §6.4).
+// pool would stay with whatever pooled connection ran it).
 //
 // A Listener runs one goroutine, started by Start and stopped by Close;
 // every callback runs on it, in order.

@@ -17,7 +17,7 @@ import (
 // Every call takes one mutex and does a constant number of map operations
 // (List and Count aside), so Join and Leave cost O(1) whatever the size of
 // the topic: a mass disconnect of n members costs O(n), not the O(n²) of
-// the reference package's scans (extensions-study.md L-29, L-30). A topic
+// the reference package's scans (docs/design.md, lesson L-29, L-30). A topic
 // whose last member leaves is deleted, so memory is bounded by the
 // connections present.
 type Memory struct {

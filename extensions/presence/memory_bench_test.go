@@ -9,7 +9,7 @@ import (
 
 // benchmarkMemoryJoinLeave joins size members to one topic, then measures a
 // join and the leave of one more member among them: the cost must not grow
-// with size (extensions-study.md L-29).
+// with size (docs/design.md, lesson L-29).
 func benchmarkMemoryJoinLeave(b *testing.B, size int) {
 	m := NewMemory(Config{})
 	ctx := context.Background()

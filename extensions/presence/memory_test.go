@@ -38,7 +38,7 @@ func TestMemoryNeverCallsOnChange(t *testing.T) {
 }
 
 // TestMemoryLeaveDoesNotAllocate guards the O(1), allocation-free leave
-// that keeps a mass disconnect cheap (extensions-study.md L-29, L-30).
+// that keeps a mass disconnect cheap (docs/design.md, lesson L-29, L-30).
 func TestMemoryLeaveDoesNotAllocate(t *testing.T) {
 	m := NewMemory(Config{})
 	ctx := context.Background()

@@ -1,6 +1,6 @@
 // Package presence tracks who is present on each topic across every
 // instance, counting a user once however many tabs and instances they are
-// connected through (PROTOCOL.md §6.1).
+// connected through (docs/protocol.md §6.1).
 //
 // A member is a key (the user's presence key, or "__conn:<connection id>"
 // for an anonymous connection; keys are cluster-unique) with its data, the
@@ -23,8 +23,8 @@
 // Each instance refreshes its connections' entries every Config.Refresh.
 // When an instance stops (crash, network split), its entries expire after
 // Config.TTL, and every other instance is told through OnChange, so clients
-// see the leave (PROTOCOL.md §6.1). The reference package never sent those
-// leaves (extensions-study.md K-6).
+// see the leave (docs/protocol.md §6.1). The reference package never sent those
+// leaves (docs/design.md, lesson K-6).
 //
 // # Backends
 //
@@ -59,7 +59,7 @@ const (
 	// Joined: the key's first connection anywhere joined.
 	Joined
 	// Updated: a connection of a present key joined with different data;
-	// the member's data is now that data (PROTOCOL.md §6.1: a data change
+	// the member's data is now that data (docs/protocol.md §6.1: a data change
 	// is a join for current clients and a fresh list for legacy ones).
 	Updated
 	// Left: the key's last connection anywhere left or expired.
@@ -128,7 +128,7 @@ type Tracker interface {
 	Count(ctx context.Context, topic string) (int, error)
 }
 
-// Defaults of Config (PROTOCOL.md §8).
+// Defaults of Config (docs/protocol.md §8).
 const (
 	DefaultTTL     = 90 * time.Second
 	DefaultRefresh = 30 * time.Second

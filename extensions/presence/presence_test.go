@@ -17,7 +17,7 @@ func TestConfigWithDefaults(t *testing.T) {
 		in            Config
 		ttl, interval time.Duration
 	}{
-		{"the zero Config gets PROTOCOL.md's defaults", Config{}, 90 * time.Second, 30 * time.Second},
+		{"the zero Config gets docs/protocol.md's defaults", Config{}, 90 * time.Second, 30 * time.Second},
 		{"a short TTL shortens the default heartbeat to a third of it", Config{TTL: 15 * time.Second}, 15 * time.Second, 5 * time.Second},
 		{"a long TTL keeps the default heartbeat", Config{TTL: 10 * time.Minute}, 10 * time.Minute, 30 * time.Second},
 		{"a set heartbeat is kept", Config{Refresh: time.Second}, 90 * time.Second, time.Second},
@@ -120,7 +120,7 @@ func expectPresent(t testing.TB, tr Tracker, topic string, want map[string]strin
 	}
 }
 
-// testTracker is the conformance suite every backend runs (STYLE.md §7).
+// testTracker is the conformance suite every backend runs (docs/design.md, conventions §7).
 func testTracker(t *testing.T, newTracker trackerFactory) {
 	const ann, bo = `{"id":"u1","name":"Ann"}`, `{"id":"u2","name":"Bo"}`
 	const ann2 = `{"id":"u1","name":"Ann B."}`
@@ -336,7 +336,7 @@ func testTracker(t *testing.T, newTracker trackerFactory) {
 
 	t.Run("a mass leave of 10 000 members empties the topic", func(t *testing.T) {
 		// Leave is O(1) in the topic's size by design (no scan of the
-		// topic, extensions-study.md L-29); this only checks the outcome at
+		// topic, docs/design.md, lesson L-29); this only checks the outcome at
 		// a size where a scan per leave would be obvious in the run time.
 		tr := newTracker(t, Config{})
 		const n, workers = 10_000, 8

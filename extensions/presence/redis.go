@@ -129,7 +129,7 @@ type RedisConfig struct {
 // instance's conns hash, which the Join and Leave scripts (redis_join.lua,
 // redis_leave.lua) add or remove while adjusting the count: O(1) whatever
 // the topic's size, where the reference package scanned the topic
-// (extensions-study.md L-29). Each script decides Joined, Updated or Left
+// (docs/design.md, lesson L-29). Each script decides Joined, Updated or Left
 // from the count and the stored data and publishes the change, atomically.
 //
 // An instance's connections on a topic live as long as its lease: expiry
@@ -164,7 +164,7 @@ type RedisConfig struct {
 // instances whose lease expired, decrementing their members and
 // publishing a leave (marked "all") for each that reaches zero. A crashed
 // instance's members therefore leave within TTL plus one heartbeat of its
-// last refresh, reported to every instance (extensions-study.md K-6), even
+// last refresh, reported to every instance (docs/design.md, lesson K-6), even
 // when it held every connection of the topic: every instance that heard
 // of a member sweeps its topic. That costs one script run, O(instances),
 // per instance, followed topic and heartbeat (10 instances following
@@ -838,7 +838,7 @@ func (r *Redis) dispatchLoop() {
 
 // follow adds the topics where members joined elsewhere to those this
 // instance sweeps: should every instance holding them crash, this one
-// still reaps them and its clients hear the leaves (PROTOCOL.md §6.1).
+// still reaps them and its clients hear the leaves (docs/protocol.md §6.1).
 func (r *Redis) follow(changes []Change) {
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -37,6 +37,6 @@ if data == '' then
 	data = 'null'
 end
 -- Spliced, never built with cjson: re-encoding would change the data's
--- bytes (extensions-study.md L-24). Only the key is encoded here.
+-- bytes (docs/design.md, lesson L-24). Only the key is encoded here.
 redis.call('PUBLISH', ARGV[7], ARGV[8] .. ',"k":"' .. name .. '","key":' .. cjson.encode(key) .. ',"d":' .. data .. '}')
 return kind

@@ -20,7 +20,7 @@ import (
 
 // TestMain fails the run when a goroutine of this package outlives the
 // tests: every Redis Tracker must stop what it started when closed
-// (STYLE.md §5).
+// (docs/design.md, conventions §5).
 func TestMain(m *testing.M) { testsvc.RunWithLeakCheck(m, "extensions/presence.") }
 
 var instanceSerial atomic.Int64

@@ -1,6 +1,6 @@
 // Package ratelimit limits how fast a key (a client IP, a connection, a
 // user) may spend points, exactly across every instance, with optional bans
-// (DESIGN.md §3 rate_limit, PROTOCOL.md §8).
+// (docs/configuration.md, rate_limit, docs/protocol.md §8).
 //
 // # The limit and its algorithms
 //
@@ -13,7 +13,7 @@
 //   - Redis: GCRA, one theoretical-arrival-time value per key, computed in
 //     one Lua script with the server's clock (Redis TIME, to the
 //     microsecond), so instances with skewed clocks agree
-//     (extensions-study.md L-11). Its keys carry a version ("rl:v1:") so
+//     (docs/design.md, lesson L-11). Its keys carry a version ("rl:v1:") so
 //     that a later change of algorithm cannot misread them during a
 //     rolling deploy (L-42; redis.go says what that costs meanwhile).
 //
@@ -96,7 +96,7 @@ const (
 
 // Config is the limit every backend enforces; backend configs embed it. The
 // zero value is the default configuration: 10 points per second, 10 at
-// once, no automatic ban. PROTOCOL.md §8's inbound limit per connection is
+// once, no automatic ban. docs/protocol.md §8's inbound limit per connection is
 // Config{Points: 200, Interval: time.Second, Burst: 400}.
 type Config struct {
 	// Points is how many points a key may spend per Interval on average.

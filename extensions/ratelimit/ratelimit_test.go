@@ -48,7 +48,7 @@ type limiterFactory func(t *testing.T, cfg Config) Limiter
 // that does not wait runs, whatever the clock.
 const slow = time.Hour
 
-// testLimiter is the conformance suite every backend runs (STYLE.md §7).
+// testLimiter is the conformance suite every backend runs (docs/design.md, conventions §7).
 // It uses only the Limiter interface and gives every test its own keys.
 func testLimiter(t *testing.T, newLimiter limiterFactory) {
 	t.Run("a fresh key spends Burst points, then is refused", func(t *testing.T) {

@@ -117,7 +117,7 @@ func consumeScriptFor(burst, unit, rate, quantum, block int64) *rueidis.Lua {
 type RedisConfig struct {
 	// Config holds Points, Interval, Burst and Block. Now is ignored: the
 	// scripts read the Redis server's clock (TIME), so instances with
-	// skewed clocks agree (extensions-study.md L-11). Durations count in
+	// skewed clocks agree (docs/design.md, lesson L-11). Durations count in
 	// whole microseconds, the resolution of TIME: Interval and Block are
 	// rounded up to them.
 	Config

@@ -19,7 +19,7 @@ const memoryShards = 64
 // live and die with the process. A restarted gateway gives the new store a
 // Config.Base above every seq of the last one (ClockBase), so seqs never go
 // backwards across the restart; clients resuming are told their history was
-// truncated (PROTOCOL.md §5.2).
+// truncated (docs/protocol.md §5.2).
 //
 // Each topic has a ring of at most Config.Size entries: once full, an
 // Append overwrites the oldest slot, so it allocates nothing but its copy

@@ -359,7 +359,7 @@ func (s *Postgres) append(ctx context.Context, q interface {
 // publish would have sent a seq that is then given to another event).
 // Concurrent appends of one topic may reach the bus out of seq order; the
 // receiving gateway puts them back in order and fills what it did not
-// receive from the store (PROTOCOL.md §5.1 rule 7).
+// receive from the store (docs/protocol.md §5.1 rule 7).
 type PostgresOnBus struct {
 	*Postgres
 	publish func(ctx context.Context, topic string, envelope []byte) error

@@ -361,7 +361,7 @@ func TestPostgresOnBusPublishesOnlyStoredEvents(t *testing.T) {
 }
 
 // A counter row lost (a restore from an older backup, a truncated table)
-// must not make the store issue a seq a second time (PROTOCOL.md §5.2).
+// must not make the store issue a seq a second time (docs/protocol.md §5.2).
 func TestPostgresSeqsSurviveALostCounter(t *testing.T) {
 	s, pool, schema := newPostgresStore(t, PostgresConfig{Config: Config{Size: 5000}})
 	ctx := context.Background()

@@ -43,7 +43,7 @@ if ttl > 0 then
 end
 if ARGV[5] ~= '' then
 	-- The envelope is spliced, never built with cjson: re-encoding would
-	-- change the data's bytes (extensions-study.md L-24).
+	-- change the data's bytes (docs/design.md, lesson L-24).
 	local data = string.sub(ARGV[3], tonumber(ARGV[4]))
 	if data == '' then
 		data = 'null'

@@ -381,7 +381,7 @@ func BenchmarkRedisAppend(b *testing.B) {
 // A Redis that lost its data (restarted without persistence, flushed,
 // failed over to a replica that lagged) must not issue a seq a second time:
 // an instance that saw seq 5 continues above it, and a reader asking after
-// 5 is told it was truncated (PROTOCOL.md §5.2).
+// 5 is told it was truncated (docs/protocol.md §5.2).
 func TestRedisSeqsSurviveALossOfTheData(t *testing.T) {
 	for _, tc := range []struct {
 		name string

@@ -1,12 +1,12 @@
 // Package replay keeps, per topic, the last events published with their
 // seq, so that a client reconnecting to any instance catches up on what it
-// missed or is told that it cannot (PROTOCOL.md §5).
+// missed or is told that it cannot (docs/protocol.md §5).
 //
 // A Store owns the topic's seq counter: Append assigns the next seq and
 // stores the event in one atomic step, so every instance stamps the same
 // seq and a reader never sees seq n+1 without seq n (the two-statement
 // publish of the reference package's Postgres store broke both,
-// extensions-study.md L-05, L-25).
+// docs/design.md, lesson L-05, L-25).
 //
 // # Concurrency
 //
@@ -55,7 +55,7 @@ type Range struct {
 
 	// Head is the topic's last assigned seq (0: none yet), read in the same
 	// snapshot as Entries. Resume attaches live delivery after it
-	// (PROTOCOL.md §5.3): a separate Head call could see a seq appended
+	// (docs/protocol.md §5.3): a separate Head call could see a seq appended
 	// after Entries were read and make that event vanish.
 	Head uint64
 
@@ -66,11 +66,11 @@ type Range struct {
 }
 
 // Covers reports whether a buffer whose oldest retained seq is oldest (0:
-// empty) covers the gap (after, head], as PROTOCOL.md §5.2 defines it: when
+// empty) covers the gap (after, head], as docs/protocol.md §5.2 defines it: when
 // head = after, or when the buffer is non-empty and oldest ≤ after+1.
 // Otherwise the gap is truncated. An empty buffer behind an advanced
 // counter does not cover, the case where the reference package lost
-// messages silently (extensions-study.md L-17). Neither does a head below
+// messages silently (docs/design.md, lesson L-17). Neither does a head below
 // after: a client can only hold a seq the store never reached if the store
 // lost its history, and what it missed since is unknown. Every backend
 // decides Range.Truncated with it, so they agree.
@@ -106,7 +106,7 @@ type Store interface {
 	Since(ctx context.Context, topic string, after uint64) (Range, error)
 
 	// Clear drops the topic's buffered entries but keeps its counter, so
-	// seqs stay monotonic for the life of the store (PROTOCOL.md §5.1 rule
+	// seqs stay monotonic for the life of the store (docs/protocol.md §5.1 rule
 	// 6) and a client that resumes across the clear is told it was
 	// truncated instead of silently missing events.
 	Clear(ctx context.Context, topic string) error
@@ -125,7 +125,7 @@ type Store interface {
 // one atomic script, so the bus carries a topic's events in seq order; a
 // Postgres store publishes after its commit, so concurrent appends may
 // arrive out of order. Either way a receiver that sees a seq skip fills
-// it from the store (PROTOCOL.md §5.1 rule 7). An error wrapping
+// it from the store (docs/protocol.md §5.1 rule 7). An error wrapping
 // ErrUnpublished comes with the seq of an event that was stored.
 type BusAppender interface {
 	AppendAndPublish(ctx context.Context, topic, event string, data json.RawMessage) (uint64, error)
@@ -136,7 +136,7 @@ type BusAppender interface {
 // the store's data: after a restart without persistence, a flush, a
 // failover to a replica that lagged or a deleted key, the next Append
 // continues LossMargin above the highest seq this process saw instead of
-// issuing seqs a second time (PROTOCOL.md §5.2). A store sees its own
+// issuing seqs a second time (docs/protocol.md §5.2). A store sees its own
 // Appends; the gateway reports through Observe the seqs that other
 // instances appended and it received on the bus. Observe never blocks.
 type Observer interface {
@@ -169,7 +169,7 @@ const LossMargin = 1000
 // gateways fill it from the store when the bus is back.
 var ErrUnpublished = errors.New("stored but not published")
 
-// DefaultSize is the default Config.Size (PROTOCOL.md §8).
+// DefaultSize is the default Config.Size (docs/protocol.md §8).
 const DefaultSize = 1000
 
 // Config is the part of a Store's configuration every backend shares;
@@ -188,7 +188,7 @@ type Config struct {
 	// Base is where a memory store's counters start: a topic's first seq
 	// is Base+1. A gateway restarted on the same machine passes ClockBase,
 	// so the seqs of its new life stay above those of its last one
-	// (PROTOCOL.md §5.2). Redis and Postgres ignore it: their counters
+	// (docs/protocol.md §5.2). Redis and Postgres ignore it: their counters
 	// outlive the process. Default: 0.
 	Base uint64
 

@@ -63,7 +63,7 @@ func TestConfigWithDefaults(t *testing.T) {
 // as the suite sets it only in the subtests that need a controlled clock.
 type storeFactory func(t *testing.T, cfg Config) Store
 
-// testStore is the conformance suite every backend runs (STYLE.md §7). It
+// testStore is the conformance suite every backend runs (docs/design.md, conventions §7). It
 // uses only the Store interface and gives every test its own topics, so a
 // backend on a shared server only has to isolate ClearAll (a key prefix or
 // schema per factory call).
@@ -76,7 +76,7 @@ func testStore(t *testing.T, newStore storeFactory) {
 		}
 		expectRange(t, mustSince(t, s, topic, 0), 0, false, 1, 0)
 		// A client holding seq 7 of a topic the store has no head for saw
-		// history the store lost (PROTOCOL.md §5.2).
+		// history the store lost (docs/protocol.md §5.2).
 		expectRange(t, mustSince(t, s, topic, 7), 0, true, 1, 0)
 	})
 
@@ -199,7 +199,7 @@ func testStore(t *testing.T, newStore storeFactory) {
 		}
 	})
 
-	t.Run("eviction beyond Size reports truncation exactly as PROTOCOL.md §5.2", func(t *testing.T) {
+	t.Run("eviction beyond Size reports truncation exactly as docs/protocol.md §5.2", func(t *testing.T) {
 		for _, tc := range []struct {
 			name              string
 			size, appends     int

@@ -16,7 +16,7 @@ const (
 // seen remembers, per topic, the highest seq this process saw the store
 // issue: its own appends and, through Observe, those other instances
 // published on the bus. It is the memory that lets a shared store's
-// counters survive a loss of the store's data (PROTOCOL.md §5.2): an append
+// counters survive a loss of the store's data (docs/protocol.md §5.2): an append
 // passes the remembered seq, and a counter found below it continues above
 // it instead of issuing a seq a second time.
 type seen struct {

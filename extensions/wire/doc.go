@@ -1,5 +1,5 @@
 // Package wire is the byte-level codec of the gateway's WebSocket protocol
-// (PROTOCOL.md): topic and event validation, topic patterns, envelope and
+// (docs/protocol.md): topic and event validation, topic patterns, envelope and
 // control-frame encoding, and the classification of client frames.
 //
 // Everything here is pure and allocation-conscious: the hub encodes each

@@ -12,7 +12,7 @@ var (
 	nullJSON       = []byte("null")
 )
 
-// MaxFrame is the hard cap on an outbound frame (PROTOCOL.md §3.1, §8):
+// MaxFrame is the hard cap on an outbound frame (docs/protocol.md §3.1, §8):
 // both clients silently drop anything longer.
 const MaxFrame = 1 << 20
 

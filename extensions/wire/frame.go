@@ -8,7 +8,7 @@ import (
 	"unicode/utf8"
 )
 
-// Kind classifies a client frame (PROTOCOL.md §3.2, §3.3).
+// Kind classifies a client frame (docs/protocol.md §3.2, §3.3).
 type Kind uint8
 
 // The kinds of client frame. KindApp is an application message: forwarded

@@ -3,10 +3,10 @@ package wire
 import "unicode/utf8"
 
 // MaxTopicLen is the longest valid topic, in characters (UTF-16 code units
-// when non-ASCII topics are allowed), PROTOCOL.md §4.1.
+// when non-ASCII topics are allowed), docs/protocol.md §4.1.
 const MaxTopicLen = 256
 
-// MaxEventLen is the longest valid event name in bytes, PROTOCOL.md §4.2.
+// MaxEventLen is the longest valid event name in bytes, docs/protocol.md §4.2.
 const MaxEventLen = 256
 
 // SystemPrefix starts every topic the gateway reserves for itself (§4.3).
@@ -69,7 +69,7 @@ func IsSystem(t string) bool {
 }
 
 // ValidEvent reports whether e is a valid event name: 1–256 bytes without
-// control characters, '"' or '\' (PROTOCOL.md §4.2).
+// control characters, '"' or '\' (docs/protocol.md §4.2).
 func ValidEvent(e string) bool {
 	if len(e) == 0 || len(e) > MaxEventLen || !utf8.ValidString(e) {
 		return false

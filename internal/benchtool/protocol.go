@@ -113,7 +113,7 @@ func payload(dst []byte, ts int64, size int) []byte {
 	return append(dst, `"}`...)
 }
 
-// realtimeProto speaks PROTOCOL.md as the current (0.5) client does:
+// realtimeProto speaks docs/protocol.md as the current (0.5) client does:
 // hello with the batch cap, resume when it has a session, subscribe-batch.
 type realtimeProto struct{}
 

@@ -33,7 +33,7 @@ const (
 const readBufSize = 4096
 
 // maxFrame bounds a frame the client accepts: the gateway never sends more
-// than 1 MiB (PROTOCOL.md §3.1); Centrifugo's batches stay well under it.
+// than 1 MiB (docs/protocol.md §3.1); Centrifugo's batches stay well under it.
 const maxFrame = 4 << 20
 
 var (

@@ -11,7 +11,7 @@ import (
 
 // RunWithLeakCheck runs a package's tests (call it from TestMain) and fails
 // the run when a goroutine running code of that package outlives them by
-// more than a few seconds (STYLE.md §5: whoever starts a goroutine stops
+// more than a few seconds (docs/design.md, conventions §5: whoever starts a goroutine stops
 // it). marker identifies the package in stack traces, e.g.
 // "extensions/bus.".
 func RunWithLeakCheck(m *testing.M, marker string) {

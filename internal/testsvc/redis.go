@@ -1,5 +1,5 @@
-// Package testsvc gives tests the real services they run against (STYLE.md
-// §7): a connection to the shared Redis with a key prefix of their own, or a
+// Package testsvc gives tests the real services they run against (docs/design.md,
+// conventions §7): a connection to the shared Redis with a key prefix of their own, or a
 // throwaway redis-server they may kill and restart. It is imported by tests
 // only.
 package testsvc
@@ -68,7 +68,7 @@ func Redis(t testing.TB) (rueidis.Client, string) {
 }
 
 // Connect returns a client of addr with the options the gateway uses
-// (reference caddy-go.md §5.1: no client-side cache, no retries of
+// (no client-side cache, no retries of
 // read-only commands), closed in t.Cleanup. It fails the test when the
 // server does not answer within a few seconds.
 func Connect(t testing.TB, addr string) rueidis.Client {
