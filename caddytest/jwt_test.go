@@ -1,7 +1,6 @@
 package caddytest
 
 import (
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -10,18 +9,17 @@ import (
 	"encoding/pem"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/MicahParks/jwkset"
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/caddy-realtime/realtime/internal/testsvc"
 )
 
 // Signed tokens at the upgrade: the jwt block of the directive, against a
@@ -468,67 +466,19 @@ func TestAuthHookPreflight(t *testing.T) {
 	}
 }
 
-// jwksEndpoint is an identity provider's JWKS endpoint in the test
-// process: it serves the keys set holds, or fails as mode says.
-type jwksEndpoint struct {
-	srv     *httptest.Server
-	mu      sync.Mutex
-	body    []byte
-	down    atomic.Bool
-	fetches atomic.Int64
-}
-
-func newJWKSEndpoint(t *testing.T) *jwksEndpoint {
-	e := &jwksEndpoint{}
-	e.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		e.fetches.Add(1)
-		if e.down.Load() {
-			http.Error(w, "down", http.StatusBadGateway)
-			return
-		}
-		e.mu.Lock()
-		defer e.mu.Unlock()
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write(e.body)
-	}))
-	t.Cleanup(e.srv.Close)
-	return e
-}
-
-func (e *jwksEndpoint) set(t testing.TB, keys map[string]any) {
-	t.Helper()
-	st := jwkset.NewMemoryStorage()
-	for kid, k := range keys {
-		j, err := jwkset.NewJWKFromKey(k, jwkset.JWKOptions{Metadata: jwkset.JWKMetadataOptions{KID: kid}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := st.KeyWrite(context.Background(), j); err != nil {
-			t.Fatal(err)
-		}
-	}
-	b, err := st.JSONPublic(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.mu.Lock()
-	e.body = b
-	e.mu.Unlock()
-}
-
 // Keys rotate at the endpoint in the middle of a run: the new kid is
 // fetched on its first use, the old one is refused, connections stay up,
 // and an endpoint outage keeps the last good keys.
 func TestJWTJWKSRotation(t *testing.T) {
-	idp := newJWKSEndpoint(t)
+	idp := testsvc.StartJWKS(t)
 	k1, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	k2, _ := rsa.GenerateKey(rand.Reader, 2048)
-	idp.set(t, map[string]any{"k1": &k1.PublicKey})
+	idp.Set(t, map[string]any{"k1": &k1.PublicKey})
 	in := startCaddy(t, `
 	metrics
 	realtime {
 		jwt {
-			jwks `+idp.srv.URL+`/jwks.json
+			jwks `+idp.URL+`/jwks.json
 		}
 		limits {
 			upgrade_rate off
@@ -543,7 +493,7 @@ func TestJWTJWKSRotation(t *testing.T) {
 	live := dialWith(t, in, dialOpts{origin: in.origin(), header: bearer(t1)})
 	live.welcome()
 
-	idp.set(t, map[string]any{"k2": &k2.PublicKey})
+	idp.Set(t, map[string]any{"k2": &k2.PublicKey})
 	t2 := signJWT(t, jwt.SigningMethodRS256, k2, claimsFor("bob", time.Hour, nil), "k2")
 	if st, _ := dialStatus(t, in, "/ws", bearer(t2)); st != http.StatusSwitchingProtocols {
 		t.Fatalf("the rotated key: %d", st)
@@ -552,17 +502,17 @@ func TestJWTJWKSRotation(t *testing.T) {
 		t.Fatalf("the retired key: %d, want 401", st)
 	}
 	// Made-up kids are refused and cost the endpoint no fetch each.
-	before := idp.fetches.Load()
+	before := idp.Fetches()
 	for i := 0; i < 10; i++ {
 		bad := signJWT(t, jwt.SigningMethodRS256, k2, claimsFor("eve", time.Hour, nil), fmt.Sprintf("made-up-%d", i))
 		if st, _ := dialStatus(t, in, "/ws", bearer(bad)); st != http.StatusUnauthorized {
 			t.Fatalf("unknown kid: %d", st)
 		}
 	}
-	if n := idp.fetches.Load() - before; n > 1 {
+	if n := idp.Fetches() - before; n > 1 {
 		t.Fatalf("10 unknown kids caused %d fetches", n)
 	}
-	idp.down.Store(true)
+	idp.SetMode(testsvc.JWKSDown)
 	if st, _ := dialStatus(t, in, "/ws", bearer(t2)); st != http.StatusSwitchingProtocols {
 		t.Fatalf("endpoint down: %d, the last good keys should serve", st)
 	}
@@ -577,14 +527,14 @@ func TestJWTJWKSRotation(t *testing.T) {
 // upgrades get 503 (an outage, which clients retry) until a background
 // refresh succeeds.
 func TestJWTJWKSDownAtStart(t *testing.T) {
-	idp := newJWKSEndpoint(t)
+	idp := testsvc.StartJWKS(t)
 	k1, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	idp.set(t, map[string]any{"k1": &k1.PublicKey})
-	idp.down.Store(true)
+	idp.Set(t, map[string]any{"k1": &k1.PublicKey})
+	idp.SetMode(testsvc.JWKSDown)
 	in := startCaddy(t, `
 	realtime {
 		jwt {
-			jwks `+idp.srv.URL+`/jwks.json
+			jwks `+idp.URL+`/jwks.json
 			jwks_refresh 1s
 		}
 		limits {
@@ -599,7 +549,7 @@ func TestJWTJWKSDownAtStart(t *testing.T) {
 	if st, _ := preflight(t, in, "POST", http.Header{"Authorization": {"Bearer " + tok}, "X-Requested-With": {"svelte-adapter-uws"}}); st != http.StatusServiceUnavailable {
 		t.Fatalf("preflight without keys: %d, want 503 (a 4xx would stop the client)", st)
 	}
-	idp.down.Store(false)
+	idp.SetMode(testsvc.JWKSUp)
 	waitFor(t, 5*time.Second, "the background refresh", func() bool {
 		st, _ := dialStatus(t, in, "/ws", bearer(tok))
 		return st == http.StatusSwitchingProtocols

@@ -490,6 +490,21 @@ const (
 // subscribeLoop keeps one Receive of the bus and probe channels running
 // until Close.
 func (r *Redis) subscribeLoop() {
+	r.resubscribing("subscription to "+strconv.Quote(r.channel), func(ctx context.Context) error {
+		channels := []string{r.channel, r.probeChannel}
+		if r.gwChannel != "" {
+			channels = append(channels, r.gwChannel)
+		}
+		return errOrUnsubscribed(r.client.Receive(rueidis.WithOnSubscriptionHook(ctx, r.onSubscription),
+			r.client.B().Subscribe().Channel(channels...).Build(), r.onMessage))
+	})
+}
+
+// resubscribing runs serve until Close, again after each end with a
+// backoff that restarts from minBackoff once a run got a confirmed
+// subscription. restartSubscription ends the current run at once. It is a
+// goroutine of r.wg.
+func (r *Redis) resubscribing(what string, serve func(ctx context.Context) error) {
 	defer r.wg.Done()
 	backoff := minBackoff
 	for {
@@ -498,12 +513,7 @@ func (r *Redis) subscribeLoop() {
 		r.subCancel = cancel
 		r.subMu.Unlock()
 		before := r.subscribed.Load()
-		channels := []string{r.channel, r.probeChannel}
-		if r.gwChannel != "" {
-			channels = append(channels, r.gwChannel)
-		}
-		err := r.client.Receive(rueidis.WithOnSubscriptionHook(ctx, r.onSubscription),
-			r.client.B().Subscribe().Channel(channels...).Build(), r.onMessage)
+		err := serve(ctx)
 		cancel()
 		if r.ctx.Err() != nil {
 			return
@@ -512,7 +522,7 @@ func (r *Redis) subscribeLoop() {
 			backoff = minBackoff
 		}
 		if !errors.Is(err, context.Canceled) { // not a restart asked by the prober
-			r.onError(fmt.Errorf("bus: subscription to %q ended (resubscribing in %s): %w", r.channel, backoff, errOrUnsubscribed(err)))
+			r.onError(fmt.Errorf("bus: %s ended (resubscribing in %s): %w", what, backoff, err))
 		}
 		t := time.NewTimer(backoff)
 		select {

@@ -153,34 +153,9 @@ func (r *Redis) Subscriptions() int {
 // routedLoop keeps one dedicated connection subscribed to the wanted
 // channels until Close, reconnecting with backoff.
 func (r *Redis) routedLoop() {
-	defer r.wg.Done()
-	backoff := minBackoff
-	for {
-		ctx, cancel := context.WithCancel(r.ctx)
-		r.subMu.Lock()
-		r.subCancel = cancel
-		r.subMu.Unlock()
-		before := r.subscribed.Load()
-		err := r.serveRoutes(ctx)
-		cancel()
-		if r.ctx.Err() != nil {
-			return
-		}
-		if r.subscribed.Load() != before {
-			backoff = minBackoff
-		}
-		if !errors.Is(err, context.Canceled) { // not a restart asked by the prober
-			r.onError(fmt.Errorf("bus: routed subscription ended (resubscribing in %s): %w", backoff, err))
-		}
-		t := time.NewTimer(backoff)
-		select {
-		case <-r.ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
-		backoff = min(2*backoff, maxBackoff)
-	}
+	r.resubscribing("routed subscription", func(ctx context.Context) error {
+		return errOrUnsubscribed(r.serveRoutes(ctx))
+	})
 }
 
 // batchChannels caps the channels of one SUBSCRIBE or UNSUBSCRIBE, so that

@@ -13,13 +13,13 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/MicahParks/jwkset"
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/caddy-realtime/realtime/internal/testsvc"
 )
 
 var secret = []byte("0123456789abcdef0123456789abcdef")
@@ -187,61 +187,6 @@ func TestBadTokens(t *testing.T) {
 	}
 }
 
-// jwksServer serves a JWKS of the keys it holds; set replaces them.
-type jwksServer struct {
-	*httptest.Server
-	mu      sync.Mutex
-	body    []byte
-	fetches atomic.Int32
-	mode    atomic.Value // "", "down", "garbage", "hang"
-}
-
-func newJWKSServer(t *testing.T) *jwksServer {
-	s := &jwksServer{}
-	s.mode.Store("")
-	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s.fetches.Add(1)
-		switch s.mode.Load().(string) {
-		case "down":
-			http.Error(w, "down", http.StatusServiceUnavailable)
-			return
-		case "garbage":
-			_, _ = w.Write([]byte("<html>not json"))
-			return
-		case "hang":
-			<-r.Context().Done()
-			return
-		}
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write(s.body)
-	}))
-	t.Cleanup(s.Close)
-	return s
-}
-
-func (s *jwksServer) set(t testing.TB, keys map[string]any) {
-	t.Helper()
-	st := jwkset.NewMemoryStorage()
-	for kid, k := range keys {
-		j, err := jwkset.NewJWKFromKey(k, jwkset.JWKOptions{Metadata: jwkset.JWKMetadataOptions{KID: kid}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := st.KeyWrite(context.Background(), j); err != nil {
-			t.Fatal(err)
-		}
-	}
-	b, err := st.JSONPublic(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.mu.Lock()
-	s.body = b
-	s.mu.Unlock()
-}
-
 func waitLoaded(t *testing.T, j *JWKS) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -252,10 +197,10 @@ func waitLoaded(t *testing.T, j *JWKS) {
 }
 
 func TestJWKSRotation(t *testing.T) {
-	srv := newJWKSServer(t)
+	srv := testsvc.StartJWKS(t)
 	k1, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	k2, _ := rsa.GenerateKey(rand.Reader, 2048)
-	srv.set(t, map[string]any{"k1": &k1.PublicKey})
+	srv.Set(t, map[string]any{"k1": &k1.PublicKey})
 	j, err := NewJWKS(JWKSConfig{URL: srv.URL, MinRefresh: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -273,23 +218,23 @@ func TestJWKSRotation(t *testing.T) {
 	}
 	// Rotation: k2 replaces k1 at the endpoint; the first token with kid
 	// k2 triggers a refresh.
-	srv.set(t, map[string]any{"k2": &k2.PublicKey})
+	srv.Set(t, map[string]any{"k2": &k2.PublicKey})
 	t2 := sign(t, jwt.SigningMethodRS256, k2, valid(nil), map[string]any{"kid": "k2"})
 	if _, err := v.Verify(context.Background(), t2); err != nil {
 		t.Fatalf("after rotation: %v", err)
 	}
 	wantReason(t, v, t1, ReasonUnknownKey)
 	// Unknown kids are rate-limited: a burst costs at most one fetch.
-	before := srv.fetches.Load()
+	before := srv.Fetches()
 	for i := 0; i < 20; i++ {
 		wantReason(t, v, sign(t, jwt.SigningMethodRS256, k2, valid(nil), map[string]any{"kid": "nope"}), ReasonUnknownKey)
 	}
-	if n := srv.fetches.Load() - before; n > 2 {
+	if n := srv.Fetches() - before; n > 2 {
 		t.Fatalf("%d fetches for 20 unknown kids", n)
 	}
 	// The endpoint goes down or answers garbage: the last keys stay.
-	for _, mode := range []string{"down", "garbage"} {
-		srv.mode.Store(mode)
+	for _, mode := range []testsvc.JWKSMode{testsvc.JWKSDown, testsvc.JWKSGarbage} {
+		srv.SetMode(mode)
 		time.Sleep(250 * time.Millisecond)
 		wantReason(t, v, sign(t, jwt.SigningMethodRS256, k2, valid(nil), map[string]any{"kid": "unknown-" + mode}), ReasonUnknownKey)
 		if _, err := v.Verify(context.Background(), t2); err != nil {
@@ -299,10 +244,10 @@ func TestJWKSRotation(t *testing.T) {
 }
 
 func TestJWKSUnavailableAtStart(t *testing.T) {
-	srv := newJWKSServer(t)
+	srv := testsvc.StartJWKS(t)
 	k1, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	srv.set(t, map[string]any{"k1": &k1.PublicKey})
-	srv.mode.Store("hang")
+	srv.Set(t, map[string]any{"k1": &k1.PublicKey})
+	srv.SetMode(testsvc.JWKSHang)
 	var errs atomic.Int32
 	start := time.Now()
 	j, err := NewJWKS(JWKSConfig{URL: srv.URL, Timeout: 300 * time.Millisecond, MinRefresh: 100 * time.Millisecond, OnError: func(error) { errs.Add(1) }})
@@ -320,11 +265,11 @@ func TestJWKSUnavailableAtStart(t *testing.T) {
 	if errs.Load() == 0 {
 		t.Fatal("the failed first fetch was not reported")
 	}
-	srv.mode.Store("garbage")
+	srv.SetMode(testsvc.JWKSGarbage)
 	time.Sleep(150 * time.Millisecond)
 	wantReason(t, v, raw, ReasonKeysNotReady)
 	// The endpoint comes back: the next unknown kid fetches again.
-	srv.mode.Store("")
+	srv.SetMode(testsvc.JWKSUp)
 	time.Sleep(150 * time.Millisecond)
 	if _, err := v.Verify(context.Background(), raw); err != nil {
 		t.Fatal(err)
