@@ -93,7 +93,7 @@ go test -race $short -count=1 -timeout 20m ./...
 # installed from Debian packages when missing and this runs as root; the node
 # packages (playwright-core, esbuild, svelte-adapter-uws 0.3.4) come from npm
 # (npm install from e2e/package-lock.json). Where Chromium or Node.js cannot be had, the tier is
-# skipped with a message; REALTIME_E2E=require makes that a failure and
+# skipped with a message (every e2e/*.test.mjs runs); REALTIME_E2E=require makes that a failure and
 # REALTIME_E2E=skip skips the tier. Failed tests leave screenshots and logs in
 # e2e/artifacts/.
 browser_tier() {
@@ -135,7 +135,7 @@ browser_tier() {
 	go build -o "$tmp/caddy" ./cmd/caddy
 	(
 		cd e2e
-		CHROMIUM_PATH=$chromium REALTIME_CADDY_BIN="$tmp/caddy" node --test e2e.test.mjs
+		CHROMIUM_PATH=$chromium REALTIME_CADDY_BIN="$tmp/caddy" node --test ./*.test.mjs
 	) || { echo "browser tests failed: screenshots and logs in e2e/artifacts/"; return 1; }
 }
 
