@@ -38,6 +38,10 @@ var (
 		Namespace: "caddy", Subsystem: "realtime", Name: "bytes_out_total",
 		Help: "Payload bytes written to clients.",
 	}, []string{"gateway"})
+	metricCompressed = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "realtime", Name: "compressed_bytes_total",
+		Help: "Data frames written compressed (permessage-deflate), in bytes: stage raw (before compression) and wire (after).",
+	}, []string{"gateway", "stage"})
 	metricDropped = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "realtime", Name: "dropped_total",
 		Help: "Frames dropped, by reason: slow_consumer, rate_limited, no_message_hook, hook_queue_full, hook_busy, oversized, cursor, duplicate (an event of a replayed topic a live fill had delivered already).",
@@ -91,6 +95,7 @@ var (
 )
 
 var allMetrics = []prometheus.Collector{
+	metricCompressed,
 	metricConnections, metricSubscriptions, metricUpgrades, metricFramesIn, metricBytesIn,
 	metricFramesOut, metricBytesOut, metricDropped, metricClosed, metricPublished,
 	metricDeliveryLatency, metricHookDuration, metricHookErrors, metricNotifyReceived, metricNotifyDropped,
@@ -116,6 +121,7 @@ func RegisterMetrics(reg prometheus.Registerer) error {
 type gatewayMetrics struct {
 	connections, subscriptions     prometheus.Gauge
 	framesOut, bytesOut, bytesIn   prometheus.Counter
+	compressedRaw, compressedWire  prometheus.Counter
 	dropSlow, dropRate, dropNoHook prometheus.Counter
 	dropHookQueue, dropHookBusy    prometheus.Counter
 	dropOversized, dropCursor      prometheus.Counter
@@ -126,22 +132,24 @@ type gatewayMetrics struct {
 
 func newGatewayMetrics(name string) *gatewayMetrics {
 	return &gatewayMetrics{
-		name:          name,
-		connections:   metricConnections.WithLabelValues(name),
-		subscriptions: metricSubscriptions.WithLabelValues(name),
-		framesOut:     metricFramesOut.WithLabelValues(name),
-		bytesOut:      metricBytesOut.WithLabelValues(name),
-		bytesIn:       metricBytesIn.WithLabelValues(name),
-		dropSlow:      metricDropped.WithLabelValues(name, "slow_consumer"),
-		dropRate:      metricDropped.WithLabelValues(name, "rate_limited"),
-		dropNoHook:    metricDropped.WithLabelValues(name, "no_message_hook"),
-		dropHookQueue: metricDropped.WithLabelValues(name, "hook_queue_full"),
-		dropHookBusy:  metricDropped.WithLabelValues(name, "hook_busy"),
-		dropOversized: metricDropped.WithLabelValues(name, "oversized"),
-		dropCursor:    metricDropped.WithLabelValues(name, "cursor"),
-		dropDuplicate: metricDropped.WithLabelValues(name, "duplicate"),
-		filled:        metricFilled.WithLabelValues(name),
-		latency:       metricDeliveryLatency.WithLabelValues(name),
+		name:           name,
+		connections:    metricConnections.WithLabelValues(name),
+		subscriptions:  metricSubscriptions.WithLabelValues(name),
+		framesOut:      metricFramesOut.WithLabelValues(name),
+		bytesOut:       metricBytesOut.WithLabelValues(name),
+		bytesIn:        metricBytesIn.WithLabelValues(name),
+		compressedRaw:  metricCompressed.WithLabelValues(name, "raw"),
+		compressedWire: metricCompressed.WithLabelValues(name, "wire"),
+		dropSlow:       metricDropped.WithLabelValues(name, "slow_consumer"),
+		dropRate:       metricDropped.WithLabelValues(name, "rate_limited"),
+		dropNoHook:     metricDropped.WithLabelValues(name, "no_message_hook"),
+		dropHookQueue:  metricDropped.WithLabelValues(name, "hook_queue_full"),
+		dropHookBusy:   metricDropped.WithLabelValues(name, "hook_busy"),
+		dropOversized:  metricDropped.WithLabelValues(name, "oversized"),
+		dropCursor:     metricDropped.WithLabelValues(name, "cursor"),
+		dropDuplicate:  metricDropped.WithLabelValues(name, "duplicate"),
+		filled:         metricFilled.WithLabelValues(name),
+		latency:        metricDeliveryLatency.WithLabelValues(name),
 	}
 }
 
