@@ -285,6 +285,23 @@ e2e(
 	90000,
 );
 
+e2e('both generations negotiate permessage-deflate and read compressed events unchanged', async (s) => {
+	const tag = uid();
+	const pages = {};
+	for (const [gen, path] of Object.entries(PAGES)) pages[gen] = await s.open(path, `${gen}-z-${tag}`);
+	for (const [gen, page] of Object.entries(pages)) {
+		const h = s.handshakes(page)[0] || {};
+		const ext = Object.entries(h).find(([k]) => k.toLowerCase() === 'sec-websocket-extensions')?.[1];
+		assert.equal(ext, 'permessage-deflate; client_no_context_takeover; server_no_context_takeover', `${gen}: the upgrade's extensions`);
+	}
+	// A chat message well over min_size goes out compressed; both pages show it whole.
+	const text = `${'a long message that compresses well '.repeat(60)}${tag}`;
+	await gw.publish('chat', 'created', { id: `z-${tag}`, user: 'server', text });
+	for (const page of Object.values(pages)) {
+		await eventually(async () => (await chatTexts(page)).includes(text), true, { what: 'the compressed chat message' });
+	}
+});
+
 e2e('current client: the auth preflight opens the socket, its 401 ends the attempts', async (s) => {
 	const user = `pre-${uid()}`;
 	const page = await s.open(PAGES.current, user);
