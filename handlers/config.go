@@ -279,32 +279,32 @@ func checkEnum[T ~string](v T, parse func(string) (T, error)) error {
 // Defaults of the gateway's own options; those of the capabilities are
 // the extension packages' Default constants.
 const (
-	DefaultPath             = "/ws"
-	DefaultAPIMaxBody       = 4 << 20
-	DefaultUserKey          = "id"
-	DefaultKeepAlive        = 60 * time.Second
-	DefaultPingInterval     = 30 * time.Second
-	DefaultIdleTimeout      = 120 * time.Second
-	DefaultWriteTimeout     = 10 * time.Second
-	DefaultRequestTimeout   = 5 * time.Second
-	DefaultShutdownSpread   = 5 * time.Second
-	DefaultMaxPayload       = 1 << 20
+	DefaultPath           = "/ws"
+	DefaultAPIMaxBody     = 4 << 20
+	DefaultUserKey        = "id"
+	DefaultKeepAlive      = 60 * time.Second
+	DefaultPingInterval   = 30 * time.Second
+	DefaultIdleTimeout    = 120 * time.Second
+	DefaultWriteTimeout   = 10 * time.Second
+	DefaultRequestTimeout = 5 * time.Second
+	DefaultShutdownSpread = 5 * time.Second
+	DefaultMaxPayload     = 1 << 20
 
 	DefaultCompressionLevel   = 1
 	DefaultCompressionMinSize = 256
-	DefaultMaxBackpressure  = 1 << 20
-	DefaultUpgradeRate      = 30
-	DefaultUpgradeWindow    = 10 * time.Second
-	DefaultMaxSubscriptions = 1000
-	DefaultInboundRate      = 200
-	DefaultInboundBurst     = 400
-	DefaultRateLimitClose   = 1000
-	DefaultAuthTimeout      = 10 * time.Second
-	DefaultHookTimeout      = 5 * time.Second
-	DefaultAuthInFlight     = 1000
-	DefaultHookInFlight     = 256
-	DefaultHookQueue        = 64
-	DefaultRateLimitKey     = "ip"
+	DefaultMaxBackpressure    = 1 << 20
+	DefaultUpgradeRate        = 30
+	DefaultUpgradeWindow      = 10 * time.Second
+	DefaultMaxSubscriptions   = 1000
+	DefaultInboundRate        = 200
+	DefaultInboundBurst       = 400
+	DefaultRateLimitClose     = 1000
+	DefaultAuthTimeout        = 10 * time.Second
+	DefaultHookTimeout        = 5 * time.Second
+	DefaultAuthInFlight       = 1000
+	DefaultHookInFlight       = 256
+	DefaultHookQueue          = 64
+	DefaultRateLimitKey       = "ip"
 
 	// MinKeepAlive and MaxKeepAlive bound KeepAlive: clients treat a
 	// connection quiet for longer than their own timeout as dead.

@@ -168,9 +168,9 @@ type fanoutStep struct {
 	// sockets and frame headers) per delivery; 0 when unknown.
 	WirePerDelivery float64 `json:"server_bytes_written_per_delivery"`
 	Subscribers     int64   `json:"subscribers"`
-	Dropped      int64          `json:"dropped_connections"`
-	PublishErrs  int64          `json:"publish_errors"`
-	Pass         bool           `json:"pass"`
+	Dropped         int64   `json:"dropped_connections"`
+	PublishErrs     int64   `json:"publish_errors"`
+	Pass            bool    `json:"pass"`
 }
 
 // runFanout subscribes N connections to one topic and publishes to it at
