@@ -113,13 +113,14 @@ start_ours() {
 	wait_http "http://localhost:$RT_ADMIN_PORT/metrics"
 }
 
-# start_centrifugo: a fresh Centrifugo process; CENTRIFUGO names the binary.
+# start_centrifugo [CONFIG]: a fresh Centrifugo process; CENTRIFUGO names
+# the binary.
 start_centrifugo() {
 	stop_server
 	for p in "$CF_PORT" "$CF_INTERNAL_PORT"; do
 		port_busy "$p" && { echo "port $p is taken: set CF_PORT / CF_INTERNAL_PORT" >&2; return 1; }
 	done
-	"$CENTRIFUGO" -c "$BENCH_DIR/centrifugo.json" >>"$BENCH_DIR/centrifugo.log" 2>&1 &
+	"$CENTRIFUGO" -c "${1:-$BENCH_DIR/centrifugo.json}" >>"$BENCH_DIR/centrifugo.log" 2>&1 &
 	SERVER_PID=$!
 	wait_http "http://127.0.0.1:$CF_INTERNAL_PORT/metrics"
 }
