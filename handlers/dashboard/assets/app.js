@@ -126,7 +126,8 @@ function render() {
 	$('slow-closes').textContent = `${num(total((it) => it.s.slow_consumer_closes_total))}`;
 	const degraded = items.filter((it) => !it.s.bus.healthy).length;
 	const bus = $('bus');
-	bus.textContent = degraded ? `degraded (${degraded})` : items.length ? `${items[0].s.bus.backend}: ok` : '–';
+	bus.textContent = degraded ? (items.length > 1 ? `degraded (${degraded})` : 'degraded') : items.length ? 'ok' : '–';
+	$('bus-backend').textContent = items.length ? `(${items[0].s.bus.backend})` : '';
 	bus.className = 'value ' + (degraded ? 'bad' : 'ok');
 	renderChart();
 	renderTimeline(items);
