@@ -31,6 +31,7 @@ type dashboardSnap struct {
 	Bus         struct {
 		Healthy bool
 		Backend string
+		Changes []struct{ Healthy bool }
 	} `json:"bus"`
 	TopBySubscribers []dashboardTopic `json:"top_by_subscribers"`
 	TopByPublishes   []dashboardTopic `json:"top_by_publishes"`
@@ -443,4 +444,49 @@ func TestDashboardClusterViewShowsEveryInstance(t *testing.T) {
 	if v.Error != "" || v.Self.Bus.Backend != "redis" || v.Cluster[0].Instance == v.Cluster[1].Instance {
 		t.Fatalf("cluster view %+v", v)
 	}
+}
+
+// While Redis is down the dashboard still answers, from this instance
+// alone, says the cluster view is unavailable, and the bus's degraded
+// stretch is in its changes once Redis is back.
+func TestDashboardShowsTheBusDegradedPeriod(t *testing.T) {
+	cl := startCluster(t, 1, `
+	realtime {
+		api /_realtime
+		dashboard /_dashboard
+		shutdown_spread 0
+	}`)
+	in := cl.nodes[0]
+	var changes []bool // the bus's changes in the last view: healthy or not
+	view := func() dashboardView {
+		t.Helper()
+		start := time.Now()
+		resp, body := dashGet(t, in.url("/_dashboard/snapshot"), "", nil)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("snapshot: %d %s", resp.StatusCode, body)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Fatalf("snapshot took %s", d)
+		}
+		v := snapshotOf(t, body)
+		changes = changes[:0]
+		for _, c := range v.Self.Bus.Changes {
+			changes = append(changes, c.Healthy)
+		}
+		return v
+	}
+	waitFor(t, 10*time.Second, "a healthy cluster view", func() bool {
+		v := view()
+		return v.Self.Bus.Healthy && len(v.Cluster) == 1 && len(changes) == 0
+	})
+	cl.redis.Kill()
+	waitFor(t, 20*time.Second, "the degraded bus and no cluster view", func() bool {
+		v := view()
+		return !v.Self.Bus.Healthy && v.Error != "" && v.Cluster == nil && slices.Equal(changes, []bool{false})
+	})
+	cl.redis.Restart()
+	waitFor(t, 30*time.Second, "the recovery after the degraded stretch", func() bool {
+		v := view()
+		return v.Self.Bus.Healthy && v.Error == "" && slices.Equal(changes, []bool{false, true})
+	})
 }
