@@ -155,6 +155,16 @@ func TestDashboardWantsTheAPIKey(t *testing.T) {
 	if resp, body = dashGet(t, base+"/snapshot", "", cookie); resp.StatusCode != http.StatusOK {
 		t.Fatalf("snapshot with the cookie: %d %s", resp.StatusCode, body)
 	}
+	// basic_auth in front sends its own Authorization header with the
+	// cookie: the cookie still opens the dashboard.
+	req, _ := http.NewRequest(http.MethodGet, base+"/snapshot", nil)
+	req.SetBasicAuth("ops", "pw")
+	req.AddCookie(cookie)
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("snapshot with the cookie and a Basic header: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
 	if resp, _ = dashGet(t, base+"/?key=nope", "", nil); resp.StatusCode != http.StatusForbidden {
 		t.Fatalf("?key= with a wrong key: %d, want 403", resp.StatusCode)
 	}

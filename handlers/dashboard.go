@@ -169,7 +169,9 @@ func (s *settings) dashboardAccess(r *http.Request) *APIError {
 	if s.DashboardAuth == DashboardAuthExternal {
 		return nil
 	}
-	if s.APIKey == "" || r.Header.Get("Authorization") != "" {
+	// A Basic header is basic_auth's, in front: the session cookie still
+	// decides.
+	if auth := r.Header.Get("Authorization"); s.APIKey == "" || (len(auth) >= 7 && strings.EqualFold(auth[:7], "Bearer ")) {
 		return s.checkKey(r)
 	}
 	if c, err := r.Cookie(dashboardCookie); err == nil {
