@@ -278,10 +278,10 @@ func (g *Gateway) takeSnapshot(ctx context.Context, now time.Time, elapsed time.
 		Connections:   conns,
 		Subscriptions: int(metricValue(g.m.subscriptions)),
 		Connects:      connects,
-		Published:     counters(metricPublished, name, "source"),
-		Dropped:       counters(metricDropped, name, "reason"),
-		Closes:        counters(metricClosed, name, "code"),
-		Hooks:         hookStats(name),
+		Published:     g.counters(metricPublished, "source"),
+		Dropped:       g.counters(metricDropped, "reason"),
+		Closes:        g.counters(metricClosed, "code"),
+		Hooks:         g.hookStats(),
 		Bus:           BusStat{Backend: g.busName, Healthy: g.healthy.Load(), Changes: changes},
 		Unreachable:   g.ext.unreachable(),
 	}
@@ -363,10 +363,16 @@ func metricValue(m prometheus.Metric) float64 {
 
 // collect calls fn with each child of c that belongs to gateway. A vector
 // has a child per label set ever used, a handful per gateway.
-func collect(c prometheus.Collector, gateway string, fn func(labels map[string]string, d *dto.Metric)) {
+func (g *Gateway) collect(c prometheus.Collector, fn func(labels map[string]string, d *dto.Metric)) {
+	gateway := g.m.name
 	ch := make(chan prometheus.Metric, 16)
 	go func() {
 		defer close(ch)
+		defer func() {
+			if p := recover(); p != nil {
+				g.logPanic("dashboard metric collection", p)
+			}
+		}()
 		c.Collect(ch)
 	}()
 	for m := range ch {
@@ -384,10 +390,10 @@ func collect(c prometheus.Collector, gateway string, fn func(labels map[string]s
 	}
 }
 
-// counters returns gateway's counters of vec by label.
-func counters(vec *prometheus.CounterVec, gateway, label string) map[string]uint64 {
+// counters returns the gateway's counters of vec by label.
+func (g *Gateway) counters(vec *prometheus.CounterVec, label string) map[string]uint64 {
 	out := make(map[string]uint64)
-	collect(vec, gateway, func(l map[string]string, d *dto.Metric) {
+	g.collect(vec, func(l map[string]string, d *dto.Metric) {
 		if d.Counter != nil {
 			out[l[label]] += uint64(d.Counter.GetValue())
 		}
@@ -395,17 +401,17 @@ func counters(vec *prometheus.CounterVec, gateway, label string) map[string]uint
 	return out
 }
 
-// hookStats returns gateway's hook calls, latency and errors by hook.
-func hookStats(gateway string) map[string]HookStat {
+// hookStats returns the gateway's hook calls, latency and errors by hook.
+func (g *Gateway) hookStats() map[string]HookStat {
 	out := make(map[string]HookStat)
-	collect(metricHookDuration, gateway, func(l map[string]string, d *dto.Metric) {
+	g.collect(metricHookDuration, func(l map[string]string, d *dto.Metric) {
 		if h := d.Histogram; h != nil {
 			st := out[l["hook"]]
 			st.Calls, st.Seconds = h.GetSampleCount(), h.GetSampleSum()
 			out[l["hook"]] = st
 		}
 	})
-	collect(metricHookErrors, gateway, func(l map[string]string, d *dto.Metric) {
+	g.collect(metricHookErrors, func(l map[string]string, d *dto.Metric) {
 		if d.Counter == nil {
 			return
 		}
