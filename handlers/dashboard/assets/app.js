@@ -14,6 +14,7 @@ const num = (v) => (v === undefined || v === null || Number.isNaN(v) ? '–' : f
 
 const state = {
 	scope: null, // instance id, or CLUSTER
+	scopeChosen: false, // picked in the menu, rather than the default
 	prev: new Map(), // instance → previous snapshot
 	rates: new Map(), // instance → rates of its last two snapshots
 	series: new Map(), // scope → {x, conns, ups, downs}
@@ -103,7 +104,10 @@ function renderScopes(snaps) {
 	if (have !== want.map(([v, t]) => v + '\u0000' + t).join('\n')) {
 		sel.replaceChildren(...want.map(([v, t]) => new Option(t, v)));
 	}
-	if (!state.scope || !want.some(([v]) => v === state.scope)) state.scope = snaps.length > 1 ? CLUSTER : state.self.instance;
+	// Until someone picks a view, the widest one: the cluster appears a
+	// sample or two after the page opens, once the others have seen the
+	// watch mark.
+	if (!state.scopeChosen || !want.some(([v]) => v === state.scope)) state.scope = snaps.length > 1 ? CLUSTER : state.self.instance;
 	sel.value = state.scope;
 }
 
@@ -225,6 +229,15 @@ function mergeTopics(items, key) {
 	return [...m.values()];
 }
 
+// setRows replaces a table body's rows only when they changed, so a row
+// being hovered or clicked is not swapped under the pointer every sample.
+function setRows(tbody, rows) {
+	const next = rows.map((r) => r.outerHTML).join('');
+	if (tbody.dataset.html === next) return;
+	tbody.replaceChildren(...rows);
+	tbody.dataset.html = next;
+}
+
 function cell(text, cls) {
 	const td = document.createElement('td');
 	td.textContent = text;
@@ -241,7 +254,7 @@ function emptyRow(cols, text) {
 }
 
 function topicRows(list, cols) {
-	if (!list.length) return [emptyRow(5, 'none yet')];
+	if (!list.length) return [emptyRow(5, 'nothing in the last sample')];
 	return list.slice(0, 10).map((t) => {
 		const tr = document.createElement('tr');
 		tr.dataset.topic = t.topic;
@@ -256,8 +269,8 @@ function topicRows(list, cols) {
 function renderTopics(items) {
 	const bySubs = mergeTopics(items, 'top_by_subscribers').sort((a, b) => b.subscribers - a.subscribers || (a.topic < b.topic ? -1 : 1));
 	const byPubs = mergeTopics(items, 'top_by_publishes').sort((a, b) => b.per_second - a.per_second || (a.topic < b.topic ? -1 : 1));
-	$('top-subs').tBodies[0].replaceChildren(...topicRows(bySubs, ['topic', 'subs', 'rate', 'head', 'presence']));
-	$('top-pubs').tBodies[0].replaceChildren(...topicRows(byPubs, ['topic', 'rate', 'subs', 'head', 'presence']));
+	setRows($('top-subs').tBodies[0], topicRows(bySubs, ['topic', 'subs', 'rate', 'head', 'presence']));
+	setRows($('top-pubs').tBodies[0], topicRows(byPubs, ['topic', 'rate', 'subs', 'head', 'presence']));
 }
 
 function renderHooks(items) {
@@ -284,7 +297,7 @@ function renderHooks(items) {
 		tr.append(cell(k), cell(num(o.perSecond), 'num'), cell(o.n > 0 ? `${num((1000 * o.secs) / o.n)} ms` : '–', 'num'), cell(num(o.calls), 'num'), cell(errs, Object.keys(o.errors).length ? 'bad' : ''));
 		return tr;
 	});
-	$('hooks').tBodies[0].replaceChildren(...(rows.length ? rows : [emptyRow(5, 'no hook called yet')]));
+	setRows($('hooks').tBodies[0], (rows.length ? rows : [emptyRow(5, 'no hook called yet')]));
 }
 
 function counterRows(items, key, rateKey, none) {
@@ -302,8 +315,8 @@ function counterRows(items, key, rateKey, none) {
 }
 
 function renderDrops(items) {
-	$('drops').tBodies[0].replaceChildren(...counterRows(items, 'dropped_total', 'dropped', 'nothing dropped'));
-	$('closes').tBodies[0].replaceChildren(...counterRows(items, 'closes_total', 'closes', 'no close by the gateway'));
+	setRows($('drops').tBodies[0], counterRows(items, 'dropped_total', 'dropped', 'nothing dropped'));
+	setRows($('closes').tBodies[0], counterRows(items, 'closes_total', 'closes', 'no close by the gateway'));
 }
 
 function renderRules(items) {
@@ -319,7 +332,7 @@ function renderRules(items) {
 		tr.append(cell('presence'), cell(r.pattern), cell(''), cell(''), cell(''));
 		rows.push(tr);
 	}
-	$('rules').tBodies[0].replaceChildren(...(rows.length ? rows : [emptyRow(5, 'no replay or presence rule')]));
+	setRows($('rules').tBodies[0], (rows.length ? rows : [emptyRow(5, 'no replay or presence rule')]));
 }
 
 function renderInstances() {
@@ -332,7 +345,7 @@ function renderInstances() {
 			cell(s.bus.healthy ? 'ok' : 'degraded', s.bus.healthy ? 'ok' : 'bad'), cell(uptime, 'num'));
 		return tr;
 	});
-	$('instances').tBodies[0].replaceChildren(...rows);
+	setRows($('instances').tBodies[0], rows);
 }
 
 async function openTopic(topic) {
@@ -381,6 +394,7 @@ $('topic-close').addEventListener('click', () => {
 });
 $('scope').addEventListener('change', (e) => {
 	state.scope = e.target.value;
+	state.scopeChosen = true;
 	render();
 });
 
