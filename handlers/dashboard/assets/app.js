@@ -142,6 +142,13 @@ function render() {
 	renderInstances();
 }
 
+function xRange(u, min, max) {
+	const xs = u.data[0];
+	if (!xs || !xs.length) return [min, max];
+	const hi = xs[xs.length - 1];
+	return [Math.min(xs[0], hi - 60), hi];
+}
+
 let chart;
 function renderChart() {
 	const s = state.series.get(state.scope) || { x: [], conns: [], ups: [], downs: [] };
@@ -151,7 +158,9 @@ function renderChart() {
 		chart = new uPlot({
 			width: el.clientWidth || 800,
 			height: 240,
-			scales: { x: { time: true }, n: { range: (u, min, max) => [0, Math.max(1, max)] }, r: { range: (u, min, max) => [0, Math.max(1, max)] } },
+			// The samples' own span, at least a minute wide: for a single
+			// point uPlot would pad the axis to 86400/ms seconds, years.
+			scales: { x: { time: true, range: xRange }, n: { range: (u, min, max) => [0, Math.max(1, max)] }, r: { range: (u, min, max) => [0, Math.max(1, max)] } },
 			series: [
 				{},
 				{ label: 'Connections', scale: 'n', stroke: '#2f6feb', width: 2, value: (u, v) => num(v) },
@@ -361,7 +370,7 @@ async function openTopic(topic) {
 		$('topic-summary').textContent = body.error || `HTTP ${res.status}`;
 		return;
 	}
-	const parts = [`${num(body.subscribers)} subscribers on this instance`, `head ${num(body.head)}`];
+	const parts = [`${num(body.subscribers)} ${body.subscribers === 1 ? 'subscriber' : 'subscribers'} on this instance`, `head ${num(body.head)}`];
 	if (body.replay) parts.push(`${num(body.replay.buffered)} of ${num(body.replay.size)} events buffered`);
 	$('topic-summary').textContent = parts.join(' · ');
 	const ul = $('presence-members');
