@@ -209,6 +209,9 @@ func parsePostgres(d *caddyfile.Dispenser) (*PostgresConfig, error) {
 //			key <key>
 //			max_body <size>
 //		}
+//		dashboard <path> {
+//			auth key|external
+//		}
 //		origins <same-origin|*|scheme://host[:port]...>
 //		jwt {
 //			secret <secret>
@@ -347,6 +350,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.Path, err = pathArg(d)
 		case "api":
 			h.API, err = parseAPI(d)
+		case "dashboard":
+			h.Dashboard, err = parseDashboard(d)
 		case "origins":
 			h.Origins, err = parseOrigins(d)
 		case "auth":
@@ -430,6 +435,39 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // repeatable lists the handler options that may appear more than once, each
 // for a different pattern or name.
 var repeatable = map[string]bool{"replay": true, "presence": true, "cursor": true, "group": true, "notify": true}
+
+// parseDashboard parses `dashboard <path> [{ auth key|external }]`; the
+// cursor is on "dashboard".
+func parseDashboard(d *caddyfile.Dispenser) (*DashboardConfig, error) {
+	if !d.NextArg() {
+		return nil, argErr(d, "a path, like: dashboard /_dashboard")
+	}
+	p := d.Val()
+	if d.NextArg() {
+		return nil, argErr(d, "one path, like: dashboard /_dashboard")
+	}
+	if err := handlers.CheckPath("dashboard path", p); err != nil {
+		return nil, d.WrapErr(err)
+	}
+	dc := &DashboardConfig{Path: p}
+	if err := eachOption(d, nil, func(opt string) error {
+		switch opt {
+		case "auth":
+			v, err := singleArg(d)
+			if err == nil {
+				_, err = handlers.ParseDashboardAuth(v)
+				err = check(d, err)
+			}
+			dc.Auth = v
+			return err
+		default:
+			return d.Errf("unrecognized dashboard subdirective: %s", opt)
+		}
+	}); err != nil {
+		return nil, err
+	}
+	return dc, nil
+}
 
 // parseAPI parses `api <path> [{ … }]`; the cursor is on "api".
 func parseAPI(d *caddyfile.Dispenser) (*APIConfig, error) {

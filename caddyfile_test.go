@@ -120,6 +120,16 @@ func TestHandlerUnmarshalCaddyfile(t *testing.T) {
 			want:  Handler{API: &APIConfig{Path: "/_realtime"}},
 		},
 		{
+			name:  "dashboard without a block sets only the path",
+			input: "realtime {\n\tdashboard /_dashboard\n}",
+			want:  Handler{Dashboard: &DashboardConfig{Path: "/_dashboard"}},
+		},
+		{
+			name:  "dashboard with auth external leaves access to the handlers in front",
+			input: "realtime {\n\tdashboard /ops {\n\t\tauth external\n\t}\n}",
+			want:  Handler{Dashboard: &DashboardConfig{Path: "/ops", Auth: "external"}},
+		},
+		{
 			name: "api with a block sets key and max_body in IEC units",
 			input: `realtime {
 				api /_realtime {
@@ -611,6 +621,33 @@ func TestHandlerUnmarshalCaddyfile(t *testing.T) {
 			name:    "public without patterns is an argument error",
 			input:   "realtime {\n\tpublic\n}",
 			wantErr: "wrong argument count",
+		},
+
+		// Errors: dashboard.
+		{
+			name:    "dashboard without a path says what to write",
+			input:   "realtime {\n\tdashboard\n}",
+			wantErr: "dashboard wants a path, like: dashboard /_dashboard, at Testfile:2",
+		},
+		{
+			name:    "a dashboard path without a leading slash is rejected",
+			input:   "realtime {\n\tdashboard ops\n}",
+			wantErr: "dashboard path must start with '/', got 'ops'",
+		},
+		{
+			name:    "an unknown dashboard auth policy is named",
+			input:   "realtime {\n\tdashboard /ops {\n\t\tauth open\n\t}\n}",
+			wantErr: "unknown dashboard auth 'open': want key or external, at Testfile:3",
+		},
+		{
+			name:    "an unknown dashboard subdirective is named",
+			input:   "realtime {\n\tdashboard /ops {\n\t\tkey k\n\t}\n}",
+			wantErr: "unrecognized dashboard subdirective: key",
+		},
+		{
+			name:    "a repeated dashboard auth is an error",
+			input:   "realtime {\n\tdashboard /ops {\n\t\tauth key\n\t\tauth external\n\t}\n}",
+			wantErr: "auth already specified",
 		},
 
 		// Errors: api.

@@ -37,6 +37,7 @@ import (
 	"github.com/caddy-realtime/realtime/extensions/presence"
 	"github.com/caddy-realtime/realtime/extensions/ratelimit"
 	"github.com/caddy-realtime/realtime/extensions/replay"
+	"github.com/caddy-realtime/realtime/extensions/snapshot"
 	"github.com/caddy-realtime/realtime/extensions/wire"
 	"github.com/caddy-realtime/realtime/handlers"
 	"github.com/caddy-realtime/realtime/internal/lazyredis"
@@ -488,6 +489,10 @@ type Handler struct {
 	// API enables the HTTP API for app servers. Default: off.
 	API *APIConfig `json:"api,omitempty"`
 
+	// Dashboard serves a live, read-only dashboard of the gateway (and,
+	// with redis, of every instance) under its path. Default: off.
+	Dashboard *DashboardConfig `json:"dashboard,omitempty"`
+
 	// Origins is the origin policy for upgrades: ["same-origin"] requires the
 	// Origin's scheme, host and port to equal the request's; ["*"] allows
 	// any; otherwise a list of exact origins (scheme://host[:port]). A missing
@@ -623,6 +628,20 @@ type APIConfig struct {
 	// MaxBody caps a request body in bytes; larger bodies get 413.
 	// Default: 4 MiB.
 	MaxBody int64 `json:"max_body,omitempty"`
+}
+
+// DashboardConfig configures the dashboard (docs/operations.md).
+type DashboardConfig struct {
+	// Path is where the dashboard is served, e.g. /_dashboard; it must
+	// not overlap the WebSocket, api or auth paths. Required.
+	Path string `json:"path,omitempty"`
+
+	// Auth is who may open it: "key" asks for the api key (a bearer
+	// header, or the login form once for a session cookie) and, without
+	// a key, serves loopback callers only; "external" serves whoever the
+	// handlers in front let through (basic_auth, forward_auth): with
+	// nothing in front, anyone. Default: key.
+	Auth string `json:"auth,omitempty"`
 }
 
 // HookConfig configures one call to the application.
@@ -1107,6 +1126,11 @@ func (a *App) wireRedis(cfg *handlers.Config, opts *handlers.Options) {
 			EnvelopeOptions: bus.EnvelopeOptions{SystemTopics: wire.Patterns{wire.CursorPrefix + "*", wire.GroupPrefix + "*"}}})
 	}
 	prefix := rc.KeyPrefix
+	// The dashboard's cluster view; it holds nothing until a dashboard
+	// is opened, so every gateway on Redis gets one.
+	if st, err := snapshot.NewRedis(client, snapshot.RedisConfig{KeyPrefix: prefix, Gateway: cfg.WithDefaults().Name}); err == nil {
+		opts.Snapshots = st
+	}
 	// Each backend instance gets its own id: a tracker ignores its own
 	// id's events and leases are per id, so two rules must not share one.
 	var serial atomic.Int32
@@ -1205,6 +1229,12 @@ func (h *Handler) gatewayConfig() (handlers.Config, error) {
 		// loopback callers, which is the safe reading of "no key".
 		key := repl.ReplaceAll(h.API.Key, "")
 		cfg.APIPath, cfg.APIKey, cfg.APIMaxBody = h.API.Path, key, h.API.MaxBody
+	}
+	if d := h.Dashboard; d != nil {
+		if d.Path == "" {
+			return cfg, errors.New("dashboard: path is required (e.g. \"dashboard\": {\"path\": \"/_dashboard\"})")
+		}
+		cfg.DashboardPath, cfg.DashboardAuth = d.Path, handlers.DashboardAuth(d.Auth)
 	}
 	hook := func(name string, hc *HookConfig) (*handlers.HookConfig, error) {
 		if hc == nil {

@@ -411,3 +411,20 @@ export function deliveries(frames, topic) {
 export const closes = (page) => page.evaluate(() => window.__wsCloses);
 
 export const uid = () => Math.random().toString(36).slice(2, 8);
+
+/**
+ * startGateway with Caddy's log written to `log` instead of
+ * e2e/artifacts/caddy.log, for test files that keep their artifacts apart.
+ */
+export async function startGatewayLoggingTo(bin, log) {
+	for (let attempt = 1; ; attempt++) {
+		const gw = new Gateway({ bin, port: await freePort() });
+		gw.log = log;
+		try {
+			await gw.start();
+			return gw;
+		} catch (err) {
+			if (err.code !== 'EADDRINUSE' || attempt === 5) throw err;
+		}
+	}
+}

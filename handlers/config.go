@@ -35,6 +35,14 @@ type Config struct {
 	APIKey     string // bearer key; empty: loopback callers only
 	APIMaxBody int64  // default 4 MiB
 
+	// DashboardPath is where the live dashboard is served (dashboard.go),
+	// trailing slashes ignored; empty: no dashboard.
+	DashboardPath string
+	// DashboardAuth is who may open it: DashboardAuthKey (default) asks
+	// for APIKey (loopback callers only without one), DashboardAuthExternal
+	// leaves the decision to the handlers in front, such as basic_auth.
+	DashboardAuth DashboardAuth
+
 	Origins []string // default ["same-origin"]
 
 	Auth *HookConfig
@@ -320,6 +328,10 @@ func (c Config) WithDefaults() Config {
 	setDefault(&c.Name, c.Path)
 	setDefault(&c.UserKey, DefaultUserKey)
 	c.APIPath = NormalizeAPIPath(c.APIPath)
+	c.DashboardPath = NormalizeAPIPath(c.DashboardPath)
+	if c.DashboardPath != "" {
+		setDefault(&c.DashboardAuth, DashboardAuthKey)
+	}
 	setDefault(&c.APIMaxBody, DefaultAPIMaxBody)
 	if len(c.Origins) == 0 {
 		c.Origins = []string{"same-origin"}
@@ -567,6 +579,11 @@ func (c Config) Validate() error {
 		}
 		if p := NormalizeAPIPath(c.APIPath); p == c.Path || strings.HasPrefix(c.Path, strings.TrimSuffix(p, "/")+"/") {
 			return fmt.Errorf("api path %q overlaps the websocket path %q", c.APIPath, c.Path)
+		}
+	}
+	if c.DashboardPath != "" {
+		if err := c.checkDashboard(); err != nil {
+			return err
 		}
 	}
 	if err := CheckKeepAlive(c.KeepAlive); err != nil {

@@ -5,7 +5,8 @@
 // A Gateway is safe for concurrent use. It owns its goroutines: one read
 // loop per connection, a write loop per connection only while frames are
 // queued, a message-hook worker per connection only while messages wait,
-// and one sweeper; Close stops them all.
+// a sweeper and the other once-a-second loops, and a dashboard sampler;
+// Close stops them all.
 package handlers
 
 import (
@@ -27,6 +28,7 @@ import (
 	"github.com/caddy-realtime/realtime/extensions/bus"
 	"github.com/caddy-realtime/realtime/extensions/ratelimit"
 	"github.com/caddy-realtime/realtime/extensions/replay"
+	"github.com/caddy-realtime/realtime/extensions/snapshot"
 	"github.com/caddy-realtime/realtime/extensions/wire"
 )
 
@@ -62,6 +64,11 @@ type Options struct {
 
 	// Backends builds the extensions' state. Default: memory backends.
 	Backends Backends
+
+	// Snapshots shares the dashboard's stats snapshots with the other
+	// instances of a cluster (dashboard_stats.go). Default: none, the
+	// dashboard shows this instance only.
+	Snapshots snapshot.Store
 }
 
 // logPanic logs a panic recovered in one of the gateway's goroutines, with
@@ -125,6 +132,9 @@ type Gateway struct {
 	memoryBase uint64 // where memory replay stores count from (memoryBase)
 
 	tokens tokenState // the jwt verifier and its JWKS fetcher (token.go)
+
+	dash      dashState      // the dashboard's sampler and viewers (dashboard_stats.go)
+	snapshots snapshot.Store // nil: no cluster view
 
 	fillSem   chan struct{} // bounds the live fills reading stores at once (order.go)
 	resyncSig chan struct{} // the bus may have missed units (order.go)
@@ -223,8 +233,9 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 			// identity or the authorization from another endpoint.
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
-		upgrades: newIPWindow(),
-		started:  cfg.Now(),
+		upgrades:  newIPWindow(),
+		started:   cfg.Now(),
+		snapshots: opts.Snapshots,
 	}
 	g.conns.init()
 	if hasMemoryReplay(cfg.Replay) {
@@ -284,10 +295,11 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 	g.bus = b
 	g.router, _ = b.(bus.Router)
 	g.holdStaticRoutes()
-	g.wg.Add(3)
+	g.wg.Add(4)
 	go g.sweeper()
 	go g.backendLoop()
 	go g.resyncLoop()
+	go g.dashboardLoop()
 	// Last: a notification publishes through the hub, stores and bus.
 	for _, nb := range g.notify {
 		nb.l.Start()
@@ -321,6 +333,10 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) bool {
 	s := g.settings()
 	if s.APIPath != "" && pathUnder(r.URL.Path, s.APIPath) {
 		g.serveAPI(w, r, s)
+		return true
+	}
+	if s.DashboardPath != "" && pathUnder(r.URL.Path, s.DashboardPath) {
+		g.serveDashboard(w, r, s)
 		return true
 	}
 	if s.AuthPath != "" && s.AuthPath != AuthPathOff && r.URL.Path == s.AuthPath {
@@ -624,6 +640,7 @@ func (g *Gateway) setHealth(healthy bool) {
 		return
 	}
 	metricBusHealthy.WithLabelValues(g.m.name, g.busName).Set(boolGauge(healthy))
+	g.dash.busChanged(healthy, time.Now())
 	event := "recovered"
 	if !healthy {
 		event = "degraded"
