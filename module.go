@@ -38,6 +38,7 @@ import (
 	"github.com/caddy-realtime/realtime/extensions/ratelimit"
 	"github.com/caddy-realtime/realtime/extensions/replay"
 	"github.com/caddy-realtime/realtime/extensions/snapshot"
+	"github.com/caddy-realtime/realtime/extensions/tally"
 	"github.com/caddy-realtime/realtime/extensions/wire"
 	"github.com/caddy-realtime/realtime/handlers"
 	"github.com/caddy-realtime/realtime/internal/lazyredis"
@@ -1126,6 +1127,12 @@ func (a *App) wireRedis(cfg *handlers.Config, opts *handlers.Options) {
 			EnvelopeOptions: bus.EnvelopeOptions{SystemTopics: wire.Patterns{wire.CursorPrefix + "*", wire.GroupPrefix + "*"}}})
 	}
 	prefix := rc.KeyPrefix
+	// Direct sends and group publishes of the API, with the other
+	// instances' delivery counts; NewRedis does not wait for Redis.
+	opts.NewTally = func(h tally.Handler) (tally.Tally, error) {
+		return tally.NewRedis(client, tally.RedisConfig{KeyPrefix: prefix, Gateway: cfg.WithDefaults().Name, InstanceID: a.InstanceID, Handler: h,
+			EnvelopeOptions: bus.EnvelopeOptions{SystemTopics: wire.Patterns{wire.GroupPrefix + "*"}}})
+	}
 	// The dashboard's cluster view; it holds nothing until a dashboard
 	// is opened, so every gateway on Redis gets one.
 	if st, err := snapshot.NewRedis(client, snapshot.RedisConfig{KeyPrefix: prefix, Gateway: cfg.WithDefaults().Name}); err == nil {

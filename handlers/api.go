@@ -437,13 +437,17 @@ func (g *Gateway) apiSend(w http.ResponseWriter, r *http.Request, s *settings) {
 			n++
 		}
 	}
-	if req.User != "" {
-		m.User = req.User
+	if req.User == "" {
+		// A connection id names one connection of this instance.
+		writeJSON(w, http.StatusOK, deliveredAnswer{Delivered: n})
+		return
+	}
+	m.User = req.User
+	writeJSON(w, http.StatusOK, g.deliverElsewhere(r, m, n, func() {
 		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 		defer cancel()
 		_ = g.bus.Publish(ctx, []bus.Message{m})
-	}
-	writeJSON(w, http.StatusOK, map[string]int{"delivered": n})
+	}))
 }
 
 func (g *Gateway) apiRequest(w http.ResponseWriter, r *http.Request, s *settings) {

@@ -29,6 +29,7 @@ import (
 	"github.com/caddy-realtime/realtime/extensions/ratelimit"
 	"github.com/caddy-realtime/realtime/extensions/replay"
 	"github.com/caddy-realtime/realtime/extensions/snapshot"
+	"github.com/caddy-realtime/realtime/extensions/tally"
 	"github.com/caddy-realtime/realtime/extensions/wire"
 )
 
@@ -58,6 +59,13 @@ type Options struct {
 	// restart from its first start (see memoryBase). Default: "", memory
 	// stores count from 1 on every start.
 	StateDir string
+
+	// NewTally builds what carries direct sends and group publishes of
+	// the HTTP API to the other instances and collects their delivery
+	// counts (tally.go), wired to the gateway's delivery. Default: none,
+	// the instance is alone and its counts are the cluster's; the bus
+	// relays those messages then.
+	NewTally func(h tally.Handler) (tally.Tally, error)
 
 	// BusName names the bus backend in GET /health. Default: memory.
 	BusName string
@@ -99,7 +107,8 @@ type Gateway struct {
 	m          *gatewayMetrics
 	hub        *hub
 	bus        bus.Bus
-	router     bus.Router // bus, when it routes per topic (route.go); nil otherwise
+	router     bus.Router  // bus, when it routes per topic (route.go); nil otherwise
+	tally      tally.Tally // nil: alone, counts are local (tally.go)
 	instanceID string
 	client     *http.Client
 	upgrades   *ipWindow
@@ -294,6 +303,16 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 	}
 	g.bus = b
 	g.router, _ = b.(bus.Router)
+	if opts.NewTally != nil {
+		if g.tally, err = opts.NewTally(g.deliverAsked); err != nil {
+			if cl, ok := b.(bus.Closer); ok {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				_ = cl.Close(ctx)
+				cancel()
+			}
+			return fail(err)
+		}
+	}
 	g.holdStaticRoutes()
 	g.wg.Add(4)
 	go g.sweeper()
@@ -449,6 +468,11 @@ func (g *Gateway) drain(ctx context.Context) error {
 		}
 		g.stopPosting()
 		g.ext.close(ctx, g.logger)
+		if cl, ok := g.tally.(tally.Closer); ok {
+			if e := cl.Close(ctx); e != nil && err == nil {
+				err = e
+			}
+		}
 		if cl, ok := g.bus.(bus.Closer); ok {
 			if e := cl.Close(ctx); e != nil && err == nil {
 				err = e

@@ -14,6 +14,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/caddy-realtime/realtime/extensions/bus"
 	"github.com/caddy-realtime/realtime/extensions/groups"
 	"github.com/caddy-realtime/realtime/extensions/wire"
 )
@@ -168,8 +169,10 @@ func (g *Gateway) groupClose(ctx context.Context, gr *group) error {
 }
 
 // groupPublish sends an application event to every member, or to those
-// with role; it returns how many connections it reached.
-func (g *Gateway) groupPublish(gr *group, event string, data []byte, role groups.Role) int {
+// with role; it returns how many local connections it reached. relay
+// sends it to the other instances on the bus as well (the caller does
+// otherwise, through the tally).
+func (g *Gateway) groupPublish(gr *group, event string, data []byte, role groups.Role, relay bool) int {
 	gr.mu.Lock()
 	defer gr.mu.Unlock()
 	frame := wire.AppendEnvelope(nil, gr.frame, event, data, 0)
@@ -181,7 +184,9 @@ func (g *Gateway) groupPublish(gr *group, event string, data []byte, role groups
 			}
 		}
 	}
-	g.relaySystemTo(gr.frame, event, frame, string(role))
+	if relay {
+		g.relaySystemTo(gr.frame, event, frame, string(role))
+	}
 	return n
 }
 
@@ -327,7 +332,12 @@ func (g *Gateway) apiGroups(w http.ResponseWriter, r *http.Request, s *settings)
 				return
 			}
 		}
-		writeJSON(w, http.StatusOK, map[string]int{"delivered": g.groupPublish(gr, req.Event, data, role)})
+		n := g.groupPublish(gr, req.Event, data, role, g.tally == nil)
+		m := bus.Message{Topic: gr.frame, Event: req.Event, Data: data}
+		if role != "" {
+			m.User = "role:" + string(role) // as relaySystemTo
+		}
+		writeJSON(w, http.StatusOK, g.deliverElsewhere(r, m, n, nil))
 	case "/groups/close":
 		if err := g.groupClose(ctx, gr); err != nil {
 			writeErr(w, apiErr(http.StatusServiceUnavailable, "BACKEND_UNAVAILABLE", "closing the group failed"))

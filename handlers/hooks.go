@@ -407,8 +407,9 @@ func (g *Gateway) deliverRemote(msgs []bus.Message) {
 
 // deliverSystem delivers a gateway frame relayed by another instance to
 // this instance's recipients: attached cursor connections, or group
-// members (all, or those of a role).
-func (g *Gateway) deliverSystem(m bus.Message) {
+// members (all, or those of a role). It returns how many connections it
+// reached.
+func (g *Gateway) deliverSystem(m bus.Message) int {
 	frame := wire.AppendEnvelope(nil, m.Topic, m.Event, m.Data, 0)
 	switch prefix, inner := splitSystem(m.Topic); prefix {
 	case wire.CursorPrefix:
@@ -416,7 +417,7 @@ func (g *Gateway) deliverSystem(m bus.Message) {
 	case wire.GroupPrefix:
 		gr := g.ext.groups[inner]
 		if gr == nil {
-			return
+			return 0
 		}
 		role := ""
 		if len(m.User) > len("role:") && m.User[:len("role:")] == "role:" {
@@ -424,13 +425,16 @@ func (g *Gateway) deliverSystem(m bus.Message) {
 		}
 		gr.mu.Lock()
 		defer gr.mu.Unlock()
+		n := 0
 		for c, r := range gr.members {
-			if role == "" || string(r) == role {
-				c.send(frame)
+			if (role == "" || string(r) == role) && c.send(frame) {
+				n++
 			}
 		}
 		if m.Event == "close" {
 			clear(gr.members) // closed everywhere: membership ends here too
 		}
+		return n
 	}
+	return 0
 }
