@@ -380,6 +380,8 @@ func (c *conn) postMessage(m appMessage) {
 // events of shared replay stores go through the ordered path, whose fills
 // run on goroutines of their own (order.go).
 func (g *Gateway) deliverRemote(msgs []bus.Message) {
+	g.m.busUnits.Inc()
+	g.m.busMessages.Add(float64(len(msgs)))
 	now := g.now()
 	var topics []bus.Message
 	for i := range msgs {

@@ -84,6 +84,14 @@ var (
 		Namespace: "caddy", Subsystem: "realtime", Name: "bus_healthy",
 		Help: "1 while the bus reaches its backend (always, for the memory bus), 0 while it is degraded.",
 	}, []string{"gateway", "bus"})
+	metricBusUnits = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "realtime", Name: "bus_received_units_total",
+		Help: "Units (one publish, or one batch, of another instance) the bus handed to this instance, whether or not it had a subscriber for them.",
+	}, []string{"gateway"})
+	metricBusMessages = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "realtime", Name: "bus_received_messages_total",
+		Help: "Messages in the units the bus handed to this instance.",
+	}, []string{"gateway"})
 	metricNotifyReceived = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "realtime", Name: "notify_received_total",
 		Help: "Valid notifications received on a PostgreSQL NOTIFY channel.",
@@ -99,7 +107,7 @@ var allMetrics = []prometheus.Collector{
 	metricConnections, metricSubscriptions, metricUpgrades, metricFramesIn, metricBytesIn,
 	metricFramesOut, metricBytesOut, metricDropped, metricClosed, metricPublished,
 	metricDeliveryLatency, metricHookDuration, metricHookErrors, metricNotifyReceived, metricNotifyDropped,
-	metricFills, metricFilled, metricTruncated, metricBusHealthy,
+	metricFills, metricFilled, metricTruncated, metricBusHealthy, metricBusUnits, metricBusMessages,
 }
 
 // RegisterMetrics adds the gateway metrics to reg, tolerating collectors
@@ -126,6 +134,7 @@ type gatewayMetrics struct {
 	dropHookQueue, dropHookBusy    prometheus.Counter
 	dropOversized, dropCursor      prometheus.Counter
 	dropDuplicate, filled          prometheus.Counter
+	busUnits, busMessages          prometheus.Counter
 	latency                        prometheus.Observer
 	name                           string
 }
@@ -149,6 +158,8 @@ func newGatewayMetrics(name string) *gatewayMetrics {
 		dropCursor:     metricDropped.WithLabelValues(name, "cursor"),
 		dropDuplicate:  metricDropped.WithLabelValues(name, "duplicate"),
 		filled:         metricFilled.WithLabelValues(name),
+		busUnits:       metricBusUnits.WithLabelValues(name),
+		busMessages:    metricBusMessages.WithLabelValues(name),
 		latency:        metricDeliveryLatency.WithLabelValues(name),
 	}
 }
