@@ -161,6 +161,61 @@ cluster_args() {
 		-pid "${CLUSTER_PIDS[1]}" -publish-via "http://127.0.0.1:$RT_PORT/_realtime" -source-ips "$SOURCE_IPS"
 }
 
+# start_routing MODE [N]: N fresh gateways (default 8; gateway k on
+# RT_PORT+2k, admin RT_ADMIN_PORT-k) sharing a throwaway redis-server on
+# BENCH_REDIS_PORT, with the bus in MODE: compat (one channel, `compat
+# uws`), routed (the default) or partitions (`partitions 256`).
+start_routing() {
+	stop_server
+	stop_cluster
+	local opts=""
+	case $1 in
+	compat) opts="compat uws" ;;
+	routed) opts="" ;;
+	partitions) opts="partitions ${ROUTING_PARTITIONS:-256}" ;;
+	*) echo "start_routing: unknown mode $1" >&2; return 1 ;;
+	esac
+	redis-server --port "$BENCH_REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
+		>>"$BENCH_DIR/redis.log" 2>&1 &
+	REDIS_PID=$!
+	for _ in $(seq 50); do redis-cli -p "$BENCH_REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+	ROUTING_NODES=${2:-8}
+	for ((k = 0; k < ROUTING_NODES; k++)); do
+		sed -e "s/admin localhost:$RT_ADMIN_PORT/admin localhost:$((RT_ADMIN_PORT - k))/" \
+			-e "s/http:\/\/:$RT_PORT/http:\/\/:$((RT_PORT + 2 * k))/" \
+			-e "s/^\tauto_https off/\tauto_https off\n\trealtime {\n\t\tredis redis:\/\/127.0.0.1:$BENCH_REDIS_PORT {\n\t\t\t$opts\n\t\t}\n\t}/" \
+			"$BENCH_DIR/Caddyfile" >"$BENCH_DIR/Caddyfile.routing.$k"
+		"$CADDY" run --config "$BENCH_DIR/Caddyfile.routing.$k" --adapter caddyfile >>"$BENCH_DIR/caddy-routing-$k.log" 2>&1 &
+		CLUSTER_PIDS+=($!)
+	done
+	for ((k = 0; k < ROUTING_NODES; k++)); do
+		wait_http "http://127.0.0.1:$((RT_PORT + 2 * k))/_realtime/health"
+	done
+}
+# routing_args: subscribers on gateways 1…N-1, publishes through gateway 0,
+# so that every delivery crosses Redis and gateway 0 serves nobody.
+routing_args() {
+	local k
+	for ((k = 1; k < ROUTING_NODES; k++)); do
+		echo -target "ws://127.0.0.1:$((RT_PORT + 2 * k))/ws" -admin "http://localhost:$((RT_ADMIN_PORT - k))" -pid "${CLUSTER_PIDS[k]}"
+	done
+	echo -publish-via "http://127.0.0.1:$RT_PORT/_realtime" -source-ips "$SOURCE_IPS"
+}
+# routing_snapshot FILE: every gateway's bus_received_units_total (one line
+# each, gateway 0 first), Redis's used_cpu_sys + used_cpu_user, and the time.
+routing_snapshot() {
+	local k
+	{
+		for ((k = 0; k < ROUTING_NODES; k++)); do
+			curl -sf "http://localhost:$((RT_ADMIN_PORT - k))/metrics" |
+				awk '/^caddy_realtime_bus_received_units_total/ {s += $NF} END {printf "units %d %.0f\n", '"$k"', s}'
+		done
+		redis-cli -p "$BENCH_REDIS_PORT" INFO cpu | tr -d '\r' |
+			awk -F: '/^used_cpu_(sys|user):/ {s += $2} END {printf "redis_cpu %.6f\n", s}'
+		echo "at $(date +%s.%N)"
+	} >"$1"
+}
+
 # Load-tool arguments for each server.
 ours_args() {
 	echo -target "ws://127.0.0.1:$RT_PORT/ws" -admin "http://localhost:$RT_ADMIN_PORT" -pid "$SERVER_PID" -source-ips "$SOURCE_IPS"

@@ -14,7 +14,11 @@
 # default set, run `./scripts/bench.sh cluster`), compression (1 topic ×
 # 2k subscribers, 2 KiB JSON payloads at a fixed rate, without and with
 # permessage-deflate: server CPU and bytes written per delivery; not in the
-# default set either).
+# default set either), routing (8 gateways on one redis-server, ROUTING_TOPICS
+# topics each served by one gateway, a fixed publish rate: bus units each
+# gateway received and Redis CPU per 10 000 publishes for each bus mode of
+# ROUTING_MODES, compat, routed and partitions; cross-instance latency at
+# half of the peak; not in the default set: `./scripts/bench.sh routing`).
 #
 # Each scenario gets a fresh Caddy built from ./cmd/caddy (or CADDY_BIN), on loopback
 # ports 18080 (admin 12999); JSON reports and profiles land in $BENCH_DIR
@@ -34,6 +38,10 @@ source scripts/bench-lib.sh
 : "${COMPRESS_RATE:=25}"
 : "${COMPRESS_SIZE:=2048}"
 : "${CLUSTER_TOPIC:=fanout}"
+: "${ROUTING_MODES:=compat routed partitions}"
+: "${ROUTING_TOPICS:=1000}"
+: "${ROUTING_N:=1000}"
+: "${ROUTING_RATE:=1000}"
 : "${RAMP_FACTOR:=1.3}"
 : "${STEP:=5s}"
 : "${PROFILE:=}"
@@ -144,6 +152,32 @@ for s in "${scenarios[@]}"; do
 			stop_cluster
 		done
 		;;
+	routing)
+		# The bus's routing cost: 8 gateways on one throwaway redis-server,
+		# ROUTING_TOPICS topics each served by one of gateways 1-7 (one
+		# subscriber per topic by default), publishes through gateway 0
+		# (which serves nobody) at ROUTING_RATE/s for 10 s, taking the
+		# topics in turn. Per bus mode: units each gateway's bus received and
+		# Redis CPU, per 10 000 publishes; then the closed-loop peak and
+		# the latency at half of it.
+		for mode in $ROUTING_MODES; do
+			say "routing ($mode): 8 gateways, $ROUTING_TOPICS topics × $((ROUTING_N / ROUTING_TOPICS)) subscribers over gateways 1-7, publishes through gateway 0 at $ROUTING_RATE/s"
+			start_routing "$mode" 8
+			fan=(fanout -n "$ROUTING_N" -topics "$ROUTING_TOPICS" -topic rt -size 100 -connect-rate 2000)
+			# Redis's idle cost (probes, cron), subtracted from the run's.
+			routing_snapshot "$BENCH_DIR/routing-$mode.idle"
+			sleep 10
+			routing_snapshot "$BENCH_DIR/routing-$mode.before"
+			bench "${fan[@]}" -rate "$ROUTING_RATE" -duration 10s -warmup 0s $(routing_args) -o "$BENCH_DIR/routing-$mode.json"
+			routing_snapshot "$BENCH_DIR/routing-$mode.after"
+			bench "${fan[@]}" -rate max -window 4 -duration 8s -warmup 1s $(routing_args) -o "$BENCH_DIR/routing-max-$mode.json"
+			peak=$(python3 -c "import json,sys; s=json.load(open(sys.argv[1]))['steps'][-1]; print(max(1, round(s['published_per_s']/2)))" "$BENCH_DIR/routing-max-$mode.json")
+			say "routing ($mode): at half of the peak, $peak publishes/s"
+			bench "${fan[@]}" -rate "$peak" -duration 10s -warmup 1s $(routing_args) -o "$BENCH_DIR/routing-half-$mode.json"
+			stop_cluster
+		done
+		python3 scripts/bench-routing.py "$BENCH_DIR" $ROUTING_MODES
+		;;
 	compression)
 		# The same fan-out twice: uncompressed, then with `compression` on
 		# and every client offering permessage-deflate. A fixed rate keeps
@@ -167,7 +201,7 @@ for s in "${scenarios[@]}"; do
 		bench compare "plain=$BENCH_DIR/compression-plain.json" "deflate=$BENCH_DIR/compression-deflate.json"
 		;;
 	*)
-		echo "unknown scenario $s (idle, idle-presence, fanout, connect, reconnect, cluster, compression)" >&2
+		echo "unknown scenario $s (idle, idle-presence, fanout, connect, reconnect, cluster, compression, routing)" >&2
 		exit 2
 		;;
 	esac

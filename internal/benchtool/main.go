@@ -10,7 +10,7 @@
 //
 //	idle           N connections without subscriptions: server RSS and goroutines per connection
 //	idle-presence  N connections with 3 subscriptions, one of them with presence
-//	fanout         1 topic × N subscribers, timestamped payloads at given rates: deliveries/s, latency
+//	fanout         1 topic × N subscribers (or N spread over -topics), timestamped payloads at given rates: deliveries/s, latency
 //	connect        connect rate: upgrade + greeting + acknowledged subscribe per second
 //	reconnect      N clients close and reconnect with resume on a replayed topic
 //	compare        realtime-bench compare NAME=report.json NAME=report.json …: headline ratios
@@ -53,6 +53,7 @@ type config struct {
 	timeout     time.Duration
 
 	topic          string
+	topics         int // fanout: spread over this many topics (topicSpread); 1: one topic named topic
 	size           int
 	shape          string // payload shape: pad or json
 	compress       bool   // offer permessage-deflate
@@ -102,6 +103,9 @@ func (c *config) params() map[string]any {
 		}
 	case "fanout":
 		p["topic"], p["payload_bytes"], p["publishers"] = c.topic, c.size, c.publishers
+		if c.topics > 1 {
+			p["topics"] = c.topics
+		}
 		p["duration"], p["warmup"], p["p99_limit"] = c.duration.String(), c.warmup.String(), c.p99Limit.String()
 		if c.ramp {
 			p["ramp"] = fmt.Sprintf("%g×%g up to %g", c.rateStart, c.rampFactor, c.rateMax)
@@ -182,6 +186,7 @@ func parseFlags(scenario string, args []string) (*config, error) {
 	fs.Float64Var(&cfg.connectRate, "connect-rate", 0, "connections started per second (0: as fast as concurrency allows)")
 	fs.DurationVar(&cfg.timeout, "timeout", 30*time.Second, "limit on one connection's dial, upgrade and subscribe")
 	fs.StringVar(&cfg.topic, "topic", "fanout", "topic of the fanout and connect scenarios")
+	fs.IntVar(&cfg.topics, "topics", 1, "fanout: spread the subscribers over this many topics, <topic>-0 …, each served by one target\n(topic j by target j mod the targets); publishes take the topics in turn")
 	fs.IntVar(&cfg.size, "size", 100, "publish payload (the data JSON) in bytes, timestamp included (at least 35)")
 	fs.StringVar(&cfg.shape, "shape", "pad", "publish payload shape: pad (a run of x, compresses to nothing) or json (a list of\ntodo-like objects, as dashboards and lists publish)")
 	fs.BoolVar(&cfg.compress, "compress", false, "offer permessage-deflate (no context takeover) on every connection, and inflate\nwhat comes compressed")
@@ -273,8 +278,11 @@ func parseFlags(scenario string, args []string) (*config, error) {
 	if cfg.reader != "epoll" && cfg.reader != "goroutine" {
 		return nil, fmt.Errorf("-reader %q: want epoll or goroutine", cfg.reader)
 	}
-	if cfg.n < 1 || cfg.concurrency < 1 || cfg.presenceRoom < 1 {
-		return nil, fmt.Errorf("-n, -concurrency and -presence-room must be at least 1")
+	if cfg.n < 1 || cfg.concurrency < 1 || cfg.presenceRoom < 1 || cfg.topics < 1 {
+		return nil, fmt.Errorf("-n, -concurrency, -presence-room and -topics must be at least 1")
+	}
+	if cfg.topics > cfg.n {
+		return nil, fmt.Errorf("-topics %d: more topics than connections (-n %d)", cfg.topics, cfg.n)
 	}
 	return cfg, nil
 }

@@ -337,6 +337,12 @@ type publisher struct {
 	size  int
 	via   *target // -publish-via: publish through this API only
 
+	// spread, when set, makes each publish take the next of its topics
+	// (instead of topic) and count the deliveries it owes in expected.
+	spread   *topicSpread
+	next     atomic.Int64
+	expected atomic.Int64
+
 	sent    atomic.Int64 // publishes that every target accepted
 	errs    atomic.Int64
 	lastErr atomic.Value
@@ -371,8 +377,16 @@ func (p *publisher) publish(ctx context.Context) error {
 	if p.via != nil {
 		targets = []*target{p.via}
 	}
+	topic, j := p.topic, 0
+	if p.spread != nil {
+		j = int((p.next.Add(1) - 1) % int64(len(p.spread.names)))
+		topic = p.spread.names[j]
+		if p.via == nil {
+			targets = []*target{p.r.targets[p.spread.target[j]]}
+		}
+	}
 	for _, t := range targets {
-		req, err := p.r.proto.publishRequest(t, p.topic, data)
+		req, err := p.r.proto.publishRequest(t, topic, data)
 		if err != nil {
 			return err
 		}
@@ -396,6 +410,9 @@ func (p *publisher) publish(ctx context.Context) error {
 				}
 			}
 		}
+	}
+	if p.spread != nil {
+		p.expected.Add(p.spread.subs[j])
 	}
 	p.sent.Add(1)
 	return nil

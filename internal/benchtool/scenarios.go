@@ -180,8 +180,18 @@ func runFanout(r *runner) *report {
 	cfg := r.cfg
 	rep := newReport(cfg, r.proto)
 	clients := make([]*client, cfg.n)
+	var spread *topicSpread
+	if cfg.topics > 1 {
+		spread = newTopicSpread(cfg.topic, cfg.topics, len(r.targets))
+	}
 	for i := range clients {
-		clients[i] = r.newClient(i, []string{cfg.topic})
+		if spread == nil {
+			clients[i] = r.newClient(i, []string{cfg.topic})
+			continue
+		}
+		j := spread.topicOf(i)
+		clients[i] = r.newClient(i, []string{spread.names[j]})
+		clients[i].t = r.targets[spread.target[j]]
 	}
 	cr := r.connectAll(clients, cfg.connectRate, cfg.concurrency, true, "subscribe")
 	rep.Connect = &cr
@@ -190,6 +200,14 @@ func runFanout(r *runner) *report {
 		return rep
 	}
 	pub := newPublisher(r, cfg.topic, cfg.size, cfg.publishers)
+	if spread != nil {
+		opened := make([]bool, len(clients))
+		for i, c := range clients {
+			opened[i] = c.ws != nil
+		}
+		spread.count(opened)
+		pub.spread = spread
+	}
 	time.Sleep(time.Second)
 
 	if cfg.warmup > 0 && len(cfg.rates) > 0 {
@@ -299,7 +317,14 @@ func (r *runner) fanoutStep(pub *publisher, rate float64, d time.Duration) fanou
 	subs := r.alive.Load()
 	dropped0 := r.dropped.Load()
 	d0 := r.deliveredTotal()
-	sent0, errs0 := pub.sent.Load(), pub.errs.Load()
+	sent0, errs0, exp0 := pub.sent.Load(), pub.errs.Load(), pub.expected.Load()
+	// The deliveries the publishes so far owe, and how many one publish
+	// owes on average.
+	owed, perPublish := func() int64 { return (pub.sent.Load() - sent0) * subs }, subs
+	if pub.spread != nil {
+		owed = func() int64 { return pub.expected.Load() - exp0 }
+		perPublish = max(1, subs/int64(len(pub.spread.names)))
+	}
 	srv0 := make([]serverSample, len(r.targets))
 	for i, t := range r.targets {
 		srv0[i] = t.probe.sample()
@@ -339,8 +364,8 @@ func (r *runner) fanoutStep(pub *publisher, rate float64, d time.Duration) fanou
 					// Closed loop: wait until at most window publishes are
 					// not yet delivered everywhere.
 					for time.Now().Before(stopAt) {
-						inflight := (pub.sent.Load()-sent0)*subs - (r.deliveredTotal() - d0)
-						if inflight <= int64(cfg.window)*subs {
+						inflight := owed() - (r.deliveredTotal() - d0)
+						if inflight <= int64(cfg.window)*perPublish {
 							break
 						}
 						time.Sleep(100 * time.Microsecond)
@@ -355,7 +380,7 @@ func (r *runner) fanoutStep(pub *publisher, rate float64, d time.Duration) fanou
 	pubElapsed := time.Since(start)
 	// Drain: wait for every expected delivery, or until nothing arrived
 	// for a while, or the drain limit.
-	expected := published * subs
+	expected := owed()
 	last, lastChange := r.deliveredTotal()-d0, time.Now()
 	drainEnd := time.Now().Add(cfg.drain)
 	for last < expected && time.Now().Before(drainEnd) && time.Since(lastChange) < time.Second {
