@@ -52,6 +52,23 @@ func tallyJoin(t *testing.T, in *instance, user, role string) *wsClient {
 	}
 }
 
+// startTallyCluster starts n instances on tallySite and, at the end of
+// the test, fails it if a race-enabled build (REALTIME_TEST_RACE) of one
+// of them reported a data race.
+func startTallyCluster(t *testing.T, n int) *cluster {
+	t.Helper()
+	cl := startCluster(t, n, tallySite(t))
+	t.Cleanup(func() {
+		for i, in := range cl.nodes {
+			in.stop(10 * time.Second)
+			if strings.Contains(in.logs.String(), "WARNING: DATA RACE") {
+				t.Errorf("instance %d reported a data race:\n%s", i, in.logs.String())
+			}
+		}
+	})
+	return cl
+}
+
 // tallyReady waits until every one of n instances subscribes to the
 // channel the API's deliveries travel on.
 func tallyReady(t *testing.T, cl *cluster, n int64) {
@@ -78,7 +95,7 @@ func expectFrame(t *testing.T, c *wsClient, want, event string) {
 // instance, and POST /groups/publish the number of members reached on
 // every instance, with or without a role filter.
 func TestClusterAnswersCountEveryInstance(t *testing.T) {
-	cl := startCluster(t, 3, tallySite(t))
+	cl := startTallyCluster(t, 3)
 	tabs := []*wsClient{tallyDial(t, cl.nodes[1], "u1", ""), tallyDial(t, cl.nodes[1], "u1", ""), tallyDial(t, cl.nodes[2], "u1", "")}
 	tallyReady(t, cl, 3)
 
@@ -122,7 +139,7 @@ func TestClusterAnswersCountEveryInstance(t *testing.T) {
 // ms): the answer then counts the instances that answered and says
 // partial when one that received the message did not.
 func TestClusterAnswersDoNotWaitForDeadInstances(t *testing.T) {
-	cl := startCluster(t, 3, tallySite(t))
+	cl := startTallyCluster(t, 3)
 	for _, n := range cl.nodes {
 		tallyDial(t, n, "u1", "")
 	}
