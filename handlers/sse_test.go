@@ -490,3 +490,32 @@ func FuzzParseSSEID(f *testing.F) {
 		}
 	})
 }
+
+func TestConfigValidateSSEPath(t *testing.T) {
+	tests := []struct {
+		name    string
+		cfg     Config
+		wantErr string
+	}{
+		{"a path of its own is fine", Config{SSEPath: "/events"}, ""},
+		{"the websocket path is refused", Config{SSEPath: "/ws"}, `sse path "/ws" must differ`},
+		{"the auth path is refused", Config{SSEPath: "/auth", AuthPath: "/auth"}, `sse path "/auth" must differ`},
+		{"a path under the api is refused", Config{SSEPath: "/_rt/events", APIPath: "/_rt"}, "lie outside the api path"},
+		{"a relative path is refused", Config{SSEPath: "events"}, "sse path must start with '/'"},
+		{"a keepalive out of range is refused", Config{SSEPath: "/events", SSEKeepAlive: time.Second}, "sse keepalive must be between 5s and 120s"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.cfg.WithDefaults().Validate()
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("error %v, want one containing %q", err, tt.wantErr)
+			}
+		})
+	}
+}
