@@ -344,10 +344,8 @@ func sseTopics(q url.Values, s *settings) ([]string, string) {
 // subscribe-batch (§3.5) and resumed from Last-Event-ID, then the events
 // until the stream ends.
 func (g *Gateway) serveSSE(w http.ResponseWriter, r *http.Request, s *settings, unload <-chan struct{}) {
-	code := http.StatusOK
-	defer func() { g.m.sseRequest(strconv.Itoa(code)) }()
 	fail := func(status int, msg string) {
-		code = status
+		g.m.sseRequest(strconv.Itoa(status))
 		w.Header().Set("Cache-Control", "no-store")
 		refuse(w, status, msg)
 	}
@@ -410,6 +408,7 @@ func (g *Gateway) serveSSE(w http.ResponseWriter, r *http.Request, s *settings, 
 		fail(status, msg)
 		return
 	}
+	g.m.sseRequest("200")
 	defer func() {
 		c.cleanup()
 		// The connection may serve another request: no deadline of the
