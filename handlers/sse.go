@@ -460,6 +460,10 @@ func (c *conn) planResume(lastEventID string) {
 		seqs, known, fits = parseSSEID(lastEventID, st.key, len(st.topics))
 	}
 	now := c.g.now()
+	// One deadline for every head read: a stream of many topics on a
+	// store that does not answer waits storeTimeout once, not per topic.
+	ctx, cancel := context.WithTimeout(c.g.ctx, storeTimeout)
+	defer cancel()
 	for i, t := range st.topics {
 		if c.g.replayFor(t) == nil {
 			continue
@@ -470,9 +474,7 @@ func (c *conn) planResume(lastEventID string) {
 			st.seqs[i], st.known[i] = seqs[i], true
 			continue
 		}
-		ctx, cancel := context.WithTimeout(c.g.ctx, storeTimeout)
 		head, err := c.g.head(ctx, t)
-		cancel()
 		if err != nil {
 			continue
 		}
