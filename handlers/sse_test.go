@@ -519,3 +519,96 @@ func TestConfigValidateSSEPath(t *testing.T) {
 		})
 	}
 }
+
+// A client that drops its stream every few events and reconnects with its
+// last id, while a publisher never pauses, sees every seq once, in order.
+func TestSSEResumeUnderConcurrentPublishesIsGapFree(t *testing.T) {
+	g, srv := newTestGateway(t, sseTestConfig())
+	const total = 300
+	done := make(chan error, 1)
+	// A stream without an id starts at the head: the publisher starts
+	// once the first stream is open.
+	first, resp := openSSE(t, srv, "/events?topic=chat", nil)
+	if first == nil {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	welcome := first.next()
+	first.cancel()
+	go func() {
+		for i := 1; i <= total; i++ {
+			if _, err := g.Publish(context.Background(), []bus.Message{{Topic: "chat", Event: "m", Data: []byte("1")}}); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	var seqs []uint64
+	lastID := welcome.ID
+	for reconnects := 0; len(seqs) < total; reconnects++ {
+		if reconnects > total {
+			t.Fatalf("no progress: %d events after %d reconnects", len(seqs), reconnects)
+		}
+		var h http.Header
+		if lastID != "" {
+			h = http.Header{"Last-Event-Id": {lastID}}
+		}
+		c, resp := openSSE(t, srv, "/events?topic=chat", h)
+		if c == nil {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+		if ev := c.next(); ev.Event != "welcome" {
+			t.Fatalf("first event %+v", ev)
+		}
+		for k := 0; k < 7 && len(seqs) < total; k++ {
+			ev := c.next()
+			var f inFrame
+			if err := json.Unmarshal([]byte(ev.Data), &f); err != nil || f.Topic != "chat" {
+				t.Fatalf("event %+v", ev)
+			}
+			seqs = append(seqs, f.Seq)
+			lastID = ev.ID
+		}
+		c.cancel()
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range seqs {
+		if s != uint64(i+1) {
+			t.Fatalf("event %d has seq %d: %v", i, s, seqs[max(0, i-3):min(len(seqs), i+3)])
+		}
+	}
+}
+
+func TestSSEAuthHook(t *testing.T) {
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ck, err := r.Cookie("session")
+		if err != nil || ck.Value != "ann" {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		http.SetCookie(w, &http.Cookie{Name: "seen", Value: "1"})
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"id":"ann"}`)
+	}))
+	defer hook.Close()
+	cfg := sseTestConfig()
+	cfg.Auth = &HookConfig{URL: hook.URL}
+	g, srv := newTestGateway(t, cfg)
+	if _, resp := openSSE(t, srv, "/events?topic=chat", nil); resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("without the cookie: status %d, want 401", resp.StatusCode)
+	}
+	c, resp := openSSE(t, srv, "/events?topic=chat", http.Header{"Cookie": {"session=ann"}})
+	if c == nil {
+		t.Fatalf("with the cookie: status %d", resp.StatusCode)
+	}
+	if got := resp.Header.Get("Set-Cookie"); !strings.HasPrefix(got, "seen=1") {
+		t.Fatalf("Set-Cookie %q, want the hook's", got)
+	}
+	c.next()
+	// The identity names the user: a send to ann reaches the stream.
+	if n := len(g.conns.user("ann")); n != 1 {
+		t.Fatalf("%d connections of ann, want 1", n)
+	}
+}
