@@ -12,8 +12,9 @@
 // e2e/artifacts/sse/.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Gateway, artifacts, caddyBinary, eventually, freePort, launchChromium, uid } from './lib.mjs';
 
@@ -67,7 +68,8 @@ before(async () => {
 	if (!(await reachable(redis))) {
 		throw new Error(`no Redis at ${redis}: start one (redis-server --port 6379 --save '') or set REALTIME_TEST_REDIS`);
 	}
-	const config = join(dir, 'Caddyfile');
+	// The config lives outside artifacts/, which another test file may reset.
+	const config = join(mkdtempSync(join(tmpdir(), 'realtime-e2e-sse-')), 'Caddyfile');
 	writeFileSync(config, caddyfile);
 	const bin = caddyBinary();
 	const env = { REALTIME_SSE_REDIS: redis, REALTIME_SSE_PREFIX: `e2e-sse-${uid()}:` };
@@ -122,6 +124,7 @@ test('an EventSource resumes gap-free by itself across a restart of its Caddy', 
 		// other instance publishes meanwhile, then it starts again.
 		await a.stop();
 		for (let n = 6; n <= 10; n++) await publish(b, n);
+		mkdirSync(dir, { recursive: true }); // for its log, should artifacts/ have been reset meanwhile
 		await a.start();
 
 		await eventually(async () => (await seen()).events.length, 10, { timeout: 40000, what: 'the five events published while it was down' });
@@ -141,6 +144,7 @@ test('an EventSource resumes gap-free by itself across a restart of its Caddy', 
 		assert.ok(requests.includes(lastID), `a reconnect carried Last-Event-ID ${lastID}: ${JSON.stringify(requests)}`);
 		assert.equal(await page.evaluate(() => window.__es.readyState), 1, 'the EventSource is open');
 	} catch (err) {
+		mkdirSync(dir, { recursive: true });
 		writeFileSync(join(dir, 'page.json'), JSON.stringify({ seen: await seen().catch(() => null), requests }, null, 2));
 		await page.screenshot({ path: join(dir, 'failure.png') }).catch(() => {});
 		throw err;
