@@ -501,8 +501,8 @@ func (g *Gateway) openSSE(c *conn, s *settings, origin string) (int, string) {
 	return status, msg
 }
 
-// subscribeSSE registers c, queues its welcome and subscribes it to its
-// topics with writes held, then, unless a topic is refused, sends the 200
+// subscribeSSE registers c (which queues its welcome) and subscribes it to
+// its topics with writes held, then, unless a topic is refused, sends the 200
 // and lets the write loop go.
 func (g *Gateway) subscribeSSE(c *conn, s *settings, origin string) (status int, msg string, registered bool) {
 	st := c.sse
@@ -512,7 +512,6 @@ func (g *Gateway) subscribeSSE(c *conn, s *settings, origin string) (status int,
 		st.endLocked()
 		return http.StatusServiceUnavailable, "Server shutting down", false
 	}
-	c.send(wire.Welcome(c.id))
 	entries := make([]subEntry, len(st.topics))
 	for i, t := range st.topics {
 		entries[i] = subEntry{topic: t, str: true}

@@ -138,13 +138,12 @@ func (g *Gateway) start(c *conn, s *settings) {
 		_ = c.ws.Close(websocket.StatusGoingAway, "Server shutting down")
 		return
 	}
-	c.send(wire.Welcome(c.id))
 	go c.readLoop()
 }
 
 // register adds an opened connection to the gateway, counting its read
-// loop (or SSE request) in g.wg, and arms its token's expiry. It reports
-// false, registering nothing, once Close has begun.
+// loop (or SSE request) in g.wg, queues its welcome and arms its token's
+// expiry. It reports false, registering nothing, once Close has begun.
 func (g *Gateway) register(c *conn, s *settings) bool {
 	c.user = userOf(c.identity, s.UserKey)
 	now := s.Now().UnixNano()
@@ -158,12 +157,15 @@ func (g *Gateway) register(c *conn, s *settings) bool {
 		g.lifeMu.RUnlock()
 		return false
 	}
+	g.wg.Add(1)
+	// Queued before the connection can be found (a health event, a send
+	// by user), so welcome is its first frame (§2.3).
+	c.send(wire.Welcome(c.id))
 	g.conns.add(c)
 	g.m.connections.Inc()
 	if c.sse != nil {
 		g.m.sseConnections.Inc()
 	}
-	g.wg.Add(1)
 	g.lifeMu.RUnlock()
 	c.armExpiry(s.Now())
 	return true
