@@ -153,8 +153,11 @@ func (s *sseStream) write(c *conn, batch []outFrame) (int, bool) {
 		return 0, false
 	}
 	// A deadline per drain: a client that stops reading is dropped after
-	// write_timeout, as a WebSocket is.
+	// write_timeout, as a WebSocket is. It is cleared after the drain: on
+	// HTTP/2 a write deadline that passes resets the stream even when no
+	// write is pending (TestSSEIdleHTTP2StreamOutlivesTheWriteTimeout).
 	_ = s.rc.SetWriteDeadline(time.Now().Add(c.g.settings().WriteTimeout))
+	defer func() { _ = s.rc.SetWriteDeadline(time.Time{}) }()
 	buf := s.buf[:0]
 	n := 0
 	for i, f := range batch {
@@ -300,6 +303,7 @@ func (s *sseStream) finish(code int, reason string) {
 		if _, err := s.w.Write(b); err == nil {
 			_ = s.rc.Flush()
 		}
+		_ = s.rc.SetWriteDeadline(time.Time{})
 	}
 	s.endLocked()
 }

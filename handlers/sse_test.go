@@ -612,3 +612,48 @@ func TestSSEAuthHook(t *testing.T) {
 		t.Fatalf("%d connections of ann, want 1", n)
 	}
 }
+
+// Over HTTP/2 a write deadline that passes resets the stream, written to
+// or not: a stream quiet for longer than write_timeout must live on.
+func TestSSEIdleHTTP2StreamOutlivesTheWriteTimeout(t *testing.T) {
+	cfg := sseTestConfig()
+	cfg.Name = "test-h2"
+	cfg.WriteTimeout = 200 * time.Millisecond
+	g, err := New(cfg, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !g.ServeHTTP(w, r) {
+			http.NotFound(w, r)
+		}
+	}))
+	srv.EnableHTTP2 = true
+	srv.StartTLS()
+	defer func() { _ = g.Close(context.Background()); srv.Close() }()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/events?topic=chat", nil)
+	client := srv.Client()
+	defer client.CloseIdleConnections()
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.ProtoMajor != 2 || resp.StatusCode != http.StatusOK {
+		t.Fatalf("%s %d, want an HTTP/2 200", resp.Proto, resp.StatusCode)
+	}
+	c := &sseClient{t: t, resp: resp, events: make(chan sseEvent, 64), cancel: cancel}
+	go c.readLoop()
+	c.next() // welcome
+	select {
+	case ev, ok := <-c.events:
+		t.Fatalf("while idle: %+v (open %v)", ev, ok)
+	case <-time.After(4 * cfg.WriteTimeout):
+	}
+	publishOne(t, g, "chat", "m", "1")
+	if ev := c.next(); ev.Data != `{"topic":"chat","event":"m","data":1,"seq":1}` {
+		t.Fatalf("after the idle period: %+v", ev)
+	}
+}
