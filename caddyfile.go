@@ -251,6 +251,10 @@ func parsePostgres(d *caddyfile.Dispenser) (*PostgresConfig, error) {
 //		write_timeout <duration>
 //		request_timeout <duration>
 //		shutdown_spread <duration>
+//		compression [{
+//			level <1-9>
+//			min_size <size>
+//		}]
 //		limits {
 //			max_payload <size>
 //			max_backpressure <size>
@@ -388,6 +392,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			var dur caddy.Duration
 			dur, err = durationArg(d, true)
 			h.ShutdownSpread = &dur
+		case "compression":
+			h.Compression, err = parseCompression(d)
 		case "limits":
 			h.Limits, err = parseLimits(d)
 		case "replay":
@@ -615,6 +621,34 @@ func parseHook(d *caddyfile.Dispenser) (*HookConfig, error) {
 }
 
 // parseLimits parses the `limits { … }` block; the cursor is on "limits".
+// parseCompression parses `compression`, alone (the defaults) or with a
+// block.
+func parseCompression(d *caddyfile.Dispenser) (*CompressionConfig, error) {
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	z := new(CompressionConfig)
+	err := eachOption(d, nil, func(opt string) error {
+		var err error
+		switch opt {
+		case "level":
+			if z.Level, err = intArg(d, 1); err == nil {
+				err = check(d, handlers.CheckCompression(z.Level, 0))
+			}
+		case "min_size":
+			var n int64
+			if n, err = sizeArg(d); err == nil {
+				z.MinSize = int(n)
+				err = check(d, handlers.CheckCompression(0, z.MinSize))
+			}
+		default:
+			return d.Errf("unknown compression option '%s': want level or min_size", opt)
+		}
+		return err
+	})
+	return z, err
+}
+
 func parseLimits(d *caddyfile.Dispenser) (*LimitsConfig, error) {
 	if d.NextArg() {
 		return nil, d.ArgErr()

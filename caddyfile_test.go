@@ -263,6 +263,16 @@ func TestHandlerUnmarshalCaddyfile(t *testing.T) {
 			want:  Handler{ShutdownSpread: durationPtr(0)},
 		},
 		{
+			name:  "compression alone turns permessage-deflate on with the defaults",
+			input: "realtime {\n\tcompression\n}",
+			want:  Handler{Compression: &CompressionConfig{}},
+		},
+		{
+			name:  "a compression block sets the level and the size under which frames stay uncompressed",
+			input: "realtime {\n\tcompression {\n\t\tlevel 6\n\t\tmin_size 1KiB\n\t}\n}",
+			want:  Handler{Compression: &CompressionConfig{Level: 6, MinSize: 1024}},
+		},
+		{
 			name:  "an empty limits block sets an empty limits object",
 			input: "realtime {\n\tlimits\n}",
 			want:  Handler{Limits: &LimitsConfig{}},
@@ -809,6 +819,16 @@ func TestHandlerUnmarshalCaddyfile(t *testing.T) {
 			name:    "a bad request_timeout is rejected",
 			input:   "realtime {\n\trequest_timeout 5\n}",
 			wantErr: "bad duration value '5' for request_timeout",
+		},
+		{
+			name:    "a compression level above 9 is rejected",
+			input:   "realtime {\n\tcompression {\n\t\tlevel 10\n\t}\n}",
+			wantErr: "compression level 10: want 1 (fastest) to 9 (smallest)",
+		},
+		{
+			name:    "an unknown compression option is rejected",
+			input:   "realtime {\n\tcompression {\n\t\tthreshold 1KiB\n\t}\n}",
+			wantErr: "unknown compression option 'threshold'",
 		},
 		{
 			name:    "a negative shutdown_spread is rejected",

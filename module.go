@@ -558,6 +558,11 @@ type Handler struct {
 	// Zero closes all at once. Default: 5s.
 	ShutdownSpread *caddy.Duration `json:"shutdown_spread,omitempty"`
 
+	// Compression turns on permessage-deflate (RFC 7692) for clients that
+	// offer it, with no context takeover, so each published frame is
+	// compressed once for all its subscribers. Absent: off.
+	Compression *CompressionConfig `json:"compression,omitempty"`
+
 	// Limits bound what one client or IP may cost.
 	Limits *LimitsConfig `json:"limits,omitempty"`
 
@@ -724,6 +729,15 @@ type TokenSourceConfig struct {
 	Source string `json:"source,omitempty"`
 	// Name is the header, cookie or query parameter name.
 	Name string `json:"name,omitempty"`
+}
+
+// CompressionConfig configures permessage-deflate.
+type CompressionConfig struct {
+	// Level is the flate level, 1 (fastest) to 9 (smallest). Default: 1.
+	Level int `json:"level,omitempty"`
+	// MinSize is the frame size in bytes under which frames stay
+	// uncompressed. Default: 256.
+	MinSize int `json:"min_size,omitempty"`
 }
 
 // LimitsConfig bounds resources per connection and per client IP.
@@ -1192,6 +1206,7 @@ func (h *Handler) gatewayConfig() (handlers.Config, error) {
 		WriteTimeout:        time.Duration(h.WriteTimeout),
 		RequestTimeout:      time.Duration(h.RequestTimeout),
 		ShutdownSpread:      optDuration(h.ShutdownSpread),
+		Compression:         compressionConfig(h.Compression),
 		MaxPayload:          l.MaxPayload,
 		MaxBackpressure:     l.MaxBackpressure,
 		SlowConsumer:        handlers.SlowConsumer(l.SlowConsumer),
@@ -1567,3 +1582,10 @@ var (
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 	_ caddy.Destructor            = (*pooledGateway)(nil)
 )
+
+func compressionConfig(c *CompressionConfig) *handlers.CompressionConfig {
+	if c == nil {
+		return nil
+	}
+	return &handlers.CompressionConfig{Level: c.Level, MinSize: c.MinSize}
+}

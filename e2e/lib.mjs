@@ -198,6 +198,21 @@ export class Session {
 		return this.#frames(page, i, 'sent');
 	}
 
+	/** The page's auth preflights (POST /__ws/auth, §2.2): method, x-requested-with, status, in order. */
+	preflights(page) {
+		return this.pages.find((r) => r.page === page).preflights;
+	}
+
+	/** The response headers of the page's WebSocket upgrades, in order. */
+	handshakes(page) {
+		return this.pages.find((r) => r.page === page).handshakes;
+	}
+
+	/** How many WebSockets the page opened. */
+	sockets(page) {
+		return this.pages.find((r) => r.page === page).sockets.length;
+	}
+
 	/** Frames the page's WebSockets received, parsed, like sent(). */
 	received(page, i) {
 		return this.#frames(page, i, 'received');
@@ -224,7 +239,7 @@ export class Session {
 		const page = await ctx.newPage();
 		page.setDefaultTimeout(15000);
 		const label = `${user}${path.replace(/\//g, '_')}`;
-		const rec = { page, label, console: [], sockets: [] };
+		const rec = { page, label, console: [], sockets: [], preflights: [], handshakes: [] };
 		this.pages.push(rec);
 		// Close codes are invisible to the DevTools WebSocket events: record them in the page.
 		await page.addInitScript(() => {
@@ -239,6 +254,17 @@ export class Session {
 		});
 		page.on('console', (m) => rec.console.push(`${m.type()}: ${m.text()}`));
 		page.on('pageerror', (e) => rec.console.push(`pageerror: ${e.stack || e}`));
+		// The upgrade's response headers (negotiated extensions) are only
+		// visible through the DevTools protocol.
+		const cdp = await ctx.newCDPSession(page);
+		await cdp.send('Network.enable');
+		cdp.on('Network.webSocketHandshakeResponseReceived', (e) => rec.handshakes.push(e.response.headers));
+		page.on('response', (res) => {
+			const req = res.request();
+			if (new URL(req.url()).pathname !== '/__ws/auth') return;
+			rec.preflights.push({ method: req.method(), xrw: req.headers()['x-requested-with'], status: res.status() });
+			rec.console.push(`auth preflight ${req.method()} ${res.status()}`);
+		});
 		page.on('websocket', (ws) => {
 			const sock = { sent: [], received: [] };
 			rec.sockets.push(sock);

@@ -63,6 +63,10 @@ type Config struct {
 	RequestTimeout time.Duration // default 5s
 	ShutdownSpread time.Duration // default 5s; negative: no spread, all closes at once
 
+	// Compression turns on permessage-deflate for clients that offer it;
+	// nil: off.
+	Compression *CompressionConfig
+
 	MaxPayload       int64        // default 1 MiB
 	MaxBackpressure  int64        // default 1 MiB
 	SlowConsumer     SlowConsumer // default close
@@ -93,6 +97,12 @@ type Config struct {
 
 	// Now is the clock. Default: time.Now.
 	Now func() time.Time
+}
+
+// CompressionConfig configures permessage-deflate (RFC 7692).
+type CompressionConfig struct {
+	Level   int // flate level 1 (fastest) to 9 (smallest); default DefaultCompressionLevel
+	MinSize int // frames shorter than this stay uncompressed; default DefaultCompressionMinSize
 }
 
 // HookConfig configures one HTTP call to the application.
@@ -275,30 +285,33 @@ func checkEnum[T ~string](v T, parse func(string) (T, error)) error {
 // Defaults of the gateway's own options; those of the capabilities are
 // the extension packages' Default constants.
 const (
-	DefaultPath             = "/ws"
-	DefaultAPIMaxBody       = 4 << 20
-	DefaultUserKey          = "id"
-	DefaultKeepAlive        = 60 * time.Second
-	DefaultSSEKeepAlive     = 30 * time.Second
-	DefaultPingInterval     = 30 * time.Second
-	DefaultIdleTimeout      = 120 * time.Second
-	DefaultWriteTimeout     = 10 * time.Second
-	DefaultRequestTimeout   = 5 * time.Second
-	DefaultShutdownSpread   = 5 * time.Second
-	DefaultMaxPayload       = 1 << 20
-	DefaultMaxBackpressure  = 1 << 20
-	DefaultUpgradeRate      = 30
-	DefaultUpgradeWindow    = 10 * time.Second
-	DefaultMaxSubscriptions = 1000
-	DefaultInboundRate      = 200
-	DefaultInboundBurst     = 400
-	DefaultRateLimitClose   = 1000
-	DefaultAuthTimeout      = 10 * time.Second
-	DefaultHookTimeout      = 5 * time.Second
-	DefaultAuthInFlight     = 1000
-	DefaultHookInFlight     = 256
-	DefaultHookQueue        = 64
-	DefaultRateLimitKey     = "ip"
+	DefaultPath           = "/ws"
+	DefaultAPIMaxBody     = 4 << 20
+	DefaultUserKey        = "id"
+	DefaultKeepAlive      = 60 * time.Second
+	DefaultSSEKeepAlive   = 30 * time.Second
+	DefaultPingInterval   = 30 * time.Second
+	DefaultIdleTimeout    = 120 * time.Second
+	DefaultWriteTimeout   = 10 * time.Second
+	DefaultRequestTimeout = 5 * time.Second
+	DefaultShutdownSpread = 5 * time.Second
+	DefaultMaxPayload     = 1 << 20
+
+	DefaultCompressionLevel   = 1
+	DefaultCompressionMinSize = 256
+	DefaultMaxBackpressure    = 1 << 20
+	DefaultUpgradeRate        = 30
+	DefaultUpgradeWindow      = 10 * time.Second
+	DefaultMaxSubscriptions   = 1000
+	DefaultInboundRate        = 200
+	DefaultInboundBurst       = 400
+	DefaultRateLimitClose     = 1000
+	DefaultAuthTimeout        = 10 * time.Second
+	DefaultHookTimeout        = 5 * time.Second
+	DefaultAuthInFlight       = 1000
+	DefaultHookInFlight       = 256
+	DefaultHookQueue          = 64
+	DefaultRateLimitKey       = "ip"
 
 	// MinKeepAlive and MaxKeepAlive bound KeepAlive: clients treat a
 	// connection quiet for longer than their own timeout as dead.
@@ -326,6 +339,12 @@ func (c Config) WithDefaults() Config {
 	setDefault(&c.RequestTimeout, DefaultRequestTimeout)
 	setDefault(&c.ShutdownSpread, DefaultShutdownSpread)
 	setDefault(&c.MaxPayload, DefaultMaxPayload)
+	if c.Compression != nil {
+		z := *c.Compression
+		setDefault(&z.Level, DefaultCompressionLevel)
+		setDefault(&z.MinSize, DefaultCompressionMinSize)
+		c.Compression = &z
+	}
 	setDefault(&c.MaxBackpressure, DefaultMaxBackpressure)
 	setDefault(&c.SlowConsumer, SlowConsumerClose)
 	setDefault(&c.UpgradeRate, DefaultUpgradeRate)
@@ -698,6 +717,11 @@ func (c Config) Validate() error {
 	if c.MaxPayload < 1 {
 		return errors.New("max_payload must be positive")
 	}
+	if z := c.Compression; z != nil {
+		if err := CheckCompression(z.Level, z.MinSize); err != nil {
+			return err
+		}
+	}
 	if c.MaxBackpressure < 1 {
 		return errors.New("max_backpressure must be positive")
 	}
@@ -721,4 +745,16 @@ func remoteHost(r *http.Request) string {
 		return host
 	}
 	return strings.Trim(r.RemoteAddr, "[]") // no port
+}
+
+// CheckCompression checks a compression level (1-9; 0 means the default)
+// and minimum size (not negative).
+func CheckCompression(level, minSize int) error {
+	if level < 0 || level > 9 {
+		return fmt.Errorf("compression level %d: want 1 (fastest) to 9 (smallest)", level)
+	}
+	if minSize < 0 {
+		return errors.New("compression min_size must not be negative")
+	}
+	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"math"
 	"runtime/debug"
 	"strconv"
 	"sync"
@@ -31,6 +32,7 @@ type conn struct {
 	g        *Gateway
 	ws       *websocket.Conn
 	cork     *corkConn  // the socket under ws, which data frames are written to; nil in socketless test conns
+	deflate  *deflater  // set when the connection negotiated permessage-deflate
 	sse      *sseStream // set for an SSE stream, which has neither ws nor cork
 	id       string     // the welcome session id, also the connection id of the API and hooks
 	ip       string
@@ -234,12 +236,30 @@ func (c *conn) writeBatch(batch []outFrame) bool {
 	n := 0
 	failed, stopped := false, false
 	coalesce := c.batchCap.Load() && len(batch) > 1
+	// With compression, only frames that stay uncompressed are coalesced:
+	// a batch frame is built per connection, and compressing it would cost
+	// every subscriber a compression, where a shared frame costs one.
+	maxElem, d := math.MaxInt, c.deflate
+	if d != nil {
+		maxElem = d.minSize - 1
+	}
+	var zRaw, zWire int64 // bytes compressed, before and after
 	for i := 0; i < len(batch); {
 		b, k, buf := batch[i].b, 1, (*[]byte)(nil)
 		if coalesce {
-			b, k, buf = coalesceEnvelopes(batch[i:])
+			b, k, buf = coalesceEnvelopes(batch[i:], maxElem)
 		}
-		ok := c.cork.writeText(b)
+		var z []byte
+		if d != nil && buf == nil {
+			z = d.shared(b)
+		}
+		var ok bool
+		if z != nil {
+			ok = c.cork.writeText(z, true)
+			zRaw, zWire = zRaw+int64(len(b)), zWire+int64(len(z))
+		} else {
+			ok = c.cork.writeText(b, false)
+		}
 		putBatchBuf(buf, b)
 		if !ok {
 			// Closing (slow consumer, shutdown: the close frame goes
@@ -254,6 +274,10 @@ func (c *conn) writeBatch(batch []outFrame) bool {
 	// sit in the cork buffer.
 	if c.cork.uncork() != nil {
 		failed = true
+	}
+	if zRaw > 0 {
+		c.g.m.compressedRaw.Add(float64(zRaw))
+		c.g.m.compressedWire.Add(float64(zWire))
 	}
 	return c.wrote(batch, n, failed, stopped)
 }
@@ -312,13 +336,14 @@ var envelopePrefix = []byte(`{"topic":`)
 // client with the batch cap handles the elements as separate frames, in
 // order (§7.2), and the gateway frames and copies once for the lot: when
 // queues build up under load, that is most of a delivery's cost.
-func coalesceEnvelopes(frames []outFrame) (b []byte, k int, buf *[]byte) {
-	if len(frames) < 2 || !isEnvelope(frames[0].b) || !isEnvelope(frames[1].b) {
+func coalesceEnvelopes(frames []outFrame, maxElem int) (b []byte, k int, buf *[]byte) {
+	fits := func(f []byte) bool { return len(f) <= maxElem && isEnvelope(f) }
+	if len(frames) < 2 || !fits(frames[0].b) || !fits(frames[1].b) {
 		return frames[0].b, 1, nil
 	}
 	size := len(wire.BatchOpen) + len(wire.BatchClose) + len(frames[0].b)
 	k = 1
-	for k < len(frames) && isEnvelope(frames[k].b) && size+1+len(frames[k].b) <= wire.MaxBatchFrame {
+	for k < len(frames) && fits(frames[k].b) && size+1+len(frames[k].b) <= wire.MaxBatchFrame {
 		size += 1 + len(frames[k].b)
 		k++
 	}

@@ -46,6 +46,10 @@ var (
 		Namespace: "caddy", Subsystem: "realtime", Name: "bytes_out_total",
 		Help: "Payload bytes written to clients.",
 	}, []string{"gateway"})
+	metricCompressed = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "realtime", Name: "compressed_bytes_total",
+		Help: "Data frames written compressed (permessage-deflate), in bytes: stage raw (before compression) and wire (after).",
+	}, []string{"gateway", "stage"})
 	metricDropped = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "realtime", Name: "dropped_total",
 		Help: "Frames dropped, by reason: slow_consumer, rate_limited, no_message_hook, hook_queue_full, hook_busy, oversized, cursor, duplicate (an event of a replayed topic a live fill had delivered already).",
@@ -99,6 +103,7 @@ var (
 )
 
 var allMetrics = []prometheus.Collector{
+	metricCompressed,
 	metricConnections, metricSSEConnections, metricSSERequests, metricSubscriptions, metricUpgrades, metricFramesIn, metricBytesIn,
 	metricFramesOut, metricBytesOut, metricDropped, metricClosed, metricPublished,
 	metricDeliveryLatency, metricHookDuration, metricHookErrors, metricNotifyReceived, metricNotifyDropped,
@@ -125,6 +130,7 @@ type gatewayMetrics struct {
 	connections, subscriptions     prometheus.Gauge
 	sseConnections                 prometheus.Gauge
 	framesOut, bytesOut, bytesIn   prometheus.Counter
+	compressedRaw, compressedWire  prometheus.Counter
 	dropSlow, dropRate, dropNoHook prometheus.Counter
 	dropHookQueue, dropHookBusy    prometheus.Counter
 	dropOversized, dropCursor      prometheus.Counter
@@ -142,6 +148,8 @@ func newGatewayMetrics(name string) *gatewayMetrics {
 		framesOut:      metricFramesOut.WithLabelValues(name),
 		bytesOut:       metricBytesOut.WithLabelValues(name),
 		bytesIn:        metricBytesIn.WithLabelValues(name),
+		compressedRaw:  metricCompressed.WithLabelValues(name, "raw"),
+		compressedWire: metricCompressed.WithLabelValues(name, "wire"),
 		dropSlow:       metricDropped.WithLabelValues(name, "slow_consumer"),
 		dropRate:       metricDropped.WithLabelValues(name, "rate_limited"),
 		dropNoHook:     metricDropped.WithLabelValues(name, "no_message_hook"),

@@ -114,11 +114,20 @@ func (g *Gateway) serveUpgrade(w http.ResponseWriter, r *http.Request, s *settin
 	c := &conn{g: g, id: uuid.NewString(), ip: ip, identity: identity, grant: grant}
 	alive := func() { c.lastRead.Store(time.Now().UnixNano()) }
 	hw := &smallHijacker{ResponseWriter: w}
-	ws, err := websocket.Accept(hw, r, &websocket.AcceptOptions{
+	opts := &websocket.AcceptOptions{
 		InsecureSkipVerify: true, // the origin policy above already ran, with our own rules
 		OnPongReceived:     func(context.Context, []byte) { alive() },
 		OnPingReceived:     func(context.Context, []byte) bool { alive(); return true },
-	})
+	}
+	if s.deflate != nil {
+		// No context takeover either way: one compressed frame serves
+		// every subscriber (deflate.go), and no connection holds a
+		// compression window. The library inflates what clients send;
+		// the read limit applies to the inflated message.
+		opts.CompressionMode = websocket.CompressionNoContextTakeover
+		opts.CompressionThreshold = s.deflate.minSize
+	}
+	ws, err := websocket.Accept(hw, r, opts)
 	if err != nil {
 		// Accept has written the response itself.
 		code = "accept_error"
@@ -127,6 +136,9 @@ func (g *Gateway) serveUpgrade(w http.ResponseWriter, r *http.Request, s *settin
 	}
 	ws.SetReadLimit(s.MaxPayload)
 	c.ws, c.cork = ws, hw.cork
+	if s.deflate != nil && strings.HasPrefix(w.Header().Get("Sec-WebSocket-Extensions"), "permessage-deflate") {
+		c.deflate = s.deflate
+	}
 	g.start(c, s)
 }
 
