@@ -212,6 +212,9 @@ func parsePostgres(d *caddyfile.Dispenser) (*PostgresConfig, error) {
 //		dashboard <path> {
 //			auth key|external
 //		}
+//		sse <path> {
+//			keepalive <duration>
+//		}
 //		origins <same-origin|*|scheme://host[:port]...>
 //		jwt {
 //			secret <secret>
@@ -317,7 +320,7 @@ func parsePostgres(d *caddyfile.Dispenser) (*PostgresConfig, error) {
 //	}
 //
 // jwt requires a block; public_key and from may repeat (from is tried in
-// the order written). Blocks after api, auth, the hooks, replay, presence, cursor and group are
+// the order written). Blocks after api, sse, auth, the hooks, replay, presence, cursor and group are
 // optional; rate_limit requires one (it may be empty). Sizes take a unit
 // (4MiB, 1MB) or plain bytes; durations use Caddy's syntax (10s, 1m30s, 1d).
 // path and api paths start with '/'; hook URLs are http or https; keepalive
@@ -352,6 +355,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.API, err = parseAPI(d)
 		case "dashboard":
 			h.Dashboard, err = parseDashboard(d)
+		case "sse":
+			h.SSE, err = parseSSE(d)
 		case "origins":
 			h.Origins, err = parseOrigins(d)
 		case "auth":
@@ -497,6 +502,37 @@ func parseAPI(d *caddyfile.Dispenser) (*APIConfig, error) {
 		return nil, err
 	}
 	return api, nil
+}
+
+// parseSSE parses `sse <path> [{ keepalive <duration> }]`; the cursor is
+// on "sse".
+func parseSSE(d *caddyfile.Dispenser) (*SSEConfig, error) {
+	if !d.NextArg() {
+		return nil, argErr(d, "a path, like: sse /events")
+	}
+	p := d.Val()
+	if d.NextArg() {
+		return nil, argErr(d, "one path, like: sse /events")
+	}
+	if err := handlers.CheckPath("sse path", p); err != nil {
+		return nil, d.WrapErr(err)
+	}
+	sse := &SSEConfig{Path: p}
+	if err := eachOption(d, nil, func(opt string) error {
+		var err error
+		switch opt {
+		case "keepalive":
+			if sse.KeepAlive, err = durationArg(d, false); err == nil {
+				err = check(d, handlers.CheckSSEKeepAlive(time.Duration(sse.KeepAlive)))
+			}
+		default:
+			return d.Errf("unrecognized sse subdirective: %s", opt)
+		}
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	return sse, nil
 }
 
 // parseJWT parses the `jwt { … }` block; the cursor is on "jwt".

@@ -492,6 +492,10 @@ type Handler struct {
 	// Dashboard serves a live, read-only dashboard of the gateway (and,
 	// with redis, of every instance) under its path. Default: off.
 	Dashboard *DashboardConfig `json:"dashboard,omitempty"`
+	// SSE serves the same events as server-sent events on a path of its
+	// own, for EventSource, curl and other clients that cannot hold a
+	// WebSocket (docs/protocol.md §10). Default: off.
+	SSE *SSEConfig `json:"sse,omitempty"`
 
 	// Origins is the origin policy for upgrades: ["same-origin"] requires the
 	// Origin's scheme, host and port to equal the request's; ["*"] allows
@@ -613,7 +617,15 @@ type handlerRun struct {
 	err     error
 	key     string // set once start holds a reference to the gateway
 	gw      atomic.Pointer[handlers.Gateway]
+
+	// unload is closed when this configuration stops (a reload or the
+	// exit): the SSE streams its server took end, as that server goes.
+	unload     chan struct{}
+	unloadOnce sync.Once
 }
+
+// unloading closes unload, once.
+func (r *handlerRun) unloading() { r.unloadOnce.Do(func() { close(r.unload) }) }
 
 // APIConfig configures the HTTP API for app servers.
 type APIConfig struct {
@@ -642,6 +654,19 @@ type DashboardConfig struct {
 	// handlers in front let through (basic_auth, forward_auth): with
 	// nothing in front, anyone. Default: key.
 	Auth string `json:"auth,omitempty"`
+}
+
+// SSEConfig configures the SSE endpoint.
+type SSEConfig struct {
+	// Path is the endpoint: GET <path>?topic=a&topic=b streams those
+	// topics. It must differ from the WebSocket path and the auth path
+	// and lie outside the API path. Required.
+	Path string `json:"path,omitempty"`
+
+	// KeepAlive is the quiet period after which a stream gets a
+	// keep-alive comment, so proxies that drop idle responses keep it;
+	// 5s to 120s. Default: 30s.
+	KeepAlive caddy.Duration `json:"keepalive,omitempty"`
 }
 
 // HookConfig configures one call to the application.
@@ -962,7 +987,7 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // start), so `caddy validate` stays cheap with every backend down.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
-	h.run = new(handlerRun)
+	h.run = &handlerRun{unload: make(chan struct{})}
 	if err := handlers.RegisterMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
 	}
@@ -1221,6 +1246,12 @@ func (h *Handler) gatewayConfig() (handlers.Config, error) {
 			return trusted
 		},
 	}
+	if h.SSE != nil {
+		if h.SSE.Path == "" {
+			return cfg, errors.New("sse: path is required (e.g. \"sse\": {\"path\": \"/events\"})")
+		}
+		cfg.SSEPath, cfg.SSEKeepAlive = h.SSE.Path, time.Duration(h.SSE.KeepAlive)
+	}
 	if h.API != nil {
 		if h.API.Path == "" {
 			return cfg, errors.New("api: path is required (e.g. \"api\": {\"path\": \"/_realtime\"})")
@@ -1366,7 +1397,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		gw = h.run.gw.Load()
 	}
-	if gw.ServeHTTP(w, r) {
+	if gw.ServeHTTPUntil(w, r, h.run.unload) {
 		// Never return an error once the gateway answered: after a hijack
 		// Caddy would write a second response.
 		return nil
@@ -1380,6 +1411,7 @@ func (h *Handler) Cleanup() error {
 	if h.run == nil {
 		return nil
 	}
+	h.run.unloading()
 	h.run.mu.Lock()
 	defer h.run.mu.Unlock()
 	// A request arriving after Cleanup must not start a gateway again.
@@ -1394,11 +1426,16 @@ func (h *Handler) Cleanup() error {
 }
 
 // drainOnExit starts a gateway's drain when the process is exiting; on a
-// reload (also a "stopping" event) the gateway lives on.
+// reload (also a "stopping" event) the gateway lives on, and only the SSE
+// streams of the stopping configuration's server end.
 type drainOnExit struct{ h *Handler }
 
 // Handle implements caddyevents.Handler.
 func (d drainOnExit) Handle(context.Context, caddy.Event) error {
+	// A stream is a request of the server being stopped, which would wait
+	// for it for ever (the default grace period), keeping the old
+	// configuration's server alive after a reload.
+	d.h.run.unloading()
 	gw := d.h.run.gw.Load()
 	if gw != nil && caddy.Exiting() {
 		go func() {

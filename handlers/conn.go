@@ -18,7 +18,9 @@ import (
 	"github.com/caddy-realtime/realtime/extensions/wire"
 )
 
-// conn is one accepted WebSocket.
+// conn is one accepted WebSocket, or one SSE stream (sse.go): both are
+// the same hub subscriber with the same queue, policy and accounting; only
+// how a drained frame reaches the client differs.
 //
 // Goroutines: the read loop (started by the gateway after the upgrade, on a
 // fresh goroutine so its stack does not carry Caddy's middleware chain) owns
@@ -29,9 +31,10 @@ import (
 type conn struct {
 	g        *Gateway
 	ws       *websocket.Conn
-	cork     *corkConn // the socket under ws, which data frames are written to; nil in socketless test conns
-	deflate  *deflater // set when the connection negotiated permessage-deflate
-	id       string    // the welcome session id, also the connection id of the API and hooks
+	cork     *corkConn  // the socket under ws, which data frames are written to; nil in socketless test conns
+	deflate  *deflater  // set when the connection negotiated permessage-deflate
+	sse      *sseStream // set for an SSE stream, which has neither ws nor cork
+	id       string     // the welcome session id, also the connection id of the API and hooks
 	ip       string
 	identity json.RawMessage // the auth hook's object, or {}
 	user     string          // String(identity[user_key]); "" when absent
@@ -225,8 +228,11 @@ func (c *conn) writeLoop() {
 // a third of a fan-out's CPU; the corked socket write carries the write
 // timeout instead.
 func (c *conn) writeBatch(batch []outFrame) bool {
+	if c.sse != nil {
+		n, failed := c.sse.write(c, batch)
+		return c.wrote(batch, n, failed, n < len(batch))
+	}
 	c.cork.cork(c.g.settings().WriteTimeout)
-	var written, replayWritten int64
 	n := 0
 	failed, stopped := false, false
 	coalesce := c.batchCap.Load() && len(batch) > 1
@@ -261,13 +267,6 @@ func (c *conn) writeBatch(batch []outFrame) bool {
 			stopped = true
 			break
 		}
-		for _, f := range batch[i : i+k] {
-			if f.exempt {
-				replayWritten += int64(len(f.b))
-			} else {
-				written += int64(len(f.b))
-			}
-		}
 		n += k
 		i += k
 	}
@@ -276,21 +275,36 @@ func (c *conn) writeBatch(batch []outFrame) bool {
 	if c.cork.uncork() != nil {
 		failed = true
 	}
+	if zRaw > 0 {
+		c.g.m.compressedRaw.Add(float64(zRaw))
+		c.g.m.compressedWire.Add(float64(zWire))
+	}
+	return c.wrote(batch, n, failed, stopped)
+}
+
+// wrote accounts for the first n frames of batch, written; failed means a
+// write failed or timed out, stopped that the connection began closing.
+// It reports whether the write loop goes on.
+func (c *conn) wrote(batch []outFrame, n int, failed, stopped bool) bool {
 	if failed {
 		// A failed or timed-out write: that is the policy for a client
 		// that stopped reading (coder/websocket#242 closes the socket on
 		// a timed-out write too).
 		c.markClosed()
-		c.ws.CloseNow()
+		c.closeNow()
+	}
+	var written, replayWritten int64
+	for _, f := range batch[:n] {
+		if f.exempt {
+			replayWritten += int64(len(f.b))
+		} else {
+			written += int64(len(f.b))
+		}
 	}
 	now := c.g.now()
 	c.lastWrite.Store(now.UnixNano())
 	c.g.m.framesOut.Add(float64(n))
 	c.g.m.bytesOut.Add(float64(written + replayWritten))
-	if zRaw > 0 {
-		c.g.m.compressedRaw.Add(float64(zRaw))
-		c.g.m.compressedWire.Add(float64(zWire))
-	}
 	for _, f := range batch[:n] {
 		if f.at != 0 {
 			c.g.m.latency.Observe(float64(now.UnixNano()-f.at) / 1e9)
@@ -373,8 +387,23 @@ func (c *conn) closeWith(code websocket.StatusCode, reason string) {
 	c.closeOnce.Do(func() {
 		c.markClosed()
 		c.g.m.closed(strconv.Itoa(int(code)))
+		if c.sse != nil {
+			c.sse.finish(int(code), reason)
+			return
+		}
 		_ = c.ws.Close(code, reason)
 	})
+}
+
+// closeNow drops the connection without a close handshake: the socket
+// closes, or the SSE stream ends; the read loop (or the SSE request)
+// then cleans up.
+func (c *conn) closeNow() {
+	if c.sse != nil {
+		c.sse.end()
+		return
+	}
+	c.ws.CloseNow()
 }
 
 // closeAsync runs closeWith on a goroutine the gateway waits for. A
@@ -396,7 +425,7 @@ func (c *conn) recoverPanic(where string) {
 		c.g.logger.Error("panic in connection goroutine; closing the connection",
 			zap.String("where", where), zap.String("connection", c.id),
 			zap.Any("panic", r), zap.ByteString("stack", debug.Stack()))
-		c.ws.CloseNow()
+		c.closeNow()
 	}
 }
 
@@ -533,7 +562,7 @@ func (c *conn) cleanup() {
 	// The hook queue stays: what the client sent before it went away is
 	// the app's, and the worker posts it in order within the hook timeout.
 	c.g.unregister(c)
-	c.ws.CloseNow()
+	c.closeNow()
 }
 
 func (c *conn) subscriptionCount() int { return int(c.nsubs.Load()) }

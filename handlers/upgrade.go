@@ -146,6 +146,17 @@ func (g *Gateway) serveUpgrade(w http.ResponseWriter, r *http.Request, s *settin
 // on a fresh goroutine, letting the request goroutine (and its deep stack)
 // end.
 func (g *Gateway) start(c *conn, s *settings) {
+	if !g.register(c, s) {
+		_ = c.ws.Close(websocket.StatusGoingAway, "Server shutting down")
+		return
+	}
+	go c.readLoop()
+}
+
+// register adds an opened connection to the gateway, counting its read
+// loop (or SSE request) in g.wg, queues its welcome and arms its token's
+// expiry. It reports false, registering nothing, once Close has begun.
+func (g *Gateway) register(c *conn, s *settings) bool {
 	c.user = userOf(c.identity, s.UserKey)
 	now := s.Now().UnixNano()
 	c.lastRead.Store(now)
@@ -156,16 +167,20 @@ func (g *Gateway) start(c *conn, s *settings) {
 	g.lifeMu.RLock()
 	if g.draining.Load() {
 		g.lifeMu.RUnlock()
-		_ = c.ws.Close(websocket.StatusGoingAway, "Server shutting down")
-		return
+		return false
 	}
+	g.wg.Add(1)
+	// Queued before the connection can be found (a health event, a send
+	// by user), so welcome is its first frame (§2.3).
+	c.send(wire.Welcome(c.id))
 	g.conns.add(c)
 	g.m.connections.Inc()
-	g.wg.Add(1)
+	if c.sse != nil {
+		g.m.sseConnections.Inc()
+	}
 	g.lifeMu.RUnlock()
 	c.armExpiry(s.Now())
-	c.send(wire.Welcome(c.id))
-	go c.readLoop()
+	return true
 }
 
 // userOf returns String(identity[key]) as JavaScript would print it, for
