@@ -500,7 +500,8 @@ func TestConfigValidateSSEPath(t *testing.T) {
 		{"a path of its own is fine", Config{SSEPath: "/events"}, ""},
 		{"the websocket path is refused", Config{SSEPath: "/ws"}, `sse path "/ws" must differ`},
 		{"the auth path is refused", Config{SSEPath: "/auth", AuthPath: "/auth"}, `sse path "/auth" must differ`},
-		{"a path under the api is refused", Config{SSEPath: "/_rt/events", APIPath: "/_rt"}, "lie outside the api path"},
+		{"a path under the api is refused", Config{SSEPath: "/_rt/events", APIPath: "/_rt"}, "lie outside the api and dashboard paths"},
+		{"a path under the dashboard is refused", Config{SSEPath: "/_dash/events", DashboardPath: "/_dash"}, "lie outside the api and dashboard paths"},
 		{"a relative path is refused", Config{SSEPath: "events"}, "sse path must start with '/'"},
 		{"a keepalive out of range is refused", Config{SSEPath: "/events", SSEKeepAlive: time.Second}, "sse keepalive must be between 5s and 120s"},
 	}
