@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"math"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 	"sync"
@@ -189,9 +190,22 @@ func (c *conn) enqueueFrames(bs [][]byte, at time.Time, exempt bool) int {
 func (c *conn) send(b []byte) bool { return c.enqueue(b, time.Time{}) }
 
 // writeLoop drains the queue and exits when it is empty.
+//
+// It yields once before its first drain. The loop starts on the first
+// frame of a quiet connection, usually while a publish is still being
+// enqueued to thousands of subscribers; letting the publisher (and the
+// publishes behind it) run first means each drain finds more frames and
+// writes them in one syscall, where otherwise every connection would
+// write each frame on its own. On an idle scheduler the yield returns at
+// once. Measured with bursts of 40 publishes in flight (`fanout -rate max
+// -window 40`), alternating builds: at 10 000 subscribers 279k and 493k
+// deliveries/s against 183k and 187k without it (298k and 409k against
+// 162k and 183k per server CPU-second), at 2 000 subscribers 370k and
+// 325k against 298k and 222k per server CPU-second.
 func (c *conn) writeLoop() {
 	defer c.g.wg.Done()
 	defer c.recoverPanic("write loop")
+	runtime.Gosched()
 	for {
 		c.mu.Lock()
 		if len(c.queue) == 0 || c.closed {
