@@ -174,3 +174,25 @@ func (g *Sentinel) KillMasterAndWaitFailover(timeout time.Duration) time.Duratio
 	g.t.Fatalf("no failover to %s within %s: %v", want, timeout, last)
 	return 0
 }
+
+// Client returns a client of the group's master through its Sentinels,
+// with the options the gateway uses, closed in t.Cleanup.
+func (g *Sentinel) Client(t testing.TB) rueidis.Client {
+	t.Helper()
+	c, err := rueidis.NewClient(rueidis.ClientOption{
+		InitAddress:  g.Addrs(),
+		DisableCache: true,
+		DisableRetry: true,
+		Dialer:       net.Dialer{Timeout: connectTimeout, KeepAlive: 400 * time.Millisecond},
+		Sentinel: rueidis.SentinelOption{
+			MasterSet:               SentinelMasterName,
+			Dialer:                  net.Dialer{Timeout: connectTimeout},
+			TopologyRefreshInterval: 2 * time.Second,
+		},
+	})
+	if err != nil {
+		t.Fatalf("connecting through the sentinels: %v", err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
