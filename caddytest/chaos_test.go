@@ -168,8 +168,8 @@ type chaosCluster struct {
 	*cluster
 	sentinel *testsvc.Sentinel // with a Sentinel fault; cluster.redis is nil then
 	pg       *testsvc.PostgresServer
-	global string
-	mu     sync.Mutex
+	global   string
+	mu       sync.Mutex
 }
 
 func startChaosCluster(t *testing.T, f chaosFault) *chaosCluster {
