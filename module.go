@@ -1159,7 +1159,8 @@ func (a *App) wireRedis(cfg *handlers.Config, opts *handlers.Options) {
 		switch cfg.Replay[i].Store {
 		case handlers.ReplayStoreRedis:
 			cfg.Replay[i].NewStore = func(c replay.Config) (replay.Store, error) {
-				return replay.NewRedis(client, replay.RedisConfig{Config: c, KeyPrefix: prefix, Channel: channel, ChannelOf: channelOf})
+				return replay.NewRedis(client, replay.RedisConfig{Config: c, KeyPrefix: prefix, Channel: channel, ChannelOf: channelOf,
+					Sharded: routing != nil && routing.Partitions == 0})
 			}
 		case handlers.ReplayStorePostgres:
 			// In a cluster a Postgres buffer publishes each event on the
