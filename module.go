@@ -1119,6 +1119,8 @@ func (a *App) wireRedis(cfg *handlers.Config, opts *handlers.Options) {
 	if routing == nil {
 		gatewayChannel = rc.KeyPrefix + "rt:bus:gateway"
 	}
+	// sharded: on a Redis Cluster, topic channels are shard channels.
+	sharded := routing != nil && routing.Partitions == 0
 	// channelOf names the bus channel of a topic's store-published events.
 	channelOf := func(string) string { return channel }
 	if routing != nil {
@@ -1160,7 +1162,7 @@ func (a *App) wireRedis(cfg *handlers.Config, opts *handlers.Options) {
 		case handlers.ReplayStoreRedis:
 			cfg.Replay[i].NewStore = func(c replay.Config) (replay.Store, error) {
 				return replay.NewRedis(client, replay.RedisConfig{Config: c, KeyPrefix: prefix, Channel: channel, ChannelOf: channelOf,
-					Sharded: routing != nil && routing.Partitions == 0})
+					Sharded: sharded})
 			}
 		case handlers.ReplayStorePostgres:
 			// In a cluster a Postgres buffer publishes each event on the
@@ -1178,7 +1180,13 @@ func (a *App) wireRedis(cfg *handlers.Config, opts *handlers.Options) {
 					return st, nil
 				}
 				return replay.NewPostgresOnBus(pg, func(ctx context.Context, topic string, env []byte) error {
-					return client.Do(ctx, client.B().Publish().Channel(channelOf(topic)).Message(rueidis.BinaryString(env)).Build()).Error()
+					ch, msg := channelOf(topic), rueidis.BinaryString(env)
+					// On a Cluster the routed bus subscribes to shard
+					// channels (bus.Redis), decided once connected.
+					if sharded && client.Mode() == rueidis.ClientModeCluster {
+						return client.Do(ctx, client.B().Spublish().Channel(ch).Message(msg).Build()).Error()
+					}
+					return client.Do(ctx, client.B().Publish().Channel(ch).Message(msg).Build()).Error()
 				}), nil
 			}
 		}

@@ -152,6 +152,35 @@ var sentinelFailover = chaosFault{
 	},
 }
 
+// clusterFailover SIGKILLs the master of the slot of chaos-r0 (its
+// replay keys and its shard channel) in a Redis Cluster of 3 masters and
+// 3 replicas; the replica takes over. Replication is asynchronous, so it
+// is lossy as a Sentinel failover is.
+var clusterFailover = chaosFault{
+	name:  "cluster master SIGKILL",
+	lossy: true,
+	redis: func(t *testing.T, cc *chaosCluster) string {
+		cc.rcluster = testsvc.StartCluster(t)
+		return cc.rcluster.URL()
+	},
+	strike: func(t *testing.T, cc *chaosCluster) time.Time {
+		took := cc.rcluster.KillMasterOf(cc.rcluster.Slot(chaosRedisTopics[0]), 30*time.Second)
+		t.Logf("the replica took the slot of %s over %s after its master's SIGKILL", chaosRedisTopics[0], took.Round(time.Millisecond))
+		return time.Now()
+	},
+}
+
+// TestChaosClusterFailover runs the chaos checks through the failover of
+// a Redis Cluster master: the bus's shard subscriptions and the stores
+// follow the promoted replica without a Caddy restart.
+func TestChaosClusterFailover(t *testing.T) {
+	if caddyBin == "" {
+		t.Skip("integration tests need the Caddy binary; skipped in -short mode")
+	}
+	row := runChaos(t, clusterFailover)
+	t.Logf("chaos figures:\n%s", chaosTable([]chaosRow{row}))
+}
+
 // TestChaosSentinelFailover runs the chaos checks through a Sentinel
 // failover: the instances follow the promoted replica without a restart.
 func TestChaosSentinelFailover(t *testing.T) {
@@ -167,6 +196,7 @@ func TestChaosSentinelFailover(t *testing.T) {
 type chaosCluster struct {
 	*cluster
 	sentinel *testsvc.Sentinel // with a Sentinel fault; cluster.redis is nil then
+	rcluster *testsvc.Cluster  // with a Redis Cluster fault; likewise
 	pg       *testsvc.PostgresServer
 	global   string
 	mu       sync.Mutex
