@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/rueidis"
-
 	"github.com/caddy-realtime/realtime/extensions/replay"
 	"github.com/caddy-realtime/realtime/internal/testsvc"
 )
@@ -58,12 +56,14 @@ func (l *topicLog) ordered(t *testing.T) {
 	}
 }
 
-func shardNumsub(t *testing.T, c rueidis.Client, channel string) int64 {
+// shardNumsub counts channel's subscribers on the master of its slot.
+func shardNumsub(t *testing.T, c *testsvc.Cluster, channel string) int64 {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	// Routed to the node of the channel's slot.
-	subs, err := c.Do(ctx, c.B().PubsubShardnumsub().Channel(channel).Build()).AsIntMap()
+	m, err := c.NodeDo(c.MasterOf(c.Slot(channel)), "PUBSUB", "SHARDNUMSUB", channel)
+	if err != nil {
+		t.Fatalf("PUBSUB SHARDNUMSUB: %v", err)
+	}
+	subs, err := m.AsIntMap()
 	if err != nil {
 		t.Fatalf("PUBSUB SHARDNUMSUB: %v", err)
 	}
@@ -105,7 +105,7 @@ func TestRedisShardedClusterFailover(t *testing.T) {
 	}
 	for _, topic := range topics {
 		ch := rt.TopicChannel(topic)
-		if n := shardNumsub(t, ca, ch); n != 1 {
+		if n := shardNumsub(t, c, ch); n != 1 {
 			t.Fatalf("SHARDNUMSUB %s = %d, want 1 (b's SSUBSCRIBE)", ch, n)
 		}
 		if n := numsub(t, ca, ch); n != 0 {
@@ -197,7 +197,7 @@ func TestRedisShardedClusterFailover(t *testing.T) {
 
 	// Healed: the shard subscription is on the new master, nothing is
 	// lost, and the store appends there and publishes in order.
-	if n := shardNumsub(t, ca, rt.TopicChannel(victim)); n != 1 {
+	if n := shardNumsub(t, c, rt.TopicChannel(victim)); n != 1 {
 		t.Fatalf("SHARDNUMSUB of %s on the promoted replica = %d, want 1", victim, n)
 	}
 	const fresh, base = 100, 1 << 20 // above every n of the load
@@ -223,10 +223,44 @@ func TestRedisShardedClusterFailover(t *testing.T) {
 	})
 	log.ordered(t)
 	log.mu.Lock()
-	defer log.mu.Unlock()
 	for i, s := range log.seqs[victim][1:] {
 		if s != want[i] || s <= seq1 {
+			log.mu.Unlock()
 			t.Fatalf("stored events after the failover arrived as seqs %v, want %v (above %d)", log.seqs[victim][1:], want, seq1)
 		}
+	}
+	log.mu.Unlock()
+
+	// A slot moved to another master (a resharding): Redis SUNSUBSCRIBEs
+	// its shard channels, and the bus subscribes them again on the new
+	// owner; the replay keys moved along, so seqs continue.
+	moved := topics[2]
+	before := appendOne(moved)
+	resyncsBefore = resyncs.Load()
+	start := time.Now()
+	dst := c.MoveSlot(c.Slot(moved))
+	testsvc.WaitFor(t, 20*time.Second, "the shard subscription on the slot's new master", func() bool {
+		return shardNumsub(t, c, rt.TopicChannel(moved)) == 1 && resyncs.Load() > resyncsBefore
+	})
+	t.Logf("slot of %s moved to %s; subscribed there %s after the move started", moved, dst.Addr(), time.Since(start).Round(time.Millisecond))
+	last := appendOne(moved)
+	for i := range fresh {
+		mustPublish(t, a, msg(moved, 2*base+i))
+	}
+	testsvc.WaitFor(t, 5*time.Second, "every unit after the move", func() bool {
+		log.mu.Lock()
+		defer log.mu.Unlock()
+		n := 0
+		for _, v := range log.n[moved] {
+			if v >= 2*base {
+				n++
+			}
+		}
+		s := log.seqs[moved]
+		return n == fresh && len(s) > 0 && s[len(s)-1] == last
+	})
+	log.ordered(t)
+	if last != before+1 {
+		t.Fatalf("the first append to %s after the move got seq %d, want %d (the counter moved with the slot)", moved, last, before+1)
 	}
 }

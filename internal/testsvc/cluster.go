@@ -210,3 +210,84 @@ func (c *Cluster) Slot(key string) uint16 {
 	n, _ := m.AsInt64()
 	return uint16(n)
 }
+
+// nodeID returns the cluster node id of n.
+func (c *Cluster) nodeID(n *RedisServer) string {
+	c.t.Helper()
+	m, err := nodeDo(n.Addr(), "CLUSTER", "MYID")
+	if err != nil {
+		c.t.Fatalf("CLUSTER MYID of %s: %v", n.Addr(), err)
+	}
+	id, _ := m.ToString()
+	return id
+}
+
+// MoveSlot migrates slot, with its keys, from its master to another
+// running master, as a resharding does (SETSLOT IMPORTING/MIGRATING,
+// MIGRATE, SETSLOT NODE), and returns the new owner.
+func (c *Cluster) MoveSlot(slot uint16) *RedisServer {
+	c.t.Helper()
+	src := c.MasterOf(slot)
+	var dst *RedisServer
+	for _, n := range c.Nodes {
+		if n == src || !n.running() {
+			continue
+		}
+		m, err := nodeDo(n.Addr(), "ROLE")
+		if err != nil {
+			c.t.Fatalf("ROLE of %s: %v", n.Addr(), err)
+		}
+		role, _ := m.ToArray()
+		if r, _ := role[0].ToString(); r == "master" {
+			dst = n
+			break
+		}
+	}
+	if dst == nil {
+		c.t.Fatal("no other master to move a slot to")
+	}
+	s := strconv.Itoa(int(slot))
+	srcID, dstID := c.nodeID(src), c.nodeID(dst)
+	must := func(n *RedisServer, args ...string) rueidis.RedisMessage {
+		c.t.Helper()
+		m, err := nodeDo(n.Addr(), args...)
+		if err != nil {
+			c.t.Fatalf("%v on %s: %v", args, n.Addr(), err)
+		}
+		return m
+	}
+	must(dst, "CLUSTER", "SETSLOT", s, "IMPORTING", srcID)
+	must(src, "CLUSTER", "SETSLOT", s, "MIGRATING", dstID)
+	for {
+		m := must(src, "CLUSTER", "GETKEYSINSLOT", s, "100")
+		keys, _ := m.AsStrSlice()
+		if len(keys) == 0 {
+			break
+		}
+		args := []string{"MIGRATE", "127.0.0.1", strconv.Itoa(dst.port), "", "0", "5000", "KEYS"}
+		must(src, append(args, keys...)...)
+	}
+	must(dst, "CLUSTER", "SETSLOT", s, "NODE", dstID)
+	must(src, "CLUSTER", "SETSLOT", s, "NODE", dstID)
+	for _, n := range c.Nodes {
+		if n != src && n != dst && n.running() {
+			// Replicas answer an error for SETSLOT; the cluster bus
+			// tells them.
+			_, _ = nodeDo(n.Addr(), "CLUSTER", "SETSLOT", s, "NODE", dstID)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for c.MasterOf(slot) != dst {
+		if time.Now().After(deadline) {
+			c.t.Fatalf("slot %d still not on %s", slot, dst.Addr())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return dst
+}
+
+// NodeDo runs one command on node n alone (no redirection), such as
+// PUBSUB SHARDNUMSUB, which counts that node's subscribers only.
+func (c *Cluster) NodeDo(n *RedisServer, args ...string) (rueidis.RedisMessage, error) {
+	return nodeDo(n.Addr(), args...)
+}
