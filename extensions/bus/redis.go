@@ -673,6 +673,9 @@ func (r *Redis) probeLoop() {
 			if pending != 0 && r.acked.Load() >= pending {
 				healthySince = pendingSince.Sub(r.epoch)
 				pending = 0
+				if r.shardsDown(time.Now(), 2*r.interval) {
+					break // some topics' subscriptions are still down
+				}
 				failures = 0
 				if !r.healthy.Load() {
 					r.healthy.Store(true)
@@ -680,6 +683,9 @@ func (r *Redis) probeLoop() {
 				}
 			}
 		case now := <-ticker.C:
+			if r.shardsDown(now, 2*r.interval) {
+				fail(1)
+			}
 			if pending != 0 && now.Sub(pendingSince) >= 2*r.interval {
 				pending = 0
 				r.onError(fmt.Errorf("bus: %w on %q (resubscribing)", errProbeLost, r.probeChannel))

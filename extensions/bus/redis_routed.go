@@ -87,8 +87,9 @@ type route struct {
 	closed bool          // ready is closed
 
 	// With sharded channels: the route's own subscriber goroutine.
-	stop context.CancelFunc // nil until started
-	done chan struct{}      // closed when it has returned
+	stop   context.CancelFunc // nil until started
+	done   chan struct{}      // closed when it has returned
+	sentAt time.Time          // when it last began waiting for a confirmation
 }
 
 // routeTable is the channels a routed bus wants; the routed loop makes

@@ -32,7 +32,11 @@ import (
 //
 // Direct sends and probes stay on classic channels, on the dedicated
 // connection; partitions too (SPUBLISH of a partition channel could not
-// share the slot of every topic hashed onto it).
+// share the slot of every topic hashed onto it). As a probe proves only the
+// dedicated connection, the prober also counts a failure at each interval
+// while a topic's shard subscription has been waiting for its
+// confirmation for two intervals or more (shardsDown), and does not report
+// the bus healthy again before every one is confirmed.
 
 // sharded reports whether topic channels are shard channels now.
 func (r *Redis) sharded() bool {
@@ -50,7 +54,7 @@ func (r *Redis) startShard(ch string, rt *route) {
 	prev := t.stopping[ch]
 	delete(t.stopping, ch)
 	ctx, cancel := context.WithCancel(r.ctx)
-	rt.state, rt.stop, rt.done = routeSent, cancel, make(chan struct{})
+	rt.state, rt.stop, rt.done, rt.sentAt = routeSent, cancel, make(chan struct{}), time.Now()
 	r.wg.Add(1) // from the routed loop, itself counted: never at zero
 	go r.shardLoop(ctx, ch, rt, prev)
 }
@@ -104,7 +108,7 @@ func (r *Redis) shardLoop(ctx context.Context, ch string, rt *route, prev <-chan
 		}
 		r.routes.mu.Lock()
 		if r.routes.routes[ch] == rt && rt.state == routeConfirmed {
-			rt.state = routeSent
+			rt.state, rt.sentAt = routeSent, time.Now()
 		}
 		r.routes.mu.Unlock()
 		if confirmations.Load() != before {
@@ -120,4 +124,21 @@ func (r *Redis) shardLoop(ctx context.Context, ch string, rt *route, prev <-chan
 		}
 		backoff = min(2*backoff, maxBackoff)
 	}
+}
+
+// shardsDown reports whether a sharded route has waited for its
+// confirmation for longer than d.
+func (r *Redis) shardsDown(now time.Time, d time.Duration) bool {
+	if !r.sharded() {
+		return false
+	}
+	t := &r.routes
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, rt := range t.routes {
+		if rt.stop != nil && rt.state != routeConfirmed && now.Sub(rt.sentAt) >= d {
+			return true
+		}
+	}
+	return false
 }

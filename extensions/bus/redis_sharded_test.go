@@ -89,6 +89,12 @@ func TestRedisShardedClusterFailover(t *testing.T) {
 	bcfg := cfg
 	bcfg.Handler = log.handler
 	bcfg.OnResync = func() { resyncs.Add(1) }
+	var wentDown atomic.Bool
+	bcfg.OnHealth = func(ok bool) {
+		if !ok {
+			wentDown.Store(true)
+		}
+	}
 	b := newRedisBus(t, cb, bcfg)
 
 	// Topics over every master.
@@ -126,7 +132,29 @@ func TestRedisShardedClusterFailover(t *testing.T) {
 		}
 		return seq
 	}
-	victim := topics[0]
+	// The victim's master is not the node of b's dedicated connection
+	// (direct and probe channels): b must notice the topic's lost
+	// subscription from the topic's alone.
+	probeNode := -1
+	for _, n := range c.Nodes {
+		m, err := c.NodeDo(n, "PUBSUB", "NUMSUB", rt.probeChannel(b.id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if subs, _ := m.AsIntMap(); subs[rt.probeChannel(b.id)] == 1 {
+			probeNode = n.Port()
+		}
+	}
+	if probeNode < 0 {
+		t.Fatal("no node holds b's probe subscription")
+	}
+	victim := ""
+	for _, topic := range topics {
+		if c.MasterOf(c.Slot(topic)).Port() != probeNode {
+			victim = topic
+			break
+		}
+	}
 	seq1 := appendOne(victim)
 	testsvc.WaitFor(t, 5*time.Second, "the stored event through the shard channel", func() bool {
 		log.mu.Lock()
@@ -190,10 +218,13 @@ func TestRedisShardedClusterFailover(t *testing.T) {
 				return false
 			}
 		}
-		return resyncs.Load() > resyncsBefore
+		return resyncs.Load() > resyncsBefore && b.Healthy()
 	})
 	stopLoad()
 	log.ordered(t)
+	if !wentDown.Load() {
+		t.Fatal("the bus never reported unhealthy while the topics of one master had no subscription")
+	}
 
 	// Healed: the shard subscription is on the new master, nothing is
 	// lost, and the store appends there and publishes in order.
@@ -234,7 +265,10 @@ func TestRedisShardedClusterFailover(t *testing.T) {
 	// A slot moved to another master (a resharding): Redis SUNSUBSCRIBEs
 	// its shard channels, and the bus subscribes them again on the new
 	// owner; the replay keys moved along, so seqs continue.
-	moved := topics[2]
+	moved := topics[0]
+	if moved == victim {
+		moved = topics[2]
+	}
 	before := appendOne(moved)
 	resyncsBefore = resyncs.Load()
 	start := time.Now()
@@ -260,6 +294,29 @@ func TestRedisShardedClusterFailover(t *testing.T) {
 		return n == fresh && len(s) > 0 && s[len(s)-1] == last
 	})
 	log.ordered(t)
+	if !b.Healthy() {
+		t.Fatal("the bus is unhealthy after the slot move")
+	}
+
+	// A topic whose shard subscription cannot be restored makes the bus
+	// unhealthy even while its probes come back: an ACL lets the master
+	// of one slot refuse the topic channels (and drop their subscribers)
+	// but not the probe and direct channels.
+	down := c.MasterOf(c.Slot(moved))
+	if down.Port() == probeNode {
+		down = c.MasterOf(c.Slot(victim))
+	}
+	acl := func(rules ...string) {
+		t.Helper()
+		if _, err := c.NodeDo(down, append([]string{"ACL", "SETUSER", "default"}, rules...)...); err != nil {
+			t.Fatalf("ACL SETUSER: %v", err)
+		}
+	}
+	wentDown.Store(false)
+	acl("resetchannels", "&p:rt:bus:probe:*", "&p:rt:bus:direct")
+	testsvc.WaitFor(t, 10*time.Second, "the bus unhealthy with one master's topics unsubscribed", func() bool { return wentDown.Load() })
+	acl("allchannels")
+	testsvc.WaitFor(t, 10*time.Second, "the bus healthy once they are subscribed again", b.Healthy)
 	if last != before+1 {
 		t.Fatalf("the first append to %s after the move got seq %d, want %d (the counter moved with the slot)", moved, last, before+1)
 	}
