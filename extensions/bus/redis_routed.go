@@ -186,13 +186,16 @@ func (r *Redis) serveRoutes(ctx context.Context) error {
 	defer release()
 	defer dc.Close()
 	errs := dc.SetPubSubHooks(rueidis.PubSubHooks{OnMessage: r.onMessage, OnSubscription: r.onRouteSubscription})
-	if !sharded {
-		r.routes.mu.Lock()
-		for _, rt := range r.routes.routes {
+	r.routes.mu.Lock()
+	for _, rt := range r.routes.routes {
+		// A shard subscriber outlives this connection; a route without
+		// one (classic, or not started before the client knew it was a
+		// Cluster's) is subscribed again.
+		if !sharded || rt.stop == nil {
 			rt.state = routeUnsent
 		}
-		r.routes.mu.Unlock()
 	}
+	r.routes.mu.Unlock()
 	tick := time.NewTicker(max(r.routing.Linger/2, 10*time.Millisecond))
 	defer tick.Stop()
 	first := true

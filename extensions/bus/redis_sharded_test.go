@@ -10,7 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/rueidis"
+
 	"github.com/caddy-realtime/realtime/extensions/replay"
+	"github.com/caddy-realtime/realtime/internal/lazyredis"
 	"github.com/caddy-realtime/realtime/internal/testsvc"
 )
 
@@ -320,4 +323,48 @@ func TestRedisShardedClusterFailover(t *testing.T) {
 	if last != before+1 {
 		t.Fatalf("the first append to %s after the move got seq %d, want %d (the counter moved with the slot)", moved, last, before+1)
 	}
+}
+
+// A routed bus whose client reached no node at start (lazyredis, as the
+// gateway uses it) learns it is on a Cluster once connected: the topics
+// held meanwhile get their shard subscriptions, and the stored events
+// published on them arrive.
+func TestRedisShardedStartsBeforeTheCluster(t *testing.T) {
+	c := testsvc.StartCluster(t)
+	addr := c.Addr()
+	c.KillAll()
+	lazy := lazyredis.New(lazyredis.Config{
+		Option:     rueidis.ClientOption{InitAddress: []string{addr}, DisableCache: true, DisableRetry: true},
+		MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
+	})
+	t.Cleanup(lazy.Close)
+	log := &topicLog{n: map[string][]int{}, seqs: map[string][]uint64{}}
+	rt := &Routing{Prefix: "p:"}
+	b := newRedisBus(t, lazy, RedisConfig{Routing: rt, ProbeInterval: 100 * time.Millisecond, Timeout: 200 * time.Millisecond,
+		StartUnreachable: true, Handler: log.handler, OnError: logErrors(t)})
+	ready := b.Hold("early")
+	select {
+	case <-ready:
+		t.Fatal("a hold confirmed with no Redis node up")
+	case <-time.After(300 * time.Millisecond):
+	}
+	c.RestartAll()
+	waitReady(t, ready)
+	if n := shardNumsub(t, c, rt.TopicChannel("early")); n != 1 {
+		t.Fatalf("SHARDNUMSUB = %d, want 1", n)
+	}
+	store, err := replay.NewRedis(c.Client(t), replay.RedisConfig{KeyPrefix: "p:", ChannelOf: rt.TopicChannel, Sharded: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seq, err := store.AppendAndPublish(context.Background(), "early", "e", json.RawMessage(`1`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testsvc.WaitFor(t, 5*time.Second, "the stored event", func() bool {
+		log.mu.Lock()
+		defer log.mu.Unlock()
+		s := log.seqs["early"]
+		return len(s) == 1 && s[0] == seq
+	})
 }

@@ -291,3 +291,23 @@ func (c *Cluster) MoveSlot(slot uint16) *RedisServer {
 func (c *Cluster) NodeDo(n *RedisServer, args ...string) (rueidis.RedisMessage, error) {
 	return nodeDo(n.Addr(), args...)
 }
+
+// KillAll SIGKILLs every node; RestartAll brings them back, with the
+// cluster configuration they saved (no data), and waits until the cluster
+// is ok.
+func (c *Cluster) KillAll() {
+	for _, n := range c.Nodes {
+		n.Kill()
+	}
+}
+
+// RestartAll restarts every killed node and waits until the cluster is ok.
+func (c *Cluster) RestartAll() {
+	c.t.Helper()
+	for _, n := range c.Nodes {
+		if !n.running() {
+			n.Restart()
+		}
+	}
+	c.WaitHealthy(30 * time.Second)
+}
