@@ -104,6 +104,9 @@ func (r *Redis) shardLoop(ctx context.Context, ch string, rt *route, prev <-chan
 		before := confirmations.Load()
 		err := r.client.Receive(rueidis.WithOnSubscriptionHook(ctx, hook), r.client.B().Ssubscribe().Channel(ch).Build(), r.onMessage)
 		if ctx.Err() != nil {
+			if r.ctx.Err() == nil {
+				r.sunsubscribe(ch)
+			}
 			return
 		}
 		r.routes.mu.Lock()
@@ -141,4 +144,16 @@ func (r *Redis) shardsDown(now time.Time, d time.Duration) bool {
 		}
 	}
 	return false
+}
+
+// sunsubscribe ends the server's side of an expired route's subscription:
+// a Receive that returns for its context only stops listening. A failure
+// leaves the connection subscribed, and the channel's units are dropped
+// on arrival, until that connection is replaced.
+func (r *Redis) sunsubscribe(ch string) {
+	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
+	defer cancel()
+	if err := r.client.Do(ctx, r.client.B().Sunsubscribe().Channel(ch).Build()).Error(); err != nil {
+		r.onError(fmt.Errorf("bus: unsubscribing %q: %w", ch, err))
+	}
 }

@@ -108,6 +108,10 @@ func (c *Cluster) Client(t testing.TB) rueidis.Client {
 	return cl
 }
 
+// Running reports whether the server runs (it was not killed, or was
+// restarted).
+func (s *RedisServer) Running() bool { return s.running() }
+
 func (s *RedisServer) running() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
