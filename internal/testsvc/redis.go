@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -173,7 +174,8 @@ func StartRedis(t testing.TB) *RedisServer {
 func StartRedisArgs(t testing.TB, args ...string) *RedisServer {
 	t.Helper()
 	needRedisServer(t)
-	s := &RedisServer{t: t, port: FreePort(t), extra: args}
+	// A replica writes the RDB of its full sync to its working directory.
+	s := &RedisServer{t: t, port: FreePort(t), extra: append(slices.Clone(args), "--dir", t.TempDir())}
 	s.start()
 	t.Cleanup(s.Kill)
 	return s
