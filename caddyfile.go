@@ -220,6 +220,12 @@ func parsePostgres(d *caddyfile.Dispenser) (*PostgresConfig, error) {
 //			key <key>
 //			max_body <size>
 //		}
+//		dashboard <path> {
+//			auth key|external
+//		}
+//		sse <path> {
+//			keepalive <duration>
+//		}
 //		origins <same-origin|*|scheme://host[:port]...>
 //		jwt {
 //			secret <secret>
@@ -259,6 +265,10 @@ func parsePostgres(d *caddyfile.Dispenser) (*PostgresConfig, error) {
 //		write_timeout <duration>
 //		request_timeout <duration>
 //		shutdown_spread <duration>
+//		compression [{
+//			level <1-9>
+//			min_size <size>
+//		}]
 //		limits {
 //			max_payload <size>
 //			max_backpressure <size>
@@ -321,7 +331,7 @@ func parsePostgres(d *caddyfile.Dispenser) (*PostgresConfig, error) {
 //	}
 //
 // jwt requires a block; public_key and from may repeat (from is tried in
-// the order written). Blocks after api, auth, the hooks, replay, presence, cursor and group are
+// the order written). Blocks after api, sse, auth, the hooks, replay, presence, cursor and group are
 // optional; rate_limit requires one (it may be empty). Sizes take a unit
 // (4MiB, 1MB) or plain bytes; durations use Caddy's syntax (10s, 1m30s, 1d).
 // path and api paths start with '/'; hook URLs are http or https; keepalive
@@ -354,6 +364,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.Path, err = pathArg(d)
 		case "api":
 			h.API, err = parseAPI(d)
+		case "dashboard":
+			h.Dashboard, err = parseDashboard(d)
+		case "sse":
+			h.SSE, err = parseSSE(d)
 		case "origins":
 			h.Origins, err = parseOrigins(d)
 		case "auth":
@@ -394,6 +408,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			var dur caddy.Duration
 			dur, err = durationArg(d, true)
 			h.ShutdownSpread = &dur
+		case "compression":
+			h.Compression, err = parseCompression(d)
 		case "limits":
 			h.Limits, err = parseLimits(d)
 		case "replay":
@@ -436,6 +452,39 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // for a different pattern or name.
 var repeatable = map[string]bool{"replay": true, "presence": true, "cursor": true, "group": true, "notify": true}
 
+// parseDashboard parses `dashboard <path> [{ auth key|external }]`; the
+// cursor is on "dashboard".
+func parseDashboard(d *caddyfile.Dispenser) (*DashboardConfig, error) {
+	if !d.NextArg() {
+		return nil, argErr(d, "a path, like: dashboard /_dashboard")
+	}
+	p := d.Val()
+	if d.NextArg() {
+		return nil, argErr(d, "one path, like: dashboard /_dashboard")
+	}
+	if err := handlers.CheckPath("dashboard path", p); err != nil {
+		return nil, d.WrapErr(err)
+	}
+	dc := &DashboardConfig{Path: p}
+	if err := eachOption(d, nil, func(opt string) error {
+		switch opt {
+		case "auth":
+			v, err := singleArg(d)
+			if err == nil {
+				_, err = handlers.ParseDashboardAuth(v)
+				err = check(d, err)
+			}
+			dc.Auth = v
+			return err
+		default:
+			return d.Errf("unrecognized dashboard subdirective: %s", opt)
+		}
+	}); err != nil {
+		return nil, err
+	}
+	return dc, nil
+}
+
 // parseAPI parses `api <path> [{ … }]`; the cursor is on "api".
 func parseAPI(d *caddyfile.Dispenser) (*APIConfig, error) {
 	if !d.NextArg() {
@@ -464,6 +513,37 @@ func parseAPI(d *caddyfile.Dispenser) (*APIConfig, error) {
 		return nil, err
 	}
 	return api, nil
+}
+
+// parseSSE parses `sse <path> [{ keepalive <duration> }]`; the cursor is
+// on "sse".
+func parseSSE(d *caddyfile.Dispenser) (*SSEConfig, error) {
+	if !d.NextArg() {
+		return nil, argErr(d, "a path, like: sse /events")
+	}
+	p := d.Val()
+	if d.NextArg() {
+		return nil, argErr(d, "one path, like: sse /events")
+	}
+	if err := handlers.CheckPath("sse path", p); err != nil {
+		return nil, d.WrapErr(err)
+	}
+	sse := &SSEConfig{Path: p}
+	if err := eachOption(d, nil, func(opt string) error {
+		var err error
+		switch opt {
+		case "keepalive":
+			if sse.KeepAlive, err = durationArg(d, false); err == nil {
+				err = check(d, handlers.CheckSSEKeepAlive(time.Duration(sse.KeepAlive)))
+			}
+		default:
+			return d.Errf("unrecognized sse subdirective: %s", opt)
+		}
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	return sse, nil
 }
 
 // parseJWT parses the `jwt { … }` block; the cursor is on "jwt".
@@ -590,6 +670,34 @@ func parseHook(d *caddyfile.Dispenser) (*HookConfig, error) {
 }
 
 // parseLimits parses the `limits { … }` block; the cursor is on "limits".
+// parseCompression parses `compression`, alone (the defaults) or with a
+// block.
+func parseCompression(d *caddyfile.Dispenser) (*CompressionConfig, error) {
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
+	z := new(CompressionConfig)
+	err := eachOption(d, nil, func(opt string) error {
+		var err error
+		switch opt {
+		case "level":
+			if z.Level, err = intArg(d, 1); err == nil {
+				err = check(d, handlers.CheckCompression(z.Level, 0))
+			}
+		case "min_size":
+			var n int64
+			if n, err = sizeArg(d); err == nil {
+				z.MinSize = int(n)
+				err = check(d, handlers.CheckCompression(0, z.MinSize))
+			}
+		default:
+			return d.Errf("unknown compression option '%s': want level or min_size", opt)
+		}
+		return err
+	})
+	return z, err
+}
+
 func parseLimits(d *caddyfile.Dispenser) (*LimitsConfig, error) {
 	if d.NextArg() {
 		return nil, d.ArgErr()

@@ -120,6 +120,16 @@ func TestHandlerUnmarshalCaddyfile(t *testing.T) {
 			want:  Handler{API: &APIConfig{Path: "/_realtime"}},
 		},
 		{
+			name:  "dashboard without a block sets only the path",
+			input: "realtime {\n\tdashboard /_dashboard\n}",
+			want:  Handler{Dashboard: &DashboardConfig{Path: "/_dashboard"}},
+		},
+		{
+			name:  "dashboard with auth external leaves access to the handlers in front",
+			input: "realtime {\n\tdashboard /ops {\n\t\tauth external\n\t}\n}",
+			want:  Handler{Dashboard: &DashboardConfig{Path: "/ops", Auth: "external"}},
+		},
+		{
 			name: "api with a block sets key and max_body in IEC units",
 			input: `realtime {
 				api /_realtime {
@@ -261,6 +271,16 @@ func TestHandlerUnmarshalCaddyfile(t *testing.T) {
 			name:  "shutdown_spread of zero is kept to mean close all at once",
 			input: "realtime {\n\tshutdown_spread 0\n}",
 			want:  Handler{ShutdownSpread: durationPtr(0)},
+		},
+		{
+			name:  "compression alone turns permessage-deflate on with the defaults",
+			input: "realtime {\n\tcompression\n}",
+			want:  Handler{Compression: &CompressionConfig{}},
+		},
+		{
+			name:  "a compression block sets the level and the size under which frames stay uncompressed",
+			input: "realtime {\n\tcompression {\n\t\tlevel 6\n\t\tmin_size 1KiB\n\t}\n}",
+			want:  Handler{Compression: &CompressionConfig{Level: 6, MinSize: 1024}},
 		},
 		{
 			name:  "an empty limits block sets an empty limits object",
@@ -603,6 +623,33 @@ func TestHandlerUnmarshalCaddyfile(t *testing.T) {
 			wantErr: "wrong argument count",
 		},
 
+		// Errors: dashboard.
+		{
+			name:    "dashboard without a path says what to write",
+			input:   "realtime {\n\tdashboard\n}",
+			wantErr: "dashboard wants a path, like: dashboard /_dashboard, at Testfile:2",
+		},
+		{
+			name:    "a dashboard path without a leading slash is rejected",
+			input:   "realtime {\n\tdashboard ops\n}",
+			wantErr: "dashboard path must start with '/', got 'ops'",
+		},
+		{
+			name:    "an unknown dashboard auth policy is named",
+			input:   "realtime {\n\tdashboard /ops {\n\t\tauth open\n\t}\n}",
+			wantErr: "unknown dashboard auth 'open': want key or external, at Testfile:3",
+		},
+		{
+			name:    "an unknown dashboard subdirective is named",
+			input:   "realtime {\n\tdashboard /ops {\n\t\tkey k\n\t}\n}",
+			wantErr: "unrecognized dashboard subdirective: key",
+		},
+		{
+			name:    "a repeated dashboard auth is an error",
+			input:   "realtime {\n\tdashboard /ops {\n\t\tauth key\n\t\tauth external\n\t}\n}",
+			wantErr: "auth already specified",
+		},
+
 		// Errors: api.
 		{
 			name:    "api without a path is an argument error",
@@ -809,6 +856,16 @@ func TestHandlerUnmarshalCaddyfile(t *testing.T) {
 			name:    "a bad request_timeout is rejected",
 			input:   "realtime {\n\trequest_timeout 5\n}",
 			wantErr: "bad duration value '5' for request_timeout",
+		},
+		{
+			name:    "a compression level above 9 is rejected",
+			input:   "realtime {\n\tcompression {\n\t\tlevel 10\n\t}\n}",
+			wantErr: "compression level 10: want 1 (fastest) to 9 (smallest)",
+		},
+		{
+			name:    "an unknown compression option is rejected",
+			input:   "realtime {\n\tcompression {\n\t\tthreshold 1KiB\n\t}\n}",
+			wantErr: "unknown compression option 'threshold'",
 		},
 		{
 			name:    "a negative shutdown_spread is rejected",
@@ -1449,6 +1506,41 @@ func TestHandlerUnmarshalCaddyfile(t *testing.T) {
 			name:    "replay without a pattern says what to write",
 			input:   "realtime {\n\treplay\n}",
 			wantErr: "replay wants a topic pattern, like: replay chat:*, at Testfile:2",
+		},
+		{
+			name:  "sse takes a path",
+			input: "realtime {\n\tsse /events\n}",
+			want:  Handler{SSE: &SSEConfig{Path: "/events"}},
+		},
+		{
+			name:  "sse takes a keepalive in its block",
+			input: "realtime {\n\tsse /events {\n\t\tkeepalive 15s\n\t}\n}",
+			want:  Handler{SSE: &SSEConfig{Path: "/events", KeepAlive: caddy.Duration(15 * time.Second)}},
+		},
+		{
+			name:    "sse without a path says what to write",
+			input:   "realtime {\n\tsse\n}",
+			wantErr: "sse wants a path, like: sse /events, at Testfile:2",
+		},
+		{
+			name:    "an sse path must start with a slash",
+			input:   "realtime {\n\tsse events\n}",
+			wantErr: "sse path must start with '/', got 'events', at Testfile:2",
+		},
+		{
+			name:    "an sse keepalive out of range is refused",
+			input:   "realtime {\n\tsse /events {\n\t\tkeepalive 1s\n\t}\n}",
+			wantErr: "sse keepalive must be between 5s and 120s, got '1s', at Testfile:3",
+		},
+		{
+			name:    "an unknown sse subdirective is named",
+			input:   "realtime {\n\tsse /events {\n\t\tretry 3s\n\t}\n}",
+			wantErr: "unrecognized sse subdirective: retry",
+		},
+		{
+			name:    "sse may not repeat",
+			input:   "realtime {\n\tsse /a\n\tsse /b\n}",
+			wantErr: "sse already specified",
 		},
 		{
 			name:    "api without a path says what to write",

@@ -37,6 +37,7 @@ import (
 	"github.com/caddy-realtime/realtime/extensions/presence"
 	"github.com/caddy-realtime/realtime/extensions/ratelimit"
 	"github.com/caddy-realtime/realtime/extensions/replay"
+	"github.com/caddy-realtime/realtime/extensions/snapshot"
 	"github.com/caddy-realtime/realtime/extensions/wire"
 	"github.com/caddy-realtime/realtime/handlers"
 	"github.com/caddy-realtime/realtime/internal/lazyredis"
@@ -528,6 +529,14 @@ type Handler struct {
 	// API enables the HTTP API for app servers. Default: off.
 	API *APIConfig `json:"api,omitempty"`
 
+	// Dashboard serves a live, read-only dashboard of the gateway (and,
+	// with redis, of every instance) under its path. Default: off.
+	Dashboard *DashboardConfig `json:"dashboard,omitempty"`
+	// SSE serves the same events as server-sent events on a path of its
+	// own, for EventSource, curl and other clients that cannot hold a
+	// WebSocket (docs/protocol.md §10). Default: off.
+	SSE *SSEConfig `json:"sse,omitempty"`
+
 	// Origins is the origin policy for upgrades: ["same-origin"] requires the
 	// Origin's scheme, host and port to equal the request's; ["*"] allows
 	// any; otherwise a list of exact origins (scheme://host[:port]). A missing
@@ -593,6 +602,11 @@ type Handler struct {
 	// Zero closes all at once. Default: 5s.
 	ShutdownSpread *caddy.Duration `json:"shutdown_spread,omitempty"`
 
+	// Compression turns on permessage-deflate (RFC 7692) for clients that
+	// offer it, with no context takeover, so each published frame is
+	// compressed once for all its subscribers. Absent: off.
+	Compression *CompressionConfig `json:"compression,omitempty"`
+
 	// Limits bound what one client or IP may cost.
 	Limits *LimitsConfig `json:"limits,omitempty"`
 
@@ -643,7 +657,15 @@ type handlerRun struct {
 	err     error
 	key     string // set once start holds a reference to the gateway
 	gw      atomic.Pointer[handlers.Gateway]
+
+	// unload is closed when this configuration stops (a reload or the
+	// exit): the SSE streams its server took end, as that server goes.
+	unload     chan struct{}
+	unloadOnce sync.Once
 }
+
+// unloading closes unload, once.
+func (r *handlerRun) unloading() { r.unloadOnce.Do(func() { close(r.unload) }) }
 
 // APIConfig configures the HTTP API for app servers.
 type APIConfig struct {
@@ -658,6 +680,33 @@ type APIConfig struct {
 	// MaxBody caps a request body in bytes; larger bodies get 413.
 	// Default: 4 MiB.
 	MaxBody int64 `json:"max_body,omitempty"`
+}
+
+// DashboardConfig configures the dashboard (docs/operations.md).
+type DashboardConfig struct {
+	// Path is where the dashboard is served, e.g. /_dashboard; it must
+	// not overlap the WebSocket, api or auth paths. Required.
+	Path string `json:"path,omitempty"`
+
+	// Auth is who may open it: "key" asks for the api key (a bearer
+	// header, or the login form once for a session cookie) and, without
+	// a key, serves loopback callers only; "external" serves whoever the
+	// handlers in front let through (basic_auth, forward_auth): with
+	// nothing in front, anyone. Default: key.
+	Auth string `json:"auth,omitempty"`
+}
+
+// SSEConfig configures the SSE endpoint.
+type SSEConfig struct {
+	// Path is the endpoint: GET <path>?topic=a&topic=b streams those
+	// topics. It must differ from the WebSocket path and the auth path
+	// and lie outside the API path. Required.
+	Path string `json:"path,omitempty"`
+
+	// KeepAlive is the quiet period after which a stream gets a
+	// keep-alive comment, so proxies that drop idle responses keep it;
+	// 5s to 120s. Default: 30s.
+	KeepAlive caddy.Duration `json:"keepalive,omitempty"`
 }
 
 // HookConfig configures one call to the application.
@@ -738,6 +787,15 @@ type TokenSourceConfig struct {
 	Source string `json:"source,omitempty"`
 	// Name is the header, cookie or query parameter name.
 	Name string `json:"name,omitempty"`
+}
+
+// CompressionConfig configures permessage-deflate.
+type CompressionConfig struct {
+	// Level is the flate level, 1 (fastest) to 9 (smallest). Default: 1.
+	Level int `json:"level,omitempty"`
+	// MinSize is the frame size in bytes under which frames stay
+	// uncompressed. Default: 256.
+	MinSize int `json:"min_size,omitempty"`
 }
 
 // LimitsConfig bounds resources per connection and per client IP.
@@ -969,7 +1027,7 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // start), so `caddy validate` stays cheap with every backend down.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
-	h.run = new(handlerRun)
+	h.run = &handlerRun{unload: make(chan struct{})}
 	if err := handlers.RegisterMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
 	}
@@ -1135,6 +1193,11 @@ func (a *App) wireRedis(cfg *handlers.Config, opts *handlers.Options) {
 			EnvelopeOptions: bus.EnvelopeOptions{SystemTopics: wire.Patterns{wire.CursorPrefix + "*", wire.GroupPrefix + "*"}}})
 	}
 	prefix := rc.KeyPrefix
+	// The dashboard's cluster view; it holds nothing until a dashboard
+	// is opened, so every gateway on Redis gets one.
+	if st, err := snapshot.NewRedis(client, snapshot.RedisConfig{KeyPrefix: prefix, Gateway: cfg.WithDefaults().Name}); err == nil {
+		opts.Snapshots = st
+	}
 	// Each backend instance gets its own id: a tracker ignores its own
 	// id's events and leases are per id, so two rules must not share one.
 	var serial atomic.Int32
@@ -1215,6 +1278,7 @@ func (h *Handler) gatewayConfig() (handlers.Config, error) {
 		WriteTimeout:        time.Duration(h.WriteTimeout),
 		RequestTimeout:      time.Duration(h.RequestTimeout),
 		ShutdownSpread:      optDuration(h.ShutdownSpread),
+		Compression:         compressionConfig(h.Compression),
 		MaxPayload:          l.MaxPayload,
 		MaxBackpressure:     l.MaxBackpressure,
 		SlowConsumer:        handlers.SlowConsumer(l.SlowConsumer),
@@ -1231,6 +1295,12 @@ func (h *Handler) gatewayConfig() (handlers.Config, error) {
 			return trusted
 		},
 	}
+	if h.SSE != nil {
+		if h.SSE.Path == "" {
+			return cfg, errors.New("sse: path is required (e.g. \"sse\": {\"path\": \"/events\"})")
+		}
+		cfg.SSEPath, cfg.SSEKeepAlive = h.SSE.Path, time.Duration(h.SSE.KeepAlive)
+	}
 	if h.API != nil {
 		if h.API.Path == "" {
 			return cfg, errors.New("api: path is required (e.g. \"api\": {\"path\": \"/_realtime\"})")
@@ -1239,6 +1309,12 @@ func (h *Handler) gatewayConfig() (handlers.Config, error) {
 		// loopback callers, which is the safe reading of "no key".
 		key := repl.ReplaceAll(h.API.Key, "")
 		cfg.APIPath, cfg.APIKey, cfg.APIMaxBody = h.API.Path, key, h.API.MaxBody
+	}
+	if d := h.Dashboard; d != nil {
+		if d.Path == "" {
+			return cfg, errors.New("dashboard: path is required (e.g. \"dashboard\": {\"path\": \"/_dashboard\"})")
+		}
+		cfg.DashboardPath, cfg.DashboardAuth = d.Path, handlers.DashboardAuth(d.Auth)
 	}
 	hook := func(name string, hc *HookConfig) (*handlers.HookConfig, error) {
 		if hc == nil {
@@ -1370,7 +1446,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		gw = h.run.gw.Load()
 	}
-	if gw.ServeHTTP(w, r) {
+	if gw.ServeHTTPUntil(w, r, h.run.unload) {
 		// Never return an error once the gateway answered: after a hijack
 		// Caddy would write a second response.
 		return nil
@@ -1384,6 +1460,7 @@ func (h *Handler) Cleanup() error {
 	if h.run == nil {
 		return nil
 	}
+	h.run.unloading()
 	h.run.mu.Lock()
 	defer h.run.mu.Unlock()
 	// A request arriving after Cleanup must not start a gateway again.
@@ -1398,11 +1475,16 @@ func (h *Handler) Cleanup() error {
 }
 
 // drainOnExit starts a gateway's drain when the process is exiting; on a
-// reload (also a "stopping" event) the gateway lives on.
+// reload (also a "stopping" event) the gateway lives on, and only the SSE
+// streams of the stopping configuration's server end.
 type drainOnExit struct{ h *Handler }
 
 // Handle implements caddyevents.Handler.
 func (d drainOnExit) Handle(context.Context, caddy.Event) error {
+	// A stream is a request of the server being stopped, which would wait
+	// for it for ever (the default grace period), keeping the old
+	// configuration's server alive after a reload.
+	d.h.run.unloading()
 	gw := d.h.run.gw.Load()
 	if gw != nil && caddy.Exiting() {
 		go func() {
@@ -1578,3 +1660,10 @@ var (
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 	_ caddy.Destructor            = (*pooledGateway)(nil)
 )
+
+func compressionConfig(c *CompressionConfig) *handlers.CompressionConfig {
+	if c == nil {
+		return nil
+	}
+	return &handlers.CompressionConfig{Level: c.Level, MinSize: c.MinSize}
+}

@@ -521,6 +521,22 @@ func TestJWTJWKSRotation(t *testing.T) {
 	if metricSum(metricsText(t, in), "caddy_realtime_token_rejected_total", `reason="unknown_kid"`) < 10 {
 		t.Fatal("unknown kids not counted")
 	}
+
+	// A reload that changes the jwt block but not its jwks keeps the
+	// fetched keys: with the endpoint still down, tokens keep verifying
+	// and the connected client stays.
+	cfg := currentCaddyfile(t, in)
+	changed := strings.Replace(cfg, "jwks "+idp.URL+"/jwks.json", "jwks "+idp.URL+"/jwks.json\n\t\t\tleeway 5s", 1)
+	if changed == cfg {
+		t.Fatal("the reload would not change the jwt block: the check would prove nothing")
+	}
+	reload(t, in, changed)
+	logLine(t, in, "reload applied new options to the live gateway; no connection closed")
+	if st, _ := dialStatus(t, in, "/ws", bearer(t2)); st != http.StatusSwitchingProtocols {
+		t.Fatalf("after a reload with the endpoint down: %d, the kept keys should serve", st)
+	}
+	live.send(`{"type":"subscribe","topic":"u","ref":2}`)
+	live.expect(`{"type":"subscribed","topic":"u","ref":2}`)
 }
 
 // An endpoint that is down when Caddy starts does not hold the start up:

@@ -4,7 +4,7 @@ import { connect } from './realtime.js';
 import { identity, mountUI, applyChat, applyCrud } from './ui.js';
 
 const me = await identity(); // the `user` cookie is set before the socket opens
-const rt = connect();
+const rt = connect({ auth: true }); // the auth preflight before every socket attempt
 const ui = mountUI({ me, onCursor: (data) => rt.moveCursor('canvas', data) });
 
 rt.onStatus(ui.status);

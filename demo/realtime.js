@@ -1,6 +1,7 @@
 // A small hand-written client of the current protocol generation, as the
 // svelte-adapter-uws 0.5 client speaks it (docs/protocol.md §2.4–§2.6, §5, §6):
 //
+//   with `auth`: the auth preflight (POST /__ws/auth) before every attempt;
 //   on open: cursor-snapshot per cursor topic (tab visible), hello with the
 //   batch cap, resume with the previous welcome id and last seen seqs, one
 //   subscribe-batch with every topic held; then queued frames.
@@ -15,8 +16,11 @@
 
 const TERMINAL = new Set([1008, 4401, 4403]);
 
-export function connect({ path = '/ws' } = {}) {
+export function connect({ path = '/ws', auth = false } = {}) {
 	const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}${path}`;
+	// `auth: true` (or a path) asks the auth preflight (§2.2) before every
+	// socket attempt, as the 0.5 client does.
+	const authPath = auth === true ? '/__ws/auth' : auth || '';
 	const sessionKey = `svelte-adapter-uws.session.${path}`;
 
 	/** topic -> Set of listeners; non-`__` topics are held on the wire */
@@ -36,6 +40,7 @@ export function connect({ path = '/ws' } = {}) {
 	let attempt = 0;
 	let retryTimer = null;
 	let terminal = false;
+	let preflighting = false;
 	let lastMessage = Date.now();
 	let ref = 0;
 	let reqId = 0;
@@ -77,11 +82,40 @@ export function connect({ path = '/ws' } = {}) {
 		flush();
 	}
 
+	function retry() {
+		setStatus('disconnected');
+		const delay = Math.min(3000 * 2.2 ** attempt, 300000) * (0.75 + Math.random() / 2);
+		attempt++;
+		retryTimer = setTimeout(open, delay);
+	}
+
 	function open() {
-		if (terminal || (ws && ws.readyState <= WebSocket.OPEN)) return;
+		if (terminal || preflighting || (ws && ws.readyState <= WebSocket.OPEN)) return;
 		clearTimeout(retryTimer);
 		retryTimer = null;
 		setStatus('connecting');
+		if (!authPath) return openSocket();
+		// 2xx: open the socket; 4xx: final until the page reloads; 5xx or a
+		// network error: the normal backoff.
+		preflighting = true;
+		fetch(authPath, { method: 'POST', credentials: 'include', headers: { 'x-requested-with': 'svelte-adapter-uws' } })
+			.then((res) => {
+				preflighting = false;
+				if (res.ok) return openSocket();
+				if (res.status >= 400 && res.status < 500) {
+					terminal = true;
+					setStatus('failed');
+					return;
+				}
+				retry();
+			})
+			.catch(() => {
+				preflighting = false;
+				retry();
+			});
+	}
+
+	function openSocket() {
 		const sock = new WebSocket(url);
 		ws = sock;
 		sock.onopen = () => {
@@ -138,10 +172,7 @@ export function connect({ path = '/ws' } = {}) {
 				return;
 			}
 			if (e.code === 4429) attempt = Math.max(attempt, 5);
-			setStatus('disconnected');
-			const delay = Math.min(3000 * 2.2 ** attempt, 300000) * (0.75 + Math.random() / 2);
-			attempt++;
-			retryTimer = setTimeout(open, delay);
+			retry();
 		};
 	}
 

@@ -270,6 +270,13 @@ e2e(
 		for (const page of [cur, leg]) {
 			await eventually(async () => (await chatTexts(page)).filter((t) => t === text), [text], { what: 'publish after the restart' });
 		}
+		// Each socket attempt of the current page followed its own auth
+		// preflight, answered by the gateway from the auth hook.
+		assert.deepEqual(
+			s.preflights(cur).map((p) => p.status),
+			[204, 204],
+			'one 204 preflight per socket attempt',
+		);
 		// The current page resumed with its last seen seqs.
 		const resumes = s.sent(cur).filter((f) => f.type === 'resume');
 		assert.equal(resumes.length, 1, 'one resume, on the reconnect');
@@ -277,3 +284,43 @@ e2e(
 	},
 	90000,
 );
+
+e2e('both generations negotiate permessage-deflate and read compressed events unchanged', async (s) => {
+	const tag = uid();
+	const pages = {};
+	for (const [gen, path] of Object.entries(PAGES)) pages[gen] = await s.open(path, `${gen}-z-${tag}`);
+	for (const [gen, page] of Object.entries(pages)) {
+		const h = s.handshakes(page)[0] || {};
+		const ext = Object.entries(h).find(([k]) => k.toLowerCase() === 'sec-websocket-extensions')?.[1];
+		assert.equal(ext, 'permessage-deflate; client_no_context_takeover; server_no_context_takeover', `${gen}: the upgrade's extensions`);
+	}
+	// A chat message well over min_size goes out compressed; both pages show it whole.
+	const text = `${'a long message that compresses well '.repeat(60)}${tag}`;
+	await gw.publish('chat', 'created', { id: `z-${tag}`, user: 'server', text });
+	for (const page of Object.values(pages)) {
+		await eventually(async () => (await chatTexts(page)).includes(text), true, { what: 'the compressed chat message' });
+	}
+});
+
+e2e('current client: the auth preflight opens the socket, its 401 ends the attempts', async (s) => {
+	const user = `pre-${uid()}`;
+	const page = await s.open(PAGES.current, user);
+	// The page connected only after the gateway's own 204 to its preflight.
+	assert.deepEqual(s.preflights(page), [{ method: 'POST', xrw: 'svelte-adapter-uws', status: 204 }]);
+	assert.equal(s.received(page, 0)[0]?.type, 'welcome');
+
+	// Without its cookie the same client is refused at the preflight: no
+	// socket is opened and it stops (a 4xx is final, §2.2).
+	const sockets = s.sockets(page);
+	const status = await page.evaluate(async () => {
+		await cookieStore.delete('user');
+		const { connect } = await import('/realtime.js');
+		const rt = connect({ auth: true });
+		return new Promise((ok) => rt.onStatus((st) => st === 'failed' && ok(st)));
+	});
+	assert.equal(status, 'failed');
+	assert.deepEqual(s.preflights(page).at(-1), { method: 'POST', xrw: 'svelte-adapter-uws', status: 401 });
+	await new Promise((r) => setTimeout(r, 1500));
+	assert.equal(s.preflights(page).length, 2, 'no preflight after the 401');
+	assert.equal(s.sockets(page), sockets, 'no socket attempt after the 401');
+});

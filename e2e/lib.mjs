@@ -71,14 +71,21 @@ export async function startGateway(bin) {
 	}
 }
 
-/** Caddy running Caddyfile.example (the demo) on a fixed port it can restart on. */
+/**
+ * Caddy running Caddyfile.example (the demo) on a fixed port it can restart
+ * on; or, with `caddyfile`, that Caddyfile, which reads its port from
+ * {$REALTIME_DEMO_PORT} and its other settings from `env`, logging to `log`.
+ * Either must serve the API under /_realtime (start waits for its health).
+ */
 export class Gateway {
-	constructor({ bin, port }) {
+	constructor({ bin, port, caddyfile, log, env }) {
 		this.bin = bin;
 		this.port = port;
 		this.base = `http://localhost:${port}`;
 		this.home = mkdtempSync(join(tmpdir(), 'realtime-e2e-home-'));
-		this.log = join(artifacts, 'caddy.log');
+		this.caddyfile = caddyfile ?? join(repo, 'Caddyfile.example');
+		this.log = log ?? join(artifacts, 'caddy.log');
+		this.env = env ?? {};
 		this.proc = null;
 	}
 
@@ -90,10 +97,11 @@ export class Gateway {
 			REALTIME_DEMO_PORT: String(this.port),
 			REALTIME_DEMO_ADMIN: 'off',
 			REALTIME_DEMO_ROOT: join(repo, 'demo'),
+			...this.env,
 		};
 		delete env.REALTIME_API_KEY; // the demo page publishes as a loopback caller
 		const fd = openSync(this.log, 'a');
-		const proc = spawn(this.bin, ['run', '--config', join(repo, 'Caddyfile.example'), '--adapter', 'caddyfile'], {
+		const proc = spawn(this.bin, ['run', '--config', this.caddyfile, '--adapter', 'caddyfile'], {
 			cwd: repo,
 			env,
 			stdio: ['ignore', fd, fd],
@@ -190,6 +198,21 @@ export class Session {
 		return this.#frames(page, i, 'sent');
 	}
 
+	/** The page's auth preflights (POST /__ws/auth, §2.2): method, x-requested-with, status, in order. */
+	preflights(page) {
+		return this.pages.find((r) => r.page === page).preflights;
+	}
+
+	/** The response headers of the page's WebSocket upgrades, in order. */
+	handshakes(page) {
+		return this.pages.find((r) => r.page === page).handshakes;
+	}
+
+	/** How many WebSockets the page opened. */
+	sockets(page) {
+		return this.pages.find((r) => r.page === page).sockets.length;
+	}
+
 	/** Frames the page's WebSockets received, parsed, like sent(). */
 	received(page, i) {
 		return this.#frames(page, i, 'received');
@@ -216,7 +239,7 @@ export class Session {
 		const page = await ctx.newPage();
 		page.setDefaultTimeout(15000);
 		const label = `${user}${path.replace(/\//g, '_')}`;
-		const rec = { page, label, console: [], sockets: [] };
+		const rec = { page, label, console: [], sockets: [], preflights: [], handshakes: [] };
 		this.pages.push(rec);
 		// Close codes are invisible to the DevTools WebSocket events: record them in the page.
 		await page.addInitScript(() => {
@@ -231,6 +254,17 @@ export class Session {
 		});
 		page.on('console', (m) => rec.console.push(`${m.type()}: ${m.text()}`));
 		page.on('pageerror', (e) => rec.console.push(`pageerror: ${e.stack || e}`));
+		// The upgrade's response headers (negotiated extensions) are only
+		// visible through the DevTools protocol.
+		const cdp = await ctx.newCDPSession(page);
+		await cdp.send('Network.enable');
+		cdp.on('Network.webSocketHandshakeResponseReceived', (e) => rec.handshakes.push(e.response.headers));
+		page.on('response', (res) => {
+			const req = res.request();
+			if (new URL(req.url()).pathname !== '/__ws/auth') return;
+			rec.preflights.push({ method: req.method(), xrw: req.headers()['x-requested-with'], status: res.status() });
+			rec.console.push(`auth preflight ${req.method()} ${res.status()}`);
+		});
 		page.on('websocket', (ws) => {
 			const sock = { sent: [], received: [] };
 			rec.sockets.push(sock);
@@ -385,3 +419,20 @@ export function deliveries(frames, topic) {
 export const closes = (page) => page.evaluate(() => window.__wsCloses);
 
 export const uid = () => Math.random().toString(36).slice(2, 8);
+
+/**
+ * startGateway with Caddy's log written to `log` instead of
+ * e2e/artifacts/caddy.log, for test files that keep their artifacts apart.
+ */
+export async function startGatewayLoggingTo(bin, log) {
+	for (let attempt = 1; ; attempt++) {
+		const gw = new Gateway({ bin, port: await freePort() });
+		gw.log = log;
+		try {
+			await gw.start();
+			return gw;
+		} catch (err) {
+			if (err.code !== 'EADDRINUSE' || attempt === 5) throw err;
+		}
+	}
+}

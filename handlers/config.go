@@ -35,6 +35,14 @@ type Config struct {
 	APIKey     string // bearer key; empty: loopback callers only
 	APIMaxBody int64  // default 4 MiB
 
+	// DashboardPath is where the live dashboard is served (dashboard.go),
+	// trailing slashes ignored; empty: no dashboard.
+	DashboardPath string
+	// DashboardAuth is who may open it: DashboardAuthKey (default) asks
+	// for APIKey (loopback callers only without one), DashboardAuthExternal
+	// leaves the decision to the handlers in front, such as basic_auth.
+	DashboardAuth DashboardAuth
+
 	Origins []string // default ["same-origin"]
 
 	Auth *HookConfig
@@ -50,12 +58,22 @@ type Config struct {
 	UserKey             string   // identity field naming a user; default "id"
 	AllowNonASCIITopics bool
 
+	// SSEPath is the SSE endpoint (sse.go, docs/protocol.md §10); empty: off.
+	SSEPath string
+	// SSEKeepAlive is the quiet period after which an SSE stream gets a
+	// keep-alive comment; default 30s, 5s..120s.
+	SSEKeepAlive time.Duration
+
 	KeepAlive      time.Duration // default 60s, 5s..120s
 	PingInterval   time.Duration // default 30s
 	IdleTimeout    time.Duration // default 120s
 	WriteTimeout   time.Duration // default 10s
 	RequestTimeout time.Duration // default 5s
 	ShutdownSpread time.Duration // default 5s; negative: no spread, all closes at once
+
+	// Compression turns on permessage-deflate for clients that offer it;
+	// nil: off.
+	Compression *CompressionConfig
 
 	MaxPayload       int64        // default 1 MiB
 	MaxBackpressure  int64        // default 1 MiB
@@ -87,6 +105,12 @@ type Config struct {
 
 	// Now is the clock. Default: time.Now.
 	Now func() time.Time
+}
+
+// CompressionConfig configures permessage-deflate (RFC 7692).
+type CompressionConfig struct {
+	Level   int // flate level 1 (fastest) to 9 (smallest); default DefaultCompressionLevel
+	MinSize int // frames shorter than this stay uncompressed; default DefaultCompressionMinSize
 }
 
 // HookConfig configures one HTTP call to the application.
@@ -269,29 +293,33 @@ func checkEnum[T ~string](v T, parse func(string) (T, error)) error {
 // Defaults of the gateway's own options; those of the capabilities are
 // the extension packages' Default constants.
 const (
-	DefaultPath             = "/ws"
-	DefaultAPIMaxBody       = 4 << 20
-	DefaultUserKey          = "id"
-	DefaultKeepAlive        = 60 * time.Second
-	DefaultPingInterval     = 30 * time.Second
-	DefaultIdleTimeout      = 120 * time.Second
-	DefaultWriteTimeout     = 10 * time.Second
-	DefaultRequestTimeout   = 5 * time.Second
-	DefaultShutdownSpread   = 5 * time.Second
-	DefaultMaxPayload       = 1 << 20
-	DefaultMaxBackpressure  = 1 << 20
-	DefaultUpgradeRate      = 30
-	DefaultUpgradeWindow    = 10 * time.Second
-	DefaultMaxSubscriptions = 1000
-	DefaultInboundRate      = 200
-	DefaultInboundBurst     = 400
-	DefaultRateLimitClose   = 1000
-	DefaultAuthTimeout      = 10 * time.Second
-	DefaultHookTimeout      = 5 * time.Second
-	DefaultAuthInFlight     = 1000
-	DefaultHookInFlight     = 256
-	DefaultHookQueue        = 64
-	DefaultRateLimitKey     = "ip"
+	DefaultPath           = "/ws"
+	DefaultAPIMaxBody     = 4 << 20
+	DefaultUserKey        = "id"
+	DefaultKeepAlive      = 60 * time.Second
+	DefaultSSEKeepAlive   = 30 * time.Second
+	DefaultPingInterval   = 30 * time.Second
+	DefaultIdleTimeout    = 120 * time.Second
+	DefaultWriteTimeout   = 10 * time.Second
+	DefaultRequestTimeout = 5 * time.Second
+	DefaultShutdownSpread = 5 * time.Second
+	DefaultMaxPayload     = 1 << 20
+
+	DefaultCompressionLevel   = 1
+	DefaultCompressionMinSize = 256
+	DefaultMaxBackpressure    = 1 << 20
+	DefaultUpgradeRate        = 30
+	DefaultUpgradeWindow      = 10 * time.Second
+	DefaultMaxSubscriptions   = 1000
+	DefaultInboundRate        = 200
+	DefaultInboundBurst       = 400
+	DefaultRateLimitClose     = 1000
+	DefaultAuthTimeout        = 10 * time.Second
+	DefaultHookTimeout        = 5 * time.Second
+	DefaultAuthInFlight       = 1000
+	DefaultHookInFlight       = 256
+	DefaultHookQueue          = 64
+	DefaultRateLimitKey       = "ip"
 
 	// MinKeepAlive and MaxKeepAlive bound KeepAlive: clients treat a
 	// connection quiet for longer than their own timeout as dead.
@@ -307,17 +335,28 @@ func (c Config) WithDefaults() Config {
 	setDefault(&c.Name, c.Path)
 	setDefault(&c.UserKey, DefaultUserKey)
 	c.APIPath = NormalizeAPIPath(c.APIPath)
+	c.DashboardPath = NormalizeAPIPath(c.DashboardPath)
+	if c.DashboardPath != "" {
+		setDefault(&c.DashboardAuth, DashboardAuthKey)
+	}
 	setDefault(&c.APIMaxBody, DefaultAPIMaxBody)
 	if len(c.Origins) == 0 {
 		c.Origins = []string{"same-origin"}
 	}
 	setDefault(&c.KeepAlive, DefaultKeepAlive)
+	setDefault(&c.SSEKeepAlive, DefaultSSEKeepAlive)
 	setDefault(&c.PingInterval, DefaultPingInterval)
 	setDefault(&c.IdleTimeout, DefaultIdleTimeout)
 	setDefault(&c.WriteTimeout, DefaultWriteTimeout)
 	setDefault(&c.RequestTimeout, DefaultRequestTimeout)
 	setDefault(&c.ShutdownSpread, DefaultShutdownSpread)
 	setDefault(&c.MaxPayload, DefaultMaxPayload)
+	if c.Compression != nil {
+		z := *c.Compression
+		setDefault(&z.Level, DefaultCompressionLevel)
+		setDefault(&z.MinSize, DefaultCompressionMinSize)
+		c.Compression = &z
+	}
 	setDefault(&c.MaxBackpressure, DefaultMaxBackpressure)
 	setDefault(&c.SlowConsumer, SlowConsumerClose)
 	setDefault(&c.UpgradeRate, DefaultUpgradeRate)
@@ -422,6 +461,15 @@ func NormalizeAPIPath(p string) string {
 func CheckPath(option, p string) error {
 	if !strings.HasPrefix(p, "/") {
 		return fmt.Errorf("%s must start with '/', got '%s'", option, p)
+	}
+	return nil
+}
+
+// CheckSSEKeepAlive checks the sse block's keepalive option. Proxies and
+// load balancers commonly drop a response quiet for 60 s, hence the cap.
+func CheckSSEKeepAlive(d time.Duration) error {
+	if d < MinKeepAlive || d > MaxKeepAlive {
+		return fmt.Errorf("sse keepalive must be between %.0fs and %.0fs, got '%s'", MinKeepAlive.Seconds(), MaxKeepAlive.Seconds(), d)
 	}
 	return nil
 }
@@ -550,8 +598,25 @@ func (c Config) Validate() error {
 			return fmt.Errorf("api path %q overlaps the websocket path %q", c.APIPath, c.Path)
 		}
 	}
+	if c.DashboardPath != "" {
+		if err := c.checkDashboard(); err != nil {
+			return err
+		}
+	}
 	if err := CheckKeepAlive(c.KeepAlive); err != nil {
 		return err
+	}
+	if c.SSEPath != "" {
+		if err := CheckPath("sse path", c.SSEPath); err != nil {
+			return err
+		}
+		if c.SSEPath == c.Path || c.SSEPath == c.AuthPath || (c.APIPath != "" && pathUnder(c.SSEPath, NormalizeAPIPath(c.APIPath))) ||
+			(c.DashboardPath != "" && pathUnder(c.SSEPath, c.DashboardPath)) {
+			return fmt.Errorf("sse path %q must differ from the websocket path and the auth_path and lie outside the api and dashboard paths", c.SSEPath)
+		}
+		if err := CheckSSEKeepAlive(c.SSEKeepAlive); err != nil {
+			return err
+		}
 	}
 	if c.JWT != nil {
 		if err := CheckJWT(c.JWT); err != nil {
@@ -670,6 +735,11 @@ func (c Config) Validate() error {
 	if c.MaxPayload < 1 {
 		return errors.New("max_payload must be positive")
 	}
+	if z := c.Compression; z != nil {
+		if err := CheckCompression(z.Level, z.MinSize); err != nil {
+			return err
+		}
+	}
 	if c.MaxBackpressure < 1 {
 		return errors.New("max_backpressure must be positive")
 	}
@@ -693,4 +763,16 @@ func remoteHost(r *http.Request) string {
 		return host
 	}
 	return strings.Trim(r.RemoteAddr, "[]") // no port
+}
+
+// CheckCompression checks a compression level (1-9; 0 means the default)
+// and minimum size (not negative).
+func CheckCompression(level, minSize int) error {
+	if level < 0 || level > 9 {
+		return fmt.Errorf("compression level %d: want 1 (fastest) to 9 (smallest)", level)
+	}
+	if minSize < 0 {
+		return errors.New("compression min_size must not be negative")
+	}
+	return nil
 }

@@ -105,3 +105,37 @@ func TestConfigValidateEnumerations(t *testing.T) {
 		}
 	}
 }
+
+func TestConfigValidateDashboard(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		cfg     Config
+		wantErr string
+	}{
+		{"a dashboard beside the api is accepted", Config{APIPath: "/_realtime", DashboardPath: "/_dashboard"}, ""},
+		{"a trailing slash is ignored", Config{DashboardPath: "/_dashboard/", DashboardAuth: DashboardAuthExternal}, ""},
+		{"a relative path is refused", Config{DashboardPath: "_dashboard"}, "dashboard path must start with '/'"},
+		{"the root would cover the websocket path", Config{DashboardPath: "/"}, "overlaps the websocket path"},
+		{"a dashboard over the websocket path is refused", Config{Path: "/rt/ws", DashboardPath: "/rt"}, "overlaps the websocket path"},
+		{"a dashboard inside the api is refused", Config{APIPath: "/_realtime", DashboardPath: "/_realtime/dash"}, `dashboard path "/_realtime/dash" overlaps the api path "/_realtime"`},
+		{"an api inside the dashboard is refused", Config{APIPath: "/ops/api", DashboardPath: "/ops"}, "overlaps the api path"},
+		{"an auth path inside the dashboard is refused", Config{AuthPath: "/ops/auth", DashboardPath: "/ops"}, "lies under the dashboard path"},
+		{"an unknown auth policy is refused", Config{DashboardPath: "/ops", DashboardAuth: "open"}, "unknown dashboard auth 'open': want key or external"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.cfg.WithDefaults().Validate()
+			if tc.wantErr == "" {
+				if err != nil {
+					t.Fatalf("Validate: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("Validate = %v, want an error containing %q", err, tc.wantErr)
+			}
+		})
+	}
+	if got := (Config{DashboardPath: "/ops/"}).WithDefaults(); got.DashboardPath != "/ops" || got.DashboardAuth != DashboardAuthKey {
+		t.Fatalf("defaults: path %q auth %q, want /ops and key", got.DashboardPath, got.DashboardAuth)
+	}
+}

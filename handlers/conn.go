@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"math"
 	"runtime/debug"
 	"strconv"
 	"sync"
@@ -17,7 +18,9 @@ import (
 	"github.com/caddy-realtime/realtime/extensions/wire"
 )
 
-// conn is one accepted WebSocket.
+// conn is one accepted WebSocket, or one SSE stream (sse.go): both are
+// the same hub subscriber with the same queue, policy and accounting; only
+// how a drained frame reaches the client differs.
 //
 // Goroutines: the read loop (started by the gateway after the upgrade, on a
 // fresh goroutine so its stack does not carry Caddy's middleware chain) owns
@@ -28,8 +31,10 @@ import (
 type conn struct {
 	g        *Gateway
 	ws       *websocket.Conn
-	cork     *corkConn // the socket under ws, which data frames are written to; nil in socketless test conns
-	id       string    // the welcome session id, also the connection id of the API and hooks
+	cork     *corkConn  // the socket under ws, which data frames are written to; nil in socketless test conns
+	deflate  *deflater  // set when the connection negotiated permessage-deflate
+	sse      *sseStream // set for an SSE stream, which has neither ws nor cork
+	id       string     // the welcome session id, also the connection id of the API and hooks
 	ip       string
 	identity json.RawMessage // the auth hook's object, or {}
 	user     string          // String(identity[user_key]); "" when absent
@@ -223,30 +228,44 @@ func (c *conn) writeLoop() {
 // a third of a fan-out's CPU; the corked socket write carries the write
 // timeout instead.
 func (c *conn) writeBatch(batch []outFrame) bool {
+	if c.sse != nil {
+		n, failed := c.sse.write(c, batch)
+		return c.wrote(batch, n, failed, n < len(batch))
+	}
 	c.cork.cork(c.g.settings().WriteTimeout)
-	var written, replayWritten int64
 	n := 0
 	failed, stopped := false, false
 	coalesce := c.batchCap.Load() && len(batch) > 1
+	// With compression, only frames that stay uncompressed are coalesced:
+	// a batch frame is built per connection, and compressing it would cost
+	// every subscriber a compression, where a shared frame costs one.
+	maxElem, d := math.MaxInt, c.deflate
+	if d != nil {
+		maxElem = d.minSize - 1
+	}
+	var zRaw, zWire int64 // bytes compressed, before and after
 	for i := 0; i < len(batch); {
 		b, k, buf := batch[i].b, 1, (*[]byte)(nil)
 		if coalesce {
-			b, k, buf = coalesceEnvelopes(batch[i:])
+			b, k, buf = coalesceEnvelopes(batch[i:], maxElem)
 		}
-		ok := c.cork.writeText(b)
+		var z []byte
+		if d != nil && buf == nil {
+			z = d.shared(b)
+		}
+		var ok bool
+		if z != nil {
+			ok = c.cork.writeText(z, true)
+			zRaw, zWire = zRaw+int64(len(b)), zWire+int64(len(z))
+		} else {
+			ok = c.cork.writeText(b, false)
+		}
 		putBatchBuf(buf, b)
 		if !ok {
 			// Closing (slow consumer, shutdown: the close frame goes
 			// next), or a write failed, which uncork reports.
 			stopped = true
 			break
-		}
-		for _, f := range batch[i : i+k] {
-			if f.exempt {
-				replayWritten += int64(len(f.b))
-			} else {
-				written += int64(len(f.b))
-			}
 		}
 		n += k
 		i += k
@@ -256,12 +275,31 @@ func (c *conn) writeBatch(batch []outFrame) bool {
 	if c.cork.uncork() != nil {
 		failed = true
 	}
+	if zRaw > 0 {
+		c.g.m.compressedRaw.Add(float64(zRaw))
+		c.g.m.compressedWire.Add(float64(zWire))
+	}
+	return c.wrote(batch, n, failed, stopped)
+}
+
+// wrote accounts for the first n frames of batch, written; failed means a
+// write failed or timed out, stopped that the connection began closing.
+// It reports whether the write loop goes on.
+func (c *conn) wrote(batch []outFrame, n int, failed, stopped bool) bool {
 	if failed {
 		// A failed or timed-out write: that is the policy for a client
 		// that stopped reading (coder/websocket#242 closes the socket on
 		// a timed-out write too).
 		c.markClosed()
-		c.ws.CloseNow()
+		c.closeNow()
+	}
+	var written, replayWritten int64
+	for _, f := range batch[:n] {
+		if f.exempt {
+			replayWritten += int64(len(f.b))
+		} else {
+			written += int64(len(f.b))
+		}
 	}
 	now := c.g.now()
 	c.lastWrite.Store(now.UnixNano())
@@ -298,13 +336,14 @@ var envelopePrefix = []byte(`{"topic":`)
 // client with the batch cap handles the elements as separate frames, in
 // order (§7.2), and the gateway frames and copies once for the lot: when
 // queues build up under load, that is most of a delivery's cost.
-func coalesceEnvelopes(frames []outFrame) (b []byte, k int, buf *[]byte) {
-	if len(frames) < 2 || !isEnvelope(frames[0].b) || !isEnvelope(frames[1].b) {
+func coalesceEnvelopes(frames []outFrame, maxElem int) (b []byte, k int, buf *[]byte) {
+	fits := func(f []byte) bool { return len(f) <= maxElem && isEnvelope(f) }
+	if len(frames) < 2 || !fits(frames[0].b) || !fits(frames[1].b) {
 		return frames[0].b, 1, nil
 	}
 	size := len(wire.BatchOpen) + len(wire.BatchClose) + len(frames[0].b)
 	k = 1
-	for k < len(frames) && isEnvelope(frames[k].b) && size+1+len(frames[k].b) <= wire.MaxBatchFrame {
+	for k < len(frames) && fits(frames[k].b) && size+1+len(frames[k].b) <= wire.MaxBatchFrame {
 		size += 1 + len(frames[k].b)
 		k++
 	}
@@ -348,8 +387,23 @@ func (c *conn) closeWith(code websocket.StatusCode, reason string) {
 	c.closeOnce.Do(func() {
 		c.markClosed()
 		c.g.m.closed(strconv.Itoa(int(code)))
+		if c.sse != nil {
+			c.sse.finish(int(code), reason)
+			return
+		}
 		_ = c.ws.Close(code, reason)
 	})
+}
+
+// closeNow drops the connection without a close handshake: the socket
+// closes, or the SSE stream ends; the read loop (or the SSE request)
+// then cleans up.
+func (c *conn) closeNow() {
+	if c.sse != nil {
+		c.sse.end()
+		return
+	}
+	c.ws.CloseNow()
 }
 
 // closeAsync runs closeWith on a goroutine the gateway waits for. A
@@ -371,7 +425,7 @@ func (c *conn) recoverPanic(where string) {
 		c.g.logger.Error("panic in connection goroutine; closing the connection",
 			zap.String("where", where), zap.String("connection", c.id),
 			zap.Any("panic", r), zap.ByteString("stack", debug.Stack()))
-		c.ws.CloseNow()
+		c.closeNow()
 	}
 }
 
@@ -508,7 +562,7 @@ func (c *conn) cleanup() {
 	// The hook queue stays: what the client sent before it went away is
 	// the app's, and the worker posts it in order within the hook timeout.
 	c.g.unregister(c)
-	c.ws.CloseNow()
+	c.closeNow()
 }
 
 func (c *conn) subscriptionCount() int { return int(c.nsubs.Load()) }

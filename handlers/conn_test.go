@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -455,7 +456,7 @@ func TestCoalesceEnvelopes(t *testing.T) {
 
 	var got []string
 	for i := 0; i < len(frames); {
-		b, k, buf := coalesceEnvelopes(frames[i:])
+		b, k, buf := coalesceEnvelopes(frames[i:], math.MaxInt)
 		got = append(got, string(b))
 		putBatchBuf(buf, b)
 		i += k
@@ -476,7 +477,7 @@ func TestCoalesceEnvelopes(t *testing.T) {
 	}
 	var sizes []int
 	for i := 0; i < len(big); {
-		b, k, buf := coalesceEnvelopes(big[i:])
+		b, k, buf := coalesceEnvelopes(big[i:], math.MaxInt)
 		if len(b) > wire.MaxBatchFrame {
 			t.Fatalf("batch frame of %d bytes", len(b))
 		}

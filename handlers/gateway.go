@@ -5,7 +5,8 @@
 // A Gateway is safe for concurrent use. It owns its goroutines: one read
 // loop per connection, a write loop per connection only while frames are
 // queued, a message-hook worker per connection only while messages wait,
-// and one sweeper; Close stops them all.
+// a sweeper and the other once-a-second loops, and a dashboard sampler;
+// Close stops them all.
 package handlers
 
 import (
@@ -27,6 +28,7 @@ import (
 	"github.com/caddy-realtime/realtime/extensions/bus"
 	"github.com/caddy-realtime/realtime/extensions/ratelimit"
 	"github.com/caddy-realtime/realtime/extensions/replay"
+	"github.com/caddy-realtime/realtime/extensions/snapshot"
 	"github.com/caddy-realtime/realtime/extensions/wire"
 )
 
@@ -62,6 +64,11 @@ type Options struct {
 
 	// Backends builds the extensions' state. Default: memory backends.
 	Backends Backends
+
+	// Snapshots shares the dashboard's stats snapshots with the other
+	// instances of a cluster (dashboard_stats.go). Default: none, the
+	// dashboard shows this instance only.
+	Snapshots snapshot.Store
 }
 
 // logPanic logs a panic recovered in one of the gateway's goroutines, with
@@ -125,6 +132,9 @@ type Gateway struct {
 	memoryBase uint64 // where memory replay stores count from (memoryBase)
 
 	tokens tokenState // the jwt verifier and its JWKS fetcher (token.go)
+
+	dash      dashState      // the dashboard's sampler and viewers (dashboard_stats.go)
+	snapshots snapshot.Store // nil: no cluster view
 
 	fillSem   chan struct{} // bounds the live fills reading stores at once (order.go)
 	resyncSig chan struct{} // the bus may have missed units (order.go)
@@ -223,8 +233,9 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 			// identity or the authorization from another endpoint.
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
-		upgrades: newIPWindow(),
-		started:  cfg.Now(),
+		upgrades:  newIPWindow(),
+		started:   cfg.Now(),
+		snapshots: opts.Snapshots,
 	}
 	g.conns.init()
 	if hasMemoryReplay(cfg.Replay) {
@@ -284,10 +295,11 @@ func New(cfg Config, opts Options) (*Gateway, error) {
 	g.bus = b
 	g.router, _ = b.(bus.Router)
 	g.holdStaticRoutes()
-	g.wg.Add(3)
+	g.wg.Add(4)
 	go g.sweeper()
 	go g.backendLoop()
 	go g.resyncLoop()
+	go g.dashboardLoop()
 	// Last: a notification publishes through the hub, stores and bus.
 	for _, nb := range g.notify {
 		nb.l.Start()
@@ -314,17 +326,35 @@ func (g *Gateway) Reconfigure(cfg Config) error {
 func (g *Gateway) settings() *settings { return g.cfg.Load() }
 func (g *Gateway) now() time.Time      { return g.settings().Now() }
 
-// ServeHTTP serves the gateway's two paths: WebSocket upgrades on Path and
-// the API under APIPath. It reports false, writing nothing, for every other
-// request, which the caller passes on (to reverse_proxy, typically).
+// ServeHTTP serves the gateway's paths: WebSocket upgrades on Path, SSE
+// streams on SSEPath, the auth preflight and the API under APIPath. It
+// reports false, writing nothing, for every other request, which the
+// caller passes on (to reverse_proxy, typically).
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) bool {
+	return g.ServeHTTPUntil(w, r, nil)
+}
+
+// ServeHTTPUntil is ServeHTTP for a server that goes away before the
+// gateway does: once unload is closed (Caddy unloading the configuration
+// whose server took the request, on a reload) the SSE streams it serves
+// end, spread over ShutdownSpread, and their clients reconnect to the
+// server that replaced it. A WebSocket, hijacked from its server, stays.
+func (g *Gateway) ServeHTTPUntil(w http.ResponseWriter, r *http.Request, unload <-chan struct{}) bool {
 	s := g.settings()
 	if s.APIPath != "" && pathUnder(r.URL.Path, s.APIPath) {
 		g.serveAPI(w, r, s)
 		return true
 	}
+	if s.DashboardPath != "" && pathUnder(r.URL.Path, s.DashboardPath) {
+		g.serveDashboard(w, r, s)
+		return true
+	}
 	if s.AuthPath != "" && s.AuthPath != AuthPathOff && r.URL.Path == s.AuthPath {
 		g.servePreflight(w, r, s)
+		return true
+	}
+	if s.SSEPath != "" && r.URL.Path == s.SSEPath {
+		g.serveSSE(w, r, s, unload)
 		return true
 	}
 	if r.URL.Path != s.Path || !isUpgrade(r) {
@@ -416,7 +446,7 @@ func (g *Gateway) drain(ctx context.Context) error {
 			// Read loops end when their socket closes; closeWith closed
 			// every socket above, this catches any that slipped past.
 			for _, c := range g.conns.all() {
-				c.ws.CloseNow()
+				c.closeNow()
 			}
 			g.wg.Wait()
 			close(done)
@@ -427,7 +457,7 @@ func (g *Gateway) drain(ctx context.Context) error {
 			g.cancel()
 			g.stopPosting()
 			for _, c := range g.conns.all() {
-				c.ws.CloseNow()
+				c.closeNow()
 			}
 			err = ctx.Err()
 		}
@@ -506,6 +536,16 @@ func (g *Gateway) safely(where string, f func()) {
 func (g *Gateway) sweepConns(s *settings, now time.Time) {
 	n := now.UnixNano()
 	for _, c := range g.conns.all() {
+		if c.sse != nil {
+			// An SSE client sends nothing to time out on: a dead one is
+			// found by its failing writes (the keep-alive comments bound
+			// how long that takes) and by its request's context.
+			if n-c.lastWrite.Load() >= int64(s.SSEKeepAlive) {
+				c.lastWrite.Store(n)
+				c.send(wire.HeartbeatFrame)
+			}
+			continue
+		}
 		if n-c.lastRead.Load() > int64(s.IdleTimeout) {
 			// Half-open or silent: the read loop ends and cleans up (docs/design.md, conventions §9.5).
 			c.ws.CloseNow()
@@ -607,6 +647,9 @@ func (x *connIndex) count() int {
 func (g *Gateway) unregister(c *conn) {
 	g.conns.remove(c)
 	g.m.connections.Dec()
+	if c.sse != nil {
+		g.m.sseConnections.Dec()
+	}
 }
 
 // ShutdownBudget is how long Close may take before it gives up waiting:
@@ -624,6 +667,7 @@ func (g *Gateway) setHealth(healthy bool) {
 		return
 	}
 	metricBusHealthy.WithLabelValues(g.m.name, g.busName).Set(boolGauge(healthy))
+	g.dash.busChanged(healthy, time.Now())
 	event := "recovered"
 	if !healthy {
 		event = "degraded"

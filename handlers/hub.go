@@ -49,7 +49,11 @@ type topic struct {
 	list    []*conn // snapshot of subs for fan-out; nil when stale
 	seq     uint64
 	lastPub time.Time
-	dead    bool // removed from the index; holders must look up again
+	// pubs counts the events delivered on the topic; sampled is its value
+	// at the dashboard's last sample (topStats), which turns it into a
+	// rate without a map of every topic.
+	pubs, sampled uint64
+	dead          bool // removed from the index; holders must look up again
 
 	order order // ordered topics only: what was delivered, what waits
 }
@@ -154,6 +158,17 @@ func (h *hub) head(name string) uint64 {
 	return t.seq
 }
 
+// subscribers returns the number of name's subscribers on this instance.
+func (h *hub) subscribers(name string) int {
+	t := h.lookup(name, false)
+	if t == nil {
+		return 0
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.subs)
+}
+
 func (t *topic) snapshot() []*conn {
 	if t.list == nil {
 		t.list = make([]*conn, 0, len(t.subs))
@@ -189,6 +204,7 @@ func (h *hub) publish(msgs []bus.Message, stamp bool, unstamped []bool, now time
 // locked. It returns the number of enqueued frames.
 func (t *topic) deliverLocked(m *bus.Message, now time.Time) int {
 	t.lastPub = now
+	t.pubs++
 	frame := wire.AppendEnvelope(make([]byte, 0, wire.EnvelopeSize(m.Topic, m.Event, m.Data, m.Seq)), m.Topic, m.Event, m.Data, m.Seq)
 	n := 0
 	for _, c := range t.snapshot() {
@@ -247,6 +263,7 @@ func (h *hub) publishBatch(msgs []bus.Message, stamp bool, unstamped []bool, now
 			}
 		}
 		t.lastPub = now
+		t.pubs++
 		envs[i] = wire.AppendEnvelope(make([]byte, 0, wire.EnvelopeSize(m.Topic, m.Event, m.Data, m.Seq)), m.Topic, m.Event, m.Data, m.Seq)
 	}
 	return h.deliverBatch(msgs, envs, names, locked, now)
@@ -420,6 +437,77 @@ func (h *hub) topicCount() int {
 		s.mu.RUnlock()
 	}
 	return n
+}
+
+// TopicStat is one topic of the dashboard's busiest lists.
+type TopicStat struct {
+	Topic       string `json:"topic"`
+	Subscribers int    `json:"subscribers"`
+	// Publishes is the events delivered on the topic since the previous
+	// sample; PerSecond divides it by the time between the samples.
+	Publishes uint64  `json:"publishes"`
+	PerSecond float64 `json:"per_second"`
+	// Head is the topic's last seq: its replay store's, if it has one,
+	// else this instance's counter. Presence is its presence count, or
+	// -1 without presence; both are filled outside the hub's locks.
+	Head     uint64 `json:"head"`
+	Presence int    `json:"presence"`
+}
+
+// topStats walks the index once, taking each topic's lock briefly, and
+// returns the n topics with the most subscribers, the n with the most
+// publishes since the previous call, and the number of topics with a
+// subscriber. It is the dashboard sampler's (one caller at a time: it
+// resets each topic's sample); its cost is O(topics), none per connection.
+func (h *hub) topStats(n int, elapsed time.Duration) (bySubs, byPubs []TopicStat, subscribed int) {
+	secs := elapsed.Seconds()
+	for i := range h.shards {
+		s := &h.shards[i]
+		s.mu.RLock()
+		for _, t := range s.topics {
+			t.mu.Lock()
+			st := TopicStat{Topic: t.name, Subscribers: len(t.subs), Publishes: t.pubs - t.sampled, Head: t.seq, Presence: -1}
+			t.sampled = t.pubs
+			t.mu.Unlock()
+			if st.Subscribers > 0 {
+				subscribed++
+			}
+			if secs > 0 {
+				st.PerSecond = float64(st.Publishes) / secs
+			}
+			if st.Subscribers > 0 {
+				bySubs = keepTop(bySubs, st, n, func(a, b TopicStat) bool { return a.Subscribers > b.Subscribers })
+			}
+			if st.Publishes > 0 {
+				byPubs = keepTop(byPubs, st, n, func(a, b TopicStat) bool { return a.Publishes > b.Publishes })
+			}
+		}
+		s.mu.RUnlock()
+	}
+	return bySubs, byPubs, subscribed
+}
+
+// keepTop inserts st into top, kept sorted by more (ties by name) and at
+// most n long. Once top is full a topic must beat the last one outright:
+// comparing the names of ties with it was a fifth of a sample of 100 000
+// one-subscriber topics (BenchmarkDashboardSample_100000Topics).
+func keepTop(top []TopicStat, st TopicStat, n int, more func(a, b TopicStat) bool) []TopicStat {
+	if len(top) >= n && !more(st, top[len(top)-1]) {
+		return top
+	}
+	before := func(a, b TopicStat) bool { return more(a, b) || (!more(b, a) && a.Topic < b.Topic) }
+	i := len(top)
+	for i > 0 && before(st, top[i-1]) {
+		i--
+	}
+	if i >= n {
+		return top
+	}
+	top = slices.Insert(top, i, st)
+	if len(top) > n {
+		top = top[:n]
+	}
+	return top
 }
 
 // enqueueAbove enqueues, one by one, the envelopes (all, or those at idx)

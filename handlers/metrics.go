@@ -12,8 +12,16 @@ import (
 var (
 	metricConnections = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: "caddy", Subsystem: "realtime", Name: "connections",
-		Help: "Open WebSocket connections.",
+		Help: "Open connections: WebSockets and SSE streams.",
 	}, []string{"gateway"})
+	metricSSEConnections = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "caddy", Subsystem: "realtime", Name: "sse_connections",
+		Help: "Open SSE streams (counted in connections too).",
+	}, []string{"gateway"})
+	metricSSERequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "realtime", Name: "sse_requests_total",
+		Help: "SSE stream requests by result (200 or the HTTP status of the refusal).",
+	}, []string{"gateway", "code"})
 	metricSubscriptions = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: "caddy", Subsystem: "realtime", Name: "subscriptions",
 		Help: "Topic subscriptions held by open connections.",
@@ -38,6 +46,10 @@ var (
 		Namespace: "caddy", Subsystem: "realtime", Name: "bytes_out_total",
 		Help: "Payload bytes written to clients.",
 	}, []string{"gateway"})
+	metricCompressed = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "realtime", Name: "compressed_bytes_total",
+		Help: "Data frames written compressed (permessage-deflate), in bytes: stage raw (before compression) and wire (after).",
+	}, []string{"gateway", "stage"})
 	metricDropped = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "realtime", Name: "dropped_total",
 		Help: "Frames dropped, by reason: slow_consumer, rate_limited, no_message_hook, hook_queue_full, hook_busy, oversized, cursor, duplicate (an event of a replayed topic a live fill had delivered already).",
@@ -91,7 +103,8 @@ var (
 )
 
 var allMetrics = []prometheus.Collector{
-	metricConnections, metricSubscriptions, metricUpgrades, metricFramesIn, metricBytesIn,
+	metricCompressed,
+	metricConnections, metricSSEConnections, metricSSERequests, metricSubscriptions, metricUpgrades, metricFramesIn, metricBytesIn,
 	metricFramesOut, metricBytesOut, metricDropped, metricClosed, metricPublished,
 	metricDeliveryLatency, metricHookDuration, metricHookErrors, metricNotifyReceived, metricNotifyDropped,
 	metricFills, metricFilled, metricTruncated, metricBusHealthy,
@@ -115,7 +128,9 @@ func RegisterMetrics(reg prometheus.Registerer) error {
 // path never looks labels up.
 type gatewayMetrics struct {
 	connections, subscriptions     prometheus.Gauge
+	sseConnections                 prometheus.Gauge
 	framesOut, bytesOut, bytesIn   prometheus.Counter
+	compressedRaw, compressedWire  prometheus.Counter
 	dropSlow, dropRate, dropNoHook prometheus.Counter
 	dropHookQueue, dropHookBusy    prometheus.Counter
 	dropOversized, dropCursor      prometheus.Counter
@@ -126,22 +141,25 @@ type gatewayMetrics struct {
 
 func newGatewayMetrics(name string) *gatewayMetrics {
 	return &gatewayMetrics{
-		name:          name,
-		connections:   metricConnections.WithLabelValues(name),
-		subscriptions: metricSubscriptions.WithLabelValues(name),
-		framesOut:     metricFramesOut.WithLabelValues(name),
-		bytesOut:      metricBytesOut.WithLabelValues(name),
-		bytesIn:       metricBytesIn.WithLabelValues(name),
-		dropSlow:      metricDropped.WithLabelValues(name, "slow_consumer"),
-		dropRate:      metricDropped.WithLabelValues(name, "rate_limited"),
-		dropNoHook:    metricDropped.WithLabelValues(name, "no_message_hook"),
-		dropHookQueue: metricDropped.WithLabelValues(name, "hook_queue_full"),
-		dropHookBusy:  metricDropped.WithLabelValues(name, "hook_busy"),
-		dropOversized: metricDropped.WithLabelValues(name, "oversized"),
-		dropCursor:    metricDropped.WithLabelValues(name, "cursor"),
-		dropDuplicate: metricDropped.WithLabelValues(name, "duplicate"),
-		filled:        metricFilled.WithLabelValues(name),
-		latency:       metricDeliveryLatency.WithLabelValues(name),
+		name:           name,
+		connections:    metricConnections.WithLabelValues(name),
+		subscriptions:  metricSubscriptions.WithLabelValues(name),
+		sseConnections: metricSSEConnections.WithLabelValues(name),
+		framesOut:      metricFramesOut.WithLabelValues(name),
+		bytesOut:       metricBytesOut.WithLabelValues(name),
+		bytesIn:        metricBytesIn.WithLabelValues(name),
+		compressedRaw:  metricCompressed.WithLabelValues(name, "raw"),
+		compressedWire: metricCompressed.WithLabelValues(name, "wire"),
+		dropSlow:       metricDropped.WithLabelValues(name, "slow_consumer"),
+		dropRate:       metricDropped.WithLabelValues(name, "rate_limited"),
+		dropNoHook:     metricDropped.WithLabelValues(name, "no_message_hook"),
+		dropHookQueue:  metricDropped.WithLabelValues(name, "hook_queue_full"),
+		dropHookBusy:   metricDropped.WithLabelValues(name, "hook_busy"),
+		dropOversized:  metricDropped.WithLabelValues(name, "oversized"),
+		dropCursor:     metricDropped.WithLabelValues(name, "cursor"),
+		dropDuplicate:  metricDropped.WithLabelValues(name, "duplicate"),
+		filled:         metricFilled.WithLabelValues(name),
+		latency:        metricDeliveryLatency.WithLabelValues(name),
 	}
 }
 
@@ -151,7 +169,10 @@ func (m *gatewayMetrics) frameIn(kind string, n int) {
 }
 
 func (m *gatewayMetrics) upgrade(code string) { metricUpgrades.WithLabelValues(m.name, code).Inc() }
-func (m *gatewayMetrics) closed(code string)  { metricClosed.WithLabelValues(m.name, code).Inc() }
+func (m *gatewayMetrics) sseRequest(code string) {
+	metricSSERequests.WithLabelValues(m.name, code).Inc()
+}
+func (m *gatewayMetrics) closed(code string) { metricClosed.WithLabelValues(m.name, code).Inc() }
 func (m *gatewayMetrics) published(source string, n int) {
 	metricPublished.WithLabelValues(m.name, source).Add(float64(n))
 }

@@ -101,22 +101,28 @@ func (c *corkConn) cork(timeout time.Duration) {
 }
 
 // writeText adds one text message, as a single unmasked frame, to the
-// corked buffer. It reports false, writing nothing, once the connection
-// is closing or a write failed.
-func (c *corkConn) writeText(p []byte) bool {
+// corked buffer; with deflated set, p is the message compressed for
+// permessage-deflate and the frame carries RSV1 (RFC 7692 §6). It reports
+// false, writing nothing, once the connection is closing or a write
+// failed.
+func (c *corkConn) writeText(p []byte, deflated bool) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closing || c.err != nil || !c.corked {
 		return false
 	}
 	b := *c.buf
+	first := byte(0x81) // FIN, text
+	if deflated {
+		first |= 0x40 // RSV1
+	}
 	switch n := len(p); {
 	case n < 126:
-		b = append(b, 0x81, byte(n))
+		b = append(b, first, byte(n))
 	case n < 1<<16:
-		b = append(b, 0x81, 126, byte(n>>8), byte(n))
+		b = append(b, first, 126, byte(n>>8), byte(n))
 	default:
-		b = append(b, 0x81, 127, 0, 0, 0, 0, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+		b = append(b, first, 127, 0, 0, 0, 0, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
 	}
 	*c.buf = append(b, p...)
 	if len(*c.buf) >= corkFlushAt {

@@ -260,6 +260,7 @@ func (g *Gateway) deliverLockedAll(t *topic, msgs []bus.Message) {
 		envs[i] = wire.AppendEnvelope(make([]byte, 0, wire.EnvelopeSize(m.Topic, m.Event, m.Data, m.Seq)), m.Topic, m.Event, m.Data, m.Seq)
 	}
 	t.lastPub = now
+	t.pubs += uint64(len(msgs))
 	_, _ = g.hub.deliverBatch(msgs, envs, []string{t.name}, map[string]*topic{t.name: t}, now)
 }
 

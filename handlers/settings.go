@@ -18,6 +18,10 @@ type settings struct {
 
 	// DropSlow is SlowConsumer == SlowConsumerDrop, read on every send.
 	DropSlow bool
+
+	// deflate compresses data frames for the connections that negotiated
+	// permessage-deflate; nil: compression off.
+	deflate *deflater
 }
 
 func newSettings(c Config) *settings {
@@ -42,6 +46,9 @@ func newSettings(c Config) *settings {
 		return make(chan struct{}, h.MaxInFlight)
 	}
 	s.authSem, s.subSem, s.msgSem = sem(c.Auth), sem(c.SubscribeHook), sem(c.MessageHook)
+	if c.Compression != nil {
+		s.deflate = newDeflater(*c.Compression)
+	}
 	return s
 }
 

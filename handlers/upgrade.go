@@ -114,11 +114,20 @@ func (g *Gateway) serveUpgrade(w http.ResponseWriter, r *http.Request, s *settin
 	c := &conn{g: g, id: uuid.NewString(), ip: ip, identity: identity, grant: grant}
 	alive := func() { c.lastRead.Store(time.Now().UnixNano()) }
 	hw := &smallHijacker{ResponseWriter: w}
-	ws, err := websocket.Accept(hw, r, &websocket.AcceptOptions{
+	opts := &websocket.AcceptOptions{
 		InsecureSkipVerify: true, // the origin policy above already ran, with our own rules
 		OnPongReceived:     func(context.Context, []byte) { alive() },
 		OnPingReceived:     func(context.Context, []byte) bool { alive(); return true },
-	})
+	}
+	if s.deflate != nil {
+		// No context takeover either way: one compressed frame serves
+		// every subscriber (deflate.go), and no connection holds a
+		// compression window. The library inflates what clients send;
+		// the read limit applies to the inflated message.
+		opts.CompressionMode = websocket.CompressionNoContextTakeover
+		opts.CompressionThreshold = s.deflate.minSize
+	}
+	ws, err := websocket.Accept(hw, r, opts)
 	if err != nil {
 		// Accept has written the response itself.
 		code = "accept_error"
@@ -127,6 +136,9 @@ func (g *Gateway) serveUpgrade(w http.ResponseWriter, r *http.Request, s *settin
 	}
 	ws.SetReadLimit(s.MaxPayload)
 	c.ws, c.cork = ws, hw.cork
+	if s.deflate != nil && strings.HasPrefix(w.Header().Get("Sec-WebSocket-Extensions"), "permessage-deflate") {
+		c.deflate = s.deflate
+	}
 	g.start(c, s)
 }
 
@@ -134,6 +146,17 @@ func (g *Gateway) serveUpgrade(w http.ResponseWriter, r *http.Request, s *settin
 // on a fresh goroutine, letting the request goroutine (and its deep stack)
 // end.
 func (g *Gateway) start(c *conn, s *settings) {
+	if !g.register(c, s) {
+		_ = c.ws.Close(websocket.StatusGoingAway, "Server shutting down")
+		return
+	}
+	go c.readLoop()
+}
+
+// register adds an opened connection to the gateway, counting its read
+// loop (or SSE request) in g.wg, queues its welcome and arms its token's
+// expiry. It reports false, registering nothing, once Close has begun.
+func (g *Gateway) register(c *conn, s *settings) bool {
 	c.user = userOf(c.identity, s.UserKey)
 	now := s.Now().UnixNano()
 	c.lastRead.Store(now)
@@ -144,16 +167,20 @@ func (g *Gateway) start(c *conn, s *settings) {
 	g.lifeMu.RLock()
 	if g.draining.Load() {
 		g.lifeMu.RUnlock()
-		_ = c.ws.Close(websocket.StatusGoingAway, "Server shutting down")
-		return
+		return false
 	}
+	g.wg.Add(1)
+	// Queued before the connection can be found (a health event, a send
+	// by user), so welcome is its first frame (§2.3).
+	c.send(wire.Welcome(c.id))
 	g.conns.add(c)
 	g.m.connections.Inc()
-	g.wg.Add(1)
+	if c.sse != nil {
+		g.m.sseConnections.Inc()
+	}
 	g.lifeMu.RUnlock()
 	c.armExpiry(s.Now())
-	c.send(wire.Welcome(c.id))
-	go c.readLoop()
+	return true
 }
 
 // userOf returns String(identity[key]) as JavaScript would print it, for

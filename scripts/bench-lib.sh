@@ -100,25 +100,27 @@ stop_server() {
 	fi
 }
 
-# start_ours: a fresh gateway process (memory figures need a fresh heap).
+# start_ours [CADDYFILE]: a fresh gateway process (memory figures need a
+# fresh heap), on the bench's Caddyfile unless another is named.
 start_ours() {
 	stop_server
 	for p in "$RT_PORT" "$RT_ADMIN_PORT"; do
 		port_busy "$p" && { echo "port $p is taken: set RT_PORT / RT_ADMIN_PORT" >&2; return 1; }
 	done
-	"$CADDY" run --config "$BENCH_DIR/Caddyfile" --adapter caddyfile >>"$BENCH_DIR/caddy.log" 2>&1 &
+	"$CADDY" run --config "${1:-$BENCH_DIR/Caddyfile}" --adapter caddyfile >>"$BENCH_DIR/caddy.log" 2>&1 &
 	SERVER_PID=$!
 	wait_http "http://127.0.0.1:$RT_PORT/_realtime/health"
 	wait_http "http://localhost:$RT_ADMIN_PORT/metrics"
 }
 
-# start_centrifugo: a fresh Centrifugo process; CENTRIFUGO names the binary.
+# start_centrifugo [CONFIG]: a fresh Centrifugo process; CENTRIFUGO names
+# the binary.
 start_centrifugo() {
 	stop_server
 	for p in "$CF_PORT" "$CF_INTERNAL_PORT"; do
 		port_busy "$p" && { echo "port $p is taken: set CF_PORT / CF_INTERNAL_PORT" >&2; return 1; }
 	done
-	"$CENTRIFUGO" -c "$BENCH_DIR/centrifugo.json" >>"$BENCH_DIR/centrifugo.log" 2>&1 &
+	"$CENTRIFUGO" -c "${1:-$BENCH_DIR/centrifugo.json}" >>"$BENCH_DIR/centrifugo.log" 2>&1 &
 	SERVER_PID=$!
 	wait_http "http://127.0.0.1:$CF_INTERNAL_PORT/metrics"
 }

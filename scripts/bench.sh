@@ -11,7 +11,10 @@
 # connect (10k), reconnect (10k with resume), cluster (1k subscribers on
 # one of two instances sharing a throwaway redis-server, publishes through
 # the other: closed-loop peak, then latency at half of it; not in the
-# default set, run `./scripts/bench.sh cluster`).
+# default set, run `./scripts/bench.sh cluster`), compression (1 topic ×
+# 2k subscribers, 2 KiB JSON payloads at a fixed rate, without and with
+# permessage-deflate: server CPU and bytes written per delivery; not in the
+# default set either).
 #
 # Each scenario gets a fresh Caddy built from ./cmd/caddy (or CADDY_BIN), on loopback
 # ports 18080 (admin 12999); JSON reports and profiles land in $BENCH_DIR
@@ -27,6 +30,9 @@ source scripts/bench-lib.sh
 : "${CONNECT_N:=10000}"
 : "${RECONNECT_N:=10000}"
 : "${CLUSTER_N:=1000}"
+: "${COMPRESS_N:=2000}"
+: "${COMPRESS_RATE:=25}"
+: "${COMPRESS_SIZE:=2048}"
 : "${CLUSTER_TOPIC:=fanout}"
 : "${RAMP_FACTOR:=1.3}"
 : "${STEP:=5s}"
@@ -138,8 +144,30 @@ for s in "${scenarios[@]}"; do
 			stop_cluster
 		done
 		;;
+	compression)
+		# The same fan-out twice: uncompressed, then with `compression` on
+		# and every client offering permessage-deflate. A fixed rate keeps
+		# the bench's own inflating off the server's cores' budget.
+		sed 's/^\t\tkeepalive 60s/\t\tkeepalive 60s\n\t\tcompression/' "$BENCH_DIR/Caddyfile" >"$BENCH_DIR/Caddyfile.deflate"
+		grep -q $'^\t\tcompression' "$BENCH_DIR/Caddyfile.deflate" || { echo "compression: could not add the option to the Caddyfile" >&2; exit 1; }
+		for mode in plain deflate; do
+			say "compression: 1 topic × $COMPRESS_N subscribers, $COMPRESS_SIZE-byte JSON at $COMPRESS_RATE/s: $mode"
+			flags=""
+			if [[ $mode == deflate ]]; then
+				start_ours "$BENCH_DIR/Caddyfile.deflate"
+				flags=-compress
+			else
+				start_ours
+			fi
+			profile_cpu "compression-$mode" 8 $((COMPRESS_N / 2000 + 6))
+			bench fanout -n "$COMPRESS_N" -size "$COMPRESS_SIZE" -shape json -rate "$COMPRESS_RATE" -duration 10s -warmup 2s \
+				$flags $(ours_args) -o "$BENCH_DIR/compression-$mode.json"
+			profile_wait
+		done
+		bench compare "plain=$BENCH_DIR/compression-plain.json" "deflate=$BENCH_DIR/compression-deflate.json"
+		;;
 	*)
-		echo "unknown scenario $s (idle, idle-presence, fanout, connect, reconnect, cluster)" >&2
+		echo "unknown scenario $s (idle, idle-presence, fanout, connect, reconnect, cluster, compression)" >&2
 		exit 2
 		;;
 	esac

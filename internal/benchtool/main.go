@@ -54,6 +54,8 @@ type config struct {
 
 	topic          string
 	size           int
+	shape          string // payload shape: pad or json
+	compress       bool   // offer permessage-deflate
 	rates          []float64
 	ramp           bool
 	rateStart      float64
@@ -181,6 +183,8 @@ func parseFlags(scenario string, args []string) (*config, error) {
 	fs.DurationVar(&cfg.timeout, "timeout", 30*time.Second, "limit on one connection's dial, upgrade and subscribe")
 	fs.StringVar(&cfg.topic, "topic", "fanout", "topic of the fanout and connect scenarios")
 	fs.IntVar(&cfg.size, "size", 100, "publish payload (the data JSON) in bytes, timestamp included (at least 35)")
+	fs.StringVar(&cfg.shape, "shape", "pad", "publish payload shape: pad (a run of x, compresses to nothing) or json (a list of\ntodo-like objects, as dashboards and lists publish)")
+	fs.BoolVar(&cfg.compress, "compress", false, "offer permessage-deflate (no context takeover) on every connection, and inflate\nwhat comes compressed")
 	fs.StringVar(&rates, "rate", "", "fanout: publishes per second, a comma-separated list run as steps; 0 or max: closed loop (see -window)")
 	fs.BoolVar(&cfg.ramp, "ramp", false, "fanout: raise the rate by -ramp-factor from -rate-start each step until two steps in a row fail")
 	fs.Float64Var(&cfg.rateStart, "rate-start", 10, "fanout -ramp: first rate")
@@ -236,6 +240,12 @@ func parseFlags(scenario string, args []string) (*config, error) {
 			return nil, err
 		}
 		cfg.sourceIPs = append(cfg.sourceIPs, ips...)
+	}
+	if cfg.shape != "pad" && cfg.shape != "json" {
+		return nil, fmt.Errorf("-shape %q: want pad or json", cfg.shape)
+	}
+	if cfg.shape == "json" && cfg.size < 64 {
+		return nil, fmt.Errorf("-size %d: a json payload needs at least 64 bytes", cfg.size)
 	}
 	if cfg.size < 35 {
 		return nil, fmt.Errorf("-size %d: the payload needs at least 35 bytes", cfg.size)

@@ -32,6 +32,7 @@ type serverSample struct {
 	At         time.Time `json:"-"`
 	RSS        int64     `json:"rss_bytes"`
 	CPUTicks   int64     `json:"-"`
+	Written    int64     `json:"-"` // bytes the process wrote through syscalls (/proc/<pid>/io wchar)
 	Goroutines int64     `json:"goroutines"`
 	HeapInuse  int64     `json:"heap_inuse_bytes"`
 	StackInuse int64     `json:"stack_inuse_bytes"`
@@ -43,10 +44,11 @@ func newServerProbe(pid int, admin string) *serverProbe {
 }
 
 func (p *serverProbe) sample() serverSample {
-	s := serverSample{At: time.Now(), RSS: -1, CPUTicks: -1, Goroutines: -1, HeapInuse: -1, StackInuse: -1, GoSys: -1}
+	s := serverSample{At: time.Now(), RSS: -1, CPUTicks: -1, Written: -1, Goroutines: -1, HeapInuse: -1, StackInuse: -1, GoSys: -1}
 	if p.pid > 0 {
 		s.RSS = procRSS(p.pid)
 		s.CPUTicks = procCPUTicks(p.pid)
+		s.Written = procWritten(p.pid)
 	}
 	if p.admin != "" {
 		if m, err := p.metrics(); err == nil {
@@ -139,6 +141,26 @@ func procRSS(pid int) int64 {
 
 // clockTicks is USER_HZ, 100 on every Linux architecture Go supports.
 const clockTicks = 100
+
+// procWritten returns the bytes pid wrote through write syscalls (the
+// wchar line of /proc/<pid>/io, sockets included), or -1. For a gateway
+// under a fan-out that is its bytes on the wire, frame headers included.
+func procWritten(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
+	if err != nil {
+		return -1
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "wchar: "); ok {
+			n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			if err != nil {
+				return -1
+			}
+			return n
+		}
+	}
+	return -1
+}
 
 // procCPUTicks returns utime+stime of pid in clock ticks, or -1.
 func procCPUTicks(pid int) int64 {

@@ -113,6 +113,51 @@ func payload(dst []byte, ts int64, size int) []byte {
 	return append(dst, `"}`...)
 }
 
+// jsonPayload builds a payload of exactly size bytes shaped like what
+// lists and dashboards publish: {"ts":<unix nanos>,"items":[{todo}…],"pad":"x…"},
+// as many todo objects as fit, each a little different, then a short pad.
+// It is what compression is measured on: the pad of payload compresses to
+// almost nothing, which no real payload does.
+func jsonPayload(dst []byte, ts int64, size int) []byte {
+	dst = append(dst, `{"ts":`...)
+	dst = strconv.AppendInt(dst, ts, 10)
+	dst = append(dst, `,"items":[`...)
+	var item []byte
+	for i := 0; ; i++ {
+		item = item[:0]
+		if i > 0 {
+			item = append(item, ',')
+		}
+		item = append(item, `{"id":"item-`...)
+		item = strconv.AppendInt(item, int64(i)*7919%100000, 10)
+		item = append(item, `","title":"`...)
+		item = append(item, todoTitles[i%len(todoTitles)]...)
+		item = append(item, `","done":`...)
+		item = strconv.AppendBool(item, i%3 == 0)
+		item = append(item, `,"owner":{"id":"u`...)
+		item = strconv.AppendInt(item, int64(i%13), 10)
+		item = append(item, `"},"updated":`...)
+		item = strconv.AppendInt(item, ts/1e9-int64(i)*37, 10)
+		item = append(item, '}')
+		// Room for the item and the closing `],"pad":""}`.
+		if len(dst)+len(item)+len(`],"pad":""}`) > size {
+			break
+		}
+		dst = append(dst, item...)
+	}
+	dst = append(dst, `],"pad":"`...)
+	for pad := size - len(dst) - 2; pad > 0; pad-- {
+		dst = append(dst, 'x')
+	}
+	return append(dst, `"}`...)
+}
+
+var todoTitles = []string{
+	"Water the plants", "Call the plumber about the kitchen sink", "Review pull request",
+	"Book flights for the conference", "Renew passport", "Write the quarterly report",
+	"Buy oat milk", "Fix the flaky integration test", "Plan the team offsite",
+}
+
 // realtimeProto speaks docs/protocol.md as the current (0.5) client does:
 // hello with the batch cap, resume when it has a session, subscribe-batch.
 type realtimeProto struct{}

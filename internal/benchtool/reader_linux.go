@@ -242,11 +242,16 @@ func (s *epState) message(ws *wsConn) (msg []byte, ok bool, err error) {
 			_ = ws.write(opClose, p[:min(len(p), 2)])
 			return nil, false, errClosed
 		case opText, opBinary:
+			rsv1 := ws.deflate && b0&0x40 != 0
 			if fin {
+				if rsv1 {
+					m, err := ws.inflate(p)
+					return m, err == nil, err
+				}
 				return p, true, nil
 			}
 			s.frag = append(s.frag[:0], p...)
-			s.fragmented = true
+			s.fragmented, ws.fragRSV1 = true, rsv1
 		case opContinuation:
 			if !s.fragmented {
 				return nil, false, errors.New("websocket: unexpected continuation frame")
@@ -257,6 +262,10 @@ func (s *epState) message(ws *wsConn) (msg []byte, ok bool, err error) {
 			}
 			if fin {
 				s.fragmented = false
+				if ws.fragRSV1 {
+					m, err := ws.inflate(s.frag)
+					return m, err == nil, err
+				}
 				return s.frag, true, nil
 			}
 		default:

@@ -118,7 +118,7 @@ func (r *runner) sourceIP(i int) net.IP {
 // dialOpen connects c and runs the protocol's greeting and subscribes.
 func (r *runner) dialOpen(c *client) error {
 	deadline := time.Now().Add(r.cfg.timeout)
-	ws, err := dialWS(c.t.url, r.sourceIP(c.id), r.cfg.timeout)
+	ws, err := dialWS(c.t.url, r.sourceIP(c.id), r.cfg.timeout, r.cfg.compress)
 	if err != nil {
 		return err
 	}
@@ -361,7 +361,12 @@ func newPublisher(r *runner, topic string, size, conns int) *publisher {
 // seq each answered.
 func (p *publisher) publish(ctx context.Context) error {
 	var buf [256]byte
-	data := payload(buf[:0], time.Now().UnixNano(), p.size)
+	var data []byte
+	if p.r.cfg.shape == "json" {
+		data = jsonPayload(buf[:0], time.Now().UnixNano(), p.size)
+	} else {
+		data = payload(buf[:0], time.Now().UnixNano(), p.size)
+	}
 	targets := p.r.targets
 	if p.via != nil {
 		targets = []*target{p.via}

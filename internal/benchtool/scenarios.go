@@ -115,6 +115,20 @@ func serverCores(targets []*target, srv0 []serverSample) float64 {
 	return cores
 }
 
+// serverWritten is what the targets wrote since the samples in srv0, in
+// bytes; -1 when a target's cannot be read.
+func serverWritten(targets []*target, srv0 []serverSample) int64 {
+	var n int64
+	for i, t := range targets {
+		s := t.probe.sample()
+		if s.Written < 0 || srv0[i].Written < 0 {
+			return -1
+		}
+		n += s.Written - srv0[i].Written
+	}
+	return n
+}
+
 func perConn(before, after, n int64) float64 {
 	if before < 0 || after < 0 || n <= 0 {
 		return 0
@@ -150,10 +164,13 @@ type fanoutStep struct {
 	Latency      latencySummary `json:"latency"`
 	ServerCPU    float64        `json:"server_cpu_cores"`
 	BenchCPU     float64        `json:"bench_cpu_cores"`
-	Subscribers  int64          `json:"subscribers"`
-	Dropped      int64          `json:"dropped_connections"`
-	PublishErrs  int64          `json:"publish_errors"`
-	Pass         bool           `json:"pass"`
+	// WirePerDelivery is what the servers wrote (all syscalls, so
+	// sockets and frame headers) per delivery; 0 when unknown.
+	WirePerDelivery float64 `json:"server_bytes_written_per_delivery"`
+	Subscribers     int64   `json:"subscribers"`
+	Dropped         int64   `json:"dropped_connections"`
+	PublishErrs     int64   `json:"publish_errors"`
+	Pass            bool    `json:"pass"`
 }
 
 // runFanout subscribes N connections to one topic and publishes to it at
@@ -196,8 +213,8 @@ func runFanout(r *runner) *report {
 		}
 		st := r.fanoutStep(pub, rate, cfg.duration)
 		rep.Steps = append(rep.Steps, st)
-		r.progress.log("rate %s/s: %d subs, %.0f deliveries/s, %.1f%% delivered, p50 %.2fms p99 %.2fms max %.1fms, server %.2f cores, bench %.2f cores%s",
-			rateName(rate), st.Subscribers, st.PerSec, st.DeliveredPct, st.Latency.P50, st.Latency.P99, st.Latency.Max, st.ServerCPU, st.BenchCPU, passMark(st.Pass))
+		r.progress.log("rate %s/s: %d subs, %.0f deliveries/s, %.1f%% delivered, p50 %.2fms p99 %.2fms max %.1fms, server %.2f cores, %.0f B written/delivery, bench %.2f cores%s",
+			rateName(rate), st.Subscribers, st.PerSec, st.DeliveredPct, st.Latency.P50, st.Latency.P99, st.Latency.Max, st.ServerCPU, st.WirePerDelivery, st.BenchCPU, passMark(st.Pass))
 		if st.Pass {
 			fails = 0
 		} else {
@@ -249,6 +266,9 @@ func runFanout(r *runner) *report {
 		rep.headline("fanout_peak_p99_ms", st.Latency.P99, "ms", "lower")
 		rep.headline("fanout_peak_server_cpu_cores", st.ServerCPU, "cores", "lower")
 		rep.headline("fanout_peak_bench_cpu_cores", st.BenchCPU, "cores", "lower")
+		if st.WirePerDelivery > 0 {
+			rep.headline("fanout_peak_wire_bytes_per_delivery", st.WirePerDelivery, "B", "lower")
+		}
 		if st.ServerCPU > 0 {
 			rep.headline("fanout_peak_deliveries_per_cpu_s", st.PerSec/st.ServerCPU, "/s", "higher")
 		}
@@ -368,6 +388,9 @@ func (r *runner) fanoutStep(pub *publisher, rate float64, d time.Duration) fanou
 		st.DeliveredPct = 100 * float64(delivered) / float64(expected)
 	}
 	st.ServerCPU = serverCores(r.targets, srv0)
+	if w := serverWritten(r.targets, srv0); w > 0 && delivered > 0 {
+		st.WirePerDelivery = float64(w) / float64(delivered)
+	}
 	st.Pass = published > 0 && st.DeliveredPct >= 99.9 && st.Dropped == 0 && st.PublishErrs == 0 &&
 		st.Latency.P99 <= float64(cfg.p99Limit)/float64(time.Millisecond)
 	return st

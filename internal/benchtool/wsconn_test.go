@@ -178,7 +178,7 @@ func TestClientAgainstCoderWebsocket(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := dialWS(u, nil, 5*time.Second)
+	c, err := dialWS(u, nil, 5*time.Second, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,7 +214,7 @@ func TestUpgradeRefusalIsReported(t *testing.T) {
 	}))
 	defer srv.Close()
 	u, _ := parseWSURL("ws://" + strings.TrimPrefix(srv.URL, "http://") + "/ws")
-	_, err := dialWS(u, nil, 5*time.Second)
+	_, err := dialWS(u, nil, 5*time.Second, false)
 	var ue *upgradeError
 	if !errors.As(err, &ue) || !strings.Contains(ue.status, "429") || ue.body != "Too many upgrades" {
 		t.Fatalf("err = %v", err)
