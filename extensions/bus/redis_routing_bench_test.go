@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -164,4 +165,41 @@ func splitLines(s string) []string {
 		}
 	}
 	return append(out, s[start:])
+}
+
+// BenchmarkRedisShardedHold holds b.N topics on a routed bus on a Redis
+// Cluster of 3 masters and 3 replicas, each an SSUBSCRIBE and a goroutine
+// of its own, and waits until every one is confirmed: the time, the heap
+// and the goroutine stacks per held topic.
+//
+//	go test -run '^$' -bench RedisShardedHold -benchtime 10000x ./extensions/bus/
+func BenchmarkRedisShardedHold(b *testing.B) {
+	c := testsvc.StartCluster(b)
+	bus := newRedisBus(b, c.Client(b), RedisConfig{Routing: &Routing{}, Handler: func([]Message) {}})
+	names := make([]string, b.N)
+	for i := range names {
+		names[i] = fmt.Sprintf("topic-%d", i)
+	}
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	goroutines := runtime.NumGoroutine()
+	b.ResetTimer()
+	ready := make([]<-chan struct{}, b.N)
+	for i, n := range names {
+		ready[i] = bus.Hold(n)
+	}
+	for _, r := range ready {
+		select {
+		case <-r:
+		case <-time.After(30 * time.Second):
+			b.Fatal("a hold not confirmed within 30s")
+		}
+	}
+	b.StopTimer()
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/float64(b.N), "heap-B/topic")
+	b.ReportMetric(float64(after.StackInuse-before.StackInuse)/float64(b.N), "stack-B/topic")
+	b.ReportMetric(float64(runtime.NumGoroutine()-goroutines)/float64(b.N), "goroutines/topic")
 }
