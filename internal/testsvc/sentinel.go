@@ -23,7 +23,7 @@ const SentinelMasterName = "mymaster"
 // `redis-server <conf> --sentinel`), for tests of a failover.
 type Sentinel struct {
 	t         testing.TB
-	Master    *RedisServer // the master at start; a replica after a failover it survived
+	Master    *RedisServer // the master at start
 	Replica   *RedisServer // promoted when Master dies
 	Sentinels []*RedisServer
 }
