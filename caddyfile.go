@@ -61,6 +61,8 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //				key_prefix <prefix>
 //				username <user>
 //				password <password>
+//				sentinel_username <user>
+//				sentinel_password <password>
 //				db <n>
 //				tls
 //				client_name <name>
@@ -120,9 +122,14 @@ func parseRedis(d *caddyfile.Dispenser) (*RedisConfig, error) {
 		return nil, d.ArgErr()
 	}
 	if !strings.HasPrefix(r.URL, "redis://") && !strings.HasPrefix(r.URL, "rediss://") &&
-		!strings.HasPrefix(r.URL, "unix://") && !strings.HasPrefix(r.URL, "{") {
+		!strings.HasPrefix(r.URL, "unix://") && !strings.HasPrefix(r.URL, "sentinel://") && !strings.HasPrefix(r.URL, "{") {
 		// Never quote the value: it may carry a password.
-		return nil, d.Errf("redis url must start with redis://, rediss:// or unix:// (or be a placeholder)")
+		return nil, d.Errf("redis url must start with redis://, rediss://, unix:// or sentinel:// (or be a placeholder)")
+	}
+	if strings.HasPrefix(r.URL, sentinelScheme) && !strings.Contains(r.URL, "{") {
+		if _, err := parseSentinelURL(r.URL); err != nil {
+			return nil, d.Err(err.Error())
+		}
 	}
 	if err := eachOption(d, nil, func(opt string) error {
 		var err error
@@ -133,6 +140,10 @@ func parseRedis(d *caddyfile.Dispenser) (*RedisConfig, error) {
 			r.Username, err = singleArg(d)
 		case "password":
 			r.Password, err = singleArg(d)
+		case "sentinel_username":
+			r.SentinelUsername, err = singleArg(d)
+		case "sentinel_password":
+			r.SentinelPassword, err = singleArg(d)
 		case "client_name":
 			r.ClientName, err = singleArg(d)
 		case "channel":

@@ -1626,6 +1626,17 @@ func TestAppUnmarshalCaddyfile(t *testing.T) {
 			wantErr: "redis url must start with redis://",
 		},
 		{
+			name: "redis takes a sentinel url and the sentinels' credentials",
+			input: "realtime {\n\tredis sentinel://:pw@s1:26379,s2/mymaster?db=1 {\n\t\tsentinel_username su\n" +
+				"\t\tsentinel_password {env.SP}\n\t}\n}",
+			want: App{Redis: &RedisConfig{URL: "sentinel://:pw@s1:26379,s2/mymaster?db=1", SentinelUsername: "su", SentinelPassword: "{env.SP}"}},
+		},
+		{
+			name:    "a sentinel url without a master name is rejected without echoing it",
+			input:   "realtime {\n\tredis sentinel://:secret@s1:26379\n}",
+			wantErr: "sentinel url needs the master set name",
+		},
+		{
 			name:    "an unknown redis option is named",
 			input:   "realtime {\n\tredis redis://h {\n\t\tpool 3\n\t}\n}",
 			wantErr: "unrecognized redis subdirective: pool",

@@ -124,9 +124,19 @@ type PostgresConfig struct {
 // RedisConfig configures the shared Redis client.
 type RedisConfig struct {
 	// URL is redis://[user:password@]host:port[/db] or rediss:// for TLS
-	// (rueidis.ParseURL syntax). Required. Placeholders such as
-	// {env.REDIS_URL} are resolved.
+	// (rueidis.ParseURL syntax), or, for a master found through Redis
+	// Sentinel, sentinel://[user:password@]host:port[,host:port…]/<master>[?db=N]
+	// (the Sentinels' addresses, port 26379 if left out, and the master
+	// set name; the credentials are the master's). A Redis Cluster is
+	// recognized from a redis:// URL of any of its nodes. Required.
+	// Placeholders such as {env.REDIS_URL} are resolved.
 	URL string `json:"url,omitempty"`
+
+	// SentinelUsername and SentinelPassword authenticate to the Sentinels
+	// of a sentinel:// URL, when they require it (requirepass in their
+	// configuration). Placeholders are resolved. Default: none.
+	SentinelUsername string `json:"sentinel_username,omitempty"`
+	SentinelPassword string `json:"sentinel_password,omitempty"`
 
 	// Username and Password override those of the URL. Placeholders are
 	// resolved. They never appear in logs or errors.
@@ -295,10 +305,25 @@ func (r *RedisConfig) clientOption() (rueidis.ClientOption, string, error) {
 	if url == "" {
 		return rueidis.ClientOption{}, "", errors.New("redis: url is required")
 	}
-	opt, err := rueidis.ParseURL(url)
-	if err != nil {
-		// ParseURL errors can quote the URL: never echo it (it may hold a password).
-		return opt, "", errors.New("redis: url is not a valid redis:// or rediss:// url")
+	sentinel := strings.HasPrefix(url, sentinelScheme)
+	var (
+		opt rueidis.ClientOption
+		err error
+	)
+	if sentinel {
+		if opt, err = parseSentinelURL(url); err != nil {
+			return opt, "", err
+		}
+		opt.Sentinel.Username = repl.ReplaceAll(r.SentinelUsername, "")
+		opt.Sentinel.Password = repl.ReplaceAll(r.SentinelPassword, "")
+	} else {
+		if r.SentinelUsername != "" || r.SentinelPassword != "" {
+			return opt, "", errors.New("redis: sentinel_username and sentinel_password need a sentinel:// url")
+		}
+		if opt, err = rueidis.ParseURL(url); err != nil {
+			// ParseURL errors can quote the URL: never echo it (it may hold a password).
+			return opt, "", errors.New("redis: url is not a valid redis://, rediss:// or sentinel:// url")
+		}
 	}
 	if r.Username != "" {
 		opt.Username = repl.ReplaceAll(r.Username, "")
@@ -309,7 +334,13 @@ func (r *RedisConfig) clientOption() (rueidis.ClientOption, string, error) {
 	if r.DB != nil {
 		opt.SelectDB = *r.DB
 	}
-	if r.TLS && opt.TLSConfig == nil {
+	switch {
+	case r.TLS && sentinel:
+		// The master's address changes at a failover: each connection
+		// verifies the name of the host it dials.
+		opt.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+		opt.Sentinel.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	case r.TLS && opt.TLSConfig == nil:
 		opt.TLSConfig = &tls.Config{ServerName: strings.Split(opt.InitAddress[0], ":")[0], MinVersion: tls.VersionTLS12}
 	}
 	opt.ClientName = r.ClientName
@@ -325,7 +356,16 @@ func (r *RedisConfig) clientOption() (rueidis.ClientOption, string, error) {
 	opt.Dialer.KeepAlive = 400 * time.Millisecond
 	opt.Dialer.Timeout = 3 * time.Second
 	opt.ConnWriteTimeout = 3 * time.Second
-	sum := sha256.Sum256([]byte(strings.Join([]string{url, opt.Username, opt.Password, fmt.Sprint(opt.SelectDB, r.TLS), opt.ClientName}, "\x00")))
+	if sentinel {
+		opt.Sentinel.Dialer = opt.Dialer
+		opt.Sentinel.ClientName = opt.ClientName
+		// Besides following +switch-master events, ask the Sentinels
+		// every 2 s: a missed event would otherwise leave the client on a
+		// demoted master that still answers.
+		opt.Sentinel.TopologyRefreshInterval = 2 * time.Second
+	}
+	sum := sha256.Sum256([]byte(strings.Join([]string{url, opt.Username, opt.Password, fmt.Sprint(opt.SelectDB, r.TLS), opt.ClientName,
+		opt.Sentinel.Username, opt.Sentinel.Password}, "\x00")))
 	return opt, "redis:" + hex.EncodeToString(sum[:]), nil
 }
 
@@ -1137,6 +1177,8 @@ func (a *App) wireRedis(cfg *handlers.Config, opts *handlers.Options) {
 	if routing == nil {
 		gatewayChannel = rc.KeyPrefix + "rt:bus:gateway"
 	}
+	// sharded: on a Redis Cluster, topic channels are shard channels.
+	sharded := routing != nil && routing.Partitions == 0
 	// channelOf names the bus channel of a topic's store-published events.
 	channelOf := func(string) string { return channel }
 	if routing != nil {
@@ -1182,7 +1224,8 @@ func (a *App) wireRedis(cfg *handlers.Config, opts *handlers.Options) {
 		switch cfg.Replay[i].Store {
 		case handlers.ReplayStoreRedis:
 			cfg.Replay[i].NewStore = func(c replay.Config) (replay.Store, error) {
-				return replay.NewRedis(client, replay.RedisConfig{Config: c, KeyPrefix: prefix, Channel: channel, ChannelOf: channelOf})
+				return replay.NewRedis(client, replay.RedisConfig{Config: c, KeyPrefix: prefix, Channel: channel, ChannelOf: channelOf,
+					Sharded: sharded})
 			}
 		case handlers.ReplayStorePostgres:
 			// In a cluster a Postgres buffer publishes each event on the
@@ -1200,7 +1243,13 @@ func (a *App) wireRedis(cfg *handlers.Config, opts *handlers.Options) {
 					return st, nil
 				}
 				return replay.NewPostgresOnBus(pg, func(ctx context.Context, topic string, env []byte) error {
-					return client.Do(ctx, client.B().Publish().Channel(channelOf(topic)).Message(rueidis.BinaryString(env)).Build()).Error()
+					ch, msg := channelOf(topic), rueidis.BinaryString(env)
+					// On a Cluster the routed bus subscribes to shard
+					// channels (bus.Redis), decided once connected.
+					if sharded && client.Mode() == rueidis.ClientModeCluster {
+						return client.Do(ctx, client.B().Spublish().Channel(ch).Message(msg).Build()).Error()
+					}
+					return client.Do(ctx, client.B().Publish().Channel(ch).Message(msg).Build()).Error()
 				}), nil
 			}
 		}
