@@ -358,23 +358,10 @@ func (g *Gateway) serveSSE(w http.ResponseWriter, r *http.Request, s *settings, 
 		fail(http.StatusMethodNotAllowed, "Method not allowed")
 		return
 	}
-	if g.draining.Load() {
-		w.Header().Set("Retry-After", "5")
-		fail(http.StatusServiceUnavailable, "Server shutting down")
+	ip, status, msg := g.admit(w, r, s, "Too many connections from this address")
+	if status != 0 {
+		fail(status, msg)
 		return
-	}
-	if s.MaxConnections > 0 && g.conns.count() >= s.MaxConnections {
-		w.Header().Set("Retry-After", "5")
-		fail(http.StatusServiceUnavailable, "Too many connections")
-		return
-	}
-	ip := s.ClientIP(r)
-	if s.UpgradeRate > 0 {
-		if wait, ok := g.upgrades.allow(ip, s.Now(), s.UpgradeRate, s.UpgradeWindow); !ok {
-			w.Header().Set("Retry-After", strconv.Itoa(int((wait+time.Second-1)/time.Second)))
-			fail(http.StatusTooManyRequests, "Too many connections from this address")
-			return
-		}
 	}
 	// A browser sends Origin on a cross-origin EventSource only; without
 	// one the request is same-origin or not from a browser, and a page of
@@ -404,7 +391,7 @@ func (g *Gateway) serveSSE(w http.ResponseWriter, r *http.Request, s *settings, 
 	}
 	c := &conn{g: g, id: uuid.NewString(), ip: ip, identity: identity, grant: grant, sse: newSSEStream(w, topics)}
 	c.planResume(r.Header.Get("Last-Event-ID"))
-	status, msg := g.openSSE(c, s, origin)
+	status, msg = g.openSSE(c, s, origin)
 	if status != 0 {
 		if status == http.StatusServiceUnavailable {
 			w.Header().Set("Retry-After", "5")

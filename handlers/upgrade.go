@@ -55,6 +55,29 @@ func refuse(w http.ResponseWriter, status int, msg string) {
 	_, _ = w.Write([]byte(msg + "\n"))
 }
 
+// admit runs the checks a WebSocket upgrade and an SSE stream share, in
+// the order of §2.1: draining, max_connections, then the client address's
+// upgrade_rate (refused with rateMsg). It returns the client address, or
+// the status and message of the refusal with Retry-After set on w.
+func (g *Gateway) admit(w http.ResponseWriter, r *http.Request, s *settings, rateMsg string) (ip string, status int, msg string) {
+	if g.draining.Load() {
+		w.Header().Set("Retry-After", "5")
+		return "", http.StatusServiceUnavailable, "Server shutting down"
+	}
+	if s.MaxConnections > 0 && g.conns.count() >= s.MaxConnections {
+		w.Header().Set("Retry-After", "5")
+		return "", http.StatusServiceUnavailable, "Too many connections"
+	}
+	ip = s.ClientIP(r)
+	if s.UpgradeRate > 0 {
+		if wait, ok := g.upgrades.allow(ip, s.Now(), s.UpgradeRate, s.UpgradeWindow); !ok {
+			w.Header().Set("Retry-After", strconv.Itoa(int((wait+time.Second-1)/time.Second)))
+			return "", http.StatusTooManyRequests, rateMsg
+		}
+	}
+	return ip, 0, ""
+}
+
 // serveUpgrade runs the upgrade checks of §2.1 in order, then accepts.
 func (g *Gateway) serveUpgrade(w http.ResponseWriter, r *http.Request, s *settings) {
 	code := "101"
@@ -67,24 +90,10 @@ func (g *Gateway) serveUpgrade(w http.ResponseWriter, r *http.Request, s *settin
 		fail(http.StatusBadRequest, "Bad WebSocket handshake")
 		return
 	}
-	if g.draining.Load() {
-		w.Header().Set("Retry-After", "5")
-		fail(http.StatusServiceUnavailable, "Server shutting down")
+	ip, status, msg := g.admit(w, r, s, "Too many upgrades")
+	if status != 0 {
+		fail(status, msg)
 		return
-	}
-	if s.MaxConnections > 0 && g.conns.count() >= s.MaxConnections {
-		w.Header().Set("Retry-After", "5")
-		fail(http.StatusServiceUnavailable, "Too many connections")
-		return
-	}
-	ip := s.ClientIP(r)
-	now := s.Now()
-	if s.UpgradeRate > 0 {
-		if wait, ok := g.upgrades.allow(ip, now, s.UpgradeRate, s.UpgradeWindow); !ok {
-			w.Header().Set("Retry-After", strconv.Itoa(int((wait+time.Second-1)/time.Second)))
-			fail(http.StatusTooManyRequests, "Too many upgrades")
-			return
-		}
 	}
 	if !s.originAllowed(r) {
 		fail(http.StatusForbidden, "Origin not allowed")
