@@ -61,6 +61,8 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //				key_prefix <prefix>
 //				username <user>
 //				password <password>
+//				sentinel_username <user>
+//				sentinel_password <password>
 //				db <n>
 //				tls
 //				client_name <name>
@@ -120,9 +122,14 @@ func parseRedis(d *caddyfile.Dispenser) (*RedisConfig, error) {
 		return nil, d.ArgErr()
 	}
 	if !strings.HasPrefix(r.URL, "redis://") && !strings.HasPrefix(r.URL, "rediss://") &&
-		!strings.HasPrefix(r.URL, "unix://") && !strings.HasPrefix(r.URL, "{") {
+		!strings.HasPrefix(r.URL, "unix://") && !strings.HasPrefix(r.URL, "sentinel://") && !strings.HasPrefix(r.URL, "{") {
 		// Never quote the value: it may carry a password.
-		return nil, d.Errf("redis url must start with redis://, rediss:// or unix:// (or be a placeholder)")
+		return nil, d.Errf("redis url must start with redis://, rediss://, unix:// or sentinel:// (or be a placeholder)")
+	}
+	if strings.HasPrefix(r.URL, sentinelScheme) && !strings.Contains(r.URL, "{") {
+		if _, err := parseSentinelURL(r.URL); err != nil {
+			return nil, d.Err(err.Error())
+		}
 	}
 	if err := eachOption(d, nil, func(opt string) error {
 		var err error
@@ -133,6 +140,10 @@ func parseRedis(d *caddyfile.Dispenser) (*RedisConfig, error) {
 			r.Username, err = singleArg(d)
 		case "password":
 			r.Password, err = singleArg(d)
+		case "sentinel_username":
+			r.SentinelUsername, err = singleArg(d)
+		case "sentinel_password":
+			r.SentinelPassword, err = singleArg(d)
 		case "client_name":
 			r.ClientName, err = singleArg(d)
 		case "channel":
@@ -211,6 +222,9 @@ func parsePostgres(d *caddyfile.Dispenser) (*PostgresConfig, error) {
 //		}
 //		dashboard <path> {
 //			auth key|external
+//		}
+//		sse <path> {
+//			keepalive <duration>
 //		}
 //		origins <same-origin|*|scheme://host[:port]...>
 //		jwt {
@@ -317,7 +331,7 @@ func parsePostgres(d *caddyfile.Dispenser) (*PostgresConfig, error) {
 //	}
 //
 // jwt requires a block; public_key and from may repeat (from is tried in
-// the order written). Blocks after api, auth, the hooks, replay, presence, cursor and group are
+// the order written). Blocks after api, sse, auth, the hooks, replay, presence, cursor and group are
 // optional; rate_limit requires one (it may be empty). Sizes take a unit
 // (4MiB, 1MB) or plain bytes; durations use Caddy's syntax (10s, 1m30s, 1d).
 // path and api paths start with '/'; hook URLs are http or https; keepalive
@@ -352,6 +366,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.API, err = parseAPI(d)
 		case "dashboard":
 			h.Dashboard, err = parseDashboard(d)
+		case "sse":
+			h.SSE, err = parseSSE(d)
 		case "origins":
 			h.Origins, err = parseOrigins(d)
 		case "auth":
@@ -497,6 +513,37 @@ func parseAPI(d *caddyfile.Dispenser) (*APIConfig, error) {
 		return nil, err
 	}
 	return api, nil
+}
+
+// parseSSE parses `sse <path> [{ keepalive <duration> }]`; the cursor is
+// on "sse".
+func parseSSE(d *caddyfile.Dispenser) (*SSEConfig, error) {
+	if !d.NextArg() {
+		return nil, argErr(d, "a path, like: sse /events")
+	}
+	p := d.Val()
+	if d.NextArg() {
+		return nil, argErr(d, "one path, like: sse /events")
+	}
+	if err := handlers.CheckPath("sse path", p); err != nil {
+		return nil, d.WrapErr(err)
+	}
+	sse := &SSEConfig{Path: p}
+	if err := eachOption(d, nil, func(opt string) error {
+		var err error
+		switch opt {
+		case "keepalive":
+			if sse.KeepAlive, err = durationArg(d, false); err == nil {
+				err = check(d, handlers.CheckSSEKeepAlive(time.Duration(sse.KeepAlive)))
+			}
+		default:
+			return d.Errf("unrecognized sse subdirective: %s", opt)
+		}
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	return sse, nil
 }
 
 // parseJWT parses the `jwt { … }` block; the cursor is on "jwt".

@@ -1508,6 +1508,41 @@ func TestHandlerUnmarshalCaddyfile(t *testing.T) {
 			wantErr: "replay wants a topic pattern, like: replay chat:*, at Testfile:2",
 		},
 		{
+			name:  "sse takes a path",
+			input: "realtime {\n\tsse /events\n}",
+			want:  Handler{SSE: &SSEConfig{Path: "/events"}},
+		},
+		{
+			name:  "sse takes a keepalive in its block",
+			input: "realtime {\n\tsse /events {\n\t\tkeepalive 15s\n\t}\n}",
+			want:  Handler{SSE: &SSEConfig{Path: "/events", KeepAlive: caddy.Duration(15 * time.Second)}},
+		},
+		{
+			name:    "sse without a path says what to write",
+			input:   "realtime {\n\tsse\n}",
+			wantErr: "sse wants a path, like: sse /events, at Testfile:2",
+		},
+		{
+			name:    "an sse path must start with a slash",
+			input:   "realtime {\n\tsse events\n}",
+			wantErr: "sse path must start with '/', got 'events', at Testfile:2",
+		},
+		{
+			name:    "an sse keepalive out of range is refused",
+			input:   "realtime {\n\tsse /events {\n\t\tkeepalive 1s\n\t}\n}",
+			wantErr: "sse keepalive must be between 5s and 120s, got '1s', at Testfile:3",
+		},
+		{
+			name:    "an unknown sse subdirective is named",
+			input:   "realtime {\n\tsse /events {\n\t\tretry 3s\n\t}\n}",
+			wantErr: "unrecognized sse subdirective: retry",
+		},
+		{
+			name:    "sse may not repeat",
+			input:   "realtime {\n\tsse /a\n\tsse /b\n}",
+			wantErr: "sse already specified",
+		},
+		{
 			name:    "api without a path says what to write",
 			input:   "realtime {\n\tapi\n}",
 			wantErr: "api wants a path prefix, like: api /_realtime, at Testfile:2",
@@ -1589,6 +1624,17 @@ func TestAppUnmarshalCaddyfile(t *testing.T) {
 			name:    "a redis url of another scheme is rejected without echoing it",
 			input:   "realtime {\n\tredis http://user:secret@h\n}",
 			wantErr: "redis url must start with redis://",
+		},
+		{
+			name: "redis takes a sentinel url and the sentinels' credentials",
+			input: "realtime {\n\tredis sentinel://:pw@s1:26379,s2/mymaster?db=1 {\n\t\tsentinel_username su\n" +
+				"\t\tsentinel_password {env.SP}\n\t}\n}",
+			want: App{Redis: &RedisConfig{URL: "sentinel://:pw@s1:26379,s2/mymaster?db=1", SentinelUsername: "su", SentinelPassword: "{env.SP}"}},
+		},
+		{
+			name:    "a sentinel url without a master name is rejected without echoing it",
+			input:   "realtime {\n\tredis sentinel://:secret@s1:26379\n}",
+			wantErr: "sentinel url needs the master set name",
 		},
 		{
 			name:    "an unknown redis option is named",

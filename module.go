@@ -125,9 +125,19 @@ type PostgresConfig struct {
 // RedisConfig configures the shared Redis client.
 type RedisConfig struct {
 	// URL is redis://[user:password@]host:port[/db] or rediss:// for TLS
-	// (rueidis.ParseURL syntax). Required. Placeholders such as
-	// {env.REDIS_URL} are resolved.
+	// (rueidis.ParseURL syntax), or, for a master found through Redis
+	// Sentinel, sentinel://[user:password@]host:port[,host:port…]/<master>[?db=N]
+	// (the Sentinels' addresses, port 26379 if left out, and the master
+	// set name; the credentials are the master's). A Redis Cluster is
+	// recognized from a redis:// URL of any of its nodes. Required.
+	// Placeholders such as {env.REDIS_URL} are resolved.
 	URL string `json:"url,omitempty"`
+
+	// SentinelUsername and SentinelPassword authenticate to the Sentinels
+	// of a sentinel:// URL, when they require it (requirepass in their
+	// configuration). Placeholders are resolved. Default: none.
+	SentinelUsername string `json:"sentinel_username,omitempty"`
+	SentinelPassword string `json:"sentinel_password,omitempty"`
 
 	// Username and Password override those of the URL. Placeholders are
 	// resolved. They never appear in logs or errors.
@@ -296,10 +306,25 @@ func (r *RedisConfig) clientOption() (rueidis.ClientOption, string, error) {
 	if url == "" {
 		return rueidis.ClientOption{}, "", errors.New("redis: url is required")
 	}
-	opt, err := rueidis.ParseURL(url)
-	if err != nil {
-		// ParseURL errors can quote the URL: never echo it (it may hold a password).
-		return opt, "", errors.New("redis: url is not a valid redis:// or rediss:// url")
+	sentinel := strings.HasPrefix(url, sentinelScheme)
+	var (
+		opt rueidis.ClientOption
+		err error
+	)
+	if sentinel {
+		if opt, err = parseSentinelURL(url); err != nil {
+			return opt, "", err
+		}
+		opt.Sentinel.Username = repl.ReplaceAll(r.SentinelUsername, "")
+		opt.Sentinel.Password = repl.ReplaceAll(r.SentinelPassword, "")
+	} else {
+		if r.SentinelUsername != "" || r.SentinelPassword != "" {
+			return opt, "", errors.New("redis: sentinel_username and sentinel_password need a sentinel:// url")
+		}
+		if opt, err = rueidis.ParseURL(url); err != nil {
+			// ParseURL errors can quote the URL: never echo it (it may hold a password).
+			return opt, "", errors.New("redis: url is not a valid redis://, rediss:// or sentinel:// url")
+		}
 	}
 	if r.Username != "" {
 		opt.Username = repl.ReplaceAll(r.Username, "")
@@ -310,7 +335,13 @@ func (r *RedisConfig) clientOption() (rueidis.ClientOption, string, error) {
 	if r.DB != nil {
 		opt.SelectDB = *r.DB
 	}
-	if r.TLS && opt.TLSConfig == nil {
+	switch {
+	case r.TLS && sentinel:
+		// The master's address changes at a failover: each connection
+		// verifies the name of the host it dials.
+		opt.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+		opt.Sentinel.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	case r.TLS && opt.TLSConfig == nil:
 		opt.TLSConfig = &tls.Config{ServerName: strings.Split(opt.InitAddress[0], ":")[0], MinVersion: tls.VersionTLS12}
 	}
 	opt.ClientName = r.ClientName
@@ -326,7 +357,16 @@ func (r *RedisConfig) clientOption() (rueidis.ClientOption, string, error) {
 	opt.Dialer.KeepAlive = 400 * time.Millisecond
 	opt.Dialer.Timeout = 3 * time.Second
 	opt.ConnWriteTimeout = 3 * time.Second
-	sum := sha256.Sum256([]byte(strings.Join([]string{url, opt.Username, opt.Password, fmt.Sprint(opt.SelectDB, r.TLS), opt.ClientName}, "\x00")))
+	if sentinel {
+		opt.Sentinel.Dialer = opt.Dialer
+		opt.Sentinel.ClientName = opt.ClientName
+		// Besides following +switch-master events, ask the Sentinels
+		// every 2 s: a missed event would otherwise leave the client on a
+		// demoted master that still answers.
+		opt.Sentinel.TopologyRefreshInterval = 2 * time.Second
+	}
+	sum := sha256.Sum256([]byte(strings.Join([]string{url, opt.Username, opt.Password, fmt.Sprint(opt.SelectDB, r.TLS), opt.ClientName,
+		opt.Sentinel.Username, opt.Sentinel.Password}, "\x00")))
 	return opt, "redis:" + hex.EncodeToString(sum[:]), nil
 }
 
@@ -493,6 +533,10 @@ type Handler struct {
 	// Dashboard serves a live, read-only dashboard of the gateway (and,
 	// with redis, of every instance) under its path. Default: off.
 	Dashboard *DashboardConfig `json:"dashboard,omitempty"`
+	// SSE serves the same events as server-sent events on a path of its
+	// own, for EventSource, curl and other clients that cannot hold a
+	// WebSocket (docs/protocol.md §10). Default: off.
+	SSE *SSEConfig `json:"sse,omitempty"`
 
 	// Origins is the origin policy for upgrades: ["same-origin"] requires the
 	// Origin's scheme, host and port to equal the request's; ["*"] allows
@@ -614,7 +658,15 @@ type handlerRun struct {
 	err     error
 	key     string // set once start holds a reference to the gateway
 	gw      atomic.Pointer[handlers.Gateway]
+
+	// unload is closed when this configuration stops (a reload or the
+	// exit): the SSE streams its server took end, as that server goes.
+	unload     chan struct{}
+	unloadOnce sync.Once
 }
+
+// unloading closes unload, once.
+func (r *handlerRun) unloading() { r.unloadOnce.Do(func() { close(r.unload) }) }
 
 // APIConfig configures the HTTP API for app servers.
 type APIConfig struct {
@@ -643,6 +695,19 @@ type DashboardConfig struct {
 	// handlers in front let through (basic_auth, forward_auth): with
 	// nothing in front, anyone. Default: key.
 	Auth string `json:"auth,omitempty"`
+}
+
+// SSEConfig configures the SSE endpoint.
+type SSEConfig struct {
+	// Path is the endpoint: GET <path>?topic=a&topic=b streams those
+	// topics. It must differ from the WebSocket path and the auth path
+	// and lie outside the API path. Required.
+	Path string `json:"path,omitempty"`
+
+	// KeepAlive is the quiet period after which a stream gets a
+	// keep-alive comment, so proxies that drop idle responses keep it;
+	// 5s to 120s. Default: 30s.
+	KeepAlive caddy.Duration `json:"keepalive,omitempty"`
 }
 
 // HookConfig configures one call to the application.
@@ -963,7 +1028,7 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // start), so `caddy validate` stays cheap with every backend down.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
-	h.run = new(handlerRun)
+	h.run = &handlerRun{unload: make(chan struct{})}
 	if err := handlers.RegisterMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
 	}
@@ -1113,6 +1178,8 @@ func (a *App) wireRedis(cfg *handlers.Config, opts *handlers.Options) {
 	if routing == nil {
 		gatewayChannel = rc.KeyPrefix + "rt:bus:gateway"
 	}
+	// sharded: on a Redis Cluster, topic channels are shard channels.
+	sharded := routing != nil && routing.Partitions == 0
 	// channelOf names the bus channel of a topic's store-published events.
 	channelOf := func(string) string { return channel }
 	if routing != nil {
@@ -1164,7 +1231,8 @@ func (a *App) wireRedis(cfg *handlers.Config, opts *handlers.Options) {
 		switch cfg.Replay[i].Store {
 		case handlers.ReplayStoreRedis:
 			cfg.Replay[i].NewStore = func(c replay.Config) (replay.Store, error) {
-				return replay.NewRedis(client, replay.RedisConfig{Config: c, KeyPrefix: prefix, Channel: channel, ChannelOf: channelOf})
+				return replay.NewRedis(client, replay.RedisConfig{Config: c, KeyPrefix: prefix, Channel: channel, ChannelOf: channelOf,
+					Sharded: sharded})
 			}
 		case handlers.ReplayStorePostgres:
 			// In a cluster a Postgres buffer publishes each event on the
@@ -1182,7 +1250,13 @@ func (a *App) wireRedis(cfg *handlers.Config, opts *handlers.Options) {
 					return st, nil
 				}
 				return replay.NewPostgresOnBus(pg, func(ctx context.Context, topic string, env []byte) error {
-					return client.Do(ctx, client.B().Publish().Channel(channelOf(topic)).Message(rueidis.BinaryString(env)).Build()).Error()
+					ch, msg := channelOf(topic), rueidis.BinaryString(env)
+					// On a Cluster the routed bus subscribes to shard
+					// channels (bus.Redis), decided once connected.
+					if sharded && client.Mode() == rueidis.ClientModeCluster {
+						return client.Do(ctx, client.B().Spublish().Channel(ch).Message(msg).Build()).Error()
+					}
+					return client.Do(ctx, client.B().Publish().Channel(ch).Message(msg).Build()).Error()
 				}), nil
 			}
 		}
@@ -1227,6 +1301,12 @@ func (h *Handler) gatewayConfig() (handlers.Config, error) {
 			trusted, _ := caddyhttp.GetVar(r.Context(), caddyhttp.TrustedProxyVarKey).(bool)
 			return trusted
 		},
+	}
+	if h.SSE != nil {
+		if h.SSE.Path == "" {
+			return cfg, errors.New("sse: path is required (e.g. \"sse\": {\"path\": \"/events\"})")
+		}
+		cfg.SSEPath, cfg.SSEKeepAlive = h.SSE.Path, time.Duration(h.SSE.KeepAlive)
 	}
 	if h.API != nil {
 		if h.API.Path == "" {
@@ -1373,7 +1453,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		gw = h.run.gw.Load()
 	}
-	if gw.ServeHTTP(w, r) {
+	if gw.ServeHTTPUntil(w, r, h.run.unload) {
 		// Never return an error once the gateway answered: after a hijack
 		// Caddy would write a second response.
 		return nil
@@ -1387,6 +1467,7 @@ func (h *Handler) Cleanup() error {
 	if h.run == nil {
 		return nil
 	}
+	h.run.unloading()
 	h.run.mu.Lock()
 	defer h.run.mu.Unlock()
 	// A request arriving after Cleanup must not start a gateway again.
@@ -1401,11 +1482,16 @@ func (h *Handler) Cleanup() error {
 }
 
 // drainOnExit starts a gateway's drain when the process is exiting; on a
-// reload (also a "stopping" event) the gateway lives on.
+// reload (also a "stopping" event) the gateway lives on, and only the SSE
+// streams of the stopping configuration's server end.
 type drainOnExit struct{ h *Handler }
 
 // Handle implements caddyevents.Handler.
 func (d drainOnExit) Handle(context.Context, caddy.Event) error {
+	// A stream is a request of the server being stopped, which would wait
+	// for it for ever (the default grace period), keeping the old
+	// configuration's server alive after a reload.
+	d.h.run.unloading()
 	gw := d.h.run.gw.Load()
 	if gw != nil && caddy.Exiting() {
 		go func() {

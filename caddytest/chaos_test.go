@@ -76,6 +76,9 @@ type chaosFault struct {
 	name   string
 	lossy  bool // the Redis store loses its data: loss is allowed there, with truncated
 	strike func(t *testing.T, cc *chaosCluster) (redisBack time.Time)
+	// redis starts the Redis the cluster uses and returns the `redis`
+	// option's URL. Default: a redis-server with an append-only file.
+	redis func(t *testing.T, cc *chaosCluster) string
 }
 
 var chaosFaults = []chaosFault{
@@ -131,19 +134,85 @@ func TestChaosDelivery(t *testing.T) {
 	}
 }
 
+// sentinelFailover SIGKILLs the master of a Sentinel group; the Sentinels
+// promote its replica, which replication may have left a few writes
+// behind (lossy: the store may have lost acknowledged events, which it
+// must announce with truncated).
+var sentinelFailover = chaosFault{
+	name:  "sentinel master SIGKILL",
+	lossy: true,
+	redis: func(t *testing.T, cc *chaosCluster) string {
+		cc.sentinel = testsvc.StartSentinel(t)
+		return cc.sentinel.URL()
+	},
+	strike: func(t *testing.T, cc *chaosCluster) time.Time {
+		took := cc.sentinel.KillMasterAndWaitFailover(30 * time.Second)
+		t.Logf("the sentinels promoted the replica %s after the master's SIGKILL", took.Round(time.Millisecond))
+		return time.Now()
+	},
+}
+
+// clusterFailover SIGKILLs the master of the slot of chaos-r0 (its
+// replay keys and its shard channel) in a Redis Cluster of 3 masters and
+// 3 replicas; the replica takes over. Replication is asynchronous, so it
+// is lossy as a Sentinel failover is.
+var clusterFailover = chaosFault{
+	name:  "cluster master SIGKILL",
+	lossy: true,
+	redis: func(t *testing.T, cc *chaosCluster) string {
+		cc.rcluster = testsvc.StartCluster(t)
+		return cc.rcluster.URL()
+	},
+	strike: func(t *testing.T, cc *chaosCluster) time.Time {
+		took := cc.rcluster.KillMasterOf(cc.rcluster.Slot(chaosRedisTopics[0]), 30*time.Second)
+		t.Logf("the replica took the slot of %s over %s after its master's SIGKILL", chaosRedisTopics[0], took.Round(time.Millisecond))
+		return time.Now()
+	},
+}
+
+// TestChaosClusterFailover runs the chaos checks through the failover of
+// a Redis Cluster master: the bus's shard subscriptions and the stores
+// follow the promoted replica without a Caddy restart.
+func TestChaosClusterFailover(t *testing.T) {
+	if caddyBin == "" {
+		t.Skip("integration tests need the Caddy binary; skipped in -short mode")
+	}
+	row := runChaos(t, clusterFailover)
+	t.Logf("chaos figures:\n%s", chaosTable([]chaosRow{row}))
+}
+
+// TestChaosSentinelFailover runs the chaos checks through a Sentinel
+// failover: the instances follow the promoted replica without a restart.
+func TestChaosSentinelFailover(t *testing.T) {
+	if caddyBin == "" {
+		t.Skip("integration tests need the Caddy binary; skipped in -short mode")
+	}
+	row := runChaos(t, sentinelFailover)
+	t.Logf("chaos figures:\n%s", chaosTable([]chaosRow{row}))
+}
+
 // chaosCluster is a cluster whose instances may be replaced while clients
 // and the publisher use it.
 type chaosCluster struct {
 	*cluster
-	pg     *testsvc.PostgresServer
-	global string
-	mu     sync.Mutex
+	sentinel *testsvc.Sentinel // with a Sentinel fault; cluster.redis is nil then
+	rcluster *testsvc.Cluster  // with a Redis Cluster fault; likewise
+	pg       *testsvc.PostgresServer
+	global   string
+	mu       sync.Mutex
 }
 
-func startChaosCluster(t *testing.T) *chaosCluster {
+func startChaosCluster(t *testing.T, f chaosFault) *chaosCluster {
 	t.Helper()
-	cc := &chaosCluster{cluster: &cluster{redis: testsvc.StartRedisAOF(t)}, pg: testsvc.StartPostgres(t)}
-	cc.global = fmt.Sprintf("\trealtime {\n\t\tredis redis://%s {\n\t\t\tkey_prefix t:\n\t\t}\n\t\tpostgres %s\n\t}", cc.redis.Addr(), cc.pg.URL())
+	cc := &chaosCluster{cluster: &cluster{}, pg: testsvc.StartPostgres(t)}
+	url := ""
+	if f.redis != nil {
+		url = f.redis(t, cc)
+	} else {
+		cc.redis = testsvc.StartRedisAOF(t)
+		url = "redis://" + cc.redis.Addr()
+	}
+	cc.global = fmt.Sprintf("\trealtime {\n\t\tredis %s {\n\t\t\tkey_prefix t:\n\t\t}\n\t\tpostgres %s\n\t}", url, cc.pg.URL())
 	for i := 0; i < 3; i++ {
 		cc.nodes = append(cc.nodes, startCaddyWith(t, cc.global, chaosSite))
 	}
@@ -498,7 +567,7 @@ type chaosRow struct {
 
 func runChaos(t *testing.T, f chaosFault) chaosRow {
 	row := chaosRow{fault: f.name, fill: -1}
-	cc := startChaosCluster(t)
+	cc := startChaosCluster(t, f)
 	pub := newChaosPublisher(cc)
 
 	ctx, cancel := context.WithCancel(context.Background())

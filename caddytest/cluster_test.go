@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -15,10 +16,28 @@ import (
 	"github.com/caddy-realtime/realtime/internal/testsvc"
 )
 
-// cluster is several Caddy instances sharing one throwaway redis-server.
+// cluster is several Caddy instances sharing one throwaway redis-server,
+// or, with REALTIME_TEST_REDIS_CLUSTER=1, a Redis Cluster of 3 masters and
+// 3 replicas (redis is nil then).
 type cluster struct {
-	redis *testsvc.RedisServer
-	nodes []*instance
+	redis    *testsvc.RedisServer
+	rcluster *testsvc.Cluster
+	nodes    []*instance
+}
+
+// onRedisCluster reports whether the cluster tests run on a Redis Cluster
+// (REALTIME_TEST_REDIS_CLUSTER=1), to check every feature there:
+//
+//	REALTIME_TEST_REDIS_CLUSTER=1 go test -count=1 -p 1 -run 'TestCluster' ./caddytest/
+func onRedisCluster() bool { return os.Getenv("REALTIME_TEST_REDIS_CLUSTER") == "1" }
+
+// needOneServer skips a test that kills the one redis-server when the
+// tests run on a Redis Cluster.
+func (cl *cluster) needOneServer(t *testing.T) {
+	t.Helper()
+	if cl.redis == nil {
+		t.Skip("kills the one redis-server; REALTIME_TEST_REDIS_CLUSTER is set")
+	}
 }
 
 // startCluster starts redis-server on a free port and n Caddy instances
@@ -35,13 +54,21 @@ func startClusterWith(t *testing.T, n int, site, redisOpts string) *cluster {
 	if caddyBin == "" {
 		t.Skip("integration tests need the Caddy binary; skipped in -short mode")
 	}
-	cl := &cluster{redis: testsvc.StartRedis(t)}
+	cl := &cluster{}
+	url := ""
+	if onRedisCluster() {
+		cl.rcluster = testsvc.StartCluster(t)
+		url = cl.rcluster.URL()
+	} else {
+		cl.redis = testsvc.StartRedis(t)
+		url = "redis://" + cl.redis.Addr()
+	}
 	global := fmt.Sprintf(`	realtime {
-		redis redis://%s {
+		redis %s {
 			key_prefix t:
 			%s
 		}
-	}`, cl.redis.Addr(), redisOpts)
+	}`, url, redisOpts)
 	for i := 0; i < n; i++ {
 		cl.nodes = append(cl.nodes, startCaddyWith(t, global, site))
 	}
@@ -50,6 +77,9 @@ func startClusterWith(t *testing.T, n int, site, redisOpts string) *cluster {
 
 func (cl *cluster) client(t *testing.T) rueidis.Client {
 	t.Helper()
+	if cl.rcluster != nil {
+		return cl.rcluster.Client(t)
+	}
 	c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{cl.redis.Addr()}, DisableCache: true})
 	if err != nil {
 		t.Fatal(err)
@@ -293,6 +323,7 @@ func TestClusterResumeOnAnotherInstance(t *testing.T) {
 // comes back without restarting Caddy.
 func TestClusterRedisOutage(t *testing.T) {
 	cl := startCluster(t, 2, clusterSite)
+	cl.needOneServer(t)
 	a := subscribedLegacy(t, cl.nodes[0], "news")
 	b := subscribedLegacy(t, cl.nodes[1], "news")
 	waitFor(t, 10*time.Second, "cross-instance delivery", func() bool {

@@ -38,14 +38,21 @@ func pgGlobal(redisAddr string) string {
 	return g + "\t}"
 }
 
-// startNotifyCluster starts a throwaway redis-server and n Caddy instances
-// sharing it and the test PostgreSQL, each serving site.
+// startNotifyCluster starts a throwaway redis-server (a Redis Cluster with
+// REALTIME_TEST_REDIS_CLUSTER=1) and n Caddy instances sharing it and the
+// test PostgreSQL, each serving site.
 func startNotifyCluster(t testing.TB, n int, site string) []*instance {
 	t.Helper()
 	if caddyBin == "" {
 		t.Skip("integration tests need the Caddy binary; skipped in -short mode")
 	}
-	global := pgGlobal(testsvc.StartRedis(t).Addr())
+	var addr string
+	if onRedisCluster() {
+		addr = testsvc.StartCluster(t).Addr()
+	} else {
+		addr = testsvc.StartRedis(t).Addr()
+	}
+	global := pgGlobal(addr)
 	var nodes []*instance
 	for range n {
 		nodes = append(nodes, startCaddyWith(t, global, site))

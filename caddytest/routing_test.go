@@ -9,11 +9,33 @@ import (
 	"time"
 
 	"github.com/redis/rueidis"
+
+	"github.com/caddy-realtime/realtime/internal/testsvc"
 )
 
 // numsub reads how many connections subscribe to channel.
 func (cl *cluster) numsub(t *testing.T, channel string) int64 {
 	t.Helper()
+	if rc := cl.rcluster; rc != nil {
+		// On a Redis Cluster, classic subscriptions are counted by the
+		// node they were made on, shard ones by the slot's master.
+		var n int64
+		count := func(node *testsvc.RedisServer, args ...string) {
+			m, err := rc.NodeDo(node, args...)
+			if err != nil {
+				t.Fatalf("%v: %v", args, err)
+			}
+			subs, _ := m.AsIntMap()
+			n += subs[channel]
+		}
+		for _, node := range rc.Nodes {
+			if node.Running() {
+				count(node, "PUBSUB", "NUMSUB", channel)
+			}
+		}
+		count(rc.MasterOf(rc.Slot(channel)), "PUBSUB", "SHARDNUMSUB", channel)
+		return n
+	}
 	rc := cl.client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

@@ -71,14 +71,21 @@ export async function startGateway(bin) {
 	}
 }
 
-/** Caddy running Caddyfile.example (the demo) on a fixed port it can restart on. */
+/**
+ * Caddy running Caddyfile.example (the demo) on a fixed port it can restart
+ * on; or, with `caddyfile`, that Caddyfile, which reads its port from
+ * {$REALTIME_DEMO_PORT} and its other settings from `env`, logging to `log`.
+ * Either must serve the API under /_realtime (start waits for its health).
+ */
 export class Gateway {
-	constructor({ bin, port }) {
+	constructor({ bin, port, caddyfile, log, env }) {
 		this.bin = bin;
 		this.port = port;
 		this.base = `http://localhost:${port}`;
 		this.home = mkdtempSync(join(tmpdir(), 'realtime-e2e-home-'));
-		this.log = join(artifacts, 'caddy.log');
+		this.caddyfile = caddyfile ?? join(repo, 'Caddyfile.example');
+		this.log = log ?? join(artifacts, 'caddy.log');
+		this.env = env ?? {};
 		this.proc = null;
 	}
 
@@ -90,10 +97,11 @@ export class Gateway {
 			REALTIME_DEMO_PORT: String(this.port),
 			REALTIME_DEMO_ADMIN: 'off',
 			REALTIME_DEMO_ROOT: join(repo, 'demo'),
+			...this.env,
 		};
 		delete env.REALTIME_API_KEY; // the demo page publishes as a loopback caller
 		const fd = openSync(this.log, 'a');
-		const proc = spawn(this.bin, ['run', '--config', join(repo, 'Caddyfile.example'), '--adapter', 'caddyfile'], {
+		const proc = spawn(this.bin, ['run', '--config', this.caddyfile, '--adapter', 'caddyfile'], {
 			cwd: repo,
 			env,
 			stdio: ['ignore', fd, fd],

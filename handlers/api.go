@@ -556,12 +556,14 @@ func (g *Gateway) apiSeq(w http.ResponseWriter, r *http.Request, s *settings) {
 
 // Stats is a snapshot of a gateway, as GET /stats reports it.
 type Stats struct {
-	Instance      string  `json:"instance"`
-	Connections   int     `json:"connections"`
-	Topics        int     `json:"topics"`
-	Subscriptions int     `json:"subscriptions"`
-	UptimeSeconds float64 `json:"uptime_seconds"`
-	Draining      bool    `json:"draining"`
+	Instance    string `json:"instance"`
+	Connections int    `json:"connections"`
+	// SSEConnections counts the SSE streams among Connections.
+	SSEConnections int     `json:"sse_connections"`
+	Topics         int     `json:"topics"`
+	Subscriptions  int     `json:"subscriptions"`
+	UptimeSeconds  float64 `json:"uptime_seconds"`
+	Draining       bool    `json:"draining"`
 
 	// Notify is the state of each PostgreSQL NOTIFY channel (notify.go).
 	Notify []NotifyStats `json:"notify,omitempty"`
@@ -570,18 +572,22 @@ type Stats struct {
 // Stats returns the gateway's counts.
 func (g *Gateway) Stats() Stats {
 	conns := g.conns.all()
-	subs := 0
+	subs, sse := 0, 0
 	for _, c := range conns {
 		subs += c.subscriptionCount()
+		if c.sse != nil {
+			sse++
+		}
 	}
 	return Stats{
-		Instance:      g.instanceID,
-		Connections:   len(conns),
-		Topics:        g.hub.topicCount(),
-		Subscriptions: subs,
-		UptimeSeconds: g.now().Sub(g.started).Seconds(),
-		Draining:      g.draining.Load(),
-		Notify:        g.notifyStats(),
+		Instance:       g.instanceID,
+		Connections:    len(conns),
+		SSEConnections: sse,
+		Topics:         g.hub.topicCount(),
+		Subscriptions:  subs,
+		UptimeSeconds:  g.now().Sub(g.started).Seconds(),
+		Draining:       g.draining.Load(),
+		Notify:         g.notifyStats(),
 	}
 }
 

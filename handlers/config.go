@@ -58,6 +58,12 @@ type Config struct {
 	UserKey             string   // identity field naming a user; default "id"
 	AllowNonASCIITopics bool
 
+	// SSEPath is the SSE endpoint (sse.go, docs/protocol.md §10); empty: off.
+	SSEPath string
+	// SSEKeepAlive is the quiet period after which an SSE stream gets a
+	// keep-alive comment; default 30s, 5s..120s.
+	SSEKeepAlive time.Duration
+
 	KeepAlive      time.Duration // default 60s, 5s..120s
 	PingInterval   time.Duration // default 30s
 	IdleTimeout    time.Duration // default 120s
@@ -291,6 +297,7 @@ const (
 	DefaultAPIMaxBody     = 4 << 20
 	DefaultUserKey        = "id"
 	DefaultKeepAlive      = 60 * time.Second
+	DefaultSSEKeepAlive   = 30 * time.Second
 	DefaultPingInterval   = 30 * time.Second
 	DefaultIdleTimeout    = 120 * time.Second
 	DefaultWriteTimeout   = 10 * time.Second
@@ -337,6 +344,7 @@ func (c Config) WithDefaults() Config {
 		c.Origins = []string{"same-origin"}
 	}
 	setDefault(&c.KeepAlive, DefaultKeepAlive)
+	setDefault(&c.SSEKeepAlive, DefaultSSEKeepAlive)
 	setDefault(&c.PingInterval, DefaultPingInterval)
 	setDefault(&c.IdleTimeout, DefaultIdleTimeout)
 	setDefault(&c.WriteTimeout, DefaultWriteTimeout)
@@ -453,6 +461,15 @@ func NormalizeAPIPath(p string) string {
 func CheckPath(option, p string) error {
 	if !strings.HasPrefix(p, "/") {
 		return fmt.Errorf("%s must start with '/', got '%s'", option, p)
+	}
+	return nil
+}
+
+// CheckSSEKeepAlive checks the sse block's keepalive option. Proxies and
+// load balancers commonly drop a response quiet for 60 s, hence the cap.
+func CheckSSEKeepAlive(d time.Duration) error {
+	if d < MinKeepAlive || d > MaxKeepAlive {
+		return fmt.Errorf("sse keepalive must be between %.0fs and %.0fs, got '%s'", MinKeepAlive.Seconds(), MaxKeepAlive.Seconds(), d)
 	}
 	return nil
 }
@@ -588,6 +605,18 @@ func (c Config) Validate() error {
 	}
 	if err := CheckKeepAlive(c.KeepAlive); err != nil {
 		return err
+	}
+	if c.SSEPath != "" {
+		if err := CheckPath("sse path", c.SSEPath); err != nil {
+			return err
+		}
+		if c.SSEPath == c.Path || c.SSEPath == c.AuthPath || (c.APIPath != "" && pathUnder(c.SSEPath, NormalizeAPIPath(c.APIPath))) ||
+			(c.DashboardPath != "" && pathUnder(c.SSEPath, c.DashboardPath)) {
+			return fmt.Errorf("sse path %q must differ from the websocket path and the auth_path and lie outside the api and dashboard paths", c.SSEPath)
+		}
+		if err := CheckSSEKeepAlive(c.SSEKeepAlive); err != nil {
+			return err
+		}
 	}
 	if c.JWT != nil {
 		if err := CheckJWT(c.JWT); err != nil {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"math"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 	"sync"
@@ -18,7 +19,9 @@ import (
 	"github.com/caddy-realtime/realtime/extensions/wire"
 )
 
-// conn is one accepted WebSocket.
+// conn is one accepted WebSocket, or one SSE stream (sse.go): both are
+// the same hub subscriber with the same queue, policy and accounting; only
+// how a drained frame reaches the client differs.
 //
 // Goroutines: the read loop (started by the gateway after the upgrade, on a
 // fresh goroutine so its stack does not carry Caddy's middleware chain) owns
@@ -29,9 +32,10 @@ import (
 type conn struct {
 	g        *Gateway
 	ws       *websocket.Conn
-	cork     *corkConn // the socket under ws, which data frames are written to; nil in socketless test conns
-	deflate  *deflater // set when the connection negotiated permessage-deflate
-	id       string    // the welcome session id, also the connection id of the API and hooks
+	cork     *corkConn  // the socket under ws, which data frames are written to; nil in socketless test conns
+	deflate  *deflater  // set when the connection negotiated permessage-deflate
+	sse      *sseStream // set for an SSE stream, which has neither ws nor cork
+	id       string     // the welcome session id, also the connection id of the API and hooks
 	ip       string
 	identity json.RawMessage // the auth hook's object, or {}
 	user     string          // String(identity[user_key]); "" when absent
@@ -186,9 +190,22 @@ func (c *conn) enqueueFrames(bs [][]byte, at time.Time, exempt bool) int {
 func (c *conn) send(b []byte) bool { return c.enqueue(b, time.Time{}) }
 
 // writeLoop drains the queue and exits when it is empty.
+//
+// It yields once before its first drain. The loop starts on the first
+// frame of a quiet connection, usually while a publish is still being
+// enqueued to thousands of subscribers; letting the publisher (and the
+// publishes behind it) run first means each drain finds more frames and
+// writes them in one syscall, where otherwise every connection would
+// write each frame on its own. On an idle scheduler the yield returns at
+// once. Measured with bursts of 40 publishes in flight (`fanout -rate max
+// -window 40`), alternating builds: at 10 000 subscribers 279k and 493k
+// deliveries/s against 183k and 187k without it (298k and 409k against
+// 162k and 183k per server CPU-second), at 2 000 subscribers 370k and
+// 325k against 298k and 222k per server CPU-second.
 func (c *conn) writeLoop() {
 	defer c.g.wg.Done()
 	defer c.recoverPanic("write loop")
+	runtime.Gosched()
 	for {
 		c.mu.Lock()
 		if len(c.queue) == 0 || c.closed {
@@ -225,8 +242,11 @@ func (c *conn) writeLoop() {
 // a third of a fan-out's CPU; the corked socket write carries the write
 // timeout instead.
 func (c *conn) writeBatch(batch []outFrame) bool {
+	if c.sse != nil {
+		n, failed := c.sse.write(c, batch)
+		return c.wrote(batch, n, failed, n < len(batch))
+	}
 	c.cork.cork(c.g.settings().WriteTimeout)
-	var written, replayWritten int64
 	n := 0
 	failed, stopped := false, false
 	coalesce := c.batchCap.Load() && len(batch) > 1
@@ -261,13 +281,6 @@ func (c *conn) writeBatch(batch []outFrame) bool {
 			stopped = true
 			break
 		}
-		for _, f := range batch[i : i+k] {
-			if f.exempt {
-				replayWritten += int64(len(f.b))
-			} else {
-				written += int64(len(f.b))
-			}
-		}
 		n += k
 		i += k
 	}
@@ -276,21 +289,36 @@ func (c *conn) writeBatch(batch []outFrame) bool {
 	if c.cork.uncork() != nil {
 		failed = true
 	}
+	if zRaw > 0 {
+		c.g.m.compressedRaw.Add(float64(zRaw))
+		c.g.m.compressedWire.Add(float64(zWire))
+	}
+	return c.wrote(batch, n, failed, stopped)
+}
+
+// wrote accounts for the first n frames of batch, written; failed means a
+// write failed or timed out, stopped that the connection began closing.
+// It reports whether the write loop goes on.
+func (c *conn) wrote(batch []outFrame, n int, failed, stopped bool) bool {
 	if failed {
 		// A failed or timed-out write: that is the policy for a client
 		// that stopped reading (coder/websocket#242 closes the socket on
 		// a timed-out write too).
 		c.markClosed()
-		c.ws.CloseNow()
+		c.closeNow()
+	}
+	var written, replayWritten int64
+	for _, f := range batch[:n] {
+		if f.exempt {
+			replayWritten += int64(len(f.b))
+		} else {
+			written += int64(len(f.b))
+		}
 	}
 	now := c.g.now()
 	c.lastWrite.Store(now.UnixNano())
 	c.g.m.framesOut.Add(float64(n))
 	c.g.m.bytesOut.Add(float64(written + replayWritten))
-	if zRaw > 0 {
-		c.g.m.compressedRaw.Add(float64(zRaw))
-		c.g.m.compressedWire.Add(float64(zWire))
-	}
 	for _, f := range batch[:n] {
 		if f.at != 0 {
 			c.g.m.latency.Observe(float64(now.UnixNano()-f.at) / 1e9)
@@ -373,8 +401,23 @@ func (c *conn) closeWith(code websocket.StatusCode, reason string) {
 	c.closeOnce.Do(func() {
 		c.markClosed()
 		c.g.m.closed(strconv.Itoa(int(code)))
+		if c.sse != nil {
+			c.sse.finish(int(code), reason)
+			return
+		}
 		_ = c.ws.Close(code, reason)
 	})
+}
+
+// closeNow drops the connection without a close handshake: the socket
+// closes, or the SSE stream ends; the read loop (or the SSE request)
+// then cleans up.
+func (c *conn) closeNow() {
+	if c.sse != nil {
+		c.sse.end()
+		return
+	}
+	c.ws.CloseNow()
 }
 
 // closeAsync runs closeWith on a goroutine the gateway waits for. A
@@ -396,7 +439,7 @@ func (c *conn) recoverPanic(where string) {
 		c.g.logger.Error("panic in connection goroutine; closing the connection",
 			zap.String("where", where), zap.String("connection", c.id),
 			zap.Any("panic", r), zap.ByteString("stack", debug.Stack()))
-		c.ws.CloseNow()
+		c.closeNow()
 	}
 }
 
@@ -533,7 +576,7 @@ func (c *conn) cleanup() {
 	// The hook queue stays: what the client sent before it went away is
 	// the app's, and the worker posts it in order within the hook timeout.
 	c.g.unregister(c)
-	c.ws.CloseNow()
+	c.closeNow()
 }
 
 func (c *conn) subscriptionCount() int { return int(c.nsubs.Load()) }

@@ -50,6 +50,26 @@ func deflateClient(t testing.TB, srv *httptest.Server) (net.Conn, *bufio.Reader,
 	return nc, br, resp.Header.Get("Sec-WebSocket-Extensions")
 }
 
+// dialDeflate connects a coder/websocket client offering permessage-deflate
+// and reads its welcome. It is closed at cleanup.
+func dialDeflate(t testing.TB, srv *httptest.Server) *testClient {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ws, _, err := websocket.Dial(ctx, srv.URL+DefaultPath, &websocket.DialOptions{
+		HTTPHeader:      http.Header{"Origin": {srv.URL}},
+		CompressionMode: websocket.CompressionNoContextTakeover,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws.SetReadLimit(4 << 20)
+	t.Cleanup(func() { ws.CloseNow() })
+	c := &testClient{t: t, ws: ws}
+	c.id = c.read(ctx)[0].SessionID
+	return c
+}
+
 // rawFrame is one server frame as it came: its RSV1 bit and its payload,
 // inflated when RSV1 is set.
 type rawFrame struct {
@@ -194,16 +214,7 @@ func TestCompressionBurstKeepsOrder(t *testing.T) {
 	g, srv := newTestGateway(t, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	ws, _, err := websocket.Dial(ctx, srv.URL+DefaultPath, &websocket.DialOptions{
-		HTTPHeader:      http.Header{"Origin": {srv.URL}},
-		CompressionMode: websocket.CompressionNoContextTakeover,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ws.CloseNow()
-	c := &testClient{t: t, ws: ws}
-	c.id = c.read(ctx)[0].SessionID
+	c := dialDeflate(t, srv)
 	c.write(ctx, `{"type":"hello","caps":["batch"]}`)
 	c.subscribe("mix")
 	if c.serverConn(g).deflate == nil {
@@ -241,24 +252,16 @@ func TestCompressionInflatedPayloadIsBounded(t *testing.T) {
 	_, srv := newTestGateway(t, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	ws, _, err := websocket.Dial(ctx, srv.URL+DefaultPath, &websocket.DialOptions{
-		HTTPHeader:      http.Header{"Origin": {srv.URL}},
-		CompressionMode: websocket.CompressionNoContextTakeover,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ws.CloseNow()
-	c := &testClient{t: t, ws: ws}
-	c.read(ctx) // welcome
+	c := dialDeflate(t, srv)
 	// A small compressed message is inflated and handled.
 	c.subscribe("ok")
 	bomb := `{"type":"subscribe","topic":"` + strings.Repeat("a", 1<<20) + `"}`
-	if err := ws.Write(ctx, websocket.MessageText, []byte(bomb)); err != nil {
+	if err := c.ws.Write(ctx, websocket.MessageText, []byte(bomb)); err != nil {
 		t.Fatal(err)
 	}
+	var err error
 	for {
-		if _, _, err = ws.Read(ctx); err != nil {
+		if _, _, err = c.ws.Read(ctx); err != nil {
 			break
 		}
 	}
@@ -277,5 +280,23 @@ func TestCompressionOffByDefault(t *testing.T) {
 	}
 	if f := readRawFrame(t, br); f.rsv1 {
 		t.Fatal("welcome came compressed with compression off")
+	}
+}
+
+// BenchmarkDeflate2KiB is one compression of a 2 KiB JSON event: what a
+// publish costs once, whatever its number of subscribers.
+func BenchmarkDeflate2KiB(b *testing.B) {
+	for _, level := range []int{1, 6} {
+		b.Run(fmt.Sprintf("level%d", level), func(b *testing.B) {
+			d := newDeflater(CompressionConfig{Level: level, MinSize: 1})
+			frame := []byte(`{"topic":"todos","event":"updated","data":` + string(jsonPayload(2048)) + `,"seq":1}`)
+			var z []byte
+			b.SetBytes(int64(len(frame)))
+			b.ReportAllocs()
+			for range b.N {
+				z = d.compress(frame)
+			}
+			b.ReportMetric(float64(len(z))/float64(len(frame)), "ratio")
+		})
 	}
 }

@@ -345,10 +345,20 @@ func (g *Gateway) Reconfigure(cfg Config) error {
 func (g *Gateway) settings() *settings { return g.cfg.Load() }
 func (g *Gateway) now() time.Time      { return g.settings().Now() }
 
-// ServeHTTP serves the gateway's two paths: WebSocket upgrades on Path and
-// the API under APIPath. It reports false, writing nothing, for every other
-// request, which the caller passes on (to reverse_proxy, typically).
+// ServeHTTP serves the gateway's paths: WebSocket upgrades on Path, SSE
+// streams on SSEPath, the auth preflight and the API under APIPath. It
+// reports false, writing nothing, for every other request, which the
+// caller passes on (to reverse_proxy, typically).
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) bool {
+	return g.ServeHTTPUntil(w, r, nil)
+}
+
+// ServeHTTPUntil is ServeHTTP for a server that goes away before the
+// gateway does: once unload is closed (Caddy unloading the configuration
+// whose server took the request, on a reload) the SSE streams it serves
+// end, spread over ShutdownSpread, and their clients reconnect to the
+// server that replaced it. A WebSocket, hijacked from its server, stays.
+func (g *Gateway) ServeHTTPUntil(w http.ResponseWriter, r *http.Request, unload <-chan struct{}) bool {
 	s := g.settings()
 	if s.APIPath != "" && pathUnder(r.URL.Path, s.APIPath) {
 		g.serveAPI(w, r, s)
@@ -360,6 +370,10 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) bool {
 	}
 	if s.AuthPath != "" && s.AuthPath != AuthPathOff && r.URL.Path == s.AuthPath {
 		g.servePreflight(w, r, s)
+		return true
+	}
+	if s.SSEPath != "" && r.URL.Path == s.SSEPath {
+		g.serveSSE(w, r, s, unload)
 		return true
 	}
 	if r.URL.Path != s.Path || !isUpgrade(r) {
@@ -451,7 +465,7 @@ func (g *Gateway) drain(ctx context.Context) error {
 			// Read loops end when their socket closes; closeWith closed
 			// every socket above, this catches any that slipped past.
 			for _, c := range g.conns.all() {
-				c.ws.CloseNow()
+				c.closeNow()
 			}
 			g.wg.Wait()
 			close(done)
@@ -462,7 +476,7 @@ func (g *Gateway) drain(ctx context.Context) error {
 			g.cancel()
 			g.stopPosting()
 			for _, c := range g.conns.all() {
-				c.ws.CloseNow()
+				c.closeNow()
 			}
 			err = ctx.Err()
 		}
@@ -546,6 +560,16 @@ func (g *Gateway) safely(where string, f func()) {
 func (g *Gateway) sweepConns(s *settings, now time.Time) {
 	n := now.UnixNano()
 	for _, c := range g.conns.all() {
+		if c.sse != nil {
+			// An SSE client sends nothing to time out on: a dead one is
+			// found by its failing writes (the keep-alive comments bound
+			// how long that takes) and by its request's context.
+			if n-c.lastWrite.Load() >= int64(s.SSEKeepAlive) {
+				c.lastWrite.Store(n)
+				c.send(wire.HeartbeatFrame)
+			}
+			continue
+		}
 		if n-c.lastRead.Load() > int64(s.IdleTimeout) {
 			// Half-open or silent: the read loop ends and cleans up (docs/design.md, conventions §9.5).
 			c.ws.CloseNow()
@@ -647,6 +671,9 @@ func (x *connIndex) count() int {
 func (g *Gateway) unregister(c *conn) {
 	g.conns.remove(c)
 	g.m.connections.Dec()
+	if c.sse != nil {
+		g.m.sseConnections.Dec()
+	}
 }
 
 // ShutdownBudget is how long Close may take before it gives up waiting:

@@ -12,8 +12,16 @@ import (
 var (
 	metricConnections = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: "caddy", Subsystem: "realtime", Name: "connections",
-		Help: "Open WebSocket connections.",
+		Help: "Open connections: WebSockets and SSE streams.",
 	}, []string{"gateway"})
+	metricSSEConnections = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "caddy", Subsystem: "realtime", Name: "sse_connections",
+		Help: "Open SSE streams (counted in connections too).",
+	}, []string{"gateway"})
+	metricSSERequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "realtime", Name: "sse_requests_total",
+		Help: "SSE stream requests by result (200 or the HTTP status of the refusal).",
+	}, []string{"gateway", "code"})
 	metricSubscriptions = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: "caddy", Subsystem: "realtime", Name: "subscriptions",
 		Help: "Topic subscriptions held by open connections.",
@@ -104,7 +112,7 @@ var (
 
 var allMetrics = []prometheus.Collector{
 	metricCompressed,
-	metricConnections, metricSubscriptions, metricUpgrades, metricFramesIn, metricBytesIn,
+	metricConnections, metricSSEConnections, metricSSERequests, metricSubscriptions, metricUpgrades, metricFramesIn, metricBytesIn,
 	metricFramesOut, metricBytesOut, metricDropped, metricClosed, metricPublished,
 	metricDeliveryLatency, metricHookDuration, metricHookErrors, metricNotifyReceived, metricNotifyDropped,
 	metricFills, metricFilled, metricTruncated, metricBusHealthy, metricBusUnits, metricBusMessages,
@@ -128,6 +136,7 @@ func RegisterMetrics(reg prometheus.Registerer) error {
 // path never looks labels up.
 type gatewayMetrics struct {
 	connections, subscriptions     prometheus.Gauge
+	sseConnections                 prometheus.Gauge
 	framesOut, bytesOut, bytesIn   prometheus.Counter
 	compressedRaw, compressedWire  prometheus.Counter
 	dropSlow, dropRate, dropNoHook prometheus.Counter
@@ -144,6 +153,7 @@ func newGatewayMetrics(name string) *gatewayMetrics {
 		name:           name,
 		connections:    metricConnections.WithLabelValues(name),
 		subscriptions:  metricSubscriptions.WithLabelValues(name),
+		sseConnections: metricSSEConnections.WithLabelValues(name),
 		framesOut:      metricFramesOut.WithLabelValues(name),
 		bytesOut:       metricBytesOut.WithLabelValues(name),
 		bytesIn:        metricBytesIn.WithLabelValues(name),
@@ -170,7 +180,10 @@ func (m *gatewayMetrics) frameIn(kind string, n int) {
 }
 
 func (m *gatewayMetrics) upgrade(code string) { metricUpgrades.WithLabelValues(m.name, code).Inc() }
-func (m *gatewayMetrics) closed(code string)  { metricClosed.WithLabelValues(m.name, code).Inc() }
+func (m *gatewayMetrics) sseRequest(code string) {
+	metricSSERequests.WithLabelValues(m.name, code).Inc()
+}
+func (m *gatewayMetrics) closed(code string) { metricClosed.WithLabelValues(m.name, code).Inc() }
 func (m *gatewayMetrics) published(source string, n int) {
 	metricPublished.WithLabelValues(m.name, source).Add(float64(n))
 }

@@ -116,6 +116,17 @@ type subEntry struct {
 // system entries are decided first; the rest are authorized in one
 // application call and acked in input order, all with ref.
 func (c *conn) subscribe(entries []subEntry, ref []byte) {
+	if decisions, ok := c.decide(entries, ref); ok {
+		c.apply(entries, decisions, ref)
+	}
+}
+
+// decide runs the steps of §3.5 that come before any entry is attached:
+// the subscribe rate, invalid and system entries (their e.ack is set and
+// a denial is acked at once) and the one subscribe hook call, whose
+// decisions it returns (topic → reason; absent: allowed). It reports
+// false when the rate limit refused the whole frame.
+func (c *conn) decide(entries []subEntry, ref []byte) (map[string]string, bool) {
 	s := c.g.settings()
 	if r := c.g.ext.rate; r != nil && r.cfg.Subscribes && !c.rateAllow(len(entries)) {
 		if ref != nil {
@@ -123,7 +134,7 @@ func (c *conn) subscribe(entries []subEntry, ref []byte) {
 				c.send(wire.SubscribeDenied(entries[i].raw, ref, ReasonRateLimited))
 			}
 		}
-		return
+		return nil, false
 	}
 	var ask []string
 	for i := range entries {
@@ -144,6 +155,15 @@ func (c *conn) subscribe(entries []subEntry, ref []byte) {
 	if len(ask) > 0 {
 		decisions = c.g.authorize(c, ask)
 	}
+	return decisions, true
+}
+
+// apply acks and attaches, in input order, the entries decide left
+// undecided, denying those the hook refused, those beyond
+// max_subscriptions and those that would join a full group; each gets
+// its outcome in e.ack ("ok" once attached).
+func (c *conn) apply(entries []subEntry, decisions map[string]string, ref []byte) {
+	s := c.g.settings()
 	now := c.g.now()
 	for i := range entries {
 		e := &entries[i]
@@ -162,11 +182,13 @@ func (c *conn) subscribe(entries []subEntry, ref []byte) {
 			reason = c.g.groupJoinOn(c, e.topic)
 		}
 		if reason != "" {
+			e.ack = reason
 			if ref != nil {
 				c.send(wire.SubscribeDenied(e.raw, ref, reason))
 			}
 			continue
 		}
+		e.ack = "ok"
 		c.attach(e.topic, now)
 		if ref != nil {
 			c.send(wire.Subscribed(e.raw, ref))
@@ -252,9 +274,9 @@ func (c *conn) attach(t string, now time.Time) {
 	c.topics[t] = struct{}{}
 	c.nsubs.Store(int32(len(c.topics)))
 	c.g.routeHold(t, true)
-	if after, ok := c.takeResume(t, now); ok {
+	if p, ok := c.takeResume(t, now); ok {
 		c.g.hub.subscribe(t, c, func() { c.hold(t) })
-		c.fillResume(t, after)
+		c.fillResume(t, p)
 	} else {
 		c.g.baseline(t)
 		c.g.hub.subscribe(t, c, nil)

@@ -137,19 +137,23 @@ func (c *conn) resume(f *wire.Frame, now time.Time) {
 type pendingResume struct {
 	after   uint64
 	expires time.Time
+	// lost: the client may have missed events before after, which it
+	// cannot name (an SSE Last-Event-ID that does not fit the stream's
+	// topics), so the gap counts as truncated whatever the store holds.
+	lost bool
 }
 
 // takeResume consumes the pending resume of t, if one is still valid.
-func (c *conn) takeResume(t string, now time.Time) (uint64, bool) {
+func (c *conn) takeResume(t string, now time.Time) (pendingResume, bool) {
 	p, ok := c.resumes[t]
 	if !ok {
-		return 0, false
+		return p, false
 	}
 	delete(c.resumes, t)
 	if len(c.resumes) == 0 {
 		c.resumes = nil
 	}
-	return p.after, now.Before(p.expires)
+	return p, now.Before(p.expires)
 }
 
 // fillResume sends what c missed on t after `after` (§5.3 step 3), c
@@ -158,7 +162,8 @@ func (c *conn) takeResume(t string, now time.Time) (uint64, bool) {
 // stored entries, and releases the held live frames above them, so only
 // seq > head follows live. A store that cannot be read gets the truncated
 // notice: the client is told it may have missed events, never nothing.
-func (c *conn) fillResume(t string, after uint64) {
+func (c *conn) fillResume(t string, p pendingResume) {
+	after := p.after
 	r := c.g.replayFor(t)
 	ctx, cancel := context.WithTimeout(c.g.ctx, storeTimeout)
 	rng, err := r.store.Since(ctx, t, after)
@@ -167,6 +172,7 @@ func (c *conn) fillResume(t string, after uint64) {
 		c.g.logger.Warn("resume: reading the replay store failed; the client is told truncated", zap.String("topic", t), zap.Error(err))
 		rng = replay.Range{Head: after, Truncated: true}
 	}
+	rng.Truncated = rng.Truncated || p.lost
 	if rng.Truncated {
 		metricTruncated.WithLabelValues(c.g.m.name, "resume").Inc()
 	}

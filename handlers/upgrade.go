@@ -55,6 +55,29 @@ func refuse(w http.ResponseWriter, status int, msg string) {
 	_, _ = w.Write([]byte(msg + "\n"))
 }
 
+// admit runs the checks a WebSocket upgrade and an SSE stream share, in
+// the order of §2.1: draining, max_connections, then the client address's
+// upgrade_rate (refused with rateMsg). It returns the client address, or
+// the status and message of the refusal with Retry-After set on w.
+func (g *Gateway) admit(w http.ResponseWriter, r *http.Request, s *settings, rateMsg string) (ip string, status int, msg string) {
+	if g.draining.Load() {
+		w.Header().Set("Retry-After", "5")
+		return "", http.StatusServiceUnavailable, "Server shutting down"
+	}
+	if s.MaxConnections > 0 && g.conns.count() >= s.MaxConnections {
+		w.Header().Set("Retry-After", "5")
+		return "", http.StatusServiceUnavailable, "Too many connections"
+	}
+	ip = s.ClientIP(r)
+	if s.UpgradeRate > 0 {
+		if wait, ok := g.upgrades.allow(ip, s.Now(), s.UpgradeRate, s.UpgradeWindow); !ok {
+			w.Header().Set("Retry-After", strconv.Itoa(int((wait+time.Second-1)/time.Second)))
+			return "", http.StatusTooManyRequests, rateMsg
+		}
+	}
+	return ip, 0, ""
+}
+
 // serveUpgrade runs the upgrade checks of §2.1 in order, then accepts.
 func (g *Gateway) serveUpgrade(w http.ResponseWriter, r *http.Request, s *settings) {
 	code := "101"
@@ -67,24 +90,10 @@ func (g *Gateway) serveUpgrade(w http.ResponseWriter, r *http.Request, s *settin
 		fail(http.StatusBadRequest, "Bad WebSocket handshake")
 		return
 	}
-	if g.draining.Load() {
-		w.Header().Set("Retry-After", "5")
-		fail(http.StatusServiceUnavailable, "Server shutting down")
+	ip, status, msg := g.admit(w, r, s, "Too many upgrades")
+	if status != 0 {
+		fail(status, msg)
 		return
-	}
-	if s.MaxConnections > 0 && g.conns.count() >= s.MaxConnections {
-		w.Header().Set("Retry-After", "5")
-		fail(http.StatusServiceUnavailable, "Too many connections")
-		return
-	}
-	ip := s.ClientIP(r)
-	now := s.Now()
-	if s.UpgradeRate > 0 {
-		if wait, ok := g.upgrades.allow(ip, now, s.UpgradeRate, s.UpgradeWindow); !ok {
-			w.Header().Set("Retry-After", strconv.Itoa(int((wait+time.Second-1)/time.Second)))
-			fail(http.StatusTooManyRequests, "Too many upgrades")
-			return
-		}
 	}
 	if !s.originAllowed(r) {
 		fail(http.StatusForbidden, "Origin not allowed")
@@ -146,6 +155,17 @@ func (g *Gateway) serveUpgrade(w http.ResponseWriter, r *http.Request, s *settin
 // on a fresh goroutine, letting the request goroutine (and its deep stack)
 // end.
 func (g *Gateway) start(c *conn, s *settings) {
+	if !g.register(c, s) {
+		_ = c.ws.Close(websocket.StatusGoingAway, "Server shutting down")
+		return
+	}
+	go c.readLoop()
+}
+
+// register adds an opened connection to the gateway, counting its read
+// loop (or SSE request) in g.wg, queues its welcome and arms its token's
+// expiry. It reports false, registering nothing, once Close has begun.
+func (g *Gateway) register(c *conn, s *settings) bool {
 	c.user = userOf(c.identity, s.UserKey)
 	now := s.Now().UnixNano()
 	c.lastRead.Store(now)
@@ -156,16 +176,20 @@ func (g *Gateway) start(c *conn, s *settings) {
 	g.lifeMu.RLock()
 	if g.draining.Load() {
 		g.lifeMu.RUnlock()
-		_ = c.ws.Close(websocket.StatusGoingAway, "Server shutting down")
-		return
+		return false
 	}
+	g.wg.Add(1)
+	// Queued before the connection can be found (a health event, a send
+	// by user), so welcome is its first frame (§2.3).
+	c.send(wire.Welcome(c.id))
 	g.conns.add(c)
 	g.m.connections.Inc()
-	g.wg.Add(1)
+	if c.sse != nil {
+		g.m.sseConnections.Inc()
+	}
 	g.lifeMu.RUnlock()
 	c.armExpiry(s.Now())
-	c.send(wire.Welcome(c.id))
-	go c.readLoop()
+	return true
 }
 
 // userOf returns String(identity[key]) as JavaScript would print it, for

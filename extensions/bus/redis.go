@@ -185,13 +185,14 @@ type RedisConfig struct {
 // follow Hold and Release, batched, and are all sent again after a
 // reconnection.
 //
-// Sharded Pub/Sub (SPUBLISH/SSUBSCRIBE per topic, for Redis Cluster) is not
-// implemented. On a Cluster, PUBLISH reaches every node's subscribers, so
-// the bus works, at the cost of broadcasting every unit across the
-// Cluster; but rueidis sends each keyless command to an arbitrary node, and
-// two round trips through different nodes may arrive in either order, so
-// per-publisher order holds only on a standalone or Sentinel-managed
-// server.
+// On a Redis Cluster, a routed bus without partitions uses sharded
+// Pub/Sub (SPUBLISH/SSUBSCRIBE per topic, redis_sharded.go): per-topic
+// order holds, and one publisher's units to different topics may arrive in
+// either order. Compat mode and partitions keep classic PUBLISH, which a
+// Cluster broadcasts to every node's subscribers; rueidis sends each
+// keyless command to an arbitrary node, and two round trips through
+// different nodes may arrive in either order, so there per-publisher order
+// holds only on a standalone or Sentinel-managed server.
 //
 // Goroutines: 4 (writer, subscriber, prober, dispatcher), plus one that
 // waits for them; Close stops them all.
@@ -440,14 +441,15 @@ func (r *Redis) send(batch []outUnit, cmds rueidis.Commands) rueidis.Commands {
 	defer cancel()
 	var err error
 	lost := 0
+	sharded := r.sharded()
 	if len(batch) == 1 {
-		err = r.client.Do(ctx, r.publishCmd(batch[0].channel, batch[0].env)).Error()
+		err = r.client.Do(ctx, r.publishCmd(batch[0].channel, batch[0].env, sharded)).Error()
 		if err != nil {
 			lost = 1
 		}
 	} else {
 		for _, u := range batch {
-			cmds = append(cmds, r.publishCmd(u.channel, u.env))
+			cmds = append(cmds, r.publishCmd(u.channel, u.env, sharded))
 		}
 		for _, res := range r.client.DoMulti(ctx, cmds...) {
 			if e := res.Error(); e != nil {
@@ -466,9 +468,15 @@ func (r *Redis) send(batch []outUnit, cmds rueidis.Commands) rueidis.Commands {
 	return cmds
 }
 
-func (r *Redis) publishCmd(channel string, env []byte) rueidis.Completed {
+// publishCmd is a PUBLISH, or with sharded channels an SPUBLISH for a
+// topic channel. rueidis sends a batch's SPUBLISHes of one slot in order
+// on one connection, so that a topic's units keep their order.
+func (r *Redis) publishCmd(channel string, env []byte, sharded bool) rueidis.Completed {
 	// The envelope is never modified after Publish encoded it, so the
 	// zero-copy string is safe.
+	if sharded && isTopicChannel(channel) {
+		return r.client.B().Spublish().Channel(channel).Message(rueidis.BinaryString(env)).Build()
+	}
 	return r.client.B().Publish().Channel(channel).Message(rueidis.BinaryString(env)).Build()
 }
 
@@ -665,6 +673,9 @@ func (r *Redis) probeLoop() {
 			if pending != 0 && r.acked.Load() >= pending {
 				healthySince = pendingSince.Sub(r.epoch)
 				pending = 0
+				if r.shardsDown(time.Now(), 2*r.interval) {
+					break // some topics' subscriptions are still down
+				}
 				failures = 0
 				if !r.healthy.Load() {
 					r.healthy.Store(true)
@@ -672,6 +683,9 @@ func (r *Redis) probeLoop() {
 				}
 			}
 		case now := <-ticker.C:
+			if r.shardsDown(now, 2*r.interval) {
+				fail(1)
+			}
 			if pending != 0 && now.Sub(pendingSince) >= 2*r.interval {
 				pending = 0
 				r.onError(fmt.Errorf("bus: %w on %q (resubscribing)", errProbeLost, r.probeChannel))

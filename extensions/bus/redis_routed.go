@@ -85,6 +85,11 @@ type route struct {
 	state  routeState
 	ready  chan struct{} // closed at the first confirmation
 	closed bool          // ready is closed
+
+	// With sharded channels: the route's own subscriber goroutine.
+	stop   context.CancelFunc // nil until started
+	done   chan struct{}      // closed when it has returned
+	sentAt time.Time          // when it last began waiting for a confirmation
 }
 
 // routeTable is the channels a routed bus wants; the routed loop makes
@@ -93,11 +98,17 @@ type routeTable struct {
 	mu     sync.Mutex
 	routes map[string]*route
 	dirty  chan struct{} // one slot: a route needs a SUBSCRIBE
+	// stopping holds, per sharded channel whose route expired, the done
+	// channel of its subscriber until it returned: a new subscriber of the
+	// channel waits for it, so that the old SUNSUBSCRIBE cannot end the
+	// new subscription.
+	stopping map[string]chan struct{}
 }
 
 func (t *routeTable) init() {
 	t.routes = make(map[string]*route)
 	t.dirty = make(chan struct{}, 1)
+	t.stopping = make(map[string]chan struct{})
 }
 
 var closedReady = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
@@ -168,13 +179,21 @@ const batchChannels = 512
 // OnResync, comes after every topic's), then follows the route table until
 // the connection fails or ctx ends.
 func (r *Redis) serveRoutes(ctx context.Context) error {
+	// Decided per connection: a client that started before its Redis
+	// answered knows whether it is a Cluster only once connected.
+	sharded := r.sharded()
 	dc, release := r.client.Dedicate()
 	defer release()
 	defer dc.Close()
 	errs := dc.SetPubSubHooks(rueidis.PubSubHooks{OnMessage: r.onMessage, OnSubscription: r.onRouteSubscription})
 	r.routes.mu.Lock()
 	for _, rt := range r.routes.routes {
-		rt.state = routeUnsent
+		// A shard subscriber outlives this connection; a route without
+		// one (classic, or not started before the client knew it was a
+		// Cluster's) is subscribed again.
+		if !sharded || rt.stop == nil {
+			rt.state = routeUnsent
+		}
 	}
 	r.routes.mu.Unlock()
 	tick := time.NewTicker(max(r.routing.Linger/2, 10*time.Millisecond))
@@ -189,7 +208,7 @@ func (r *Redis) serveRoutes(ctx context.Context) error {
 			return err
 		default:
 		}
-		if err := r.reconcile(ctx, dc, first); err != nil {
+		if err := r.reconcile(ctx, dc, first, sharded); err != nil {
 			return err
 		}
 		first = false
@@ -211,14 +230,24 @@ func (r *Redis) serveRoutes(ctx context.Context) error {
 // sent on this connection and the UNSUBSCRIBEs of those that lingered
 // past Routing.Linger. A route waiting for its confirmation never expires:
 // a later SUBSCRIBE of the same channel could otherwise take its
-// confirmation.
-func (r *Redis) reconcile(ctx context.Context, dc rueidis.DedicatedClient, first bool) error {
+// confirmation. With sharded channels the topic routes are not on this
+// connection: it starts and stops their subscribers instead.
+func (r *Redis) reconcile(ctx context.Context, dc rueidis.DedicatedClient, first, sharded bool) error {
 	now := time.Now()
 	var sub, unsub []string
 	t := &r.routes
 	t.mu.Lock()
 	for ch, rt := range t.routes {
 		switch {
+		case sharded && rt.refs == 0 && now.Sub(rt.idle) >= r.routing.Linger:
+			if rt.stop != nil {
+				rt.stop()
+				t.stopping[ch] = rt.done
+			}
+			delete(t.routes, ch)
+		case sharded && rt.state == routeUnsent:
+			r.startShard(ch, rt)
+		case sharded:
 		case rt.refs == 0 && rt.state != routeSent && now.Sub(rt.idle) >= r.routing.Linger:
 			if rt.state == routeConfirmed {
 				unsub = append(unsub, ch)

@@ -51,6 +51,13 @@ type RedisConfig struct {
 	// Channel: a routed Redis bus's (bus.Routing.TopicChannel). Default:
 	// nil.
 	ChannelOf func(topic string) string
+
+	// Sharded makes AppendAndPublish SPUBLISH on ChannelOf's channel when
+	// the client is a Redis Cluster's, as a routed bus without partitions
+	// subscribes there (bus.Redis); the channel must then carry the
+	// topic's hash tag, {<topic>}, so that the script stores and publishes
+	// on the one node of the topic's slot. Default: false, PUBLISH.
+	Sharded bool
 }
 
 // Redis is the Store shared by every instance of a cluster, on one Redis
@@ -84,6 +91,7 @@ type Redis struct {
 	ttl     string
 	channel string
 	chanOf  func(string) string
+	sharded bool
 	seen    *seen
 }
 
@@ -112,6 +120,7 @@ func NewRedis(client rueidis.Client, cfg RedisConfig) (*Redis, error) {
 		ttl:     strconv.FormatInt(ttl, 10),
 		channel: cfg.Channel,
 		chanOf:  cfg.ChannelOf,
+		sharded: cfg.Sharded,
 		seen:    newSeen(),
 	}, nil
 }
@@ -173,7 +182,7 @@ func (s *Redis) append(ctx context.Context, topic, event string, data json.RawMe
 	// is safe even if rueidis writes the command after ctx ended.
 	seq, err := appendScript.Exec(ctx, s.client, s.keys(topic), []string{
 		s.size, s.ttl, rueidis.BinaryString(member), strconv.Itoa(dataAt), channel, head,
-		strconv.FormatUint(s.seen.get(topic), 10), lossMargin,
+		strconv.FormatUint(s.seen.get(topic), 10), lossMargin, s.publishCommand(),
 	}).AsUint64()
 	if err != nil {
 		return 0, fmt.Errorf("replay: appending to %q: %w", topic, err)
@@ -183,6 +192,16 @@ func (s *Redis) append(ctx context.Context, topic, event string, data json.RawMe
 }
 
 var lossMargin = strconv.Itoa(LossMargin)
+
+// publishCommand names the script's publish command: decided per call, as
+// a client that started before its Redis answered learns only once
+// connected whether it is a Cluster's.
+func (s *Redis) publishCommand() string {
+	if s.sharded && s.chanOf != nil && s.client.Mode() == rueidis.ClientModeCluster {
+		return "SPUBLISH"
+	}
+	return "PUBLISH"
+}
 
 // Observe implements Observer.
 func (s *Redis) Observe(topic string, seq uint64) { s.seen.note(topic, seq) }

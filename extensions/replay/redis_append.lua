@@ -10,6 +10,7 @@
 -- ends it as envelope.AppendStore does, which redis_test.go checks
 -- ARGV[7] the highest seq the caller saw issued for the topic; 0: none
 -- ARGV[8] the loss margin
+-- ARGV[9] PUBLISH, or SPUBLISH for a shard channel in KEYS' slot
 -- Returns the seq.
 local seen = tonumber(ARGV[7])
 if seen > 0 then
@@ -48,6 +49,6 @@ if ARGV[5] ~= '' then
 	if data == '' then
 		data = 'null'
 	end
-	redis.call('PUBLISH', ARGV[5], ARGV[6] .. data .. ',"seq":' .. s .. '}')
+	redis.call(ARGV[9], ARGV[5], ARGV[6] .. data .. ',"seq":' .. s .. '}')
 end
 return seq

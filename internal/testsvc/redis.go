@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -141,8 +142,10 @@ func randomHex(n int) string {
 type RedisServer struct {
 	t        testing.TB
 	port     int
-	password string // requirepass, "" for none
-	dir      string // holds the append-only file; "" for no persistence
+	password string   // requirepass, "" for none
+	dir      string   // holds the append-only file; "" for no persistence
+	conf     string   // config file given before the options; "" for none
+	extra    []string // options after the usual ones (--replicaof, --sentinel…)
 
 	mu     sync.Mutex
 	proc   *os.Process   // nil while killed
@@ -165,6 +168,31 @@ func StartRedis(t testing.TB) *RedisServer {
 	t.Cleanup(s.Kill)
 	return s
 }
+
+// StartRedisArgs is StartRedis with extra redis-server options, such as
+// "--replicaof", "127.0.0.1", "6380" for a replica.
+func StartRedisArgs(t testing.TB, args ...string) *RedisServer {
+	t.Helper()
+	needRedisServer(t)
+	// A replica writes the RDB of its full sync to its working directory.
+	s := &RedisServer{t: t, port: FreePort(t), extra: append(slices.Clone(args), "--dir", t.TempDir())}
+	s.start()
+	t.Cleanup(s.Kill)
+	return s
+}
+
+func needRedisServer(t testing.TB) {
+	t.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		if testing.Short() {
+			t.Skip("redis-server not installed (-short)")
+		}
+		t.Fatalf("redis-server not found in PATH (install Redis 7, e.g. apt-get install redis-server): %v", err)
+	}
+}
+
+// Port is the server's TCP port.
+func (s *RedisServer) Port() int { return s.port }
 
 // StartRedisWithPassword is StartRedis with requirepass set to password,
 // for tests of credentials (a client must AUTH before any command).
@@ -269,6 +297,10 @@ func (s *RedisServer) start() {
 		}
 		if s.password != "" {
 			args = append(args, "--requirepass", s.password)
+		}
+		args = append(args, s.extra...)
+		if s.conf != "" {
+			args = append([]string{s.conf}, args...)
 		}
 		cmd := exec.Command("redis-server", args...)
 		cmd.Stdout = &out
