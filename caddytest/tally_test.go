@@ -1,6 +1,7 @@
 package caddytest
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -73,7 +74,19 @@ func startTallyCluster(t *testing.T, n int) *cluster {
 // channel the API's deliveries travel on.
 func tallyReady(t *testing.T, cl *cluster, n int64) {
 	t.Helper()
-	waitFor(t, 10*time.Second, "the instances' tally subscriptions", func() bool { return cl.numsub(t, "t:rt:tally:/ws:ask") == n })
+	const ch = "t:rt:tally:/ws:ask"
+	if cl.rcluster == nil {
+		waitFor(t, 10*time.Second, "the instances' tally subscriptions", func() bool { return cl.numsub(t, ch) == n })
+		return
+	}
+	// A shard channel: its subscribers are on its slot's master.
+	rc := cl.client(t)
+	waitFor(t, 10*time.Second, "the instances' tally shard subscriptions", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		subs, err := rc.Do(ctx, rc.B().PubsubShardnumsub().Channel(ch).Build()).AsIntMap()
+		return err == nil && subs[ch] == n
+	})
 }
 
 // expectFrame reads c's frames until want, failing on another frame of

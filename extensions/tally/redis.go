@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -82,13 +83,14 @@ type RedisConfig struct {
 // subscriber any more and is not waited for; one that is stopped or cut
 // off without Redis noticing is, until Ask's ctx ends.
 //
-// On a Redis Cluster, PUBLISH counts only the subscribers of the node that
-// received it, while every node's subscribers receive the message: Ask
-// then stops waiting early and may miss counts, and says Partial only if
-// those it waited for did not all answer.
+// On a Redis Cluster both are shard channels (SPUBLISH, SSUBSCRIBE): a
+// classic PUBLISH would count the subscribers of one node only, while
+// SPUBLISH reaches and counts every subscriber of the channel, all on its
+// slot's master. A failover or a slot move ends the subscription, which
+// is made again on the new master.
 //
-// Goroutines: 2 (subscriber, on a dedicated connection, and answerer);
-// Close stops them.
+// Goroutines: 2 (subscriber, answerer), 3 on a Redis Cluster (a subscriber
+// per channel); Close stops them.
 type Redis struct {
 	client   rueidis.Client
 	id       string
@@ -111,6 +113,7 @@ type Redis struct {
 	mu      sync.Mutex // guards waiting
 	waiting map[uint64]*waiter
 
+	sharded    bool        // on a Redis Cluster: shard channels
 	subscribed atomic.Bool // the ask channel's subscription is confirmed
 	dropped    atomic.Uint64
 	closeOnce  sync.Once
@@ -168,6 +171,7 @@ func NewRedis(client rueidis.Client, cfg RedisConfig) (*Redis, error) {
 		waiting:  make(map[uint64]*waiter),
 	}
 	r.answers = r.prefix + r.id
+	r.sharded = client.Mode() == rueidis.ClientModeCluster
 	if r.onError == nil {
 		r.onError = func(error) {}
 	}
@@ -175,8 +179,15 @@ func NewRedis(client rueidis.Client, cfg RedisConfig) (*Redis, error) {
 	// of the same instance id matches nothing.
 	r.next.Store(uint64(time.Now().UnixNano()))
 	r.ctx, r.cancel = context.WithCancel(context.Background())
-	r.wg.Add(2)
-	go r.subscribeLoop()
+	if r.sharded {
+		// Two slots: one subscription each.
+		r.wg.Add(3)
+		go r.subscribeLoop(r.ask)
+		go r.subscribeLoop(r.answers)
+	} else {
+		r.wg.Add(2)
+		go r.subscribeLoop(r.ask, r.answers)
+	}
 	go r.answerLoop()
 	return r, nil
 }
@@ -209,7 +220,7 @@ func (r *Redis) Ask(ctx context.Context, m envelope.Message) (Answer, error) {
 		delete(r.waiting, id)
 		r.mu.Unlock()
 	}()
-	n, err := r.client.Do(ctx, r.client.B().Publish().Channel(r.ask).Message(rueidis.BinaryString(payload)).Build()).AsInt64()
+	n, err := r.client.Do(ctx, r.publish(r.ask, rueidis.BinaryString(payload))).AsInt64()
 	if err != nil {
 		return Answer{Reached: -1}, fmt.Errorf("tally: publishing on %q: %w", r.ask, err)
 	}
@@ -236,32 +247,44 @@ const (
 	maxBackoff = time.Second
 )
 
-// subscribeLoop keeps one Receive of both channels running until Close;
-// rueidis resubscribes it after a reconnection, this loop after it ended.
-func (r *Redis) subscribeLoop() {
+// subscribeLoop keeps a Receive of channels running until Close, and
+// tells whether the ask channel's subscription is confirmed; rueidis
+// resubscribes it after a reconnection, this loop after it ended.
+//
+// On a standalone or Sentinel-managed server, both channels share one
+// connection of its own: Redis counts subscribers by connection, and two
+// gateways of one process share the client's. On a Redis Cluster, each
+// is a shard channel (SSUBSCRIBE) on the connection rueidis keeps to its
+// slot's master, where SPUBLISH delivers and counts its subscribers.
+func (r *Redis) subscribeLoop(channels ...string) {
 	defer r.wg.Done()
 	backoff := minBackoff
 	for {
 		hook := func(s rueidis.PubSubSubscription) {
-			if s.Kind == "subscribe" && s.Channel == r.ask {
+			if (s.Kind == "subscribe" || s.Kind == "ssubscribe") && s.Channel == r.ask {
 				r.subscribed.Store(true)
 			}
 		}
-		// A connection of its own: Redis counts subscribers by connection,
-		// and two gateways of one process share the client's.
-		dc, release := r.client.Dedicate()
-		err := dc.Receive(rueidis.WithOnSubscriptionHook(r.ctx, hook),
-			dc.B().Subscribe().Channel(r.ask, r.answers).Build(), r.onMessage)
-		r.subscribed.Store(false)
-		dc.Close()
-		release()
+		ctx := rueidis.WithOnSubscriptionHook(r.ctx, hook)
+		var err error
+		if r.sharded {
+			err = r.client.Receive(ctx, r.client.B().Ssubscribe().Channel(channels...).Build(), r.onMessage)
+		} else {
+			dc, release := r.client.Dedicate()
+			err = dc.Receive(ctx, dc.B().Subscribe().Channel(channels...).Build(), r.onMessage)
+			dc.Close()
+			release()
+		}
+		if slices.Contains(channels, r.ask) {
+			r.subscribed.Store(false)
+		}
 		if r.ctx.Err() != nil {
 			return
 		}
 		if err == nil {
 			err = errors.New("unsubscribed by the server")
 		}
-		r.onError(fmt.Errorf("tally: subscription to %q ended (resubscribing in %s): %w", r.ask, backoff, err))
+		r.onError(fmt.Errorf("tally: subscription to %q ended (resubscribing in %s): %w", channels, backoff, err))
 		t := time.NewTimer(backoff)
 		select {
 		case <-r.ctx.Done():
@@ -271,6 +294,15 @@ func (r *Redis) subscribeLoop() {
 		}
 		backoff = min(2*backoff, maxBackoff)
 	}
+}
+
+// publish builds the PUBLISH (SPUBLISH on a Redis Cluster) of msg on
+// channel.
+func (r *Redis) publish(channel, msg string) rueidis.Completed {
+	if r.sharded {
+		return r.client.B().Spublish().Channel(channel).Message(msg).Build()
+	}
+	return r.client.B().Publish().Channel(channel).Message(msg).Build()
 }
 
 // onMessage runs on the Receive goroutine, fed by rueidis's connection
@@ -387,7 +419,7 @@ func (r *Redis) answer(b *bytes.Buffer, a asked) rueidis.Completed {
 	b.WriteString(strconv.Itoa(n))
 	b.WriteByte(' ')
 	b.WriteString(r.id)
-	return r.client.B().Publish().Channel(r.prefix + a.from).Message(b.String()).Build()
+	return r.publish(r.prefix+a.from, b.String())
 }
 
 func (r *Redis) handle(m envelope.Message) (n int) {

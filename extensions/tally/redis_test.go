@@ -205,3 +205,34 @@ func TestRedisAskRefusals(t *testing.T) {
 		t.Fatalf("Ask after Close: %v, want ErrClosed", err)
 	}
 }
+
+// On a Redis Cluster the channels are shard channels: SPUBLISH counts
+// every instance subscribed, on whichever master serves the ask
+// channel's slot, and the answers come back on theirs.
+func TestRedisAskOnRedisCluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a Redis Cluster of 6 nodes")
+	}
+	cl := testsvc.StartCluster(t)
+	var tallies []*Redis
+	for i, count := range []int{0, 2, 3} {
+		c := cl.Client(t)
+		if c.Mode() != rueidis.ClientModeCluster {
+			t.Fatalf("client mode %v, want cluster", c.Mode())
+		}
+		tallies = append(tallies, newTally(t, c, "c:", strconv.Itoa(i), count, nil))
+	}
+	for _, r := range tallies {
+		testsvc.WaitFor(t, 10*time.Second, "every shard subscription", r.subscribed.Load)
+	}
+	var got Answer
+	// The answer channels' subscriptions may confirm after the ask
+	// channel's: ask until both instances answered.
+	testsvc.WaitFor(t, 10*time.Second, "both answers", func() bool {
+		got = ask(t, tallies[0], envelope.Message{Topic: "dm:u1", Event: "e", User: "u1"}, time.Second)
+		return got.Answered == 2
+	})
+	if got != (Answer{Delivered: 5, Answered: 2, Reached: 2}) {
+		t.Fatalf("answer %+v, want 5 delivered by the 2 other instances", got)
+	}
+}
