@@ -150,8 +150,8 @@ func NewRedis(client rueidis.Client, cfg RedisConfig) (*Redis, error) {
 	switch {
 	case client == nil:
 		return nil, errors.New("tally: no Redis client")
-	case cfg.InstanceID == "" || strings.ContainsAny(cfg.InstanceID, " "):
-		return nil, errors.New("tally: an instance id without spaces is required")
+	case cfg.InstanceID == "":
+		return nil, errors.New("tally: an instance id is required")
 	case cfg.Handler == nil:
 		return nil, errors.New("tally: a handler is required")
 	case cfg.Timeout < 0:
@@ -324,7 +324,7 @@ func (r *Redis) onMessage(m rueidis.PubSubMessage) {
 		if err == nil && len(msgs) != 1 {
 			err = errors.New("not one message")
 		}
-		if err == nil && (from == r.id || strings.ContainsAny(from, " ")) {
+		if err == nil && from == r.id {
 			return
 		}
 		if err != nil {
@@ -345,7 +345,8 @@ func validID(s string) bool {
 }
 
 // onAnswer adds one instance's answer "<id> <count> <instance>" to its
-// waiter, if it still waits.
+// waiter, if it still waits. The instance id is the rest of the message,
+// spaces included.
 func (r *Redis) onAnswer(s string) {
 	idS, rest, ok1 := strings.Cut(s, " ")
 	nS, from, ok2 := strings.Cut(rest, " ")
