@@ -104,6 +104,32 @@ func expectFrame(t *testing.T, c *wsClient, want, event string) {
 	}
 }
 
+// noMore reads c's frames until none comes for d, failing on one of the
+// events (a frame delivered twice, or to a member it was not for).
+func noMore(t *testing.T, c *wsClient, d time.Duration, events ...string) {
+	t.Helper()
+	for {
+		var f string
+		if len(c.pending) > 0 {
+			f, c.pending = c.pending[0], c.pending[1:]
+		} else {
+			select {
+			case b := <-c.frames:
+				f = string(b)
+			case <-time.After(d):
+				return
+			}
+		}
+		for _, e := range elements([]byte(f)) {
+			for _, ev := range events {
+				if strings.Contains(e, `"event":"`+ev+`"`) {
+					t.Fatalf("unexpected frame: %s", e)
+				}
+			}
+		}
+	}
+}
+
 // POST /send answers the number of the user's connections on every
 // instance, and POST /groups/publish the number of members reached on
 // every instance, with or without a role filter.
@@ -118,6 +144,9 @@ func TestClusterAnswersCountEveryInstance(t *testing.T) {
 	}
 	for _, c := range tabs {
 		c.expect(`{"topic":"dm:u1","event":"new","data":1}`)
+	}
+	for _, c := range tabs {
+		c.quiet(200 * time.Millisecond)
 	}
 	status, body = apiCall(t, http.MethodPost, cl.nodes[1].url("/_realtime/send"), "", `{"user":"nobody","topic":"dm:x","event":"new","data":1}`)
 	if status != http.StatusOK || body != `{"delivered":0,"instances":3,"partial":false}` {
@@ -144,6 +173,10 @@ func TestClusterAnswersCountEveryInstance(t *testing.T) {
 	}
 	for _, c := range []*wsClient{members[0], members[2]} {
 		expectFrame(t, c, `{"topic":"__group:staff","event":"alert","data":3}`, "alert")
+	}
+	// Once each, and the admins' frame to no member.
+	for _, c := range members {
+		noMore(t, c, 300*time.Millisecond, "all", "alert")
 	}
 }
 
