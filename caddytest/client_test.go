@@ -25,9 +25,10 @@ type wsClient struct {
 }
 
 type dialOpts struct {
-	origin string // "" sends no Origin
-	header http.Header
-	path   string
+	origin   string // "" sends no Origin
+	header   http.Header
+	path     string
+	compress bool // offer permessage-deflate
 }
 
 // dial connects to in's WebSocket endpoint with the instance's own origin.
@@ -77,7 +78,11 @@ func tryDial(in *instance, o dialOpts) (*websocket.Conn, *http.Response, error) 
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	return websocket.Dial(ctx, "ws://"+in.addr()+path, &websocket.DialOptions{HTTPHeader: h})
+	opts := &websocket.DialOptions{HTTPHeader: h}
+	if o.compress {
+		opts.CompressionMode = websocket.CompressionNoContextTakeover
+	}
+	return websocket.Dial(ctx, "ws://"+in.addr()+path, opts)
 }
 
 // send writes a text frame.

@@ -21,6 +21,8 @@ func TestOpsDashboardAndAlertsUseRealMetrics(t *testing.T) {
 		shutdown_spread 0
 		message_hook http://127.0.0.1:1/unreachable
 		replay chat
+		sse /events
+		compression
 		rate_limit {
 			points 1
 			interval 10s
@@ -45,6 +47,20 @@ func TestOpsDashboardAndAlertsUseRealMetrics(t *testing.T) {
 		t.Fatalf("disconnect: %d %s", code, body)
 	}
 	c.closeStatus(5 * time.Second)
+	// An SSE stream held open, and an event large enough to be compressed
+	// for a client that negotiated permessage-deflate.
+	sse, err := http.Get(in.url("/events?topic=news"))
+	if err != nil || sse.StatusCode != http.StatusOK {
+		t.Fatalf("sse stream: %v %v", sse, err)
+	}
+	defer sse.Body.Close()
+	z := dialWith(t, in, dialOpts{origin: in.origin(), compress: true})
+	z.welcome()
+	z.send(`{"type":"subscribe","topic":"news","ref":1}`)
+	z.expect(`{"type":"subscribed","topic":"news","ref":1}`)
+	big := strings.Repeat("compressible ", 50)
+	publish(t, in, `{"topic":"news","event":"e","data":"`+big+`"}`)
+	z.expect(`{"topic":"news","event":"e","data":"` + big + `","seq":1}`)
 
 	var exposition map[string]map[string]bool
 	waitFor(t, 10*time.Second, "every metric the ops files use", func() bool {
