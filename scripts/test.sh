@@ -86,6 +86,16 @@ fi
 say "go test -race ${short}"
 go test -race $short -count=1 -timeout 20m ./...
 
+if [[ -z "$short" ]]; then
+	# The multi-instance Caddy tests once more, on a Redis Cluster of 3
+	# masters and 3 replicas the harness starts (redis-server
+	# --cluster-enabled, redis-cli --cluster create): every feature with
+	# sharded pub/sub. About 90 s.
+	say "multi-instance tests on a Redis Cluster"
+	REALTIME_TEST_REDIS_CLUSTER=1 go test -race -count=1 -timeout 10m \
+		-run 'TestCluster|TestNotifyCluster|TestFaultGatewaySIGKILLOneOfThree' ./caddytest/
+fi
+
 # ---- browser tier (begin) ------------------------------------------------
 # Headless Chromium drives the demo (Caddyfile.example) against a Caddy built
 # from ./cmd/caddy, with both client generations: e2e/e2e.test.mjs. It needs
