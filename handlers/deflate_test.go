@@ -300,3 +300,17 @@ func BenchmarkDeflate2KiB(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkDeflateShared is one subscriber's lookup of a frame compressed
+// already: what every compressed delivery after the first costs.
+func BenchmarkDeflateShared(b *testing.B) {
+	d := newDeflater(CompressionConfig{Level: 1, MinSize: 256})
+	frame := []byte(`{"topic":"todos","event":"updated","data":` + string(jsonPayload(2048)) + `,"seq":1}`)
+	d.shared(frame)
+	b.ReportAllocs()
+	for range b.N {
+		if d.shared(frame) == nil {
+			b.Fatal("not compressed")
+		}
+	}
+}
