@@ -15,6 +15,7 @@ import (
 	"github.com/redis/rueidis"
 
 	"github.com/caddy-realtime/realtime/extensions/envelope"
+	"github.com/caddy-realtime/realtime/internal/resub"
 )
 
 // DefaultChannel is the default RedisConfig.Channel, the reference
@@ -487,14 +488,6 @@ func signal(ch chan struct{}) {
 	}
 }
 
-// Subscription restart backoff: from minBackoff, doubling after each
-// attempt that ends unconfirmed, up to maxBackoff (rueidis's own Receive
-// retry also caps at 1 s).
-const (
-	minBackoff = 50 * time.Millisecond
-	maxBackoff = time.Second
-)
-
 // subscribeLoop keeps one Receive of the bus and probe channels running
 // until Close.
 func (r *Redis) subscribeLoop() {
@@ -503,51 +496,30 @@ func (r *Redis) subscribeLoop() {
 		if r.gwChannel != "" {
 			channels = append(channels, r.gwChannel)
 		}
-		return errOrUnsubscribed(r.client.Receive(rueidis.WithOnSubscriptionHook(ctx, r.onSubscription),
-			r.client.B().Subscribe().Channel(channels...).Build(), r.onMessage))
+		return r.client.Receive(rueidis.WithOnSubscriptionHook(ctx, r.onSubscription),
+			r.client.B().Subscribe().Channel(channels...).Build(), r.onMessage)
 	})
 }
 
-// resubscribing runs serve until Close, again after each end with a
-// backoff that restarts from minBackoff once a run got a confirmed
-// subscription. restartSubscription ends the current run at once. It is a
+// resubscribing runs serve until Close, again after each end
+// (resub.Loop). restartSubscription ends the current run at once. It is a
 // goroutine of r.wg.
 func (r *Redis) resubscribing(what string, serve func(ctx context.Context) error) {
 	defer r.wg.Done()
-	backoff := minBackoff
-	for {
+	resub.Loop(r.ctx, func() (bool, error) {
 		ctx, cancel := context.WithCancel(r.ctx)
+		defer cancel()
 		r.subMu.Lock()
 		r.subCancel = cancel
 		r.subMu.Unlock()
 		before := r.subscribed.Load()
 		err := serve(ctx)
-		cancel()
-		if r.ctx.Err() != nil {
-			return
-		}
-		if r.subscribed.Load() != before {
-			backoff = minBackoff
-		}
+		return r.subscribed.Load() != before, err
+	}, func(err error, wait time.Duration) {
 		if !errors.Is(err, context.Canceled) { // not a restart asked by the prober
-			r.onError(fmt.Errorf("bus: %s ended (resubscribing in %s): %w", what, backoff, err))
+			r.onError(fmt.Errorf("bus: %s ended (resubscribing in %s): %w", what, wait, err))
 		}
-		t := time.NewTimer(backoff)
-		select {
-		case <-r.ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
-		backoff = min(2*backoff, maxBackoff)
-	}
-}
-
-func errOrUnsubscribed(err error) error {
-	if err == nil {
-		return errors.New("unsubscribed by the server")
-	}
-	return err
+	})
 }
 
 // restartSubscription ends the current Receive; subscribeLoop starts

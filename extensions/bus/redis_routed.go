@@ -165,7 +165,7 @@ func (r *Redis) Subscriptions() int {
 // channels until Close, reconnecting with backoff.
 func (r *Redis) routedLoop() {
 	r.resubscribing("routed subscription", func(ctx context.Context) error {
-		return errOrUnsubscribed(r.serveRoutes(ctx))
+		return r.serveRoutes(ctx)
 	})
 }
 

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/redis/rueidis"
+
+	"github.com/caddy-realtime/realtime/internal/resub"
 )
 
 // On a Redis Cluster (rueidis in cluster mode) a routed bus without
@@ -99,34 +101,24 @@ func (r *Redis) shardLoop(ctx context.Context, ch string, rt *route, prev <-chan
 			}
 		}
 	}
-	backoff := minBackoff
-	for {
+	resub.Loop(ctx, func() (bool, error) {
 		before := confirmations.Load()
 		err := r.client.Receive(rueidis.WithOnSubscriptionHook(ctx, hook), r.client.B().Ssubscribe().Channel(ch).Build(), r.onMessage)
 		if ctx.Err() != nil {
 			if r.ctx.Err() == nil {
 				r.sunsubscribe(ch)
 			}
-			return
+			return false, err
 		}
 		r.routes.mu.Lock()
 		if r.routes.routes[ch] == rt && rt.state == routeConfirmed {
 			rt.state, rt.sentAt = routeSent, time.Now()
 		}
 		r.routes.mu.Unlock()
-		if confirmations.Load() != before {
-			backoff = minBackoff
-		}
-		r.onError(fmt.Errorf("bus: shard subscription to %q ended (resubscribing in %s): %w", ch, backoff, errOrUnsubscribed(err)))
-		t := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
-		backoff = min(2*backoff, maxBackoff)
-	}
+		return confirmations.Load() != before, err
+	}, func(err error, wait time.Duration) {
+		r.onError(fmt.Errorf("bus: shard subscription to %q ended (resubscribing in %s): %w", ch, wait, err))
+	})
 }
 
 // shardsDown reports whether a sharded route has waited for its

@@ -18,6 +18,7 @@ import (
 	"github.com/redis/rueidis"
 
 	"github.com/caddy-realtime/realtime/extensions/wire"
+	"github.com/caddy-realtime/realtime/internal/resub"
 )
 
 // DefaultRedisTimeout is the default RedisConfig.Timeout.
@@ -29,12 +30,6 @@ const DefaultRedisTimeout = 5 * time.Second
 // commands (rueidis#596). A mass disconnect of 10 000 members elsewhere
 // queues 10 000 events for a moment.
 const maxQueuedChanges = 1 << 16
-
-// Subscription restart backoff, as in the Redis bus.
-const (
-	minBackoff = 50 * time.Millisecond
-	maxBackoff = time.Second
-)
 
 // Key names. Every key starts with keyRoot (after KeyPrefix), outside the
 // reference Node package's "presence:*" keys, so an app of that package
@@ -746,31 +741,15 @@ func (r *Redis) resync(ctx context.Context, topic string) {
 // subscribeLoop keeps one Receive of the channel running until Close.
 func (r *Redis) subscribeLoop() {
 	defer r.wg.Done()
-	backoff := minBackoff
-	for {
+	resub.Loop(r.ctx, func() (bool, error) {
 		before := r.subscribed.Load()
 		err := r.client.Receive(rueidis.WithOnSubscriptionHook(r.ctx, r.onSubscription),
 			r.client.B().Subscribe().Channel(r.channel).Build(), r.onMessage)
 		r.receiving.Store(false)
-		if r.ctx.Err() != nil {
-			return
-		}
-		if r.subscribed.Load() != before {
-			backoff = minBackoff
-		}
-		if err == nil {
-			err = errors.New("unsubscribed by the server")
-		}
-		r.onError(fmt.Errorf("presence: subscription to %q ended (resubscribing in %s; changes published meanwhile are missed): %w", r.channel, backoff, err))
-		t := time.NewTimer(backoff)
-		select {
-		case <-r.ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
-		backoff = min(2*backoff, maxBackoff)
-	}
+		return r.subscribed.Load() != before, err
+	}, func(err error, wait time.Duration) {
+		r.onError(fmt.Errorf("presence: subscription to %q ended (resubscribing in %s; changes published meanwhile are missed): %w", r.channel, wait, err))
+	})
 }
 
 // onSubscription runs on rueidis's connection reader: it must not block.

@@ -17,6 +17,7 @@ import (
 	"github.com/redis/rueidis"
 
 	"github.com/caddy-realtime/realtime/extensions/envelope"
+	"github.com/caddy-realtime/realtime/internal/resub"
 )
 
 // Defaults of RedisConfig.
@@ -241,12 +242,6 @@ func (r *Redis) Ask(ctx context.Context, m envelope.Message) (Answer, error) {
 	return Answer{Delivered: w.sum, Answered: w.answered, Reached: w.reached}, nil
 }
 
-// Subscription restart backoff, as the bus's.
-const (
-	minBackoff = 50 * time.Millisecond
-	maxBackoff = time.Second
-)
-
 // subscribeLoop keeps a Receive of channels running until Close, and
 // tells whether the ask channel's subscription is confirmed; rueidis
 // resubscribes it after a reconnection, this loop after it ended.
@@ -258,8 +253,7 @@ const (
 // slot's master, where SPUBLISH delivers and counts its subscribers.
 func (r *Redis) subscribeLoop(channels ...string) {
 	defer r.wg.Done()
-	backoff := minBackoff
-	for {
+	resub.Loop(r.ctx, func() (bool, error) {
 		hook := func(s rueidis.PubSubSubscription) {
 			if (s.Kind == "subscribe" || s.Kind == "ssubscribe") && s.Channel == r.ask {
 				r.subscribed.Store(true)
@@ -275,25 +269,14 @@ func (r *Redis) subscribeLoop(channels ...string) {
 			dc.Close()
 			release()
 		}
+		confirmed := false
 		if slices.Contains(channels, r.ask) {
-			r.subscribed.Store(false)
+			confirmed = r.subscribed.Swap(false)
 		}
-		if r.ctx.Err() != nil {
-			return
-		}
-		if err == nil {
-			err = errors.New("unsubscribed by the server")
-		}
-		r.onError(fmt.Errorf("tally: subscription to %q ended (resubscribing in %s): %w", channels, backoff, err))
-		t := time.NewTimer(backoff)
-		select {
-		case <-r.ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
-		backoff = min(2*backoff, maxBackoff)
-	}
+		return confirmed, err
+	}, func(err error, wait time.Duration) {
+		r.onError(fmt.Errorf("tally: subscription to %q ended (resubscribing in %s): %w", channels, wait, err))
+	})
 }
 
 // publish builds the PUBLISH (SPUBLISH on a Redis Cluster) of msg on
