@@ -376,18 +376,10 @@ func (g *Gateway) serveSSE(w http.ResponseWriter, r *http.Request, s *settings, 
 		fail(http.StatusBadRequest, msg)
 		return
 	}
-	identity := json.RawMessage("{}")
-	var grant *tokenGrant
-	if s.Auth != nil || s.JWT != nil {
-		res := g.identify(r, ip, s)
-		if res.status != 0 {
-			fail(res.status, res.message)
-			return
-		}
-		identity, grant = res.identity, res.grant
-		for _, ck := range res.cookies {
-			w.Header().Add("Set-Cookie", ck)
-		}
+	identity, grant, status, msg := g.admitIdentity(w, r, ip, s)
+	if status != 0 {
+		fail(status, msg)
+		return
 	}
 	c := &conn{g: g, id: uuid.NewString(), ip: ip, identity: identity, grant: grant, sse: newSSEStream(w, topics)}
 	c.planResume(r.Header.Get("Last-Event-ID"))

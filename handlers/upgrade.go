@@ -78,6 +78,31 @@ func (g *Gateway) admit(w http.ResponseWriter, r *http.Request, s *settings, rat
 	return ip, 0, ""
 }
 
+// admitIdentity makes the identity of an upgrade or an SSE stream: "{}"
+// without auth and jwt, else the token's or the auth hook's, whose
+// Set-Cookie headers go on w. A refusal comes back as its status and
+// message.
+func (g *Gateway) admitIdentity(w http.ResponseWriter, r *http.Request, ip string, s *settings) (json.RawMessage, *tokenGrant, int, string) {
+	if s.Auth == nil && s.JWT == nil {
+		return json.RawMessage("{}"), nil, 0, ""
+	}
+	res := g.identify(r, ip, s)
+	if res.status != 0 {
+		return nil, nil, res.status, res.message
+	}
+	// Close may have begun while the hook ran (up to its timeout): a
+	// connection accepted now would miss Close's 1001 and be dropped
+	// without a close frame (TestGatewayCloseRefusesUpgradesWaitingForAuth).
+	if g.draining.Load() {
+		w.Header().Set("Retry-After", "5")
+		return nil, nil, http.StatusServiceUnavailable, "Server shutting down"
+	}
+	for _, c := range res.cookies {
+		w.Header().Add("Set-Cookie", c)
+	}
+	return res.identity, res.grant, 0, ""
+}
+
 // serveUpgrade runs the upgrade checks of §2.1 in order, then accepts.
 func (g *Gateway) serveUpgrade(w http.ResponseWriter, r *http.Request, s *settings) {
 	code := "101"
@@ -99,26 +124,10 @@ func (g *Gateway) serveUpgrade(w http.ResponseWriter, r *http.Request, s *settin
 		fail(http.StatusForbidden, "Origin not allowed")
 		return
 	}
-	identity := json.RawMessage("{}")
-	var grant *tokenGrant
-	if s.Auth != nil || s.JWT != nil {
-		res := g.identify(r, ip, s)
-		if res.status != 0 {
-			fail(res.status, res.message)
-			return
-		}
-		// Close may have begun while the hook ran (up to its timeout): an
-		// upgrade accepted now would miss Close's 1001 and be dropped
-		// without a close frame (TestGatewayCloseRefusesUpgradesWaitingForAuth).
-		if g.draining.Load() {
-			w.Header().Set("Retry-After", "5")
-			fail(http.StatusServiceUnavailable, "Server shutting down")
-			return
-		}
-		identity, grant = res.identity, res.grant
-		for _, c := range res.cookies {
-			w.Header().Add("Set-Cookie", c)
-		}
+	identity, grant, status, msg := g.admitIdentity(w, r, ip, s)
+	if status != 0 {
+		fail(status, msg)
+		return
 	}
 	c := &conn{g: g, id: uuid.NewString(), ip: ip, identity: identity, grant: grant}
 	alive := func() { c.lastRead.Store(time.Now().UnixNano()) }
